@@ -1,0 +1,1 @@
+"""Compiled kernels (see _engine.pyx for the design)."""

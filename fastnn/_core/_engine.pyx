@@ -1,0 +1,844 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""fastnn's compiled training core.
+
+Design
+------
+A network is a *plan*: a C array of ``LayerRec`` (one per Dense layer, with the
+activation and dropout that follow it), offsets into one flat parameter buffer
+``P`` (weights row-major ``(n_out, n_in)`` as in PyTorch, then bias), and offsets
+into one work buffer holding, for the current mini-batch of ``B`` examples, each
+layer's input rows, activations ``A``, post-dropout activations ``AD`` and deltas
+``D`` (all row-major, one row per example).
+
+One training step is three parallel phases, each a ``prange`` whose work units
+have sizes derived from the layer shapes and never from the thread count, so the
+result is bit-for-bit the same on any number of threads:
+
+1. *Examples*: the batch is cut into chunks of ``chunk`` examples. Per chunk,
+   the rows are gathered from ``X`` through the shuffle permutation, pushed
+   forward (GEMM, then bias + activation + dropout fused in one pass), the loss
+   and its gradient taken from the logits, and the deltas pushed back
+   (GEMM, then dropout mask and activation derivative fused). The first layer's
+   input gradient is never formed.
+2. *Gradient average*: dW = D^T A_prev and db = sum_i D_i over the batch (the
+   1/B of the mean is already folded into the output delta). Work is split into
+   tiles of (output rows x input columns) over all layers; each tile is owned by
+   one thread and summed over the whole batch in a fixed order: no atomics, no
+   reductions, no per-thread gradient copies.
+3. *Update*: the optimizer rule, fused over fixed-size blocks of ``P``.
+
+GEMMs are single-threaded BLAS calls (``scipy.linalg.cython_blas``) made from
+inside the parallel loops; the Python side holds BLAS to one thread.
+Random numbers (dropout masks) come from a counter-based hash keyed by
+(seed, epoch, step, example, unit), so they too are independent of scheduling.
+"""
+
+from cython.parallel cimport prange, parallel
+from libc.math cimport exp, expf, log, logf, log1p, log1pf, tanh, tanhf, sqrt, sqrtf, fabs, isfinite, pow
+from libc.stdlib cimport malloc, free
+from libc.string cimport memcpy, memset
+from libc.stdint cimport uint64_t, int64_t
+from scipy.linalg.cython_blas cimport sgemm, dgemm
+
+import numpy as np
+
+ctypedef fused floating:
+    float
+    double
+
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #include <omp.h>
+    #define FASTNN_OPENMP 1
+    static int fastnn_omp_max_threads(void) { return omp_get_max_threads(); }
+    #else
+    #define FASTNN_OPENMP 0
+    static int fastnn_omp_max_threads(void) { return 1; }
+    #endif
+    """
+    int FASTNN_OPENMP
+    int fastnn_omp_max_threads() nogil
+
+OPENMP = bool(FASTNN_OPENMP)
+
+
+def omp_max_threads():
+    """OpenMP's own default team size (1 in a serial build)."""
+    return fastnn_omp_max_threads()
+
+
+# ---------------------------------------------------------------- codes
+# Activation codes (shared with fastnn/layers.py).
+cdef enum:
+    ACT_IDENTITY = 0
+    ACT_SIGMOID = 1
+    ACT_TANH = 2
+    ACT_RELU = 3
+    ACT_LEAKY = 4
+    ACT_SOFTMAX = 5
+
+cdef enum:
+    DROP_NONE = 0
+    DROP_INVERTED = 1
+    DROP_CLASSIC = 2
+
+# Loss codes (shared with fastnn/losses.py).
+cdef enum:
+    LOSS_MSE = 0
+    LOSS_BCE = 1
+    LOSS_CE = 2          # integer labels
+    LOSS_CE_PROB = 3     # probability rows
+    LOSS_NLL = 4
+    LOSS_KLDIV = 5
+
+# Optimizer codes (shared with fastnn/optim.py).
+cdef enum:
+    OPT_NONE = 0
+    OPT_SGD = 1
+    OPT_ADAM = 2
+    OPT_ADAGRAD = 3
+    OPT_RMSPROP = 4
+
+PLAN_FIELDS = 8          # n_in, n_out, w_off, b_off, act, drop_mode, (unused) x2
+PLANF_FIELDS = 2         # act_param, drop_p
+cdef enum:
+    UPDATE_BLOCK = 16384     # optimizer work unit (elements); fixed, so updates are thread-count invariant
+
+
+cdef struct LayerRec:
+    Py_ssize_t n_in, n_out, w_off, b_off
+    int act, drop
+    double act_param, drop_p
+    # work-buffer offsets (elements), each a block of B rows
+    Py_ssize_t in_off, a_off, ad_off, d_off
+    Py_ssize_t out_off       # what the next layer reads: ad_off with dropout, else a_off
+
+
+cdef struct GradTile:
+    int layer
+    Py_ssize_t r0, nr, c0, nc
+
+
+cdef struct Net:
+    LayerRec* L
+    int n_layers
+    Py_ssize_t B              # rows in the work buffer
+    Py_ssize_t chunk
+    GradTile* tiles
+    Py_ssize_t n_tiles
+
+
+cdef struct LossRec:
+    int code
+    Py_ssize_t n_classes
+    int has_pos_weight
+
+
+# ---------------------------------------------------------------- BLAS
+cdef inline void gemm(char ta, char tb, int m, int n, int k, floating alpha,
+                      floating* a, int lda, floating* b, int ldb, floating beta,
+                      floating* c, int ldc) noexcept nogil:
+    """Column-major C = alpha op(A) op(B) + beta C (row-major callers swap roles)."""
+    if floating is float:
+        sgemm(&ta, &tb, &m, &n, &k, &alpha, a, &lda, b, &ldb, &beta, c, &ldc)
+    else:
+        dgemm(&ta, &tb, &m, &n, &k, &alpha, a, &lda, b, &ldb, &beta, c, &ldc)
+
+
+# ---------------------------------------------------------------- RNG
+cdef inline uint64_t mix64(uint64_t z) noexcept nogil:
+    # splitmix64 finaliser: a bijective avalanche mix of a 64-bit counter.
+    z = (z ^ (z >> 30)) * <uint64_t>0xbf58476d1ce4e5b9ULL
+    z = (z ^ (z >> 27)) * <uint64_t>0x94d049bb133111ebULL
+    return z ^ (z >> 31)
+
+
+cdef inline double uniform01(uint64_t key, uint64_t a, uint64_t b) noexcept nogil:
+    """Uniform in [0, 1) from a counter (key, a, b): 53 random bits."""
+    cdef uint64_t h = mix64(key ^ mix64(a * <uint64_t>0x9e3779b97f4a7c15ULL + b))
+    return (h >> 11) * (1.0 / 9007199254740992.0)
+
+
+cdef inline uint64_t dropout_key(uint64_t seed, uint64_t epoch, uint64_t step, uint64_t layer) noexcept nogil:
+    return mix64(mix64(mix64(seed + <uint64_t>0x632be59bd9b4e019ULL) ^ epoch) ^ (step * <uint64_t>1024 + layer))
+
+
+def uniform_stream(uint64_t seed, uint64_t epoch, uint64_t step, uint64_t layer,
+                   Py_ssize_t n_rows, Py_ssize_t n_cols, uint64_t row0=0):
+    """The uniforms a dropout mask draws from (for tests and documentation)."""
+    cdef uint64_t key = dropout_key(seed, epoch, step, layer)
+    out = np.empty((n_rows, n_cols))
+    cdef double[:, ::1] o = out
+    cdef Py_ssize_t i, j
+    for i in range(n_rows):
+        for j in range(n_cols):
+            o[i, j] = uniform01(key, row0 + i, j)
+    return out
+
+
+# ---------------------------------------------------------------- math helpers
+cdef inline floating f_exp(floating x) noexcept nogil:
+    if floating is float:
+        return expf(x)
+    else:
+        return exp(x)
+
+
+cdef inline floating f_log(floating x) noexcept nogil:
+    if floating is float:
+        return logf(x)
+    else:
+        return log(x)
+
+
+cdef inline floating f_log1p(floating x) noexcept nogil:
+    if floating is float:
+        return log1pf(x)
+    else:
+        return log1p(x)
+
+
+cdef inline floating f_tanh(floating x) noexcept nogil:
+    if floating is float:
+        return tanhf(x)
+    else:
+        return tanh(x)
+
+
+cdef inline floating f_sqrt(floating x) noexcept nogil:
+    if floating is float:
+        return sqrtf(x)
+    else:
+        return sqrt(x)
+
+
+cdef inline floating sigmoid(floating z) noexcept nogil:
+    # Two branches so exp never overflows.
+    cdef floating e
+    if z >= 0:
+        e = f_exp(-z)
+        return 1 / (1 + e)
+    e = f_exp(z)
+    return e / (1 + e)
+
+
+cdef inline floating softplus_neg_abs(floating x) noexcept nogil:
+    """log(1 + exp(-|x|)), finite for every finite x."""
+    return f_log1p(f_exp(-fabs(x)))
+
+
+# ---------------------------------------------------------------- layer kernels
+cdef void act_forward_rows(floating* Z, Py_ssize_t c, Py_ssize_t n, floating* bias,
+                           int act, double slope) noexcept nogil:
+    """In place on c rows of width n: Z <- f(Z + bias)."""
+    cdef Py_ssize_t i, j
+    cdef floating* z
+    cdef floating m, s, v, fs = <floating>slope
+    for i in range(c):
+        z = Z + i * n
+        if bias != NULL:
+            for j in range(n):
+                z[j] = z[j] + bias[j]
+        if act == ACT_IDENTITY:
+            pass
+        elif act == ACT_RELU:
+            for j in range(n):
+                if not (z[j] > 0):
+                    z[j] = 0
+        elif act == ACT_LEAKY:
+            for j in range(n):
+                if not (z[j] > 0):
+                    z[j] = z[j] * fs
+        elif act == ACT_SIGMOID:
+            for j in range(n):
+                z[j] = sigmoid(z[j])
+        elif act == ACT_TANH:
+            for j in range(n):
+                z[j] = f_tanh(z[j])
+        elif act == ACT_SOFTMAX:
+            m = z[0]
+            for j in range(1, n):
+                if z[j] > m:
+                    m = z[j]
+            s = 0
+            for j in range(n):
+                v = f_exp(z[j] - m)
+                z[j] = v
+                s = s + v
+            for j in range(n):
+                z[j] = z[j] / s
+
+
+cdef void act_backward_rows(floating* G, floating* A, Py_ssize_t c, Py_ssize_t n,
+                            int act, double slope) noexcept nogil:
+    """In place on c rows: G (dL/da) <- dL/dz given the activation output A."""
+    cdef Py_ssize_t i, j
+    cdef floating* g
+    cdef floating* a
+    cdef floating s, fs = <floating>slope
+    for i in range(c):
+        g = G + i * n
+        a = A + i * n
+        if act == ACT_IDENTITY:
+            pass
+        elif act == ACT_RELU:
+            for j in range(n):
+                if not (a[j] > 0):
+                    g[j] = 0
+        elif act == ACT_LEAKY:
+            # slope >= 0 is enforced, so a > 0 exactly where z > 0
+            for j in range(n):
+                if not (a[j] > 0):
+                    g[j] = g[j] * fs
+        elif act == ACT_SIGMOID:
+            for j in range(n):
+                g[j] = g[j] * a[j] * (1 - a[j])
+        elif act == ACT_TANH:
+            for j in range(n):
+                g[j] = g[j] * (1 - a[j] * a[j])
+        elif act == ACT_SOFTMAX:
+            s = 0
+            for j in range(n):
+                s = s + g[j] * a[j]
+            for j in range(n):
+                g[j] = a[j] * (g[j] - s)
+
+
+cdef void dropout_rows(floating* AD, floating* A, Py_ssize_t c, Py_ssize_t n,
+                       int mode, double p, bint training, uint64_t key,
+                       Py_ssize_t row0) noexcept nogil:
+    """AD <- dropout(A) for c rows whose batch positions start at row0."""
+    cdef Py_ssize_t i, j
+    cdef floating scale
+    if not training:
+        scale = <floating>(1.0 - p) if mode == DROP_CLASSIC else 1
+        for i in range(c * n):
+            AD[i] = A[i] * scale
+        return
+    scale = <floating>(1.0 / (1.0 - p)) if mode == DROP_INVERTED else 1
+    for i in range(c):
+        for j in range(n):
+            if uniform01(key, row0 + i, j) < p:
+                AD[i * n + j] = 0
+            else:
+                AD[i * n + j] = A[i * n + j] * scale
+
+
+cdef void dropout_backward_rows(floating* G, Py_ssize_t c, Py_ssize_t n, int mode,
+                                double p, uint64_t key, Py_ssize_t row0) noexcept nogil:
+    """In place: G (dL/d dropout-output) <- dL/d dropout-input, mask regenerated."""
+    cdef Py_ssize_t i, j
+    cdef floating scale = <floating>(1.0 / (1.0 - p)) if mode == DROP_INVERTED else 1
+    for i in range(c):
+        for j in range(n):
+            if uniform01(key, row0 + i, j) < p:
+                G[i * n + j] = 0
+            else:
+                G[i * n + j] = G[i * n + j] * scale
+
+
+# ---------------------------------------------------------------- loss kernels
+cdef double loss_rows(LossRec* lr, floating* O, floating* G, Py_ssize_t c,
+                      Py_ssize_t* idx, int64_t* yi, floating* yf, floating* sw,
+                      floating* pos_weight, double inv_norm, double* ex_loss) noexcept nogil:
+    """Per-example loss of c output rows O into ex_loss (unweighted), and, when G is
+    not NULL, G <- w_i * inv_norm * dloss_i/dO (the delta fed to backprop).
+
+    idx maps each row to its example in yi / yf / sw."""
+    cdef Py_ssize_t i, j, C = lr.n_classes, e
+    cdef floating* o
+    cdef floating* g
+    cdef floating* t
+    cdef floating m, s, v, sc, st, lw, x, tt
+    cdef double l, lse
+    cdef int64_t lab
+    for i in range(c):
+        e = idx[i]
+        o = O + i * C
+        g = (G + i * C) if G != NULL else NULL
+        sc = <floating>inv_norm
+        if sw != NULL:
+            sc = <floating>(sw[e] * inv_norm)
+        l = 0
+        if lr.code == LOSS_MSE:
+            t = yf + e * C
+            for j in range(C):
+                v = o[j] - t[j]
+                l += <double>v * v
+                if g != NULL:
+                    g[j] = 2 * v * sc
+        elif lr.code == LOSS_BCE:
+            t = yf + e * C
+            for j in range(C):
+                x = o[j]
+                tt = t[j]
+                lw = 1
+                if lr.has_pos_weight:
+                    lw = 1 + (pos_weight[j] - 1) * tt
+                # (1 - t) x + lw (log1p(exp(-|x|)) + max(-x, 0))
+                v = softplus_neg_abs(x) + (-x if x < 0 else 0)
+                l += (1 - tt) * x + lw * v
+                if g != NULL:
+                    g[j] = ((1 - tt) - lw * sigmoid(-x)) * sc
+        elif lr.code == LOSS_CE or lr.code == LOSS_CE_PROB:
+            m = o[0]
+            for j in range(1, C):
+                if o[j] > m:
+                    m = o[j]
+            s = 0
+            for j in range(C):
+                s = s + f_exp(o[j] - m)
+            lse = m + log(<double>s)
+            if lr.code == LOSS_CE:
+                lab = yi[e]
+                l = lse - o[lab]
+                if g != NULL:
+                    for j in range(C):
+                        g[j] = f_exp(o[j] - m) / s * sc
+                    g[lab] = g[lab] - sc
+            else:
+                t = yf + e * C
+                st = 0
+                for j in range(C):
+                    st = st + t[j]
+                    l += t[j] * (lse - o[j])
+                if g != NULL:
+                    for j in range(C):
+                        g[j] = (f_exp(o[j] - m) / s * st - t[j]) * sc
+        elif lr.code == LOSS_NLL:
+            lab = yi[e]
+            l = -o[lab]
+            if g != NULL:
+                for j in range(C):
+                    g[j] = 0
+                g[lab] = -sc
+        elif lr.code == LOSS_KLDIV:
+            t = yf + e * C
+            for j in range(C):
+                if t[j] > 0:
+                    l += t[j] * (log(<double>t[j]) - o[j])
+                if g != NULL:
+                    g[j] = -t[j] * sc
+        ex_loss[i] = l
+    return 0
+
+
+# ---------------------------------------------------------------- the chunk task
+cdef void chunk_forward(Net* net, floating* P, floating* W, Py_ssize_t r0, Py_ssize_t c,
+                        bint training, uint64_t seed, uint64_t epoch, uint64_t step,
+                        Py_ssize_t pos0) noexcept nogil:
+    """Forward rows [r0, r0+c) of the work buffer (inputs already gathered)."""
+    cdef int l
+    cdef LayerRec* L
+    cdef floating* inp
+    cdef floating* a
+    for l in range(net.n_layers):
+        L = &net.L[l]
+        inp = W + L.in_off + r0 * L.n_in
+        a = W + L.a_off + r0 * L.n_out
+        gemm(c'T', c'N', <int>L.n_out, <int>c, <int>L.n_in, <floating>1, P + L.w_off, <int>L.n_in,
+             inp, <int>L.n_in, <floating>0, a, <int>L.n_out)
+        act_forward_rows(a, c, L.n_out, (P + L.b_off) if L.b_off >= 0 else <floating*>NULL,
+                         L.act, L.act_param)
+        if L.drop != DROP_NONE:
+            dropout_rows(W + L.ad_off + r0 * L.n_out, a, c, L.n_out, L.drop, L.drop_p, training,
+                         dropout_key(seed, epoch, step, l), pos0 + r0)
+
+
+cdef void chunk_backward(Net* net, floating* P, floating* W, Py_ssize_t r0, Py_ssize_t c,
+                         uint64_t seed, uint64_t epoch, uint64_t step, Py_ssize_t pos0) noexcept nogil:
+    """Deltas for rows [r0, r0+c); the last layer's D holds dL/d(output) on entry."""
+    cdef int l
+    cdef LayerRec* L
+    cdef LayerRec* Lp
+    for l in range(net.n_layers - 1, -1, -1):
+        L = &net.L[l]
+        if L.drop != DROP_NONE:
+            dropout_backward_rows(W + L.d_off + r0 * L.n_out, c, L.n_out, L.drop, L.drop_p,
+                                  dropout_key(seed, epoch, step, l), pos0 + r0)
+        act_backward_rows(W + L.d_off + r0 * L.n_out, W + L.a_off + r0 * L.n_out, c, L.n_out,
+                          L.act, L.act_param)
+        if l == 0:
+            break
+        Lp = &net.L[l - 1]
+        gemm(c'N', c'N', <int>L.n_in, <int>c, <int>L.n_out, <floating>1, P + L.w_off, <int>L.n_in,
+             W + L.d_off + r0 * L.n_out, <int>L.n_out, <floating>0,
+             W + Lp.d_off + r0 * L.n_in, <int>L.n_in)
+
+
+cdef void grad_tile(Net* net, GradTile* T, floating* W, floating* G, Py_ssize_t B) noexcept nogil:
+    """dW[rows, cols] = D[:, rows]^T In[:, cols]; db[rows] = sum_i D[i, rows] (fixed order)."""
+    cdef LayerRec* L = &net.L[T.layer]
+    cdef floating* D = W + L.d_off
+    cdef floating* db
+    cdef Py_ssize_t i, j
+    gemm(c'N', c'T', <int>T.nc, <int>T.nr, <int>B, <floating>1, W + L.in_off + T.c0, <int>L.n_in,
+         D + T.r0, <int>L.n_out, <floating>0, G + L.w_off + T.r0 * L.n_in + T.c0, <int>L.n_in)
+    if T.c0 == 0 and L.b_off >= 0:
+        db = G + L.b_off + T.r0
+        for j in range(T.nr):
+            db[j] = 0
+        for i in range(B):
+            for j in range(T.nr):
+                db[j] = db[j] + D[i * L.n_out + T.r0 + j]
+
+
+# ---------------------------------------------------------------- optimizer kernel
+cdef void update_block(int code, floating* p, floating* g, floating* s0, floating* s1,
+                       floating* s2, Py_ssize_t n, double* hp, double lr, int64_t t) noexcept nogil:
+    """One optimizer step on n parameters, torch.optim's rules and operation order.
+
+    hp (per code):
+      SGD:     momentum, dampening, nesterov, weight_decay
+      Adam:    beta1, beta2, eps, weight_decay, amsgrad, decoupled(AdamW)
+      Adagrad: lr_decay, eps, weight_decay, initial_accumulator (unused here)
+      RMSprop: alpha, eps, momentum, centered, weight_decay
+    t is the 1-based step number of this update.
+    """
+    cdef Py_ssize_t i
+    cdef floating gi, b, mom, damp, wd, b1, b2, eps, bc2s, step_size, denom, clr, alpha, avg, fl
+    cdef bint nesterov, first, ams, decoupled, centered
+    fl = <floating>lr
+    if code == OPT_SGD:
+        mom = <floating>hp[0]
+        damp = <floating>(1.0 - hp[1])      # torch scales by (1 - dampening), formed in double
+        nesterov = hp[2] != 0
+        wd = <floating>hp[3]
+        first = t == 1
+        for i in range(n):
+            gi = g[i]
+            if wd != 0:
+                gi = gi + wd * p[i]
+            if mom != 0:
+                if first:
+                    b = gi
+                else:
+                    b = s0[i] * mom + damp * gi
+                s0[i] = b
+                if nesterov:
+                    gi = gi + mom * b
+                else:
+                    gi = b
+            p[i] = p[i] - fl * gi
+    elif code == OPT_ADAM:
+        eps = <floating>hp[2]
+        ams = hp[4] != 0
+        decoupled = hp[5] != 0
+        # torch forms these scalars in double, then rounds them to the tensor dtype
+        b1 = <floating>(1.0 - hp[0])
+        b2 = <floating>hp[1]
+        wd = <floating>(1.0 - lr * hp[3]) if decoupled else <floating>hp[3]
+        bc2s = <floating>sqrt(1.0 - pow(hp[1], <double>t))
+        step_size = <floating>(lr / (1.0 - pow(hp[0], <double>t)))
+        alpha = <floating>(1.0 - hp[1])
+        for i in range(n):
+            gi = g[i]
+            if decoupled:
+                p[i] = p[i] * wd
+            elif wd != 0:
+                gi = gi + wd * p[i]
+            s0[i] = s0[i] + b1 * (gi - s0[i])
+            s1[i] = s1[i] * b2 + alpha * gi * gi
+            if ams:
+                if s1[i] > s2[i]:
+                    s2[i] = s1[i]
+                denom = f_sqrt(s2[i]) / bc2s + eps
+            else:
+                denom = f_sqrt(s1[i]) / bc2s + eps
+            p[i] = p[i] - step_size * (s0[i] / denom)
+    elif code == OPT_ADAGRAD:
+        eps = <floating>hp[1]
+        wd = <floating>hp[2]
+        clr = <floating>(lr / (1.0 + (t - 1) * hp[0]))
+        for i in range(n):
+            gi = g[i]
+            if wd != 0:
+                gi = gi + wd * p[i]
+            s0[i] = s0[i] + gi * gi
+            p[i] = p[i] - clr * (gi / (f_sqrt(s0[i]) + eps))
+    elif code == OPT_RMSPROP:
+        alpha = <floating>hp[0]
+        b1 = <floating>(1.0 - hp[0])
+        eps = <floating>hp[1]
+        mom = <floating>hp[2]
+        centered = hp[3] != 0
+        wd = <floating>hp[4]
+        for i in range(n):
+            gi = g[i]
+            if wd != 0:
+                gi = gi + wd * p[i]
+            s0[i] = s0[i] * alpha + b1 * gi * gi
+            if centered:
+                s2[i] = s2[i] + b1 * (gi - s2[i])
+                avg = f_sqrt(s0[i] - s2[i] * s2[i]) + eps
+            else:
+                avg = f_sqrt(s0[i]) + eps
+            if mom > 0:
+                s1[i] = s1[i] * mom + gi / avg
+                p[i] = p[i] - fl * s1[i]
+            else:
+                p[i] = p[i] - fl * (gi / avg)
+
+
+# ---------------------------------------------------------------- plan building
+cdef Net* net_new(const int64_t[:, ::1] plan, const double[:, ::1] planf, Py_ssize_t B,
+                  Py_ssize_t chunk, const int64_t[:, ::1] tiles) except NULL:
+    cdef Net* net = <Net*>malloc(sizeof(Net))
+    if net == NULL:
+        raise MemoryError()
+    cdef int l, n = <int>plan.shape[0]
+    cdef Py_ssize_t off = 0, t
+    net.n_layers = n
+    net.B = B
+    net.chunk = chunk
+    net.L = <LayerRec*>malloc(n * sizeof(LayerRec))
+    net.n_tiles = tiles.shape[0]
+    net.tiles = <GradTile*>malloc((net.n_tiles + 1) * sizeof(GradTile))
+    if net.L == NULL or net.tiles == NULL:
+        net_free(net)
+        raise MemoryError()
+    # work layout: X rows, then per layer A, [AD], D
+    off = B * plan[0, 0]
+    for l in range(n):
+        net.L[l].n_in = plan[l, 0]
+        net.L[l].n_out = plan[l, 1]
+        net.L[l].w_off = plan[l, 2]
+        net.L[l].b_off = plan[l, 3]
+        net.L[l].act = <int>plan[l, 4]
+        net.L[l].drop = <int>plan[l, 5]
+        net.L[l].act_param = planf[l, 0]
+        net.L[l].drop_p = planf[l, 1]
+        net.L[l].in_off = 0 if l == 0 else net.L[l - 1].out_off
+        net.L[l].a_off = off
+        off += B * plan[l, 1]
+        if net.L[l].drop != DROP_NONE:
+            net.L[l].ad_off = off
+            off += B * plan[l, 1]
+        else:
+            net.L[l].ad_off = net.L[l].a_off
+        net.L[l].out_off = net.L[l].ad_off
+        net.L[l].d_off = off
+        off += B * plan[l, 1]
+    for t in range(net.n_tiles):
+        net.tiles[t].layer = <int>tiles[t, 0]
+        net.tiles[t].r0 = tiles[t, 1]
+        net.tiles[t].nr = tiles[t, 2]
+        net.tiles[t].c0 = tiles[t, 3]
+        net.tiles[t].nc = tiles[t, 4]
+    return net
+
+
+cdef void net_free(Net* net) noexcept:
+    if net != NULL:
+        free(net.L)
+        free(net.tiles)
+        free(net)
+
+
+def work_size(const int64_t[:, ::1] plan, Py_ssize_t B):
+    """Elements of work buffer a plan needs for B rows."""
+    cdef Py_ssize_t s = plan[0, 0], l
+    for l in range(plan.shape[0]):
+        s += plan[l, 1] * (3 if plan[l, 5] != DROP_NONE else 2)
+    return s * B
+
+
+cdef inline void gather_rows(floating* dst, const floating* X, Py_ssize_t* idx, Py_ssize_t c,
+                             Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(c):
+        memcpy(dst + i * n, X + idx[i] * n, n * sizeof(floating))
+
+
+# ---------------------------------------------------------------- drivers
+def run_steps(const int64_t[:, ::1] plan, const double[:, ::1] planf, Py_ssize_t chunk,
+              const int64_t[:, ::1] tiles,
+              floating[::1] params, floating[::1] grads, floating[:, ::1] state,
+              const floating[:, ::1] X, const int64_t[::1] yi, const floating[:, ::1] yf,
+              const floating[::1] sw, const floating[::1] pos_weight,
+              const Py_ssize_t[::1] order, Py_ssize_t batch_size, Py_ssize_t n_steps,
+              int loss_code, Py_ssize_t n_classes, int reduction,
+              int opt_code, const double[::1] hp, const double[::1] lrs, int64_t t0,
+              uint64_t seed, uint64_t epoch, uint64_t step0, bint training,
+              floating[::1] work, double[::1] step_loss, int n_threads):
+    """Run n_steps mini-batch steps over examples X[order] (batch b holds
+    order[b*batch_size : (b+1)*batch_size]). Each step: forward, loss, backward,
+    mean gradient into ``grads``, and (opt_code != 0) the update of ``params``
+    with rate lrs[b] as optimizer step t0 + b + 1.
+
+    reduction: 0 mean over examples, 1 mean over elements, 2 sum.
+    Returns the number of steps completed; a step whose loss is not finite stops
+    the run before its update (its loss is still written to step_loss).
+    """
+    cdef Py_ssize_t N = order.shape[0]
+    cdef Py_ssize_t n_par = params.shape[0]
+    cdef Net* net = net_new(plan, planf, batch_size, chunk, tiles)
+    cdef LossRec lr
+    cdef Py_ssize_t s, b0, bsz, n_chunks, ci, r0, c, ti, i, n_blocks, blk, p0, pn
+    cdef double norm, tot, rate
+    cdef floating* P = &params[0]
+    cdef floating* G = &grads[0]
+    cdef floating* Wk = &work[0]
+    cdef floating* Xp = <floating*>&X[0, 0]
+    cdef int64_t* yip = <int64_t*>&yi[0] if yi.shape[0] > 0 else NULL
+    cdef floating* yfp = <floating*>&yf[0, 0] if yf.shape[0] > 0 else NULL
+    cdef floating* swp = <floating*>&sw[0] if sw.shape[0] > 0 else NULL
+    cdef floating* pwp = <floating*>&pos_weight[0] if pos_weight.shape[0] > 0 else NULL
+    cdef floating* S0 = NULL
+    cdef floating* S1 = NULL
+    cdef floating* S2 = NULL
+    cdef Py_ssize_t* ordp = <Py_ssize_t*>&order[0]
+    cdef LayerRec* Llast = &net.L[net.n_layers - 1]
+    cdef Py_ssize_t n_in0 = net.L[0].n_in
+    cdef double* exl = <double*>malloc(batch_size * sizeof(double))
+    cdef double* hpp = <double*>&hp[0] if hp.shape[0] > 0 else NULL
+    cdef Py_ssize_t done = 0
+    if exl == NULL:
+        net_free(net)
+        raise MemoryError()
+    if state.shape[0] > 0:
+        S0 = &state[0, 0]
+    if state.shape[0] > 1:
+        S1 = &state[1, 0]
+    if state.shape[0] > 2:
+        S2 = &state[2, 0]
+    lr.code = loss_code
+    lr.n_classes = n_classes
+    lr.has_pos_weight = pwp != NULL
+    n_blocks = (n_par + UPDATE_BLOCK - 1) // UPDATE_BLOCK
+    try:
+        with nogil:
+            for s in range(n_steps):
+                b0 = s * batch_size
+                bsz = batch_size if b0 + batch_size <= N else N - b0
+                if bsz <= 0:
+                    break
+                # loss normaliser: sum of example weights (x elements for elementwise means)
+                if reduction == 2:
+                    norm = 1
+                else:
+                    if swp != NULL:
+                        norm = 0
+                        for i in range(bsz):
+                            norm += swp[ordp[b0 + i]]
+                    else:
+                        norm = bsz
+                    if reduction == 1:
+                        norm = norm * n_classes
+                n_chunks = (bsz + chunk - 1) // chunk
+                for ci in prange(n_chunks, schedule='dynamic', num_threads=n_threads):
+                    r0 = ci * chunk
+                    c = chunk if r0 + chunk <= bsz else bsz - r0
+                    gather_rows(Wk + r0 * n_in0, Xp, ordp + b0 + r0, c, n_in0)
+                    chunk_forward(net, P, Wk, r0, c, training, seed, epoch, step0 + s, 0)
+                    loss_rows(&lr, Wk + Llast.out_off + r0 * n_classes,
+                              Wk + Llast.d_off + r0 * n_classes, c, ordp + b0 + r0,
+                              yip, yfp, swp, pwp, 1.0 / norm, exl + r0)
+                    chunk_backward(net, P, Wk, r0, c, seed, epoch, step0 + s, 0)
+                tot = 0
+                if swp != NULL:
+                    for i in range(bsz):
+                        tot += exl[i] * swp[ordp[b0 + i]]
+                else:
+                    for i in range(bsz):
+                        tot += exl[i]
+                tot = tot / norm
+                step_loss[s] = tot
+                if not isfinite(tot):
+                    break
+                for ti in prange(net.n_tiles, schedule='dynamic', num_threads=n_threads):
+                    grad_tile(net, &net.tiles[ti], Wk, G, bsz)
+                if opt_code != OPT_NONE:
+                    rate = lrs[s]
+                    for blk in prange(n_blocks, schedule='static', num_threads=n_threads):
+                        p0 = blk * UPDATE_BLOCK
+                        pn = UPDATE_BLOCK if p0 + UPDATE_BLOCK <= n_par else n_par - p0
+                        update_block(opt_code, P + p0, G + p0,
+                                     (S0 + p0) if S0 != NULL else NULL,
+                                     (S1 + p0) if S1 != NULL else NULL,
+                                     (S2 + p0) if S2 != NULL else NULL,
+                                     pn, hpp, rate, t0 + s + 1)
+                done = s + 1
+    finally:
+        free(exl)
+        net_free(net)
+    return done
+
+
+def forward_rows(const int64_t[:, ::1] plan, const double[:, ::1] planf, Py_ssize_t chunk,
+                 floating[::1] params, const floating[:, ::1] X, floating[:, ::1] out,
+                 floating[::1] work, Py_ssize_t batch_size, int n_threads):
+    """Inference: out <- network(X), in batches of batch_size (dropout in inference mode)."""
+    cdef Py_ssize_t N = X.shape[0]
+    cdef Net* net = net_new(plan, planf, batch_size, chunk, np.zeros((0, 5), dtype=np.int64))
+    cdef Py_ssize_t b0, bsz, n_chunks, ci, r0, c, i
+    cdef floating* P = &params[0]
+    cdef floating* Wk = &work[0]
+    cdef floating* Xp = <floating*>&X[0, 0]
+    cdef floating* Op = &out[0, 0]
+    cdef LayerRec* Llast = &net.L[net.n_layers - 1]
+    cdef Py_ssize_t n_in0 = net.L[0].n_in, n_out = Llast.n_out
+    try:
+        with nogil:
+            b0 = 0
+            while b0 < N:
+                bsz = batch_size if b0 + batch_size <= N else N - b0
+                n_chunks = (bsz + chunk - 1) // chunk
+                for ci in prange(n_chunks, schedule='dynamic', num_threads=n_threads):
+                    r0 = ci * chunk
+                    c = chunk if r0 + chunk <= bsz else bsz - r0
+                    memcpy(Wk + r0 * n_in0, Xp + (b0 + r0) * n_in0, c * n_in0 * sizeof(floating))
+                    chunk_forward(net, P, Wk, r0, c, False, 0, 0, 0, 0)
+                    memcpy(Op + (b0 + r0) * n_out, Wk + Llast.out_off + r0 * n_out,
+                           c * n_out * sizeof(floating))
+                b0 += bsz
+    finally:
+        net_free(net)
+
+
+def loss_per_example(const floating[:, ::1] O, const int64_t[::1] yi, const floating[:, ::1] yf,
+                     const floating[::1] pos_weight, int loss_code, double[::1] out):
+    """Unweighted per-example loss of outputs O (the kernel behind evaluate)."""
+    cdef LossRec lr
+    cdef Py_ssize_t N = O.shape[0], i
+    cdef Py_ssize_t* idx = <Py_ssize_t*>malloc(max(N, 1) * sizeof(Py_ssize_t))
+    if idx == NULL:
+        raise MemoryError()
+    lr.code = loss_code
+    lr.n_classes = O.shape[1]
+    lr.has_pos_weight = pos_weight.shape[0] > 0
+    try:
+        for i in range(N):
+            idx[i] = i
+        with nogil:
+            loss_rows(&lr, <floating*>&O[0, 0], <floating*>NULL, N, idx,
+                      <int64_t*>&yi[0] if yi.shape[0] > 0 else NULL,
+                      <floating*>&yf[0, 0] if yf.shape[0] > 0 else NULL, <floating*>NULL,
+                      <floating*>&pos_weight[0] if pos_weight.shape[0] > 0 else NULL,
+                      1.0, &out[0])
+    finally:
+        free(idx)
+
+
+def optimizer_step(int opt_code, floating[::1] params, const floating[::1] grads,
+                   floating[:, ::1] state, const double[::1] hp, double lr, int64_t t,
+                   int n_threads):
+    """One update of the whole flat buffer (parallel over fixed blocks)."""
+    cdef Py_ssize_t n_par = params.shape[0], blk, p0, pn
+    cdef Py_ssize_t n_blocks = (n_par + UPDATE_BLOCK - 1) // UPDATE_BLOCK
+    cdef floating* P = &params[0]
+    cdef floating* G = <floating*>&grads[0]
+    cdef floating* S0 = &state[0, 0] if state.shape[0] > 0 else NULL
+    cdef floating* S1 = &state[1, 0] if state.shape[0] > 1 else NULL
+    cdef floating* S2 = &state[2, 0] if state.shape[0] > 2 else NULL
+    cdef double* hpp = <double*>&hp[0]
+    with nogil:
+        for blk in prange(n_blocks, schedule='static', num_threads=n_threads):
+            p0 = blk * UPDATE_BLOCK
+            pn = UPDATE_BLOCK if p0 + UPDATE_BLOCK <= n_par else n_par - p0
+            update_block(opt_code, P + p0, G + p0,
+                         (S0 + p0) if S0 != NULL else NULL,
+                         (S1 + p0) if S1 != NULL else NULL,
+                         (S2 + p0) if S2 != NULL else NULL,
+                         pn, hpp, lr, t)

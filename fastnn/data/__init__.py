@@ -1,0 +1,71 @@
+"""Input checks, batching order and bundled data sets."""
+import numpy as np
+
+_MASK64 = (1 << 64) - 1
+
+
+def check_X(X, n_features, dtype, name="X"):
+    """Validate X once and return it C-contiguous in ``dtype`` (copied only if needed)."""
+    if hasattr(X, "toarray") and not isinstance(X, np.ndarray):
+        raise TypeError(f"{name} is a sparse matrix; pass a dense array (X.toarray())")
+    try:
+        a = np.asarray(X)
+    except Exception as e:
+        raise TypeError(f"{name} must be a 2-D numeric array: {e}") from None
+    if a.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must be numeric (float or int), got dtype {a.dtype}; "
+                        "convert it with np.asarray(X, dtype=np.float32)")
+    if a.ndim != 2:
+        hint = (" Use X.reshape(-1, 1) for a single feature or X.reshape(1, -1) for a single example."
+                if a.ndim == 1 else "")
+        raise ValueError(f"{name} must be 2-D (n_samples, n_features), got {a.ndim}-D shape {a.shape}.{hint}")
+    if a.shape[0] == 0:
+        raise ValueError(f"{name} is empty (0 examples); pass at least one example")
+    if a.shape[1] != n_features:
+        raise ValueError(f"{name} has {a.shape[1]} features but the model's first Dense layer expects "
+                         f"{n_features}; check the data or the model's in_features")
+    a = np.ascontiguousarray(a, dtype=dtype)
+    if not np.isfinite(a).all():
+        raise ValueError(f"{name} contains NaN or Inf; remove or impute those values before training")
+    return a
+
+
+def check_seed(seed, name="seed"):
+    """A non-negative int seed; None draws a fresh one from the OS."""
+    if seed is None:
+        return int(np.random.SeedSequence().entropy) & _MASK64
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"{name} must be a non-negative int or None, got {seed!r}")
+    if seed < 0:
+        raise ValueError(f"{name} must be >= 0, got {seed}")
+    return int(seed) & _MASK64
+
+
+def rng_for(seed, *counters):
+    """A counter-based (Philox) generator keyed by (seed, counters): no hidden state."""
+    key = seed & _MASK64
+    for c in counters:
+        key = (key * 0x9E3779B97F4A7C15 + int(c) + 1) & _MASK64
+    return np.random.Generator(np.random.Philox(key=[seed & _MASK64, key]))
+
+
+def epoch_order(n, seed, epoch, shuffle=True):
+    """The example order of one epoch: a permutation keyed by (seed, epoch)."""
+    if not shuffle:
+        return np.arange(n, dtype=np.intp)
+    return rng_for(seed, 0x5EED, epoch).permutation(n).astype(np.intp)
+
+
+def load_digits(return_X_y=True):
+    """The bundled UCI optical-recognition digits: 1,797 8x8 images, classes 0-9.
+
+    Returns ``(X, y)``: X float32 (1797, 64) with pixel values 0..16 scaled to [0, 1],
+    y int64. Source and citation: ``fastnn/data/DIGITS-CITATION.txt``.
+    """
+    import os
+
+    path = os.path.join(os.path.dirname(__file__), "digits.npz")
+    with np.load(path, allow_pickle=False) as f:
+        X = f["X"].astype(np.float32) / np.float32(16.0)
+        y = f["y"].astype(np.int64)
+    return X, y
