@@ -101,7 +101,10 @@ def worker_fastnn(args) -> dict:
     warm = min(args.n, max(512, 8 * B))
     epoch(np.ascontiguousarray(X[:warm]), np.ascontiguousarray(y[:warm]))
     times = time_epochs(lambda: epoch(X, y), args.repeats)
-    return {"version": getattr(fn, "__version__", "?"), "times": times, "n": args.n}
+    res = {"version": getattr(fn, "__version__", "?"), "times": times, "n": args.n}
+    if hasattr(fn, "get_num_threads"):
+        res["threads"] = fn.get_num_threads()
+    return res
 
 
 def worker_torch(args) -> dict:
@@ -458,6 +461,10 @@ def main(argv=None) -> int:
 
     libs = [lib for lib in LIBS if lib in args.libs]
     args.libs = libs
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if load > 0.5:
+        # Other busy processes steal cores from OpenMP/BLAS pools and skew every number.
+        print(f"warning: 1-min load average is {load:.2f}; timings will be noisy", file=sys.stderr)
     peak_env = {k: v for k, v in os.environ.items() if k not in OPENBLAS_VARS}
     print("measuring sgemm peak ...", file=sys.stderr, flush=True)
     peak = spawn("peak", args, env=peak_env)
@@ -476,8 +483,8 @@ def main(argv=None) -> int:
 
     if args.out:
         meta = {"argv": sys.argv, "python": sys.version, "platform": platform.platform(),
-                "cpu": cpu_name(), "cpu_count": os.cpu_count(), "n": args.n, "sklearn_n": args.sklearn_n,
-                "repeats": args.repeats, "lr": LR, "momentum": MOMENTUM,
+                "cpu": cpu_name(), "cpu_count": os.cpu_count(), "loadavg_at_start": load,
+                "n": args.n, "sklearn_n": args.sklearn_n, "repeats": args.repeats, "lr": LR, "momentum": MOMENTUM,
                 "openblas_env": {k: os.environ.get(k) for k in OPENBLAS_VARS},
                 "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         with open(args.out, "w") as f:

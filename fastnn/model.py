@@ -253,8 +253,11 @@ class Sequential:
         return yi, yf, sw, pw
 
     # ------------------------------------------------------------ inference
-    def forward(self, X, threads=None):
-        """Raw network output (logits) for X, shape ``(N, n_outputs)``; dropout in inference mode."""
+    def forward(self, X, threads=None, training=False):
+        """Raw network output (logits) for X, shape ``(N, n_outputs)``.
+
+        Dropout is in inference mode unless ``training=True``, which draws the masks the
+        next training step would (keyed by the model's seed and step counters)."""
         X = check_X(X, self.n_features, self.dtype)
         n = X.shape[0]
         out = np.empty((n, self.n_outputs), dtype=self.dtype)
@@ -262,7 +265,8 @@ class Sequential:
         work = self._work(rows)
         with blas_single_thread():
             _engine.forward_rows(self._plan, self._planf, self._chunk, self._params, X, out, work,
-                                 rows, resolve_threads(threads))
+                                 rows, resolve_threads(threads), bool(training), self.seed,
+                                 self.epochs_trained, self.steps_trained)
         return out
 
     __call__ = forward

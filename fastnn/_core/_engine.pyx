@@ -467,8 +467,148 @@ cdef void chunk_backward(Net* net, floating* P, floating* W, Py_ssize_t r0, Py_s
              W + Lp.d_off + r0 * L.n_in, <int>L.n_in)
 
 
-cdef void grad_tile(Net* net, GradTile* T, floating* W, floating* G, Py_ssize_t B) noexcept nogil:
-    """dW[rows, cols] = D[:, rows]^T In[:, cols]; db[rows] = sum_i D[i, rows] (fixed order)."""
+# ---------------------------------------------------------------- optimizer kernel
+cdef struct OptStep:
+    # One step's constants, formed in double as torch forms its Python scalars;
+    # the kernels round them to the tensor dtype.
+    int code
+    double lr, c0, c1, c2, c3, c4
+    bint f0, f1
+
+
+cdef OptStep opt_step_consts(int code, const double* hp, double lr, int64_t t) noexcept nogil:
+    """Constants of update number t (1-based) for the rule ``code`` and hyper-parameters hp:
+
+      SGD:     hp = momentum, dampening, nesterov, weight_decay
+      Adam:    hp = beta1, beta2, eps, weight_decay, amsgrad, decoupled (AdamW)
+      Adagrad: hp = lr_decay, eps, weight_decay, initial_accumulator_value
+      RMSprop: hp = alpha, eps, momentum, centered, weight_decay
+    """
+    cdef OptStep o
+    o.code = code
+    o.lr = lr
+    o.c0 = o.c1 = o.c2 = o.c3 = o.c4 = 0
+    o.f0 = o.f1 = False
+    if code == OPT_SGD:
+        o.c0 = hp[0]                 # momentum
+        o.c1 = 1.0 - hp[1]           # 1 - dampening
+        o.c2 = hp[3]                 # weight decay
+        o.f0 = hp[2] != 0            # nesterov
+        o.f1 = t == 1                # first step: buffer = gradient
+    elif code == OPT_ADAM:
+        o.c0 = 1.0 - hp[0]                              # lerp weight of the first moment
+        o.c1 = hp[1]                                    # beta2
+        o.c2 = 1.0 - hp[1]
+        o.c3 = (1.0 - lr * hp[3]) if hp[5] != 0 else hp[3]   # AdamW decay factor or L2 weight decay
+        o.c4 = sqrt(1.0 - pow(hp[1], <double>t))        # sqrt of bias correction 2
+        o.lr = lr / (1.0 - pow(hp[0], <double>t))       # step size
+        o.f0 = hp[4] != 0                               # amsgrad
+        o.f1 = hp[5] != 0                               # decoupled
+    elif code == OPT_ADAGRAD:
+        o.lr = lr / (1.0 + (t - 1) * hp[0])
+        o.c1 = hp[1]                 # eps
+        o.c2 = hp[2]                 # weight decay
+    elif code == OPT_RMSPROP:
+        o.c0 = hp[0]                 # alpha
+        o.c1 = 1.0 - hp[0]
+        o.c2 = hp[2]                 # momentum
+        o.c3 = hp[4]                 # weight decay
+        o.f0 = hp[3] != 0            # centered
+    return o
+
+
+cdef void update_span(OptStep* o, double eps, floating* p, floating* g, floating* s0,
+                      floating* s1, floating* s2, Py_ssize_t n) noexcept nogil:
+    """Apply one step to n contiguous parameters (state pointers mirror p)."""
+    cdef Py_ssize_t i
+    cdef floating gi, b, lr = <floating>o.lr, a0 = <floating>o.c0, a1 = <floating>o.c1
+    cdef floating a2 = <floating>o.c2, a3 = <floating>o.c3, a4 = <floating>o.c4, e = <floating>eps
+    cdef floating denom, avg
+    if o.code == OPT_SGD:
+        for i in range(n):
+            gi = g[i]
+            if a2 != 0:
+                gi = gi + a2 * p[i]
+            if a0 != 0:
+                if o.f1:
+                    b = gi
+                else:
+                    b = s0[i] * a0 + a1 * gi
+                s0[i] = b
+                if o.f0:
+                    gi = gi + a0 * b
+                else:
+                    gi = b
+            p[i] = p[i] - lr * gi
+    elif o.code == OPT_ADAM:
+        for i in range(n):
+            gi = g[i]
+            if o.f1:
+                p[i] = p[i] * a3
+            elif a3 != 0:
+                gi = gi + a3 * p[i]
+            s0[i] = s0[i] + a0 * (gi - s0[i])
+            s1[i] = s1[i] * a1 + a2 * gi * gi
+            if o.f0:
+                if s1[i] > s2[i]:
+                    s2[i] = s1[i]
+                denom = f_sqrt(s2[i]) / a4 + e
+            else:
+                denom = f_sqrt(s1[i]) / a4 + e
+            p[i] = p[i] - lr * (s0[i] / denom)
+    elif o.code == OPT_ADAGRAD:
+        for i in range(n):
+            gi = g[i]
+            if a2 != 0:
+                gi = gi + a2 * p[i]
+            s0[i] = s0[i] + gi * gi
+            p[i] = p[i] - lr * (gi / (f_sqrt(s0[i]) + e))
+    elif o.code == OPT_RMSPROP:
+        for i in range(n):
+            gi = g[i]
+            if a3 != 0:
+                gi = gi + a3 * p[i]
+            s0[i] = s0[i] * a0 + a1 * gi * gi
+            if o.f0:
+                s2[i] = s2[i] + a1 * (gi - s2[i])
+                avg = f_sqrt(s0[i] - s2[i] * s2[i]) + e
+            else:
+                avg = f_sqrt(s0[i]) + e
+            if a2 > 0:
+                s1[i] = s1[i] * a2 + gi / avg
+                p[i] = p[i] - lr * s1[i]
+            else:
+                p[i] = p[i] - lr * (gi / avg)
+
+
+cdef inline double opt_eps(int code, const double* hp) noexcept nogil:
+    if code == OPT_ADAM or code == OPT_ADAGRAD or code == OPT_RMSPROP:
+        return hp[2] if code == OPT_ADAM else hp[1]
+    return 0
+
+
+cdef struct OptRun:
+    OptStep st
+    double eps
+    Py_ssize_t n_par
+    void* s0
+    void* s1
+    void* s2
+
+
+cdef inline void update_at(OptRun* o, floating* P, floating* G, Py_ssize_t off, Py_ssize_t n) noexcept nogil:
+    """Update parameters [off, off + n) of the flat buffer."""
+    update_span(&o.st, o.eps, P + off, G + off,
+                (<floating*>o.s0 + off) if o.s0 != NULL else <floating*>NULL,
+                (<floating*>o.s1 + off) if o.s1 != NULL else <floating*>NULL,
+                (<floating*>o.s2 + off) if o.s2 != NULL else <floating*>NULL, n)
+
+
+cdef void grad_tile(Net* net, GradTile* T, floating* W, floating* P, floating* G, Py_ssize_t B,
+                    OptRun* opt) noexcept nogil:
+    """dW[rows, cols] = D[:, rows]^T In[:, cols]; db[rows] = sum_i D[i, rows] (fixed order).
+
+    With ``opt`` the tile's parameters are updated at once, while their gradient is in cache."""
     cdef LayerRec* L = &net.L[T.layer]
     cdef floating* D = W + L.d_off
     cdef floating* db
@@ -482,103 +622,11 @@ cdef void grad_tile(Net* net, GradTile* T, floating* W, floating* G, Py_ssize_t 
         for i in range(B):
             for j in range(T.nr):
                 db[j] = db[j] + D[i * L.n_out + T.r0 + j]
-
-
-# ---------------------------------------------------------------- optimizer kernel
-cdef void update_block(int code, floating* p, floating* g, floating* s0, floating* s1,
-                       floating* s2, Py_ssize_t n, double* hp, double lr, int64_t t) noexcept nogil:
-    """One optimizer step on n parameters, torch.optim's rules and operation order.
-
-    hp (per code):
-      SGD:     momentum, dampening, nesterov, weight_decay
-      Adam:    beta1, beta2, eps, weight_decay, amsgrad, decoupled(AdamW)
-      Adagrad: lr_decay, eps, weight_decay, initial_accumulator (unused here)
-      RMSprop: alpha, eps, momentum, centered, weight_decay
-    t is the 1-based step number of this update.
-    """
-    cdef Py_ssize_t i
-    cdef floating gi, b, mom, damp, wd, b1, b2, eps, bc2s, step_size, denom, clr, alpha, avg, fl
-    cdef bint nesterov, first, ams, decoupled, centered
-    fl = <floating>lr
-    if code == OPT_SGD:
-        mom = <floating>hp[0]
-        damp = <floating>(1.0 - hp[1])      # torch scales by (1 - dampening), formed in double
-        nesterov = hp[2] != 0
-        wd = <floating>hp[3]
-        first = t == 1
-        for i in range(n):
-            gi = g[i]
-            if wd != 0:
-                gi = gi + wd * p[i]
-            if mom != 0:
-                if first:
-                    b = gi
-                else:
-                    b = s0[i] * mom + damp * gi
-                s0[i] = b
-                if nesterov:
-                    gi = gi + mom * b
-                else:
-                    gi = b
-            p[i] = p[i] - fl * gi
-    elif code == OPT_ADAM:
-        eps = <floating>hp[2]
-        ams = hp[4] != 0
-        decoupled = hp[5] != 0
-        # torch forms these scalars in double, then rounds them to the tensor dtype
-        b1 = <floating>(1.0 - hp[0])
-        b2 = <floating>hp[1]
-        wd = <floating>(1.0 - lr * hp[3]) if decoupled else <floating>hp[3]
-        bc2s = <floating>sqrt(1.0 - pow(hp[1], <double>t))
-        step_size = <floating>(lr / (1.0 - pow(hp[0], <double>t)))
-        alpha = <floating>(1.0 - hp[1])
-        for i in range(n):
-            gi = g[i]
-            if decoupled:
-                p[i] = p[i] * wd
-            elif wd != 0:
-                gi = gi + wd * p[i]
-            s0[i] = s0[i] + b1 * (gi - s0[i])
-            s1[i] = s1[i] * b2 + alpha * gi * gi
-            if ams:
-                if s1[i] > s2[i]:
-                    s2[i] = s1[i]
-                denom = f_sqrt(s2[i]) / bc2s + eps
-            else:
-                denom = f_sqrt(s1[i]) / bc2s + eps
-            p[i] = p[i] - step_size * (s0[i] / denom)
-    elif code == OPT_ADAGRAD:
-        eps = <floating>hp[1]
-        wd = <floating>hp[2]
-        clr = <floating>(lr / (1.0 + (t - 1) * hp[0]))
-        for i in range(n):
-            gi = g[i]
-            if wd != 0:
-                gi = gi + wd * p[i]
-            s0[i] = s0[i] + gi * gi
-            p[i] = p[i] - clr * (gi / (f_sqrt(s0[i]) + eps))
-    elif code == OPT_RMSPROP:
-        alpha = <floating>hp[0]
-        b1 = <floating>(1.0 - hp[0])
-        eps = <floating>hp[1]
-        mom = <floating>hp[2]
-        centered = hp[3] != 0
-        wd = <floating>hp[4]
-        for i in range(n):
-            gi = g[i]
-            if wd != 0:
-                gi = gi + wd * p[i]
-            s0[i] = s0[i] * alpha + b1 * gi * gi
-            if centered:
-                s2[i] = s2[i] + b1 * (gi - s2[i])
-                avg = f_sqrt(s0[i] - s2[i] * s2[i]) + eps
-            else:
-                avg = f_sqrt(s0[i]) + eps
-            if mom > 0:
-                s1[i] = s1[i] * mom + gi / avg
-                p[i] = p[i] - fl * s1[i]
-            else:
-                p[i] = p[i] - fl * (gi / avg)
+    if opt != NULL:
+        for i in range(T.nr):
+            update_at(opt, P, G, L.w_off + (T.r0 + i) * L.n_in + T.c0, T.nc)
+        if T.c0 == 0 and L.b_off >= 0:
+            update_at(opt, P, G, L.b_off + T.r0, T.nr)
 
 
 # ---------------------------------------------------------------- plan building
@@ -675,8 +723,10 @@ def run_steps(const int64_t[:, ::1] plan, const double[:, ::1] planf, Py_ssize_t
     cdef Py_ssize_t n_par = params.shape[0]
     cdef Net* net = net_new(plan, planf, batch_size, chunk, tiles)
     cdef LossRec lr
-    cdef Py_ssize_t s, b0, bsz, n_chunks, ci, r0, c, ti, i, n_blocks, blk, p0, pn
-    cdef double norm, tot, rate
+    cdef Py_ssize_t s, b0, bsz, n_chunks, ci, r0, c, ti, i
+    cdef double norm, tot
+    cdef OptRun orun
+    cdef OptRun* optp = NULL
     cdef floating* P = &params[0]
     cdef floating* G = &grads[0]
     cdef floating* Wk = &work[0]
@@ -706,7 +756,9 @@ def run_steps(const int64_t[:, ::1] plan, const double[:, ::1] planf, Py_ssize_t
     lr.code = loss_code
     lr.n_classes = n_classes
     lr.has_pos_weight = pwp != NULL
-    n_blocks = (n_par + UPDATE_BLOCK - 1) // UPDATE_BLOCK
+    orun.n_par = n_par
+    orun.s0, orun.s1, orun.s2 = <void*>S0, <void*>S1, <void*>S2
+    orun.eps = opt_eps(opt_code, hpp) if hpp != NULL else 0
     try:
         with nogil:
             for s in range(n_steps):
@@ -747,18 +799,13 @@ def run_steps(const int64_t[:, ::1] plan, const double[:, ::1] planf, Py_ssize_t
                 step_loss[s] = tot
                 if not isfinite(tot):
                     break
-                for ti in prange(net.n_tiles, schedule='dynamic', num_threads=n_threads):
-                    grad_tile(net, &net.tiles[ti], Wk, G, bsz)
+                optp = NULL
                 if opt_code != OPT_NONE:
-                    rate = lrs[s]
-                    for blk in prange(n_blocks, schedule='static', num_threads=n_threads):
-                        p0 = blk * UPDATE_BLOCK
-                        pn = UPDATE_BLOCK if p0 + UPDATE_BLOCK <= n_par else n_par - p0
-                        update_block(opt_code, P + p0, G + p0,
-                                     (S0 + p0) if S0 != NULL else NULL,
-                                     (S1 + p0) if S1 != NULL else NULL,
-                                     (S2 + p0) if S2 != NULL else NULL,
-                                     pn, hpp, rate, t0 + s + 1)
+                    orun.st = opt_step_consts(opt_code, hpp, lrs[s], t0 + s + 1)
+                    optp = &orun
+                # gradient average and (fused) update: one tile per task, no shared writes
+                for ti in prange(net.n_tiles, schedule='dynamic', num_threads=n_threads):
+                    grad_tile(net, &net.tiles[ti], Wk, P, G, bsz, optp)
                 done = s + 1
     finally:
         free(exl)
@@ -768,8 +815,10 @@ def run_steps(const int64_t[:, ::1] plan, const double[:, ::1] planf, Py_ssize_t
 
 def forward_rows(const int64_t[:, ::1] plan, const double[:, ::1] planf, Py_ssize_t chunk,
                  floating[::1] params, const floating[:, ::1] X, floating[:, ::1] out,
-                 floating[::1] work, Py_ssize_t batch_size, int n_threads):
-    """Inference: out <- network(X), in batches of batch_size (dropout in inference mode)."""
+                 floating[::1] work, Py_ssize_t batch_size, int n_threads, bint training=False,
+                 uint64_t seed=0, uint64_t epoch=0, uint64_t step=0):
+    """out <- network(X), in batches of batch_size rows. Dropout is in inference mode
+    unless ``training``; then row i of X draws the mask of example i of step ``step``."""
     cdef Py_ssize_t N = X.shape[0]
     cdef Net* net = net_new(plan, planf, batch_size, chunk, np.zeros((0, 5), dtype=np.int64))
     cdef Py_ssize_t b0, bsz, n_chunks, ci, r0, c, i
@@ -789,7 +838,7 @@ def forward_rows(const int64_t[:, ::1] plan, const double[:, ::1] planf, Py_ssiz
                     r0 = ci * chunk
                     c = chunk if r0 + chunk <= bsz else bsz - r0
                     memcpy(Wk + r0 * n_in0, Xp + (b0 + r0) * n_in0, c * n_in0 * sizeof(floating))
-                    chunk_forward(net, P, Wk, r0, c, False, 0, 0, 0, 0)
+                    chunk_forward(net, P, Wk, r0, c, training, seed, epoch, step, b0)
                     memcpy(Op + (b0 + r0) * n_out, Wk + Llast.out_off + r0 * n_out,
                            c * n_out * sizeof(floating))
                 b0 += bsz
@@ -824,21 +873,18 @@ def loss_per_example(const floating[:, ::1] O, const int64_t[::1] yi, const floa
 def optimizer_step(int opt_code, floating[::1] params, const floating[::1] grads,
                    floating[:, ::1] state, const double[::1] hp, double lr, int64_t t,
                    int n_threads):
-    """One update of the whole flat buffer (parallel over fixed blocks)."""
+    """One update (number t, 1-based) of the whole flat buffer, parallel over fixed blocks."""
     cdef Py_ssize_t n_par = params.shape[0], blk, p0, pn
     cdef Py_ssize_t n_blocks = (n_par + UPDATE_BLOCK - 1) // UPDATE_BLOCK
-    cdef floating* P = &params[0]
-    cdef floating* G = <floating*>&grads[0]
-    cdef floating* S0 = &state[0, 0] if state.shape[0] > 0 else NULL
-    cdef floating* S1 = &state[1, 0] if state.shape[0] > 1 else NULL
-    cdef floating* S2 = &state[2, 0] if state.shape[0] > 2 else NULL
-    cdef double* hpp = <double*>&hp[0]
+    cdef OptRun o
+    o.st = opt_step_consts(opt_code, &hp[0], lr, t)
+    o.eps = opt_eps(opt_code, &hp[0])
+    o.n_par = n_par
+    o.s0 = <void*>&state[0, 0] if state.shape[0] > 0 else NULL
+    o.s1 = <void*>&state[1, 0] if state.shape[0] > 1 else NULL
+    o.s2 = <void*>&state[2, 0] if state.shape[0] > 2 else NULL
     with nogil:
         for blk in prange(n_blocks, schedule='static', num_threads=n_threads):
             p0 = blk * UPDATE_BLOCK
             pn = UPDATE_BLOCK if p0 + UPDATE_BLOCK <= n_par else n_par - p0
-            update_block(opt_code, P + p0, G + p0,
-                         (S0 + p0) if S0 != NULL else NULL,
-                         (S1 + p0) if S1 != NULL else NULL,
-                         (S2 + p0) if S2 != NULL else NULL,
-                         pn, hpp, lr, t)
+            update_at(&o, &params[0], <floating*>&grads[0], p0, pn)
