@@ -53,6 +53,13 @@ class Optimizer:
     def bind(self, model):
         """Allocate (or check) state for ``model``; called by fit / train_step."""
         key = (id(model), model.n_params, model.dtype)
+        if self.state is not None and self._model_key is None:
+            # loaded from a state_dict: adopt it if it fits this model
+            if self.state.shape != (self.n_state, model.n_params):
+                raise ValueError(f"loaded optimizer state has shape {self.state.shape}, the model needs "
+                                 f"{(self.n_state, model.n_params)}")
+            self.state = np.ascontiguousarray(self.state, dtype=model.dtype)
+            self._model_key = key
         if self.state is None:
             self.state = np.zeros((self.n_state, model.n_params), dtype=model.dtype)
             self._init_state(self.state)
@@ -84,8 +91,8 @@ class Optimizer:
         d = {"type": type(self).__name__, "lr": self.lr, "step": self.step_count,
              "hyper": self._hyper_dict()}
         if self.state is not None:
-            for i, name in enumerate(self._state_names):
-                d[name] = self.state[i].copy()
+            for i in range(self.state.shape[0]):
+                d[self._state_names[i]] = self.state[i].copy()
         return d
 
     def load_state_dict(self, d):
@@ -96,11 +103,15 @@ class Optimizer:
         self.step_count = int(d["step"])
         for k, v in d.get("hyper", {}).items():
             setattr(self, k, v)
-        names = [n for n in self._state_names if n in d]
-        if names:
-            arrs = [np.asarray(d[n]) for n in self._state_names]
+        names = self._state_names[:self.n_state]
+        if names and all(n in d for n in names):
+            arrs = [np.asarray(d[n]) for n in names]
+            if len({a.shape for a in arrs}) != 1 or arrs[0].ndim != 1:
+                raise ValueError("state_dict buffers must be 1-D arrays of one length")
             self.state = np.ascontiguousarray(np.stack(arrs))
             self._model_key = None
+        elif names and any(n in d for n in names):
+            raise ValueError(f"state_dict lacks some of {names}")
         else:
             self.state = None
 
