@@ -16,8 +16,10 @@ def test_bundled_digits_are_the_uci_set():
     assert np.array_equal(np.unique(y), np.arange(10)) and np.bincount(y).min() >= 170
 
 
-def test_train_on_bundled_digits_reaches_96_percent():
-    out = subprocess.run([sys.executable, "-m", "fastnn", "train"], capture_output=True, text=True, check=True)
+def test_train_on_bundled_digits_reaches_96_percent(tmp_path):
+    # run outside the source tree, so the installed package is the one imported
+    out = subprocess.run([sys.executable, "-m", "fastnn", "train"], capture_output=True, text=True,
+                         check=True, cwd=tmp_path)
     lines = out.stdout.strip().splitlines()
     assert sum(line.startswith("epoch") for line in lines) == 30
     acc = float(lines[-1].split("accuracy:")[1].split()[0])

@@ -109,10 +109,11 @@ def test_thread_count_settings(monkeypatch):
     assert fn.get_num_threads() == old or "OMP_NUM_THREADS" in os.environ
 
 
-def test_omp_num_threads_respected_in_fresh_process():
+def test_omp_num_threads_respected_in_fresh_process(tmp_path):
     code = "import fastnn as fn; print(fn.get_num_threads())"
     env = dict(os.environ, OMP_NUM_THREADS="3")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
+                         cwd=tmp_path)
     assert out.stdout.strip() == ("3" if _engine.OPENMP else "1")
 
 
