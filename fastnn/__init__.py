@@ -17,5 +17,19 @@ __all__ = [
     "Loss", "MSE", "BinaryCrossEntropy", "CrossEntropy", "NLLLoss", "KLDiv",
     "Optimizer", "SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "optim", "data",
     "Callback", "History", "TrainingDiverged",
-    "set_num_threads", "get_num_threads", "show_config", "__version__",
+    "set_num_threads", "get_num_threads", "show_config", "__version__", "load", "from_torch",
 ]
+
+
+def load(path):
+    """Read a model written by ``Sequential.save`` (safetensors; never executes code)."""
+    from .io import load_model
+
+    return load_model(path)
+
+
+def from_torch(module, dtype=None):
+    """A fastnn Sequential equivalent to a supported ``torch.nn.Sequential`` (needs torch)."""
+    from .io import from_torch as _from_torch
+
+    return _from_torch(module, dtype=dtype)

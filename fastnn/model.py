@@ -344,7 +344,8 @@ class Sequential:
         return float(step_loss[0])
 
     def fit(self, X, y, loss=None, optimizer=None, epochs=1, batch_size=32, shuffle=True, seed=None,
-            threads=None, verbose=0, validation_data=None, sample_weight=None, callbacks=None):
+            threads=None, verbose=0, validation_data=None, sample_weight=None, callbacks=None,
+            checkpoint=None, checkpoint_every=1):
         """Train by mini-batch backpropagation; returns a ``History``.
 
         Args:
@@ -362,6 +363,8 @@ class Sequential:
             validation_data: ``(X_val, y_val)`` evaluated after every epoch.
             sample_weight: per-example weights (the loss becomes sum w l / sum w).
             callbacks: ``Callback`` objects.
+            checkpoint: a path; the model (with optimizer state) is saved there every
+                ``checkpoint_every`` epochs, atomically, so training can resume exactly.
         """
         loss = check_loss(loss if loss is not None else self._need_loss())
         opt = optimizer if optimizer is not None else (self.optimizer or Adam(lr=1e-3))
@@ -385,6 +388,10 @@ class Sequential:
             val = (Xv, validation_data[1], validation_data[2] if len(validation_data) == 3 else None)
             self._targets(val[1], loss, Xv.shape[0], val[2])   # fail now, not after an epoch
         callbacks = list(callbacks or [])
+        if checkpoint is not None:
+            from .io import Checkpoint
+
+            callbacks.append(Checkpoint(checkpoint, every=_pos_int(checkpoint_every, "checkpoint_every")))
         for cb in callbacks:
             if not isinstance(cb, Callback):
                 raise TypeError(f"callbacks must be fn.Callback objects, got {cb!r}")
@@ -471,6 +478,19 @@ class Sequential:
             parts.append(f"{k} {v:.4g}" if k == "lr" else f"{k} {v:.4f}")
         parts.append(f"{logs['time']:.2f}s")
         return " - ".join(parts)
+
+    # ------------------------------------------------------------ persistence and interop
+    def save(self, path, include_optimizer=False):
+        """Write the model to ``path`` in the safetensors format (see ``fastnn.io``)."""
+        from .io import save_model
+
+        return save_model(self, path, include_optimizer=include_optimizer)
+
+    def to_torch(self):
+        """The equivalent ``torch.nn.Sequential``, with these weights (needs torch)."""
+        from .io import to_torch
+
+        return to_torch(self)
 
     # ------------------------------------------------------------ misc
     def __repr__(self):
