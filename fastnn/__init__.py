@@ -4,19 +4,20 @@
     model = fn.Sequential(fn.Dense(64, 128), fn.ReLU(), fn.Dense(128, 10))
     model.fit(X, y, loss=fn.CrossEntropy(), optimizer=fn.SGD(lr=0.1, momentum=0.9), epochs=10)
 """
-from . import data, optim
+from . import data, optim, schedules
 from ._config import __version__, get_num_threads, set_num_threads, show_config
-from .callbacks import Callback, History
+from .callbacks import Callback, EarlyStopping, History
 from .layers import Dense, Dropout, Identity, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
 from .losses import MSE, BinaryCrossEntropy, CrossEntropy, KLDiv, Loss, NLLLoss
 from .model import Sequential, TrainingDiverged
-from .optim import SGD, Adagrad, Adam, AdamW, Optimizer, RMSprop
+from .lr_finder import find_lr
+from .optim import SGD, Adagrad, Adam, AdamW, Optimizer, RMSprop, clip_grad_norm
 
 __all__ = [
     "Sequential", "Dense", "Identity", "Sigmoid", "Tanh", "ReLU", "LeakyReLU", "Softmax", "Dropout",
     "Loss", "MSE", "BinaryCrossEntropy", "CrossEntropy", "NLLLoss", "KLDiv",
-    "Optimizer", "SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "optim", "data",
-    "Callback", "History", "TrainingDiverged",
+    "find_lr", "clip_grad_norm", "Optimizer", "SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "optim", "data",
+    "Callback", "History", "EarlyStopping", "TrainingDiverged", "schedules",
     "set_num_threads", "get_num_threads", "show_config", "__version__", "load", "from_torch",
 ]
 

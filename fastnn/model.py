@@ -8,6 +8,7 @@ bar is shown); no Python code runs per example or per step.
 import math
 import sys
 import time
+import warnings
 
 import numpy as np
 
@@ -15,8 +16,9 @@ from . import layers as L
 from ._config import blas_single_thread, resolve_threads
 from ._core import _engine
 from .callbacks import Callback, History
-from .data import check_seed, check_X, epoch_order, rng_for
-from .losses import Loss, check_loss, reduce_loss
+from .data import check_seed, check_X, class_weights, epoch_order, rng_for, split_indices
+from .losses import BinaryCrossEntropy, check_loss, reduce_loss
+from .metrics import classification_metrics
 from .optim import OPT_NONE, Adam, check_optimizer
 
 
@@ -40,6 +42,16 @@ def _dtype(dtype):
 
 def _next_pow2(n):
     return 1 << max(0, math.ceil(math.log2(max(1, n))))
+
+
+def _nonneg(v, name, positive=False):
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a number, got {v!r}") from None
+    if not math.isfinite(v) or v < 0 or (positive and v == 0):
+        raise ValueError(f"{name} must be {'> 0' if positive else '>= 0'} and finite, got {v}")
+    return v
 
 
 def _pos_int(v, name, minimum=1):
@@ -277,7 +289,8 @@ class Sequential:
         return self.loss.link(out) if self.loss is not None else out
 
     def evaluate(self, X, y, loss=None, sample_weight=None, threads=None):
-        """``{"loss": ...}`` plus ``"accuracy"`` for classification losses, over all of X."""
+        """``{"loss": ...}``, plus ``accuracy``, ``balanced_accuracy`` and ``f1_macro`` for
+        classification losses (elementwise accuracy alone for multi-label BCE), over all of X."""
         loss = check_loss(loss if loss is not None else self._need_loss())
         X = check_X(X, self.n_features, self.dtype)
         yi, yf, sw, pw = self._targets(y, loss, X.shape[0], sample_weight)
@@ -286,7 +299,12 @@ class Sequential:
         _engine.loss_per_example(out, yi, yf, pw, loss.kernel_code(yf), per)
         res = {"loss": reduce_loss(per, sw if sw.size else None, loss.reduction_code, self.n_outputs)}
         if loss.classification:
-            res["accuracy"] = loss.accuracy(out, yi, yf)
+            if yi.size or yf.shape[1] == 1 or not isinstance(loss, BinaryCrossEntropy):
+                truth = yi if yi.size else (yf.argmax(1) if yf.shape[1] > 1 else (yf[:, 0] > 0.5).astype(np.int64))
+                pred = out.argmax(1) if out.shape[1] > 1 else (out[:, 0] > 0).astype(np.int64)
+                res.update(classification_metrics(truth, pred, self.n_outputs))
+            else:
+                res["accuracy"] = loss.accuracy(out, yi, yf)
         return res
 
     def _need_loss(self):
@@ -297,7 +315,7 @@ class Sequential:
 
     # ------------------------------------------------------------ training
     def _run(self, X, yi, yf, sw, pw, loss, order, batch_size, n_steps, opt, lrs, seed, epoch,
-             step0, n_threads, step_loss):
+             step0, n_threads, step_loss, **kw):
         state = opt.bind(self) if opt is not None else np.zeros((0, 1), dtype=self.dtype)
         if state.shape[0] == 0:
             state = np.zeros((0, 1), dtype=self.dtype)
@@ -307,7 +325,7 @@ class Sequential:
             loss.reduction_code, opt.code if opt is not None else OPT_NONE,
             opt.hyper() if opt is not None else np.zeros(1), lrs,
             opt.step_count if opt is not None else 0, seed, epoch, step0, True,
-            self._work(batch_size), step_loss, n_threads)
+            self._work(batch_size), step_loss, n_threads, **kw)
 
     def loss_and_grad(self, X, y, loss, sample_weight=None, threads=None):
         """Loss of the whole of X as one batch and its gradient (mean over the batch, as the
@@ -344,8 +362,9 @@ class Sequential:
         return float(step_loss[0])
 
     def fit(self, X, y, loss=None, optimizer=None, epochs=1, batch_size=32, shuffle=True, seed=None,
-            threads=None, verbose=0, validation_data=None, sample_weight=None, callbacks=None,
-            checkpoint=None, checkpoint_every=1):
+            threads=None, verbose=0, validation_split=0.0, validation_data=None, sample_weight=None,
+            class_weight=None, l2=0.0, l2_bias=False, schedule=None, clip_norm=None, clip_value=None,
+            callbacks=None, checkpoint=None, checkpoint_every=1):
         """Train by mini-batch backpropagation; returns a ``History``.
 
         Args:
@@ -356,16 +375,27 @@ class Sequential:
             epochs: passes over the data (0 trains nothing).
             batch_size: examples per step (the last batch of an epoch may be smaller).
             shuffle: reshuffle every epoch; the order is keyed by (seed, epoch).
-            seed: shuffling and dropout seed (default: the model's seed).
+            seed: shuffling, validation split and dropout seed (default: the model's seed).
             threads: threads for this fit (default ``fn.get_num_threads()``); the result is
                 bit-for-bit the same for any value.
-            verbose: 0 silent, 1 progress bar per epoch, 2 one line per epoch.
-            validation_data: ``(X_val, y_val)`` evaluated after every epoch.
-            sample_weight: per-example weights (the loss becomes sum w l / sum w).
-            callbacks: ``Callback`` objects.
+            verbose: 0 silent, 1 a progress bar per epoch and a summary line, 2 one line per epoch.
+            validation_split: fraction of (X, y) held out for validation, stratified by class for
+                classification losses, drawn from ``seed``.
+            validation_data: ``(X_val, y_val)`` or ``(X_val, y_val, sample_weight)``.
+            sample_weight: per-example weights; the loss becomes sum w l / sum w.
+            class_weight: ``"balanced"`` (n / (C n_c)) or ``{class: weight}``; multiplies
+                ``sample_weight``.
+            l2: β of the L2 penalty β‖W‖² over all weights (biases too with ``l2_bias``), fused
+                into the compiled step; History's ``loss`` is the data loss, ``l2_penalty`` β‖W‖².
+            schedule: a ``fn.schedules`` schedule of the step (or ``ReduceOnPlateau``).
+            clip_norm: rescale each step's whole gradient to at most this L2 norm.
+            clip_value: clamp each gradient entry to [-clip_value, clip_value].
+            callbacks: ``Callback`` objects (e.g. ``fn.EarlyStopping``).
             checkpoint: a path; the model (with optimizer state) is saved there every
                 ``checkpoint_every`` epochs, atomically, so training can resume exactly.
         """
+        from .schedules import ReduceOnPlateau, Schedule
+
         loss = check_loss(loss if loss is not None else self._need_loss())
         opt = optimizer if optimizer is not None else (self.optimizer or Adam(lr=1e-3))
         opt = check_optimizer(opt)
@@ -375,18 +405,54 @@ class Sequential:
             raise ValueError(f"verbose must be 0, 1 or 2, got {verbose!r}")
         seed = self.seed if seed is None else check_seed(seed)
         n_threads = resolve_threads(threads)
+        l2 = _nonneg(l2, "l2")
+        clip_norm = _nonneg(clip_norm, "clip_norm", positive=True) if clip_norm is not None else 0.0
+        clip_value = _nonneg(clip_value, "clip_value", positive=True) if clip_value is not None else 0.0
+        if schedule is not None and not isinstance(schedule, (Schedule, ReduceOnPlateau)):
+            raise TypeError(f"schedule must be a fn.schedules schedule, got {schedule!r}")
         X = check_X(X, self.n_features, self.dtype)
-        n = X.shape[0]
-        yi, yf, sw, pw = self._targets(y, loss, n, sample_weight)
+        yi, yf, sw, pw = self._targets(y, loss, X.shape[0], sample_weight)
+        labels = yi if yi.size else (yf.argmax(axis=1) if yf.shape[1] > 1 else
+                                      (yf[:, 0] > 0.5).astype(np.int64) if loss.classification else None)
+        if class_weight is not None:
+            if labels is None or (yf.size and yf.shape[1] > 1 and not yi.size):
+                raise ValueError("class_weight needs class labels (CrossEntropy/NLLLoss with integer labels, "
+                                 "or BinaryCrossEntropy with one output)")
+            cw = class_weights(class_weight, labels, max(self.n_outputs, 2)).astype(self.dtype)[labels]
+            sw = cw if sw.size == 0 else np.ascontiguousarray(sw * cw)
         if sw.size and not np.any(sw > 0):
             raise ValueError("all example weights are zero; nothing to learn from")
         val = None
-        if validation_data is not None:
+        if validation_data is not None and validation_split:
+            raise ValueError("pass validation_data or validation_split, not both")
+        if validation_split:
+            vs = float(validation_split)
+            if not 0.0 < vs < 1.0:
+                raise ValueError(f"validation_split must be in (0, 1), got {validation_split}")
+            tr, va = split_indices(labels if loss.classification else None, X.shape[0], vs, seed)
+            if tr.size == 0 or va.size == 0:
+                raise ValueError(f"validation_split={vs} leaves no training or no validation examples")
+            val = (X[va], yi[va] if yi.size else yf[va], sw[va] if sw.size else None)
+            X = np.ascontiguousarray(X[tr])
+            yi = yi[tr] if yi.size else yi
+            yf = np.ascontiguousarray(yf[tr]) if yf.size else yf
+            sw = np.ascontiguousarray(sw[tr]) if sw.size else sw
+            labels = labels[tr] if labels is not None else None
+        elif validation_data is not None:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
                 raise ValueError("validation_data must be (X_val, y_val) or (X_val, y_val, sample_weight)")
             Xv = check_X(validation_data[0], self.n_features, self.dtype, name="validation_data X")
             val = (Xv, validation_data[1], validation_data[2] if len(validation_data) == 3 else None)
             self._targets(val[1], loss, Xv.shape[0], val[2])   # fail now, not after an epoch
+        if (labels is not None and class_weight is None and sample_weight is None
+                and getattr(loss, "weight", None) is None and getattr(loss, "pos_weight", None) is None):
+            counts = np.bincount(labels)
+            counts = counts[counts > 0]
+            if counts.size > 1 and counts.min() < counts.max() / 10:
+                warnings.warn(f"class imbalance {counts.min()}:{counts.max()} is below 1:10 and no weighting "
+                              "is used; consider class_weight='balanced' or fn.data.subsample",
+                              stacklevel=2)
+        n = X.shape[0]
         callbacks = list(callbacks or [])
         if checkpoint is not None:
             from .io import Checkpoint
@@ -407,7 +473,11 @@ class Sequential:
         n_steps = -(-n // bs)
         sizes = np.full(n_steps, bs, dtype=np.float64)
         sizes[-1] = n - bs * (n_steps - 1)
+        track = labels is not None and (yi.size or yf.shape[1] > 1 or loss.classification)
+        pred = np.zeros(n if track else 0, dtype=np.int64)
         opt.bind(self)
+        run_kw = dict(l2=l2, l2_bias=bool(l2_bias), clip_value=clip_value, clip_norm=clip_norm,
+                      pred=pred)
         for cb in cbs:
             cb.on_train_begin()
         try:
@@ -417,28 +487,65 @@ class Sequential:
                     ep = self.epochs_trained
                     order = epoch_order(n, seed, ep, shuffle)
                     step_loss = np.empty(n_steps)
-                    lrs = np.full(n_steps, opt.lr)
+                    if isinstance(schedule, Schedule):
+                        lrs = schedule.rates(opt.step_count, n_steps)
+                    else:
+                        lrs = np.full(n_steps, opt.lr)
                     self._epoch(X, yi, yf, sw, pw, loss, order, bs, n_steps, opt, lrs, seed, ep,
-                                n_threads, step_loss, verbose == 1, epochs)
+                                n_threads, step_loss, verbose == 1, run_kw)
                     self.epochs_trained += 1
-                    logs = {"loss": float(np.dot(step_loss, sizes) / n), "lr": opt.lr}
+                    logs = {"loss": float(np.dot(step_loss, sizes) / n)}
+                    if track:
+                        logs.update(classification_metrics(labels, pred, self.n_outputs))
+                    if l2 > 0:
+                        logs["l2_penalty"] = self.l2_penalty(l2, l2_bias)
                     if val is not None:
                         for k, v in self.evaluate(val[0], val[1], loss, val[2], n_threads).items():
                             logs["val_" + k] = v
+                    logs["lr"] = float(lrs[-1])
+                    if isinstance(schedule, ReduceOnPlateau):
+                        key = schedule.monitor if schedule.monitor in logs else "loss"
+                        schedule.step(logs[key], opt)
                     logs["time"] = time.perf_counter() - t_start
-                    if verbose == 2:
+                    if verbose:
                         print(self._epoch_line(ep, epochs, logs), file=sys.stderr, flush=True)
                     for cb in cbs:
                         cb.on_epoch_end(ep, logs)
                     if self.stop_training:
                         break
+        except KeyboardInterrupt:
+            history.interrupted = True
+            warnings.warn(f"training interrupted at epoch {self.epochs_trained + 1}; the History so far is "
+                          "returned" + (" and the best weights restored" if any(
+                              getattr(cb, "restore_best", False) for cb in cbs) else ""), stacklevel=2)
         finally:
             for cb in cbs:
                 cb.on_train_end()
+        history.best_epoch = self._best_epoch(history, callbacks)
         return history
 
+    @staticmethod
+    def _best_epoch(history, callbacks):
+        for cb in callbacks:
+            if getattr(cb, "best_epoch", None) is not None:
+                return cb.best_epoch
+        for key in ("val_loss", "loss"):
+            vals = history.history.get(key)
+            if vals:
+                return history.epoch[int(np.nanargmin(vals))] if np.any(np.isfinite(vals)) else None
+        return None
+
+    def l2_penalty(self, l2, bias=False):
+        """β‖W‖² over the weights (and biases with ``bias``), in float64."""
+        tot = 0.0
+        for k, (_, d, _, _) in enumerate(self._stages):
+            tot += float(np.sum(np.square(d.weight, dtype=np.float64)))
+            if bias and d.bias is not None:
+                tot += float(np.sum(np.square(d.bias, dtype=np.float64)))
+        return l2 * tot
+
     def _epoch(self, X, yi, yf, sw, pw, loss, order, bs, n_steps, opt, lrs, seed, ep, n_threads,
-               step_loss, bar, epochs):
+               step_loss, bar, run_kw):
         # One core call per epoch; with a progress bar, one per ~2% of the epoch. The split does not
         # change the result: every step is keyed by its global (epoch, step) counters.
         seg = max(1, -(-n_steps // 50)) if bar else n_steps
@@ -446,13 +553,13 @@ class Sequential:
         if bar:
             from tqdm.auto import tqdm
 
-            pbar = tqdm(total=n_steps, desc=f"epoch {ep + 1}", unit="step", leave=True,
+            pbar = tqdm(total=n_steps, desc=f"epoch {ep + 1}", unit="step", leave=False,
                         file=sys.stderr, dynamic_ncols=True)
         try:
             for s0 in range(0, n_steps, seg):
                 k = min(seg, n_steps - s0)
                 done = self._run(X, yi, yf, sw, pw, loss, order[s0 * bs:], bs, k, opt, lrs[s0:s0 + k],
-                                 seed, ep, self.steps_trained, n_threads, step_loss[s0:s0 + k])
+                                 seed, ep, self.steps_trained, n_threads, step_loss[s0:s0 + k], **run_kw)
                 opt.step_count += done
                 self.steps_trained += done
                 if done < k:
@@ -460,11 +567,11 @@ class Sequential:
                     raise TrainingDiverged(
                         f"training loss became {v} at epoch {ep + 1}, step {s0 + done + 1}; training "
                         f"stopped and the weights from before that step were kept. Lower the learning "
-                        f"rate (now {opt.lr:g}), clip gradients, or check the data and targets.",
-                        ep, s0 + done, v)
+                        f"rate (now {lrs[s0 + done]:g}), clip gradients (clip_norm=1.0), or check the "
+                        "data and targets.", ep, s0 + done, v)
                 if pbar is not None:
                     pbar.update(k)
-                    pbar.set_postfix(loss=f"{np.mean(step_loss[s0:s0 + k]):.4f}")
+                    pbar.set_postfix(loss=f"{np.mean(step_loss[:s0 + k]):.4f}")
         finally:
             if pbar is not None:
                 pbar.close()
@@ -475,7 +582,7 @@ class Sequential:
         for k, v in logs.items():
             if k == "time":
                 continue
-            parts.append(f"{k} {v:.4g}" if k == "lr" else f"{k} {v:.4f}")
+            parts.append(f"{k} {v:.3g}" if k == "lr" else f"{k} {v:.4f}")
         parts.append(f"{logs['time']:.2f}s")
         return " - ".join(parts)
 

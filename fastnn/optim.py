@@ -249,3 +249,28 @@ def check_optimizer(opt):
     if not isinstance(opt, Optimizer):
         raise TypeError(f"optimizer must be a fastnn optimizer such as fn.SGD(lr=0.01), got {opt!r}")
     return opt
+
+
+def clip_grad_norm(grads, max_norm, threads=None):
+    """Scale gradients in place so their global L2 norm is at most ``max_norm``; return the
+    norm before clipping (torch.nn.utils.clip_grad_norm_'s rule: coef = max_norm / (norm + 1e-6),
+    applied when below 1). ``grads`` is a list of arrays (as ``loss_and_grad`` returns) or one
+    flat array."""
+    from ._config import resolve_threads
+
+    max_norm = float(max_norm)
+    if not np.isfinite(max_norm) or max_norm <= 0:
+        raise ValueError(f"max_norm must be > 0, got {max_norm}")
+    if (isinstance(grads, np.ndarray) and grads.ndim == 1 and grads.flags.c_contiguous
+            and grads.dtype in (np.float32, np.float64) and grads.flags.writeable):
+        return float(_engine.clip_grad_norm(grads, max_norm, resolve_threads(threads)))
+    arrs = list(grads) if not isinstance(grads, np.ndarray) else [grads]
+    for g in arrs:
+        if not isinstance(g, np.ndarray) or g.dtype.kind != "f":
+            raise TypeError("grads must be float NumPy arrays")
+    norm = float(np.sqrt(sum(float(np.sum(np.square(g, dtype=np.float64))) for g in arrs)))
+    coef = max_norm / (norm + 1e-6)
+    if coef < 1.0:
+        for g in arrs:
+            g *= g.dtype.type(coef)
+    return norm

@@ -341,9 +341,12 @@ cdef void dropout_backward_rows(floating* G, Py_ssize_t c, Py_ssize_t n, int mod
 # ---------------------------------------------------------------- loss kernels
 cdef double loss_rows(LossRec* lr, floating* O, floating* G, Py_ssize_t c,
                       Py_ssize_t* idx, int64_t* yi, floating* yf, floating* sw,
-                      floating* pos_weight, double inv_norm, double* ex_loss) noexcept nogil:
+                      floating* pos_weight, double inv_norm, double* ex_loss,
+                      int64_t* pred) noexcept nogil:
     """Per-example loss of c output rows O into ex_loss (unweighted), and, when G is
     not NULL, G <- w_i * inv_norm * dloss_i/dO (the delta fed to backprop).
+    When pred is not NULL, pred[example] <- the predicted class (argmax, or o > 0
+    for a single logit).
 
     idx maps each row to its example in yi / yf / sw."""
     cdef Py_ssize_t i, j, C = lr.n_classes, e
@@ -421,6 +424,15 @@ cdef double loss_rows(LossRec* lr, floating* O, floating* G, Py_ssize_t c,
                 if g != NULL:
                     g[j] = -t[j] * sc
         ex_loss[i] = l
+        if pred != NULL:
+            if C == 1:
+                pred[e] = 1 if o[0] > 0 else 0
+            else:
+                lab = 0
+                for j in range(1, C):
+                    if o[j] > o[lab]:
+                        lab = j
+                pred[e] = lab
     return 0
 
 
@@ -604,9 +616,30 @@ cdef inline void update_at(OptRun* o, floating* P, floating* G, Py_ssize_t off, 
                 (<floating*>o.s2 + off) if o.s2 != NULL else <floating*>NULL, n)
 
 
+cdef struct GradOpts:
+    double l2            # > 0: the loss has l2 * ||W||^2, so dW += 2 l2 W
+    bint l2_bias         # ... and the biases too
+    double clip_value    # > 0: clamp every gradient entry to [-clip_value, clip_value]
+
+
+cdef inline void grad_post(floating* g, floating* p, Py_ssize_t n, double l2, double clip) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef floating c2 = <floating>(2.0 * l2), cv = <floating>clip
+    if l2 > 0:
+        for i in range(n):
+            g[i] = g[i] + c2 * p[i]
+    if clip > 0:
+        for i in range(n):
+            if g[i] > cv:
+                g[i] = cv
+            elif g[i] < -cv:
+                g[i] = -cv
+
+
 cdef void grad_tile(Net* net, GradTile* T, floating* W, floating* P, floating* G, Py_ssize_t B,
-                    OptRun* opt) noexcept nogil:
-    """dW[rows, cols] = D[:, rows]^T In[:, cols]; db[rows] = sum_i D[i, rows] (fixed order).
+                    OptRun* opt, GradOpts* go) noexcept nogil:
+    """dW[rows, cols] = D[:, rows]^T In[:, cols]; db[rows] = sum_i D[i, rows] (fixed order),
+    then the L2 term and value clipping.
 
     With ``opt`` the tile's parameters are updated at once, while their gradient is in cache."""
     cdef LayerRec* L = &net.L[T.layer]
@@ -622,11 +655,61 @@ cdef void grad_tile(Net* net, GradTile* T, floating* W, floating* P, floating* G
         for i in range(B):
             for j in range(T.nr):
                 db[j] = db[j] + D[i * L.n_out + T.r0 + j]
+    if go.l2 > 0 or go.clip_value > 0:
+        for i in range(T.nr):
+            j = L.w_off + (T.r0 + i) * L.n_in + T.c0
+            grad_post(G + j, P + j, T.nc, go.l2, go.clip_value)
+        if T.c0 == 0 and L.b_off >= 0:
+            grad_post(G + L.b_off + T.r0, P + L.b_off + T.r0, T.nr,
+                      go.l2 if go.l2_bias else 0.0, go.clip_value)
     if opt != NULL:
         for i in range(T.nr):
             update_at(opt, P, G, L.w_off + (T.r0 + i) * L.n_in + T.c0, T.nc)
         if T.c0 == 0 and L.b_off >= 0:
             update_at(opt, P, G, L.b_off + T.r0, T.nr)
+
+
+cdef inline double sum_sq(floating* g, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef double acc = 0
+    for i in range(n):
+        acc += <double>g[i] * g[i]
+    return acc
+
+
+cdef inline void scale_span(floating* g, Py_ssize_t n, double coef) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef floating c = <floating>coef
+    for i in range(n):
+        g[i] = g[i] * c
+
+
+def clip_grad_norm(floating[::1] grads, double max_norm, int n_threads):
+    """Rescale grads in place to global L2 norm <= max_norm; return the norm before.
+
+    The norm is a sum of fixed-size block sums taken in order, so it is the same on any
+    number of threads."""
+    cdef Py_ssize_t n = grads.shape[0], blk, p0, pn
+    cdef Py_ssize_t n_blocks = (n + UPDATE_BLOCK - 1) // UPDATE_BLOCK
+    cdef double[::1] part = np.zeros(max(n_blocks, 1))
+    cdef double sq = 0, norm, coef
+    if n == 0:
+        return 0.0
+    with nogil:
+        for blk in prange(n_blocks, schedule='static', num_threads=n_threads):
+            p0 = blk * UPDATE_BLOCK
+            pn = UPDATE_BLOCK if p0 + UPDATE_BLOCK <= n else n - p0
+            part[blk] = sum_sq(&grads[p0], pn)
+        for blk in range(n_blocks):
+            sq += part[blk]
+        norm = sqrt(sq)
+        coef = max_norm / (norm + 1e-6)
+        if coef < 1.0:
+            for blk in prange(n_blocks, schedule='static', num_threads=n_threads):
+                p0 = blk * UPDATE_BLOCK
+                pn = UPDATE_BLOCK if p0 + UPDATE_BLOCK <= n else n - p0
+                scale_span(&grads[p0], pn, coef)
+    return norm
 
 
 # ---------------------------------------------------------------- plan building
@@ -709,13 +792,20 @@ def run_steps(const int64_t[:, ::1] plan, const double[:, ::1] planf, Py_ssize_t
               int loss_code, Py_ssize_t n_classes, int reduction,
               int opt_code, const double[::1] hp, const double[::1] lrs, int64_t t0,
               uint64_t seed, uint64_t epoch, uint64_t step0, bint training,
-              floating[::1] work, double[::1] step_loss, int n_threads):
+              floating[::1] work, double[::1] step_loss, int n_threads,
+              double l2=0.0, bint l2_bias=False, double clip_value=0.0, double clip_norm=0.0,
+              double[::1] grad_norms=None, int64_t[::1] pred=None):
     """Run n_steps mini-batch steps over examples X[order] (batch b holds
     order[b*batch_size : (b+1)*batch_size]). Each step: forward, loss, backward,
     mean gradient into ``grads``, and (opt_code != 0) the update of ``params``
     with rate lrs[b] as optimizer step t0 + b + 1.
 
     reduction: 0 mean over examples, 1 mean over elements, 2 sum.
+    l2 adds l2 * ||W||^2 to the loss (weights; biases too with l2_bias) through its
+    gradient; clip_value clamps gradient entries; clip_norm rescales the whole gradient
+    to at most that global L2 norm (torch.nn.utils.clip_grad_norm_'s rule), and
+    grad_norms[s] receives step s's norm (before clipping). pred[example] receives the
+    predicted class of every example seen.
     Returns the number of steps completed; a step whose loss is not finite stops
     the run before its update (its loss is still written to step_loss).
     """
@@ -723,8 +813,14 @@ def run_steps(const int64_t[:, ::1] plan, const double[:, ::1] planf, Py_ssize_t
     cdef Py_ssize_t n_par = params.shape[0]
     cdef Net* net = net_new(plan, planf, batch_size, chunk, tiles)
     cdef LossRec lr
-    cdef Py_ssize_t s, b0, bsz, n_chunks, ci, r0, c, ti, i
-    cdef double norm, tot
+    cdef Py_ssize_t s, b0, bsz, n_chunks, ci, r0, c, ti, i, blk, p0, pn
+    cdef double norm, tot, inv_norm, sq, gnorm, coef
+    cdef GradOpts go
+    cdef bint split_update = clip_norm > 0 or grad_norms is not None
+    cdef Py_ssize_t n_blocks = (n_par + UPDATE_BLOCK - 1) // UPDATE_BLOCK
+    cdef double* blk_sq = NULL
+    cdef int64_t* predp = &pred[0] if pred is not None and pred.shape[0] > 0 else NULL
+    cdef double* gnp = &grad_norms[0] if grad_norms is not None and grad_norms.shape[0] > 0 else NULL
     cdef OptRun orun
     cdef OptRun* optp = NULL
     cdef floating* P = &params[0]
@@ -744,9 +840,16 @@ def run_steps(const int64_t[:, ::1] plan, const double[:, ::1] planf, Py_ssize_t
     cdef double* exl = <double*>malloc(batch_size * sizeof(double))
     cdef double* hpp = <double*>&hp[0] if hp.shape[0] > 0 else NULL
     cdef Py_ssize_t done = 0
-    if exl == NULL:
+    if split_update:
+        blk_sq = <double*>malloc(n_blocks * sizeof(double))
+    if exl == NULL or (split_update and blk_sq == NULL):
+        free(exl)
+        free(blk_sq)
         net_free(net)
         raise MemoryError()
+    go.l2 = l2
+    go.l2_bias = l2_bias
+    go.clip_value = clip_value
     if state.shape[0] > 0:
         S0 = &state[0, 0]
     if state.shape[0] > 1:
@@ -778,6 +881,8 @@ def run_steps(const int64_t[:, ::1] plan, const double[:, ::1] planf, Py_ssize_t
                         norm = bsz
                     if reduction == 1:
                         norm = norm * n_classes
+                # a batch whose weights are all zero contributes nothing
+                inv_norm = 1.0 / norm if norm > 0 else 0.0
                 n_chunks = (bsz + chunk - 1) // chunk
                 for ci in prange(n_chunks, schedule='dynamic', num_threads=n_threads):
                     r0 = ci * chunk
@@ -786,7 +891,7 @@ def run_steps(const int64_t[:, ::1] plan, const double[:, ::1] planf, Py_ssize_t
                     chunk_forward(net, P, Wk, r0, c, training, seed, epoch, step0 + s, 0)
                     loss_rows(&lr, Wk + Llast.out_off + r0 * n_classes,
                               Wk + Llast.d_off + r0 * n_classes, c, ordp + b0 + r0,
-                              yip, yfp, swp, pwp, 1.0 / norm, exl + r0)
+                              yip, yfp, swp, pwp, inv_norm, exl + r0, predp)
                     chunk_backward(net, P, Wk, r0, c, seed, epoch, step0 + s, 0)
                 tot = 0
                 if swp != NULL:
@@ -795,7 +900,7 @@ def run_steps(const int64_t[:, ::1] plan, const double[:, ::1] planf, Py_ssize_t
                 else:
                     for i in range(bsz):
                         tot += exl[i]
-                tot = tot / norm
+                tot = tot * inv_norm
                 step_loss[s] = tot
                 if not isfinite(tot):
                     break
@@ -803,11 +908,42 @@ def run_steps(const int64_t[:, ::1] plan, const double[:, ::1] planf, Py_ssize_t
                 if opt_code != OPT_NONE:
                     orun.st = opt_step_consts(opt_code, hpp, lrs[s], t0 + s + 1)
                     optp = &orun
-                # gradient average and (fused) update: one tile per task, no shared writes
-                for ti in prange(net.n_tiles, schedule='dynamic', num_threads=n_threads):
-                    grad_tile(net, &net.tiles[ti], Wk, P, G, bsz, optp)
+                if not split_update:
+                    # gradient average and fused update: one tile per task, no shared writes
+                    for ti in prange(net.n_tiles, schedule='dynamic', num_threads=n_threads):
+                        grad_tile(net, &net.tiles[ti], Wk, P, G, bsz, optp, &go)
+                else:
+                    # the global norm needs every gradient first: gradient, norm, then update
+                    for ti in prange(net.n_tiles, schedule='dynamic', num_threads=n_threads):
+                        grad_tile(net, &net.tiles[ti], Wk, P, G, bsz, NULL, &go)
+                    for blk in prange(n_blocks, schedule='static', num_threads=n_threads):
+                        p0 = blk * UPDATE_BLOCK
+                        pn = UPDATE_BLOCK if p0 + UPDATE_BLOCK <= n_par else n_par - p0
+                        blk_sq[blk] = sum_sq(G + p0, pn)
+                    sq = 0
+                    for blk in range(n_blocks):
+                        sq += blk_sq[blk]
+                    gnorm = sqrt(sq)
+                    if gnp != NULL:
+                        gnp[s] = gnorm
+                    coef = 1.0
+                    if clip_norm > 0:
+                        coef = clip_norm / (gnorm + 1e-6)
+                    if optp != NULL:
+                        for blk in prange(n_blocks, schedule='static', num_threads=n_threads):
+                            p0 = blk * UPDATE_BLOCK
+                            pn = UPDATE_BLOCK if p0 + UPDATE_BLOCK <= n_par else n_par - p0
+                            if coef < 1.0:
+                                scale_span(G + p0, pn, coef)
+                            update_at(optp, P, G, p0, pn)
+                    elif coef < 1.0:
+                        for blk in prange(n_blocks, schedule='static', num_threads=n_threads):
+                            p0 = blk * UPDATE_BLOCK
+                            pn = UPDATE_BLOCK if p0 + UPDATE_BLOCK <= n_par else n_par - p0
+                            scale_span(G + p0, pn, coef)
                 done = s + 1
     finally:
+        free(blk_sq)
         free(exl)
         net_free(net)
     return done
@@ -865,7 +1001,7 @@ def loss_per_example(const floating[:, ::1] O, const int64_t[::1] yi, const floa
                       <int64_t*>&yi[0] if yi.shape[0] > 0 else NULL,
                       <floating*>&yf[0, 0] if yf.shape[0] > 0 else NULL, <floating*>NULL,
                       <floating*>&pos_weight[0] if pos_weight.shape[0] > 0 else NULL,
-                      1.0, &out[0])
+                      1.0, &out[0], NULL)
     finally:
         free(idx)
 
