@@ -74,8 +74,9 @@ def find_lr(model, X, y, loss, optimizer, lr0=0.01, factor=3.0, steps=50, batch_
     """Recommend a learning rate for ``model`` with ``optimizer``'s rule.
 
     ``method="factor"`` (the lecture): from the same initial weights, train ``steps`` steps with
-    each rate lr0 · factor^j, j = -k..k, and score how fast the loss falls (relative drop from
-    the first steps to the last ones; a diverging run scores -inf). While the best rate sits at
+    each rate lr0 · factor^j, j = -k..k, and score how fast the loss falls (the relative drop
+    from the initial loss to the mean of the last tenth of the steps; a run that reaches a
+    non-finite loss scores -inf). While the best rate sits at
     an edge of the range, widen the range on that side (at most ``max_widen`` times). The
     recommendation is the best-scoring rate.
 
@@ -146,18 +147,17 @@ def find_lr(model, X, y, loss, optimizer, lr0=0.01, factor=3.0, steps=50, batch_
 
 
 def _score(lr, losses, done, steps):
-    """Relative loss drop from the first tenth of the steps to the last tenth."""
+    """How far the loss fell: the initial loss (step 0 is measured before any update, so it is
+    the same for every rate) against the mean of the last tenth of the steps, relative."""
     w = max(1, steps // 10)
     losses = losses.copy()
+    start = float(losses[0])
     if done < steps or not np.all(np.isfinite(losses)):
-        return {"lr": lr, "score": -math.inf, "start_loss": float(losses[0]), "end_loss": math.nan,
+        return {"lr": lr, "score": -math.inf, "start_loss": start, "end_loss": math.nan,
                 "diverged": True, "losses": losses}
-    start, end = float(np.mean(losses[:w])), float(np.mean(losses[-w:]))
-    score = (start - end) / max(abs(start), 1e-12)
-    if end > 2 * start:
-        score = -math.inf
-    return {"lr": lr, "score": score, "start_loss": start, "end_loss": end, "diverged": False,
-            "losses": losses}
+    end = float(np.mean(losses[-w:]))
+    return {"lr": lr, "score": (start - end) / max(abs(start), 1e-12), "start_loss": start,
+            "end_loss": end, "diverged": end > start, "losses": losses}
 
 
 def _range_test(trial, steps, lr_min, lr_max):

@@ -327,19 +327,22 @@ class Sequential:
             opt.step_count if opt is not None else 0, seed, epoch, step0, True,
             self._work(batch_size), step_loss, n_threads, **kw)
 
-    def loss_and_grad(self, X, y, loss, sample_weight=None, threads=None):
+    def loss_and_grad(self, X, y, loss, sample_weight=None, l2=0.0, l2_bias=False, threads=None):
         """Loss of the whole of X as one batch and its gradient (mean over the batch, as the
-        loss reduces), as a list shaped like ``parameters()``. Parameters are not changed;
-        dropout draws the model's fixed training mask."""
+        loss reduces), as a list shaped like ``parameters()``. With ``l2`` the loss includes
+        β‖W‖² and the gradient 2βW. Parameters are not changed; dropout draws the model's
+        fixed training mask."""
         loss = check_loss(loss)
+        l2 = _nonneg(l2, "l2")
         X = check_X(X, self.n_features, self.dtype)
         yi, yf, sw, pw = self._targets(y, loss, X.shape[0], sample_weight)
         n = X.shape[0]
         step_loss = np.empty(1)
         with blas_single_thread():
             self._run(X, yi, yf, sw, pw, loss, np.arange(n, dtype=np.intp), n, 1, None, np.zeros(1),
-                      self.seed, 0, 0, resolve_threads(threads), step_loss)
-        return float(step_loss[0]), [g.copy() for g in self.grads]
+                      self.seed, 0, 0, resolve_threads(threads), step_loss, l2=l2, l2_bias=bool(l2_bias))
+        value = float(step_loss[0]) + (self.l2_penalty(l2, l2_bias) if l2 > 0 else 0.0)
+        return value, [g.copy() for g in self.grads]
 
     def train_step(self, X, y, loss, optimizer, sample_weight=None, threads=None):
         """One mini-batch step on all of (X, y): forward, backward, update. Returns the loss."""

@@ -243,12 +243,13 @@ cdef void act_forward_rows(floating* Z, Py_ssize_t c, Py_ssize_t n, floating* bi
         if act == ACT_IDENTITY:
             pass
         elif act == ACT_RELU:
+            # z < 0 (not "not z > 0"): NaN propagates, as in PyTorch, so a NaN loss is seen
             for j in range(n):
-                if not (z[j] > 0):
+                if z[j] < 0:
                     z[j] = 0
         elif act == ACT_LEAKY:
             for j in range(n):
-                if not (z[j] > 0):
+                if z[j] < 0:
                     z[j] = z[j] * fs
         elif act == ACT_SIGMOID:
             for j in range(n):
