@@ -532,66 +532,120 @@ cdef OptStep opt_step_consts(int code, const double* hp, double lr, int64_t t) n
 
 cdef void update_span(OptStep* o, double eps, floating* p, floating* g, floating* s0,
                       floating* s1, floating* s2, Py_ssize_t n) noexcept nogil:
-    """Apply one step to n contiguous parameters (state pointers mirror p)."""
+    """Apply one step to n contiguous parameters (state pointers mirror p).
+
+    Every variant is its own branch-free loop so the compiler vectorizes it; weight decay
+    is added as g + wd * p even when wd = 0 (the same value for finite p)."""
     cdef Py_ssize_t i
     cdef floating gi, b, lr = <floating>o.lr, a0 = <floating>o.c0, a1 = <floating>o.c1
     cdef floating a2 = <floating>o.c2, a3 = <floating>o.c3, a4 = <floating>o.c4, e = <floating>eps
-    cdef floating denom, avg
+    cdef floating m, v
     if o.code == OPT_SGD:
-        for i in range(n):
-            gi = g[i]
-            if a2 != 0:
-                gi = gi + a2 * p[i]
-            if a0 != 0:
-                if o.f1:
-                    b = gi
-                else:
-                    b = s0[i] * a0 + a1 * gi
+        if a0 == 0:
+            for i in range(n):
+                p[i] = p[i] - lr * (g[i] + a2 * p[i])
+        elif o.f1 and o.f0:
+            for i in range(n):
+                gi = g[i] + a2 * p[i]
+                s0[i] = gi
+                p[i] = p[i] - lr * (gi + a0 * gi)
+        elif o.f1:
+            for i in range(n):
+                gi = g[i] + a2 * p[i]
+                s0[i] = gi
+                p[i] = p[i] - lr * gi
+        elif o.f0:
+            for i in range(n):
+                gi = g[i] + a2 * p[i]
+                b = s0[i] * a0 + a1 * gi
                 s0[i] = b
-                if o.f0:
-                    gi = gi + a0 * b
-                else:
-                    gi = b
-            p[i] = p[i] - lr * gi
+                p[i] = p[i] - lr * (gi + a0 * b)
+        else:
+            for i in range(n):
+                b = s0[i] * a0 + a1 * (g[i] + a2 * p[i])
+                s0[i] = b
+                p[i] = p[i] - lr * b
     elif o.code == OPT_ADAM:
-        for i in range(n):
-            gi = g[i]
-            if o.f1:
+        # a0 = 1 - beta1, a1 = beta2, a2 = 1 - beta2, a3 = AdamW factor or L2 decay,
+        # a4 = sqrt(1 - beta2^t), lr = lr / (1 - beta1^t)
+        if o.f1 and o.f0:
+            for i in range(n):
+                gi = g[i]
                 p[i] = p[i] * a3
-            elif a3 != 0:
-                gi = gi + a3 * p[i]
-            s0[i] = s0[i] + a0 * (gi - s0[i])
-            s1[i] = s1[i] * a1 + a2 * gi * gi
-            if o.f0:
-                if s1[i] > s2[i]:
-                    s2[i] = s1[i]
-                denom = f_sqrt(s2[i]) / a4 + e
-            else:
-                denom = f_sqrt(s1[i]) / a4 + e
-            p[i] = p[i] - lr * (s0[i] / denom)
+                m = s0[i] + a0 * (gi - s0[i])
+                v = s1[i] * a1 + a2 * gi * gi
+                s0[i] = m
+                s1[i] = v
+                v = s2[i] if s2[i] > v else v
+                s2[i] = v
+                p[i] = p[i] - lr * (m / (f_sqrt(v) / a4 + e))
+        elif o.f1:
+            for i in range(n):
+                gi = g[i]
+                p[i] = p[i] * a3
+                m = s0[i] + a0 * (gi - s0[i])
+                v = s1[i] * a1 + a2 * gi * gi
+                s0[i] = m
+                s1[i] = v
+                p[i] = p[i] - lr * (m / (f_sqrt(v) / a4 + e))
+        elif o.f0:
+            for i in range(n):
+                gi = g[i] + a3 * p[i]
+                m = s0[i] + a0 * (gi - s0[i])
+                v = s1[i] * a1 + a2 * gi * gi
+                s0[i] = m
+                s1[i] = v
+                v = s2[i] if s2[i] > v else v
+                s2[i] = v
+                p[i] = p[i] - lr * (m / (f_sqrt(v) / a4 + e))
+        else:
+            for i in range(n):
+                gi = g[i] + a3 * p[i]
+                m = s0[i] + a0 * (gi - s0[i])
+                v = s1[i] * a1 + a2 * gi * gi
+                s0[i] = m
+                s1[i] = v
+                p[i] = p[i] - lr * (m / (f_sqrt(v) / a4 + e))
     elif o.code == OPT_ADAGRAD:
         for i in range(n):
-            gi = g[i]
-            if a2 != 0:
-                gi = gi + a2 * p[i]
-            s0[i] = s0[i] + gi * gi
-            p[i] = p[i] - lr * (gi / (f_sqrt(s0[i]) + e))
+            gi = g[i] + a2 * p[i]
+            v = s0[i] + gi * gi
+            s0[i] = v
+            p[i] = p[i] - lr * (gi / (f_sqrt(v) + e))
     elif o.code == OPT_RMSPROP:
-        for i in range(n):
-            gi = g[i]
-            if a3 != 0:
-                gi = gi + a3 * p[i]
-            s0[i] = s0[i] * a0 + a1 * gi * gi
-            if o.f0:
-                s2[i] = s2[i] + a1 * (gi - s2[i])
-                avg = f_sqrt(s0[i] - s2[i] * s2[i]) + e
-            else:
-                avg = f_sqrt(s0[i]) + e
-            if a2 > 0:
-                s1[i] = s1[i] * a2 + gi / avg
-                p[i] = p[i] - lr * s1[i]
-            else:
-                p[i] = p[i] - lr * (gi / avg)
+        # a0 = alpha, a1 = 1 - alpha, a2 = momentum, a3 = weight decay; s1 momentum, s2 mean grad
+        if o.f0 and a2 > 0:
+            for i in range(n):
+                gi = g[i] + a3 * p[i]
+                v = s0[i] * a0 + a1 * gi * gi
+                s0[i] = v
+                m = s2[i] + a1 * (gi - s2[i])
+                s2[i] = m
+                b = s1[i] * a2 + gi / (f_sqrt(v - m * m) + e)
+                s1[i] = b
+                p[i] = p[i] - lr * b
+        elif o.f0:
+            for i in range(n):
+                gi = g[i] + a3 * p[i]
+                v = s0[i] * a0 + a1 * gi * gi
+                s0[i] = v
+                m = s2[i] + a1 * (gi - s2[i])
+                s2[i] = m
+                p[i] = p[i] - lr * (gi / (f_sqrt(v - m * m) + e))
+        elif a2 > 0:
+            for i in range(n):
+                gi = g[i] + a3 * p[i]
+                v = s0[i] * a0 + a1 * gi * gi
+                s0[i] = v
+                b = s1[i] * a2 + gi / (f_sqrt(v) + e)
+                s1[i] = b
+                p[i] = p[i] - lr * b
+        else:
+            for i in range(n):
+                gi = g[i] + a3 * p[i]
+                v = s0[i] * a0 + a1 * gi * gi
+                s0[i] = v
+                p[i] = p[i] - lr * (gi / (f_sqrt(v) + e))
 
 
 cdef inline double opt_eps(int code, const double* hp) noexcept nogil:
