@@ -7,6 +7,7 @@
 from . import data, optim, schedules
 from ._config import __version__, get_num_threads, set_num_threads, show_config
 from .callbacks import Callback, EarlyStopping, History
+from .diagnostics import Diagnostics, DiagnosticWarning, plot_diagnostics
 from .layers import Dense, Dropout, Identity, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
 from .losses import MSE, BinaryCrossEntropy, CrossEntropy, KLDiv, Loss, NLLLoss
 from .model import Sequential, TrainingDiverged
@@ -17,7 +18,7 @@ __all__ = [
     "Sequential", "Dense", "Identity", "Sigmoid", "Tanh", "ReLU", "LeakyReLU", "Softmax", "Dropout",
     "Loss", "MSE", "BinaryCrossEntropy", "CrossEntropy", "NLLLoss", "KLDiv",
     "find_lr", "clip_grad_norm", "Optimizer", "SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "optim", "data",
-    "Callback", "History", "EarlyStopping", "TrainingDiverged", "schedules",
+    "Callback", "History", "EarlyStopping", "Diagnostics", "DiagnosticWarning", "plot_diagnostics", "TrainingDiverged", "schedules",
     "set_num_threads", "get_num_threads", "show_config", "__version__", "load", "from_torch",
 ]
 

@@ -35,6 +35,12 @@ class History(Callback):
     def __getitem__(self, key):
         return self.history[key]
 
+    def plot(self, path=None, metrics=None):
+        """Loss and metrics, training against validation, best epoch marked (needs matplotlib)."""
+        from .diagnostics import plot_history
+
+        return plot_history(self, path=path, metrics=metrics)
+
     def __repr__(self):
         keys = ", ".join(self.history)
         return f"History(epochs={len(self.epoch)}, keys=[{keys}])"

@@ -367,7 +367,7 @@ class Sequential:
     def fit(self, X, y, loss=None, optimizer=None, epochs=1, batch_size=32, shuffle=True, seed=None,
             threads=None, verbose=0, validation_split=0.0, validation_data=None, sample_weight=None,
             class_weight=None, l2=0.0, l2_bias=False, schedule=None, clip_norm=None, clip_value=None,
-            callbacks=None, checkpoint=None, checkpoint_every=1):
+            diagnostics=None, callbacks=None, checkpoint=None, checkpoint_every=1):
         """Train by mini-batch backpropagation; returns a ``History``.
 
         Args:
@@ -393,6 +393,9 @@ class Sequential:
             schedule: a ``fn.schedules`` schedule of the step (or ``ReduceOnPlateau``).
             clip_norm: rescale each step's whole gradient to at most this L2 norm.
             clip_value: clamp each gradient entry to [-clip_value, clip_value].
+            diagnostics: True or a ``fn.Diagnostics`` to measure per-layer learning speed,
+                update ratio, saturated and dead units inside the compiled step; the numbers
+                land in ``history.diagnostics`` (one list per layer per epoch).
             callbacks: ``Callback`` objects (e.g. ``fn.EarlyStopping``).
             checkpoint: a path; the model (with optimizer state) is saved there every
                 ``checkpoint_every`` epochs, atomically, so training can resume exactly.
@@ -481,6 +484,16 @@ class Sequential:
         opt.bind(self)
         run_kw = dict(l2=l2, l2_bias=bool(l2_bias), clip_value=clip_value, clip_norm=clip_norm,
                       pred=pred)
+        diag = None
+        if diagnostics is not None and diagnostics is not False:
+            from .diagnostics import KEYS, Diagnostics
+
+            diag = Diagnostics() if diagnostics is True else diagnostics
+            if not isinstance(diag, Diagnostics):
+                raise TypeError(f"diagnostics must be True or a fn.Diagnostics, got {diagnostics!r}")
+            run_kw["diag"] = diag.allocate(self, bs)
+            history.diagnostics = {k: [] for k in KEYS}
+            history.diagnostic_layers = list(diag.layer_names)
         for cb in cbs:
             cb.on_train_begin()
         try:
@@ -494,9 +507,14 @@ class Sequential:
                         lrs = schedule.rates(opt.step_count, n_steps)
                     else:
                         lrs = np.full(n_steps, opt.lr)
+                    if diag is not None:
+                        diag.begin_epoch()
                     self._epoch(X, yi, yf, sw, pw, loss, order, bs, n_steps, opt, lrs, seed, ep,
                                 n_threads, step_loss, verbose == 1, run_kw)
                     self.epochs_trained += 1
+                    if diag is not None:
+                        for k, v in diag.end_epoch(n_steps, n).items():
+                            history.diagnostics[k].append(v)
                     logs = {"loss": float(np.dot(step_loss, sizes) / n)}
                     if track:
                         logs.update(classification_metrics(labels, pred, self.n_outputs))

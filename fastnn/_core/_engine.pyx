@@ -113,6 +113,7 @@ cdef struct LayerRec:
     # work-buffer offsets (elements), each a block of B rows
     Py_ssize_t in_off, a_off, ad_off, d_off
     Py_ssize_t out_off       # what the next layer reads: ad_off with dropout, else a_off
+    Py_ssize_t unit_off      # first unit of this layer among all layers' units (diagnostics)
 
 
 cdef struct GradTile:
@@ -438,9 +439,51 @@ cdef double loss_rows(LossRec* lr, floating* O, floating* G, Py_ssize_t c,
 
 
 # ---------------------------------------------------------------- the chunk task
+cdef struct Diag:
+    # Accumulators over an epoch, each owned by a fixed work unit (a chunk slot or a tile),
+    # so their sums are the same on any thread count.
+    double* act_acc          # [slot][layer][3]: sum a, sum a^2, saturated units
+    unsigned char* active    # [slot][unit]: the unit was > 0 on some example
+    Py_ssize_t n_units
+    double sat_sigmoid       # sigmoid(threshold): a beyond [1 - s, s] means |z| > threshold
+    double sat_tanh          # tanh(threshold)
+    double* tile_acc         # [tile][4]: sum |g|, sum g^2, sum (dW)^2, sum W^2 (before the update)
+    void* scratch            # [tile][max n_in] old parameter rows
+    Py_ssize_t scratch_stride
+
+
+cdef void diag_activations(Diag* dg, LayerRec* L, int l, int n_layers, floating* a, Py_ssize_t c,
+                           Py_ssize_t slot) noexcept nogil:
+    cdef double* acc = dg.act_acc + (slot * n_layers + l) * 3
+    cdef unsigned char* act = dg.active + slot * dg.n_units + L.unit_off
+    cdef Py_ssize_t i, j, n = L.n_out
+    cdef double s1 = 0, s2 = 0, v, sat = 0
+    cdef double hi = dg.sat_sigmoid, lo = 1.0 - dg.sat_sigmoid, th = dg.sat_tanh
+    for i in range(c * n):
+        v = a[i]
+        s1 += v
+        s2 += v * v
+    if L.act == ACT_SIGMOID:
+        for i in range(c * n):
+            if a[i] > hi or a[i] < lo:
+                sat += 1
+    elif L.act == ACT_TANH:
+        for i in range(c * n):
+            if a[i] > th or a[i] < -th:
+                sat += 1
+    elif L.act == ACT_RELU or L.act == ACT_LEAKY:
+        for i in range(c):
+            for j in range(n):
+                if a[i * n + j] > 0:
+                    act[j] = 1
+    acc[0] += s1
+    acc[1] += s2
+    acc[2] += sat
+
+
 cdef void chunk_forward(Net* net, floating* P, floating* W, Py_ssize_t r0, Py_ssize_t c,
                         bint training, uint64_t seed, uint64_t epoch, uint64_t step,
-                        Py_ssize_t pos0) noexcept nogil:
+                        Py_ssize_t pos0, Diag* dg=NULL, Py_ssize_t slot=0) noexcept nogil:
     """Forward rows [r0, r0+c) of the work buffer (inputs already gathered)."""
     cdef int l
     cdef LayerRec* L
@@ -454,6 +497,8 @@ cdef void chunk_forward(Net* net, floating* P, floating* W, Py_ssize_t r0, Py_ss
              inp, <int>L.n_in, <floating>0, a, <int>L.n_out)
         act_forward_rows(a, c, L.n_out, (P + L.b_off) if L.b_off >= 0 else <floating*>NULL,
                          L.act, L.act_param)
+        if dg != NULL:
+            diag_activations(dg, L, l, net.n_layers, a, c, slot)
         if L.drop != DROP_NONE:
             dropout_rows(W + L.ad_off + r0 * L.n_out, a, c, L.n_out, L.drop, L.drop_p, training,
                          dropout_key(seed, epoch, step, l), pos0 + r0)
@@ -691,39 +736,6 @@ cdef inline void grad_post(floating* g, floating* p, Py_ssize_t n, double l2, do
                 g[i] = -cv
 
 
-cdef void grad_tile(Net* net, GradTile* T, floating* W, floating* P, floating* G, Py_ssize_t B,
-                    OptRun* opt, GradOpts* go) noexcept nogil:
-    """dW[rows, cols] = D[:, rows]^T In[:, cols]; db[rows] = sum_i D[i, rows] (fixed order),
-    then the L2 term and value clipping.
-
-    With ``opt`` the tile's parameters are updated at once, while their gradient is in cache."""
-    cdef LayerRec* L = &net.L[T.layer]
-    cdef floating* D = W + L.d_off
-    cdef floating* db
-    cdef Py_ssize_t i, j
-    gemm(c'N', c'T', <int>T.nc, <int>T.nr, <int>B, <floating>1, W + L.in_off + T.c0, <int>L.n_in,
-         D + T.r0, <int>L.n_out, <floating>0, G + L.w_off + T.r0 * L.n_in + T.c0, <int>L.n_in)
-    if T.c0 == 0 and L.b_off >= 0:
-        db = G + L.b_off + T.r0
-        for j in range(T.nr):
-            db[j] = 0
-        for i in range(B):
-            for j in range(T.nr):
-                db[j] = db[j] + D[i * L.n_out + T.r0 + j]
-    if go.l2 > 0 or go.clip_value > 0:
-        for i in range(T.nr):
-            j = L.w_off + (T.r0 + i) * L.n_in + T.c0
-            grad_post(G + j, P + j, T.nc, go.l2, go.clip_value)
-        if T.c0 == 0 and L.b_off >= 0:
-            grad_post(G + L.b_off + T.r0, P + L.b_off + T.r0, T.nr,
-                      go.l2 if go.l2_bias else 0.0, go.clip_value)
-    if opt != NULL:
-        for i in range(T.nr):
-            update_at(opt, P, G, L.w_off + (T.r0 + i) * L.n_in + T.c0, T.nc)
-        if T.c0 == 0 and L.b_off >= 0:
-            update_at(opt, P, G, L.b_off + T.r0, T.nr)
-
-
 cdef inline double sum_sq(floating* g, Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t i
     cdef double acc = 0
@@ -767,6 +779,77 @@ def clip_grad_norm(floating[::1] grads, double max_norm, int n_threads):
     return norm
 
 
+cdef void grad_tile(Net* net, GradTile* T, floating* W, floating* P, floating* G, Py_ssize_t B,
+                    OptRun* opt, GradOpts* go, Diag* dg, Py_ssize_t ti) noexcept nogil:
+    """dW[rows, cols] = D[:, rows]^T In[:, cols]; db[rows] = sum_i D[i, rows] (fixed order),
+    then the L2 term and value clipping.
+
+    With ``opt`` the tile's parameters are updated at once, while their gradient is in cache."""
+    cdef LayerRec* L = &net.L[T.layer]
+    cdef floating* D = W + L.d_off
+    cdef floating* db
+    cdef Py_ssize_t i, j
+    gemm(c'N', c'T', <int>T.nc, <int>T.nr, <int>B, <floating>1, W + L.in_off + T.c0, <int>L.n_in,
+         D + T.r0, <int>L.n_out, <floating>0, G + L.w_off + T.r0 * L.n_in + T.c0, <int>L.n_in)
+    if T.c0 == 0 and L.b_off >= 0:
+        db = G + L.b_off + T.r0
+        for j in range(T.nr):
+            db[j] = 0
+        for i in range(B):
+            for j in range(T.nr):
+                db[j] = db[j] + D[i * L.n_out + T.r0 + j]
+    if go.l2 > 0 or go.clip_value > 0:
+        for i in range(T.nr):
+            j = L.w_off + (T.r0 + i) * L.n_in + T.c0
+            grad_post(G + j, P + j, T.nc, go.l2, go.clip_value)
+        if T.c0 == 0 and L.b_off >= 0:
+            grad_post(G + L.b_off + T.r0, P + L.b_off + T.r0, T.nr,
+                      go.l2 if go.l2_bias else 0.0, go.clip_value)
+    if opt != NULL:
+        tile_update(net, T, P, G, opt, 1.0, dg, ti)
+
+
+cdef void tile_update(Net* net, GradTile* T, floating* P, floating* G, OptRun* opt, double coef,
+                      Diag* dg, Py_ssize_t ti) noexcept nogil:
+    """Scale the tile's gradient by coef (< 1: clipping) and apply the optimizer to its
+    parameters; with diagnostics, accumulate |g|, g^2, the update's and the weights' squares."""
+    cdef LayerRec* L = &net.L[T.layer]
+    cdef Py_ssize_t i, j, off, n
+    cdef floating* old = NULL
+    cdef double* acc = NULL
+    cdef double sa = 0, s2 = 0, du = 0, w2 = 0, d
+    if dg != NULL:
+        acc = dg.tile_acc + ti * 4
+        old = <floating*>dg.scratch + ti * dg.scratch_stride
+    for i in range(T.nr + 1):
+        if i < T.nr:
+            off = L.w_off + (T.r0 + i) * L.n_in + T.c0
+            n = T.nc
+        elif T.c0 == 0 and L.b_off >= 0:
+            off = L.b_off + T.r0
+            n = T.nr
+        else:
+            break
+        if coef < 1.0:
+            scale_span(G + off, n, coef)
+        if dg != NULL:
+            for j in range(n):
+                old[j] = P[off + j]
+                sa += fabs(G[off + j])
+                s2 += <double>G[off + j] * G[off + j]
+        update_at(opt, P, G, off, n)
+        if dg != NULL and i < T.nr:          # the update-to-weight ratio is over weights
+            for j in range(n):
+                d = <double>P[off + j] - old[j]
+                du += d * d
+                w2 += <double>old[j] * old[j]
+    if dg != NULL:
+        acc[0] += sa
+        acc[1] += s2
+        acc[2] += du
+        acc[3] += w2
+
+
 # ---------------------------------------------------------------- plan building
 cdef Net* net_new(const int64_t[:, ::1] plan, const double[:, ::1] planf, Py_ssize_t B,
                   Py_ssize_t chunk, const int64_t[:, ::1] tiles) except NULL:
@@ -806,6 +889,7 @@ cdef Net* net_new(const int64_t[:, ::1] plan, const double[:, ::1] planf, Py_ssi
         net.L[l].out_off = net.L[l].ad_off
         net.L[l].d_off = off
         off += B * plan[l, 1]
+        net.L[l].unit_off = 0 if l == 0 else net.L[l - 1].unit_off + plan[l - 1, 1]
     for t in range(net.n_tiles):
         net.tiles[t].layer = <int>tiles[t, 0]
         net.tiles[t].r0 = tiles[t, 1]
@@ -849,7 +933,7 @@ def run_steps(const int64_t[:, ::1] plan, const double[:, ::1] planf, Py_ssize_t
               uint64_t seed, uint64_t epoch, uint64_t step0, bint training,
               floating[::1] work, double[::1] step_loss, int n_threads,
               double l2=0.0, bint l2_bias=False, double clip_value=0.0, double clip_norm=0.0,
-              double[::1] grad_norms=None, int64_t[::1] pred=None):
+              double[::1] grad_norms=None, int64_t[::1] pred=None, dict diag=None):
     """Run n_steps mini-batch steps over examples X[order] (batch b holds
     order[b*batch_size : (b+1)*batch_size]). Each step: forward, loss, backward,
     mean gradient into ``grads``, and (opt_code != 0) the update of ``params``
@@ -860,7 +944,9 @@ def run_steps(const int64_t[:, ::1] plan, const double[:, ::1] planf, Py_ssize_t
     gradient; clip_value clamps gradient entries; clip_norm rescales the whole gradient
     to at most that global L2 norm (torch.nn.utils.clip_grad_norm_'s rule), and
     grad_norms[s] receives step s's norm (before clipping). pred[example] receives the
-    predicted class of every example seen.
+    predicted class of every example seen. ``diag`` (arrays made by the caller:
+    act_acc, active, tile_acc, scratch, and floats sat_sigmoid, sat_tanh) accumulates
+    per-layer statistics; see fastnn/diagnostics.py.
     Returns the number of steps completed; a step whose loss is not finite stops
     the run before its update (its loss is still written to step_loss).
     """
@@ -876,6 +962,28 @@ def run_steps(const int64_t[:, ::1] plan, const double[:, ::1] planf, Py_ssize_t
     cdef double* blk_sq = NULL
     cdef int64_t* predp = &pred[0] if pred is not None and pred.shape[0] > 0 else NULL
     cdef double* gnp = &grad_norms[0] if grad_norms is not None and grad_norms.shape[0] > 0 else NULL
+    cdef Diag dgs
+    cdef Diag* dgp = NULL
+    cdef double[::1] d_act, d_tile
+    cdef unsigned char[::1] d_active
+    cdef floating[::1] d_scratch
+    if diag is not None:
+        d_act = diag["act_acc"]
+        d_tile = diag["tile_acc"]
+        d_active = diag["active"]
+        d_scratch = diag["scratch"]
+        if (d_act.shape[0] < ((batch_size + chunk - 1) // chunk) * plan.shape[0] * 3
+                or d_tile.shape[0] < tiles.shape[0] * 4 or d_scratch.shape[0] < tiles.shape[0] * diag["stride"]):
+            raise ValueError("diagnostics buffers are too small for this plan")
+        dgs.act_acc = &d_act[0]
+        dgs.active = &d_active[0]
+        dgs.n_units = diag["n_units"]
+        dgs.sat_sigmoid = diag["sat_sigmoid"]
+        dgs.sat_tanh = diag["sat_tanh"]
+        dgs.tile_acc = &d_tile[0]
+        dgs.scratch = <void*>&d_scratch[0]
+        dgs.scratch_stride = diag["stride"]
+        dgp = &dgs
     cdef OptRun orun
     cdef OptRun* optp = NULL
     cdef floating* P = &params[0]
@@ -943,7 +1051,7 @@ def run_steps(const int64_t[:, ::1] plan, const double[:, ::1] planf, Py_ssize_t
                     r0 = ci * chunk
                     c = chunk if r0 + chunk <= bsz else bsz - r0
                     gather_rows(Wk + r0 * n_in0, Xp, ordp + b0 + r0, c, n_in0)
-                    chunk_forward(net, P, Wk, r0, c, training, seed, epoch, step0 + s, 0)
+                    chunk_forward(net, P, Wk, r0, c, training, seed, epoch, step0 + s, 0, dgp, ci)
                     loss_rows(&lr, Wk + Llast.out_off + r0 * n_classes,
                               Wk + Llast.d_off + r0 * n_classes, c, ordp + b0 + r0,
                               yip, yfp, swp, pwp, inv_norm, exl + r0, predp)
@@ -966,11 +1074,11 @@ def run_steps(const int64_t[:, ::1] plan, const double[:, ::1] planf, Py_ssize_t
                 if not split_update:
                     # gradient average and fused update: one tile per task, no shared writes
                     for ti in prange(net.n_tiles, schedule='dynamic', num_threads=n_threads):
-                        grad_tile(net, &net.tiles[ti], Wk, P, G, bsz, optp, &go)
+                        grad_tile(net, &net.tiles[ti], Wk, P, G, bsz, optp, &go, dgp, ti)
                 else:
                     # the global norm needs every gradient first: gradient, norm, then update
                     for ti in prange(net.n_tiles, schedule='dynamic', num_threads=n_threads):
-                        grad_tile(net, &net.tiles[ti], Wk, P, G, bsz, NULL, &go)
+                        grad_tile(net, &net.tiles[ti], Wk, P, G, bsz, NULL, &go, NULL, ti)
                     for blk in prange(n_blocks, schedule='static', num_threads=n_threads):
                         p0 = blk * UPDATE_BLOCK
                         pn = UPDATE_BLOCK if p0 + UPDATE_BLOCK <= n_par else n_par - p0
@@ -985,12 +1093,8 @@ def run_steps(const int64_t[:, ::1] plan, const double[:, ::1] planf, Py_ssize_t
                     if clip_norm > 0:
                         coef = clip_norm / (gnorm + 1e-6)
                     if optp != NULL:
-                        for blk in prange(n_blocks, schedule='static', num_threads=n_threads):
-                            p0 = blk * UPDATE_BLOCK
-                            pn = UPDATE_BLOCK if p0 + UPDATE_BLOCK <= n_par else n_par - p0
-                            if coef < 1.0:
-                                scale_span(G + p0, pn, coef)
-                            update_at(optp, P, G, p0, pn)
+                        for ti in prange(net.n_tiles, schedule='dynamic', num_threads=n_threads):
+                            tile_update(net, &net.tiles[ti], P, G, optp, coef, dgp, ti)
                     elif coef < 1.0:
                         for blk in prange(n_blocks, schedule='static', num_threads=n_threads):
                             p0 = blk * UPDATE_BLOCK
