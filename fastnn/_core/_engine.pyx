@@ -232,33 +232,33 @@ cdef inline floating softplus_neg_abs(floating x) noexcept nogil:
 # ---------------------------------------------------------------- layer kernels
 cdef void act_forward_rows(floating* Z, Py_ssize_t c, Py_ssize_t n, floating* bias,
                            int act, double slope) noexcept nogil:
-    """In place on c rows of width n: Z <- f(Z + bias)."""
-    cdef Py_ssize_t i, j
+    """In place on c rows of width n: Z <- f(Z + bias).
+
+    Elementwise activations store unconditionally (``z = z < 0 ? 0 : z``), so the loops
+    vectorize; z < 0 rather than "not z > 0" lets NaN through, as PyTorch does."""
+    cdef Py_ssize_t i, j, cn = c * n
     cdef floating* z
     cdef floating m, s, v, fs = <floating>slope
-    for i in range(c):
-        z = Z + i * n
-        if bias != NULL:
+    if bias != NULL:
+        for i in range(c):
+            z = Z + i * n
             for j in range(n):
                 z[j] = z[j] + bias[j]
-        if act == ACT_IDENTITY:
-            pass
-        elif act == ACT_RELU:
-            # z < 0 (not "not z > 0"): NaN propagates, as in PyTorch, so a NaN loss is seen
-            for j in range(n):
-                if z[j] < 0:
-                    z[j] = 0
-        elif act == ACT_LEAKY:
-            for j in range(n):
-                if z[j] < 0:
-                    z[j] = z[j] * fs
-        elif act == ACT_SIGMOID:
-            for j in range(n):
-                z[j] = sigmoid(z[j])
-        elif act == ACT_TANH:
-            for j in range(n):
-                z[j] = f_tanh(z[j])
-        elif act == ACT_SOFTMAX:
+    if act == ACT_RELU:
+        for i in range(cn):
+            Z[i] = 0 if Z[i] < 0 else Z[i]
+    elif act == ACT_LEAKY:
+        for i in range(cn):
+            Z[i] = Z[i] * fs if Z[i] < 0 else Z[i]
+    elif act == ACT_SIGMOID:
+        for i in range(cn):
+            Z[i] = sigmoid(Z[i])
+    elif act == ACT_TANH:
+        for i in range(cn):
+            Z[i] = f_tanh(Z[i])
+    elif act == ACT_SOFTMAX:
+        for i in range(c):
+            z = Z + i * n
             m = z[0]
             for j in range(1, n):
                 if z[j] > m:
@@ -275,31 +275,27 @@ cdef void act_forward_rows(floating* Z, Py_ssize_t c, Py_ssize_t n, floating* bi
 cdef void act_backward_rows(floating* G, floating* A, Py_ssize_t c, Py_ssize_t n,
                             int act, double slope) noexcept nogil:
     """In place on c rows: G (dL/da) <- dL/dz given the activation output A."""
-    cdef Py_ssize_t i, j
+    cdef Py_ssize_t i, j, cn = c * n
     cdef floating* g
     cdef floating* a
     cdef floating s, fs = <floating>slope
-    for i in range(c):
-        g = G + i * n
-        a = A + i * n
-        if act == ACT_IDENTITY:
-            pass
-        elif act == ACT_RELU:
-            for j in range(n):
-                if not (a[j] > 0):
-                    g[j] = 0
-        elif act == ACT_LEAKY:
-            # slope >= 0 is enforced, so a > 0 exactly where z > 0
-            for j in range(n):
-                if not (a[j] > 0):
-                    g[j] = g[j] * fs
-        elif act == ACT_SIGMOID:
-            for j in range(n):
-                g[j] = g[j] * a[j] * (1 - a[j])
-        elif act == ACT_TANH:
-            for j in range(n):
-                g[j] = g[j] * (1 - a[j] * a[j])
-        elif act == ACT_SOFTMAX:
+    if act == ACT_RELU:
+        for i in range(cn):
+            G[i] = G[i] if A[i] > 0 else 0
+    elif act == ACT_LEAKY:
+        # slope >= 0 is enforced, so a > 0 exactly where z > 0
+        for i in range(cn):
+            G[i] = G[i] if A[i] > 0 else G[i] * fs
+    elif act == ACT_SIGMOID:
+        for i in range(cn):
+            G[i] = G[i] * A[i] * (1 - A[i])
+    elif act == ACT_TANH:
+        for i in range(cn):
+            G[i] = G[i] * (1 - A[i] * A[i])
+    elif act == ACT_SOFTMAX:
+        for i in range(c):
+            g = G + i * n
+            a = A + i * n
             s = 0
             for j in range(n):
                 s = s + g[j] * a[j]
