@@ -4,7 +4,7 @@
     model = fn.Sequential(fn.Dense(64, 128), fn.ReLU(), fn.Dense(128, 10))
     model.fit(X, y, loss=fn.CrossEntropy(), optimizer=fn.SGD(lr=0.1, momentum=0.9), epochs=10)
 """
-from . import data, optim, schedules
+from . import data, io, optim, schedules
 from ._config import __version__, get_num_threads, set_num_threads, show_config
 from .callbacks import Callback, EarlyStopping, History
 from .diagnostics import Diagnostics, DiagnosticWarning, plot_diagnostics

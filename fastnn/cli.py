@@ -1,5 +1,7 @@
-"""The ``fastnn`` command line: train an MLP on the bundled digits or on your CSV/NPZ."""
+"""The ``fastnn`` command line: train an MLP on the bundled digits or on your CSV/NPZ, save it,
+evaluate it and predict with it."""
 import argparse
+import json
 import os
 import sys
 import time
@@ -7,19 +9,13 @@ import time
 import numpy as np
 
 
-def _load(path, target):
-    """(X, y) from a .npz (arrays X and y) or a CSV (numeric; the label in column ``target``)."""
-    from .data import load_digits
-
-    if path is None:
-        return load_digits()
-    if not os.path.exists(path):
+def _need_file(path):
+    if not os.path.isfile(path):
         raise SystemExit(f"fastnn: no such file: {path}")
-    if path.endswith(".npz"):
-        with np.load(path, allow_pickle=False) as f:
-            if "X" not in f or "y" not in f:
-                raise SystemExit(f"fastnn: {path} must hold arrays named 'X' and 'y' (has {list(f.keys())})")
-            return f["X"], f["y"]
+
+
+def _read_csv(path):
+    """(numeric array, header names or None) of a CSV (comma- or whitespace-separated)."""
     with open(path) as f:
         first = f.readline()
     delim = "," if "," in first else None
@@ -32,18 +28,63 @@ def _load(path, target):
         arr = np.loadtxt(path, delimiter=delim, skiprows=1 if header else 0, ndmin=2)
     except ValueError as e:
         raise SystemExit(f"fastnn: {path}: {e} (expected a numeric CSV)") from None
-    col = -1
-    if target is not None:
-        if header and target in header:
-            col = header.index(target)
-        else:
-            try:
-                col = int(target)
-            except ValueError:
-                raise SystemExit(f"fastnn: --target {target!r} is neither a column name nor an index") from None
-    y = arr[:, col]
-    X = np.delete(arr, col if col >= 0 else arr.shape[1] + col, axis=1)
-    return X, y
+    return arr, header
+
+
+def _target_column(target, header, n_cols):
+    """Index of the label column: ``target`` as a header name or an index, else the last."""
+    if target is None:
+        return n_cols - 1
+    if header and target in header:
+        return header.index(target)
+    try:
+        col = int(target)
+    except ValueError:
+        raise SystemExit(f"fastnn: --target {target!r} is neither a column name nor an index") from None
+    if not -n_cols <= col < n_cols:
+        raise SystemExit(f"fastnn: --target {col} is out of range for {n_cols} columns")
+    return col % n_cols
+
+
+def _load(path, target):
+    """(X, y) from a .npz (arrays X and y) or a CSV (numeric; the label in column ``target``)."""
+    from .data import load_digits
+
+    if path is None:
+        return load_digits()
+    _need_file(path)
+    if path.endswith(".npz"):
+        with np.load(path, allow_pickle=False) as f:
+            if "X" not in f or "y" not in f:
+                raise SystemExit(f"fastnn: {path} must hold arrays named 'X' and 'y' (has {list(f.keys())})")
+            return f["X"], f["y"]
+    arr, header = _read_csv(path)
+    col = _target_column(target, header, arr.shape[1])
+    return np.delete(arr, col, axis=1), arr[:, col]
+
+
+def _load_for(path, target, n_features, need_y):
+    """(X, y or None) for a trained model: an NPZ with X (and y), or a CSV with the model's
+    ``n_features`` columns, or those plus the label column (``target``)."""
+    _need_file(path)
+    if path.endswith(".npz"):
+        with np.load(path, allow_pickle=False) as f:
+            if "X" not in f or (need_y and "y" not in f):
+                need = "'X' and 'y'" if need_y else "'X'"
+                raise SystemExit(f"fastnn: {path} must hold arrays named {need} (has {list(f.keys())})")
+            X, y = f["X"], (f["y"] if "y" in f else None)
+        if X.ndim != 2 or X.shape[1] != n_features:
+            raise SystemExit(f"fastnn: {path}: X has shape {X.shape}; the model takes {n_features} features")
+        return X, y
+    arr, header = _read_csv(path)
+    if arr.shape[1] == n_features + 1:
+        col = _target_column(target, header, arr.shape[1])
+        return np.delete(arr, col, axis=1), arr[:, col]
+    if arr.shape[1] == n_features and not need_y:
+        return arr, None
+    want = f"{n_features + 1} (the model's {n_features} features and the label)" if need_y else \
+        f"{n_features} (the model's features) or {n_features + 1} (with the label column)"
+    raise SystemExit(f"fastnn: {path} has {arr.shape[1]} columns; expected {want}")
 
 
 def _split(y, test_size, seed):
@@ -64,6 +105,10 @@ def _split(y, test_size, seed):
 def _train(args):
     import fastnn as fn
 
+    if args.save is not None:
+        from .io import _check_write_path
+
+        _check_write_path(args.save)      # before training, not after it
     X, y = _load(args.data, args.target)
     X = np.asarray(X, dtype=np.float64)
     classes, y_enc = np.unique(y, return_inverse=True)
@@ -74,6 +119,7 @@ def _train(args):
     if not 0 < args.test_size < 1:
         raise SystemExit("fastnn: --test-size must be in (0, 1)")
     tr, te = _split(y_enc if task == "classify" else np.zeros(len(y), int), args.test_size, args.seed)
+    mu = sd = None
     if not args.no_standardize:
         mu, sd = X[tr].mean(0), X[tr].std(0)
         sd[sd == 0] = 1
@@ -121,6 +167,113 @@ def _train(args):
         print(f"held-out accuracy: {res['accuracy']:.4f} ({len(te)} examples), trained in {took:.2f} s")
     else:
         print(f"held-out MSE: {res['loss']:.6g} ({len(te)} examples), trained in {took:.2f} s")
+    if args.save is not None:
+        from .io import save_model
+
+        pre = {"task": task, "mean": None if mu is None else mu.tolist(),
+               "std": None if sd is None else sd.tolist(),
+               "classes": _label_list(classes) if task == "classify" else None, "target": args.target}
+        save_model(model, args.save, metadata={"preprocess": json.dumps(pre)})
+        print(f"saved the model and its preprocessing to {args.save}")
+    return 0
+
+
+def _label_list(classes):
+    # integral labels (read from a CSV as floats) come back out as 3, not 3.0
+    if np.all(classes == np.round(classes)):
+        return [int(c) for c in classes]
+    return [float(c) for c in classes]
+
+
+def _open_model(path):
+    """(model, preprocessing dict or None) from a file written by ``fastnn train --save`` or
+    ``model.save``; the preprocessing entry is checked against the model."""
+    from .io import load_model, read_metadata
+
+    _need_file(path)
+    model = load_model(path)
+    raw = read_metadata(path).get("preprocess")
+    if raw is None:
+        return model, None
+    try:
+        pre = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise ValueError(f"{path}: the preprocess metadata is not valid JSON") from None
+    keys = {"task", "mean", "std", "classes", "target"}
+    if not isinstance(pre, dict) or set(pre) != keys or pre["task"] not in ("classify", "regress"):
+        raise ValueError(f"{path}: the preprocess metadata must be an object with {sorted(keys)}")
+
+    def numbers(v, n):
+        return isinstance(v, list) and len(v) == n and all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x) for x in v)
+
+    if (pre["mean"] is None) != (pre["std"] is None) or pre["mean"] is not None and not (
+            numbers(pre["mean"], model.n_features) and numbers(pre["std"], model.n_features)
+            and min(pre["std"]) > 0):
+        raise ValueError(f"{path}: preprocess mean and std must both be null or lists of "
+                         f"{model.n_features} finite numbers (std > 0)")
+    if pre["task"] == "classify" and not (numbers(pre["classes"], model.n_outputs)
+                                          and np.all(np.diff(pre["classes"]) > 0)):
+        raise ValueError(f"{path}: preprocess classes must list the model's {model.n_outputs} class "
+                         "labels in increasing order")
+    if pre["target"] is not None and not isinstance(pre["target"], str):
+        raise ValueError(f"{path}: preprocess target must be a string or null")
+    return model, pre
+
+
+def _apply(model, pre, path, target, need_y):
+    """Features (standardised as in training) and labels (as class indices for classifiers)."""
+    if target is None and pre is not None:
+        target = pre["target"]
+    X, y = _load_for(path, target, model.n_features, need_y)
+    X = np.asarray(X, dtype=np.float64)
+    if pre is not None and pre["mean"] is not None:
+        X = (X - np.array(pre["mean"])) / np.array(pre["std"])
+    if y is not None and pre is not None and pre["task"] == "classify":
+        classes = np.array(pre["classes"])
+        idx = np.clip(np.searchsorted(classes, y), 0, len(classes) - 1)
+        unknown = classes[idx] != y
+        if np.any(unknown):
+            raise ValueError(f"{path}: label {y[unknown][0].item()} is not one of the model's classes "
+                             f"{pre['classes']}")
+        y = idx
+    return X, y
+
+
+def _evaluate(args):
+    model, pre = _open_model(args.model)
+    if model.loss is None:
+        raise SystemExit(f"fastnn: {args.model} holds no loss (it was saved before training), "
+                         "so there is nothing to evaluate against")
+    X, y = _apply(model, pre, args.data, args.target, need_y=True)
+    res = model.evaluate(X, y, threads=args.threads)
+    print(f"examples: {len(X)}")
+    print(f"loss: {res['loss']:.6g}")
+    if "accuracy" in res:
+        print(f"accuracy: {res['accuracy']:.4f}")
+    return 0
+
+
+def _predict(args):
+    import fastnn as fn
+
+    model, pre = _open_model(args.model)
+    X, _ = _apply(model, pre, args.data, args.target, need_y=False)
+    out = model.predict(X, threads=args.threads)
+    fmt = "%.9g" if model.dtype == np.float32 else "%.17g"      # enough digits to round-trip
+    classifier = pre["task"] == "classify" if pre is not None else (
+        model.loss is not None and model.loss.classification)
+    if args.proba and not classifier:
+        raise SystemExit(f"fastnn: --proba needs a classifier; {args.model} is a regressor")
+    if classifier and not args.proba:
+        if pre is None and isinstance(model.loss, fn.BinaryCrossEntropy):
+            out, fmt = (out > 0.5).astype(np.int64), "%d"          # one 0/1 decision per output
+        else:
+            idx = out.argmax(axis=1)
+            labels = np.array(pre["classes"])[idx] if pre is not None else idx
+            sys.stdout.write("".join(f"{v}\n" for v in labels.tolist()))
+            return 0
+    np.savetxt(sys.stdout, out, fmt=fmt, delimiter=",")
     return 0
 
 
@@ -145,6 +298,19 @@ def main(argv=None):
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=None)
     t.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    t.add_argument("--save", metavar="PATH", help="write the trained model and its preprocessing "
+                   "(standardisation, class labels) to PATH, e.g. model.safetensors")
+    e = sub.add_parser("evaluate", help="print the loss and accuracy of a saved model on labelled data")
+    e.add_argument("model", help="a model file written by 'fastnn train --save' or model.save")
+    e.add_argument("data", help="CSV (the model's features and the label column) or NPZ (arrays X, y)")
+    pr = sub.add_parser("predict", help="print one prediction per line: the class label, or the value")
+    pr.add_argument("model", help="a model file written by 'fastnn train --save' or model.save")
+    pr.add_argument("data", help="CSV (the model's features, with or without the label column) or NPZ (X)")
+    pr.add_argument("--proba", action="store_true", help="print class probabilities as CSV rows instead")
+    for q in (e, pr):
+        q.add_argument("--target", help="label column of a CSV: a header name or an index "
+                       "(default: as in training, else the last)")
+        q.add_argument("--threads", type=int, default=None)
     sub.add_parser("info", help="show the build: version, OpenMP, threads, BLAS")
     args = p.parse_args(argv)
     if args.cmd == "info":
@@ -152,7 +318,7 @@ def main(argv=None):
         show_config()
         return 0
     try:
-        return _train(args)
+        return {"train": _train, "evaluate": _evaluate, "predict": _predict}[args.cmd](args)
     except (ValueError, TypeError) as e:
         print(f"fastnn: {e}", file=sys.stderr)
         return 2

@@ -57,6 +57,12 @@ class Dense(Layer):
         self.weight = None
         self.bias = None
 
+    def __getstate__(self):
+        # weight and bias are views into the owning model's buffer, which rebinds them
+        state = self.__dict__.copy()
+        state["weight"] = state["bias"] = None
+        return state
+
     def n_params(self):
         return self.out_features * (self.in_features + (1 if self.use_bias else 0))
 

@@ -276,7 +276,7 @@ class Sequential:
         work = self._work(rows)
         with blas_single_thread():
             _engine.forward_rows(self._plan, self._planf, self._chunk, self._params, X, out, work,
-                                 rows, resolve_threads(threads), bool(training), self.seed,
+                                 rows, self._threads_for(rows // 3, resolve_threads(threads)), bool(training), self.seed,
                                  self.epochs_trained, self.steps_trained)
         return out
 
@@ -316,6 +316,7 @@ class Sequential:
     # ------------------------------------------------------------ training
     def _run(self, X, yi, yf, sw, pw, loss, order, batch_size, n_steps, opt, lrs, seed, epoch,
              step0, n_threads, step_loss, **kw):
+        n_threads = self._threads_for(batch_size, n_threads)
         state = opt.bind(self) if opt is not None else np.zeros((0, 1), dtype=self.dtype)
         if state.shape[0] == 0:
             state = np.zeros((0, 1), dtype=self.dtype)
@@ -326,6 +327,15 @@ class Sequential:
             opt.hyper() if opt is not None else np.zeros(1), lrs,
             opt.step_count if opt is not None else 0, seed, epoch, step0, True,
             self._work(batch_size), step_loss, n_threads, **kw)
+
+    # Below this much arithmetic per step and thread, waking and joining a thread costs more than
+    # it saves (and a busy machine turns every join into a wait for a descheduled thread).
+    MIN_FLOP_PER_THREAD = 2e6
+
+    def _threads_for(self, rows, n_threads):
+        """Threads worth using for a step of ``rows`` examples; results do not depend on it."""
+        work = 6.0 * rows * self.n_params
+        return int(max(1, min(n_threads, work // self.MIN_FLOP_PER_THREAD)))
 
     def loss_and_grad(self, X, y, loss, sample_weight=None, l2=0.0, l2_bias=False, threads=None):
         """Loss of the whole of X as one batch and its gradient (mean over the batch, as the
@@ -619,6 +629,20 @@ class Sequential:
         from .io import to_torch
 
         return to_torch(self)
+
+    # ------------------------------------------------------------ pickling (joblib, sklearn clone)
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_work_buf"] = None
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        # the layers' views were pickled as separate arrays, and a memory-mapped load is read-only:
+        # own writable buffers and point the views back into them
+        self._params = np.array(self._params)
+        self._grads = np.array(self._grads)
+        self._bind_views()
 
     # ------------------------------------------------------------ misc
     def __repr__(self):

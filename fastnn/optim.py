@@ -43,6 +43,12 @@ class Optimizer:
         self.state = None
         self._model_key = None
 
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        if self.state is not None:
+            self.state = np.array(self.state)      # writable, even from a memory-mapped load
+        self._model_key = None
+
     def hyper(self):
         """Hyper-parameters as the compiled kernel reads them."""
         return np.zeros(0)
