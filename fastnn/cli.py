@@ -157,11 +157,33 @@ def _train(args):
             parts.append(f"{logs['time'] * 1e3:.0f} ms")
             print("  ".join(parts), flush=True)
 
+    if args.plot is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise SystemExit("fastnn: --plot needs matplotlib: pip install 'fastnn[plot]'") from None
     t0 = time.perf_counter()
-    model.fit(X[tr], target[tr], loss=loss, optimizer=opts[args.optimizer](), epochs=args.epochs,
-              batch_size=args.batch_size, seed=args.seed, threads=args.threads,
-              validation_data=(X[te], target[te]), callbacks=[] if args.quiet else [Line()])
+    hist = model.fit(X[tr], target[tr], loss=loss, optimizer=opts[args.optimizer](), epochs=args.epochs,
+                     batch_size=args.batch_size, seed=args.seed, threads=args.threads,
+                     validation_data=(X[te], target[te]), callbacks=[] if args.quiet else [Line()],
+                     diagnostics=True if args.diagnostics or args.plot else None)
     took = time.perf_counter() - t0
+    if args.diagnostics:
+        d = hist.diagnostics
+        print("per-layer diagnostics of the last epoch (layer: learning speed mean|dL/dw|, "
+              "update/weight ratio, saturated, dead):")
+        for k, name in enumerate(hist.diagnostic_layers):
+            print(f"  layer {name}: {d['grad_mean_abs'][-1][k]:.3e}  {d['update_ratio'][-1][k]:.3e}  "
+                  f"{d['saturated'][-1][k]:.3f}  {d['dead'][-1][k]:.3f}")
+    if args.plot is not None:
+        import os
+
+        from .diagnostics import plot_diagnostics
+
+        hist.plot(path=args.plot)
+        root, ext = os.path.splitext(args.plot)
+        plot_diagnostics(hist, path=root + "-diagnostics" + (ext or ".png"))
+        print(f"wrote {args.plot} (loss and accuracy) and {root}-diagnostics{ext or '.png'} (per-layer diagnostics)")
     res = model.evaluate(X[te], target[te])
     if task == "classify":
         print(f"held-out accuracy: {res['accuracy']:.4f} ({len(te)} examples), trained in {took:.2f} s")
@@ -298,6 +320,10 @@ def main(argv=None):
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=None)
     t.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    t.add_argument("--diagnostics", action="store_true",
+                   help="measure per-layer learning speed, update ratio, saturated and dead units")
+    t.add_argument("--plot", metavar="PNG", help="write training curves to PNG, and per-layer "
+                   "diagnostics to PNG's name with '-diagnostics' (needs matplotlib)")
     t.add_argument("--save", metavar="PATH", help="write the trained model and its preprocessing "
                    "(standardisation, class labels) to PATH, e.g. model.safetensors")
     e = sub.add_parser("evaluate", help="print the loss and accuracy of a saved model on labelled data")

@@ -196,3 +196,13 @@ def test_predict_finds_the_label_column_used_in_training(tmp_path, capsys):
     with_label = capsys.readouterr().out
     assert main(["predict", model, str(tmp_path / "x.csv")]) == 0
     assert capsys.readouterr().out == with_label and len(with_label.split()) == 150
+
+
+def test_train_plot_and_diagnostics(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "curves.png"
+    assert main(["train", "--epochs", "3", "--quiet", "--diagnostics", "--plot", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "layer 0:" in text and "held-out accuracy" in text
+    assert out.stat().st_size > 5000
+    assert (tmp_path / "curves-diagnostics.png").stat().st_size > 5000
