@@ -6,7 +6,8 @@ Per layer (each Dense with its activation) and epoch:
 - ``grad_mean_abs``: mean |∂L/∂w| over the layer's parameters and the epoch's steps — the
   lecture's "speed of learning" of the layer;
 - ``grad_norm``: the layer's gradient L2 norm, root-mean-square over the epoch's steps;
-- ``update_ratio``: ‖ΔW‖ / ‖W‖ of each step's update, root-mean-square over the steps;
+- ``update_ratio``: ‖ΔW‖ / ‖W‖ of each step's update, root-mean-square over the steps
+  (these three over every k-th step, about ``gradient_samples`` per epoch);
 - ``saturated``: fraction of sigmoid/tanh outputs whose pre-activation has |z| > threshold
   (NaN for other activations);
 - ``dead``: fraction of ReLU/LeakyReLU units with no positive pre-activation on any example
@@ -38,10 +39,13 @@ class Diagnostics(Callback):
         exploding_factor: warn when a layer's gradient norm grows this many times over its
             first epoch's, or is not finite.
         saturated_warn, dead_warn: warn when a layer's saturated / dead fraction exceeds these.
+        gradient_samples: gradient and update statistics are taken on about this many evenly
+            spaced steps per epoch (every step of shorter epochs), which keeps their cost small;
+            activation statistics cover every step.
     """
 
     def __init__(self, saturation_threshold=2.0, vanishing_ratio=100.0, exploding_factor=100.0,
-                 saturated_warn=0.5, dead_warn=0.5):
+                 saturated_warn=0.5, dead_warn=0.5, gradient_samples=32):
         for name, v in (("saturation_threshold", saturation_threshold), ("vanishing_ratio", vanishing_ratio),
                         ("exploding_factor", exploding_factor)):
             if not (float(v) > 0 and math.isfinite(float(v))):
@@ -53,10 +57,13 @@ class Diagnostics(Callback):
         self.vanishing_ratio = float(vanishing_ratio)
         self.exploding_factor = float(exploding_factor)
         self.saturated_warn, self.dead_warn = float(saturated_warn), float(dead_warn)
+        if int(gradient_samples) < 1:
+            raise ValueError(f"Diagnostics: gradient_samples must be >= 1, got {gradient_samples}")
+        self.gradient_samples = int(gradient_samples)
         self.buffers = None
 
     # ------------------------------------------------------------ called by fit
-    def allocate(self, model, batch_size):
+    def allocate(self, model, batch_size, n_steps=1):
         """Buffers for the compiled step; zeroed at every epoch by ``begin_epoch``."""
         slots = -(-batch_size // model._chunk)
         n_layers = len(model._stages)
@@ -71,6 +78,7 @@ class Diagnostics(Callback):
             "scratch": np.zeros(n_tiles * stride, dtype=model.dtype),
             "stride": stride, "n_units": self.n_units,
             "sat_sigmoid": 1.0 / (1.0 + math.exp(-t)), "sat_tanh": math.tanh(t),
+            "every": max(1, int(n_steps) // self.gradient_samples),
         }
         self._slots, self._n_layers = slots, n_layers
         self._model = model
@@ -79,9 +87,10 @@ class Diagnostics(Callback):
         self.layer_names = [str(i) for i, _, _, _ in model._stages]
         return self.buffers
 
-    def begin_epoch(self):
+    def begin_epoch(self, first_step):
         for k in ("act_acc", "active", "tile_acc"):
             self.buffers[k].fill(0)
+        self._first_step = int(first_step)
 
     def end_epoch(self, n_steps, n_examples):
         """Per-layer statistics of the finished epoch, as ``{key: [value per layer]}``."""
@@ -94,7 +103,9 @@ class Diagnostics(Callback):
         for k, (_, d, a, _) in enumerate(m._stages):
             t = tiles[m._tiles[:, 0] == k].sum(axis=0)
             n_par = d.in_features * d.out_features + (d.out_features if d.bias is not None else 0)
-            steps = max(n_steps, 1)
+            every = self.buffers["every"]
+            # the sampled steps are the global steps divisible by ``every``
+            steps = max(1, -(-(self._first_step + n_steps) // every) - (-(-self._first_step // every)))
             out["grad_mean_abs"].append(float(t[0] / (steps * n_par)))
             out["grad_norm"].append(float(math.sqrt(t[1] / steps)))
             out["update_ratio"].append(float(math.sqrt(t[2] / t[3])) if t[3] > 0 else math.nan)

@@ -501,7 +501,7 @@ class Sequential:
             diag = Diagnostics() if diagnostics is True else diagnostics
             if not isinstance(diag, Diagnostics):
                 raise TypeError(f"diagnostics must be True or a fn.Diagnostics, got {diagnostics!r}")
-            run_kw["diag"] = diag.allocate(self, bs)
+            run_kw["diag"] = diag.allocate(self, bs, n_steps)
             history.diagnostics = {k: [] for k in KEYS}
             history.diagnostic_layers = list(diag.layer_names)
         for cb in cbs:
@@ -518,7 +518,7 @@ class Sequential:
                     else:
                         lrs = np.full(n_steps, opt.lr)
                     if diag is not None:
-                        diag.begin_epoch()
+                        diag.begin_epoch(self.steps_trained)
                     self._epoch(X, yi, yf, sw, pw, loss, order, bs, n_steps, opt, lrs, seed, ep,
                                 n_threads, step_loss, verbose == 1, run_kw)
                     self.epochs_trained += 1

@@ -960,6 +960,8 @@ def run_steps(const int64_t[:, ::1] plan, const double[:, ::1] planf, Py_ssize_t
     cdef double* gnp = &grad_norms[0] if grad_norms is not None and grad_norms.shape[0] > 0 else NULL
     cdef Diag dgs
     cdef Diag* dgp = NULL
+    cdef Diag* dgt = NULL
+    cdef int64_t every = 1
     cdef double[::1] d_act, d_tile
     cdef unsigned char[::1] d_active
     cdef floating[::1] d_scratch
@@ -980,6 +982,7 @@ def run_steps(const int64_t[:, ::1] plan, const double[:, ::1] planf, Py_ssize_t
         dgs.scratch = <void*>&d_scratch[0]
         dgs.scratch_stride = diag["stride"]
         dgp = &dgs
+        every = max(1, <int64_t>diag["every"])
     cdef OptRun orun
     cdef OptRun* optp = NULL
     cdef floating* P = &params[0]
@@ -1063,6 +1066,9 @@ def run_steps(const int64_t[:, ::1] plan, const double[:, ::1] planf, Py_ssize_t
                 step_loss[s] = tot
                 if not isfinite(tot):
                     break
+                # gradient and update statistics on every ``every``-th global step (activation
+                # statistics on every step: a dead unit must be silent on every example)
+                dgt = dgp if (dgp != NULL and (step0 + s) % every == 0) else NULL
                 optp = NULL
                 if opt_code != OPT_NONE:
                     orun.st = opt_step_consts(opt_code, hpp, lrs[s], t0 + s + 1)
@@ -1070,7 +1076,7 @@ def run_steps(const int64_t[:, ::1] plan, const double[:, ::1] planf, Py_ssize_t
                 if not split_update:
                     # gradient average and fused update: one tile per task, no shared writes
                     for ti in prange(net.n_tiles, schedule='dynamic', num_threads=n_threads):
-                        grad_tile(net, &net.tiles[ti], Wk, P, G, bsz, optp, &go, dgp, ti)
+                        grad_tile(net, &net.tiles[ti], Wk, P, G, bsz, optp, &go, dgt, ti)
                 else:
                     # the global norm needs every gradient first: gradient, norm, then update
                     for ti in prange(net.n_tiles, schedule='dynamic', num_threads=n_threads):
@@ -1090,7 +1096,7 @@ def run_steps(const int64_t[:, ::1] plan, const double[:, ::1] planf, Py_ssize_t
                         coef = clip_norm / (gnorm + 1e-6)
                     if optp != NULL:
                         for ti in prange(net.n_tiles, schedule='dynamic', num_threads=n_threads):
-                            tile_update(net, &net.tiles[ti], P, G, optp, coef, dgp, ti)
+                            tile_update(net, &net.tiles[ti], P, G, optp, coef, dgt, ti)
                     elif coef < 1.0:
                         for blk in prange(n_blocks, schedule='static', num_threads=n_threads):
                             p0 = blk * UPDATE_BLOCK
