@@ -24,9 +24,7 @@ before a divergence are kept.
     python examples/learning_rates.py --small       # fewer examples and epochs
     python examples/learning_rates.py --plot out.png
 """
-import argparse
 import math
-import sys
 
 import numpy as np
 
@@ -208,24 +206,8 @@ def main(small=False, seed=0, plot=None, verbose=True, threads=None):
     return res
 
 
-def _has_matplotlib():
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--small", action="store_true", help="fewer examples and epochs (well under 2 s)")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the split, initialisation and shuffling")
-    ap.add_argument("--threads", type=int, default=None, help="threads (the numbers do not depend on it)")
-    ap.add_argument("--plot", metavar="OUT.png", default=None,
-                    help="write the loss curves of all rates to this PNG (needs matplotlib)")
-    args = ap.parse_args()
-    if args.plot and not _has_matplotlib():
-        print("--plot needs matplotlib, which is not installed (pip install 'fastnn[plot]' or "
-              "pip install matplotlib); running without the plot", file=sys.stderr)
-        args.plot = None
-    main(small=args.small, seed=args.seed, plot=args.plot, threads=args.threads)
+    from _cli import run_example
+
+    run_example(main, __doc__, plot_help="write the loss curves of all rates to this PNG",
+                seed_help="seed of the split, initialisation and shuffling")

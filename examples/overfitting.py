@@ -22,7 +22,6 @@ each remedy ends lower.
     python examples/overfitting.py --small          # smaller and shorter, well under 2 s
     python examples/overfitting.py --plot curves.png
 """
-import argparse
 import sys
 import time
 
@@ -167,25 +166,8 @@ def main(small=False, seed=0, plot=None, threads=None, verbose=True):
     return results
 
 
-def _has_matplotlib():
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--small", action="store_true", help="smaller, faster run (well under 2 s)")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the data subset, label noise, "
-                    "initialisation, shuffling and dropout (default 0)")
-    ap.add_argument("--threads", type=int, default=None, help="threads (the numbers do not depend on it)")
-    ap.add_argument("--plot", metavar="OUT.png", default=None,
-                    help="write the training/validation loss curves to this PNG (needs matplotlib)")
-    args = ap.parse_args()
-    if args.plot and not _has_matplotlib():
-        print("--plot needs matplotlib, which is not installed (pip install matplotlib); "
-              "running without the plot", file=sys.stderr)
-        args.plot = None
-    main(small=args.small, seed=args.seed, plot=args.plot, threads=args.threads)
+    from _cli import run_example
+
+    run_example(main, __doc__, plot_help="write the training/validation loss curves to this PNG",
+                seed_help="seed of the data subset, label noise, initialisation, shuffling and dropout (default 0)")

@@ -18,8 +18,6 @@ outputs are all 0, so no weight gets a gradient and only the output bias learns.
     python examples/symmetry_breaking.py --small       # fewer examples and epochs
     python examples/symmetry_breaking.py --plot out.png
 """
-import argparse
-import sys
 
 import numpy as np
 
@@ -135,24 +133,8 @@ def main(small=False, seed=0, plot=None, verbose=True, threads=None):
     return res
 
 
-def _has_matplotlib():
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--small", action="store_true", help="fewer examples and epochs (well under 2 s)")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the split, initialisation and shuffling")
-    ap.add_argument("--threads", type=int, default=None, help="threads (the numbers do not depend on it)")
-    ap.add_argument("--plot", metavar="OUT.png", default=None,
-                    help="write hidden-layer weights and loss curves to this PNG (needs matplotlib)")
-    args = ap.parse_args()
-    if args.plot and not _has_matplotlib():
-        print("--plot needs matplotlib, which is not installed (pip install 'fastnn[plot]' or "
-              "pip install matplotlib); running without the plot", file=sys.stderr)
-        args.plot = None
-    main(small=args.small, seed=args.seed, plot=args.plot, threads=args.threads)
+    from _cli import run_example
+
+    run_example(main, __doc__, plot_help="write hidden-layer weights and loss curves to this PNG",
+                seed_help="seed of the split, initialisation and shuffling")

@@ -120,7 +120,7 @@ def test_plot_writes_png(script, tmp_path):
 @pytest.mark.parametrize("script", ["overfitting.py", "imbalanced.py"])
 def test_plot_without_matplotlib_says_so(script, tmp_path):
     out = tmp_path / "fig.png"
-    code = ("import sys, runpy; sys.modules['matplotlib'] = None; "
+    code = (f"import sys, runpy; sys.path.insert(0, {EXAMPLES!r}); sys.modules['matplotlib'] = None; "
             f"sys.argv = [{script!r}, '--small', '--threads', '1', '--plot', {str(out)!r}]; "
             f"runpy.run_path({os.path.join(EXAMPLES, script)!r}, run_name='__main__')")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

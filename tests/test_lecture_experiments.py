@@ -173,7 +173,7 @@ def test_command_line_plot(tmp_path):
 def test_command_line_without_matplotlib(tmp_path):
     """--plot without matplotlib: a clear message, and the experiment still runs."""
     path = tmp_path / "x.png"
-    code = ("import sys, runpy; sys.modules['matplotlib'] = None; "
+    code = (f"import sys, runpy; sys.path.insert(0, {EXAMPLES!r}); sys.modules['matplotlib'] = None; "
             f"sys.argv = ['saturated_neuron.py', '--small', '--plot', {str(path)!r}]; "
             f"runpy.run_path({os.path.join(EXAMPLES, 'saturated_neuron.py')!r}, run_name='__main__')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
