@@ -65,7 +65,7 @@ class Diagnostics(Callback):
     # ------------------------------------------------------------ called by fit
     def allocate(self, model, batch_size, n_steps=1):
         """Buffers for the compiled step; zeroed at every epoch by ``begin_epoch``."""
-        slots = -(-batch_size // model._chunk)
+        slots = -(-batch_size // model.chunk_for(batch_size))
         n_layers = len(model._stages)
         self.n_units = int(sum(d.out_features for _, d, _, _ in model._stages))
         stride = int(max(d.in_features for _, d, _, _ in model._stages))

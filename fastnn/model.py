@@ -321,12 +321,18 @@ class Sequential:
         if state.shape[0] == 0:
             state = np.zeros((0, 1), dtype=self.dtype)
         return _engine.run_steps(
-            self._plan, self._planf, self._chunk, self._tiles, self._params, self._grads, state,
+            self._plan, self._planf, self.chunk_for(batch_size), self._tiles, self._params, self._grads, state,
             X, yi, yf, sw, pw, order, batch_size, n_steps, loss.kernel_code(yf), self.n_outputs,
             loss.reduction_code, opt.code if opt is not None else OPT_NONE,
             opt.hyper() if opt is not None else np.zeros(1), lrs,
             opt.step_count if opt is not None else 0, seed, epoch, step0, True,
             self._work(batch_size), step_loss, n_threads, **kw)
+
+    def chunk_for(self, batch_size):
+        """Examples per work unit of a step: wide layers want long chunks (efficient GEMMs), and a
+        batch wants at least two chunks to share. A function of the shapes and the batch size
+        alone, never of the thread count."""
+        return int(min(self._chunk, max(16, _next_pow2(-(-batch_size // 2)))))
 
     # Below this much arithmetic per step and thread, waking and joining a thread costs more than
     # it saves (and a busy machine turns every join into a wait for a descheduled thread).
