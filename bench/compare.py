@@ -303,12 +303,32 @@ def spawn(worker: str, args, env=None, **extra) -> dict:
     return json.loads(lines[-1])
 
 
+def _median_run(runs):
+    """The run with the median epoch time among several rounds (all times kept)."""
+    ok = sorted((r for r in runs if r.get("status") == "ok"), key=lambda r: r["time"])
+    if not ok:
+        return dict(runs[0])
+    res = dict(ok[(len(ok) - 1) // 2])
+    res["round_times"] = [r["time"] for r in ok]
+    res["peak_rss_mib"] = max(r.get("peak_rss_mib", 0.0) for r in ok)
+    return res
+
+
 def run_cell(args, batch: int, hidden: int) -> dict:
     cell = {"batch": batch, "hidden": hidden, "n_params": n_params(hidden), "results": {}}
+    # Rounds interleave the libraries, so slow drifts of a shared machine hit all of them alike.
+    raw = {}
+    for _ in range(args.rounds):
+        for lib in args.libs:
+            if lib == "torch":
+                for t in TORCH_THREADS:
+                    raw.setdefault(("torch", t), []).append(
+                        spawn("torch", args, batch=batch, hidden=hidden, threads=t))
+            else:
+                raw.setdefault((lib, None), []).append(spawn(lib, args, batch=batch, hidden=hidden))
     for lib in args.libs:
         if lib == "torch":
-            runs = {t: spawn("torch", args, batch=batch, hidden=hidden, threads=t)
-                    for t in TORCH_THREADS}
+            runs = {t: _median_run(raw[("torch", t)]) for t in TORCH_THREADS}
             ok = {t: r for t, r in runs.items() if r.get("status") == "ok"}
             if ok:
                 best_t = max(ok, key=lambda t: ok[t]["examples_per_s"])
@@ -317,7 +337,7 @@ def run_cell(args, batch: int, hidden: int) -> dict:
                 res = dict(runs[TORCH_THREADS[0]])
             res["by_threads"] = {str(t): r for t, r in runs.items()}
         else:
-            res = spawn(lib, args, batch=batch, hidden=hidden)
+            res = _median_run(raw[(lib, None)])
         if res.get("status") == "ok":
             # Same FLOP model for every library, kept in the raw JSON for comparison.
             res["gflops"] = 6.0 * res["n"] * cell["n_params"] / res["time"] / 1e9
@@ -433,7 +453,9 @@ def parse_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch", type=int, nargs="+", default=[32, 128, 512])
     p.add_argument("--hidden", type=int, nargs="+", default=[64, 256, 1024])
-    p.add_argument("--repeats", type=int, default=3, help="timed epochs per cell (median reported)")
+    p.add_argument("--repeats", type=int, default=3, help="timed epochs per worker (median reported)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="workers per library and cell, interleaved; the median round is reported")
     p.add_argument("--libs", nargs="+", choices=LIBS, default=list(LIBS))
     p.add_argument("--n", type=int, default=60000, help="examples per epoch")
     p.add_argument("--sklearn-n", type=int, default=60000,

@@ -7,12 +7,14 @@ Per layer (each Dense with its activation) and epoch:
   lecture's "speed of learning" of the layer;
 - ``grad_norm``: the layer's gradient L2 norm, root-mean-square over the epoch's steps;
 - ``update_ratio``: ‖ΔW‖ / ‖W‖ of each step's update, root-mean-square over the steps
-  (these three over every k-th step, about ``gradient_samples`` per epoch);
+  (these over every k-th step, about ``gradient_samples`` per epoch);
 - ``saturated``: fraction of sigmoid/tanh outputs whose pre-activation has |z| > threshold
   (NaN for other activations);
 - ``dead``: fraction of ReLU/LeakyReLU units with no positive pre-activation on any example
   of the epoch (NaN for other activations);
-- ``act_mean``, ``act_std``: mean and standard deviation of the layer's activations.
+- ``act_mean``, ``act_std``: mean and standard deviation of the layer's activations
+  (saturation and activation statistics over the sampled steps too; the dead-unit
+  flags over every step, since a dead unit must be silent on every example).
 
 Every accumulator belongs to a fixed work unit (a chunk of examples or a gradient tile) and
 is summed in a fixed order, so the numbers are the same on any thread count.
@@ -39,9 +41,9 @@ class Diagnostics(Callback):
         exploding_factor: warn when a layer's gradient norm grows this many times over its
             first epoch's, or is not finite.
         saturated_warn, dead_warn: warn when a layer's saturated / dead fraction exceeds these.
-        gradient_samples: gradient and update statistics are taken on about this many evenly
-            spaced steps per epoch (every step of shorter epochs), which keeps their cost small;
-            activation statistics cover every step.
+        gradient_samples: statistics are taken on about this many evenly spaced steps per
+            epoch (every step of shorter epochs), which keeps their cost small; the dead-unit
+            flags cover every step.
     """
 
     def __init__(self, saturation_threshold=2.0, vanishing_ratio=100.0, exploding_factor=100.0,
@@ -81,6 +83,7 @@ class Diagnostics(Callback):
             "every": max(1, int(n_steps) // self.gradient_samples),
         }
         self._slots, self._n_layers = slots, n_layers
+        self._batch = int(batch_size)
         self._model = model
         self._first_norm = None
         self._warned = set()
@@ -98,18 +101,23 @@ class Diagnostics(Callback):
         act = b["act_acc"].reshape(self._slots, self._n_layers, 3).sum(axis=0)
         active = b["active"].reshape(self._slots, self.n_units).max(axis=0)
         tiles = b["tile_acc"].reshape(-1, 4)
+        every = b["every"]
+        # the sampled steps are the global steps divisible by ``every``
+        local = np.arange(n_steps)
+        sampled = local[(self._first_step + local) % every == 0]
+        sizes = np.full(n_steps, self._batch)
+        sizes[-1] = n_examples - self._batch * (n_steps - 1)
+        steps = max(1, sampled.size)
+        sampled_examples = max(1, int(sizes[sampled].sum()))
         out = {k: [] for k in KEYS}
         unit0 = 0
         for k, (_, d, a, _) in enumerate(m._stages):
             t = tiles[m._tiles[:, 0] == k].sum(axis=0)
             n_par = d.in_features * d.out_features + (d.out_features if d.bias is not None else 0)
-            every = self.buffers["every"]
-            # the sampled steps are the global steps divisible by ``every``
-            steps = max(1, -(-(self._first_step + n_steps) // every) - (-(-self._first_step // every)))
             out["grad_mean_abs"].append(float(t[0] / (steps * n_par)))
             out["grad_norm"].append(float(math.sqrt(t[1] / steps)))
             out["update_ratio"].append(float(math.sqrt(t[2] / t[3])) if t[3] > 0 else math.nan)
-            cells = n_examples * d.out_features
+            cells = sampled_examples * d.out_features
             mean = act[k, 0] / cells
             out["act_mean"].append(float(mean))
             out["act_std"].append(float(math.sqrt(max(act[k, 1] / cells - mean * mean, 0.0))))

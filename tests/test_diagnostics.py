@@ -15,20 +15,22 @@ def _reference_diagnostics(m, X, y, lr, batch, threshold=2.0, every=1):
     n_layers = len(spec)
     acc = {k: np.zeros(n_layers) for k in ("abs", "sq", "du", "w2", "a1", "a2", "sat")}
     active = [np.zeros(W.shape[0], bool) for W, _, _, _ in spec]
-    steps = 0
+    steps = seen = 0
     for b0 in range(0, len(X), batch):
         Xb, yb = X[b0:b0 + batch], y[b0:b0 + batch]
         zs, acts = ref.forward(spec, Xb)
+        sampled = (b0 // batch) % every == 0
         for k, (W, b, name, _) in enumerate(spec):
             a = acts[k + 1]
-            acc["a1"][k] += a.sum()
-            acc["a2"][k] += (a ** 2).sum()
-            if name in ("sigmoid", "tanh"):
-                acc["sat"][k] += np.sum(np.abs(zs[k]) > threshold)
+            if sampled:
+                acc["a1"][k] += a.sum()
+                acc["a2"][k] += (a ** 2).sum()
+                if name in ("sigmoid", "tanh"):
+                    acc["sat"][k] += np.sum(np.abs(zs[k]) > threshold)
             active[k] |= (a > 0).any(axis=0)
+        seen += len(Xb) if sampled else 0
         _, grads = ref.loss_and_grad(spec, Xb, yb, "ce")
         new = []
-        sampled = (b0 // batch) % every == 0
         for k, (W, b, name, s) in enumerate(spec):
             gW, gb = grads[2 * k], grads[2 * k + 1]
             if sampled:
@@ -46,7 +48,7 @@ def _reference_diagnostics(m, X, y, lr, batch, threshold=2.0, every=1):
         out["grad_mean_abs"].append(acc["abs"][k] / (steps * n_par))
         out["grad_norm"].append(math.sqrt(acc["sq"][k] / steps))
         out["update_ratio"].append(math.sqrt(acc["du"][k] / acc["w2"][k]))
-        cells = len(X) * W.shape[0]
+        cells = seen * W.shape[0]
         mean = acc["a1"][k] / cells
         out["act_mean"].append(mean)
         out["act_std"].append(math.sqrt(acc["a2"][k] / cells - mean ** 2))
