@@ -111,7 +111,8 @@ def test_plot_writes_png(script, tmp_path):
     pytest.importorskip("matplotlib")
     out = tmp_path / "fig.png"
     r = subprocess.run([sys.executable, os.path.join(EXAMPLES, script), "--small", "--threads", "1",
-                        "--plot", str(out)], capture_output=True, text=True, timeout=120)
+                        "--plot", str(out)], capture_output=True, text=True, timeout=120,
+                       cwd=tmp_path)  # outside the source tree: the installed build is imported
     assert r.returncode == 0, r.stderr
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "run" in r.stdout and str(out) in r.stdout
@@ -123,7 +124,8 @@ def test_plot_without_matplotlib_says_so(script, tmp_path):
     code = (f"import sys, runpy; sys.path.insert(0, {EXAMPLES!r}); sys.modules['matplotlib'] = None; "
             f"sys.argv = [{script!r}, '--small', '--threads', '1', '--plot', {str(out)!r}]; "
             f"runpy.run_path({os.path.join(EXAMPLES, script)!r}, run_name='__main__')")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       cwd=tmp_path)  # outside the source tree: the installed build is imported
     assert r.returncode == 0, r.stderr
     assert "needs matplotlib" in r.stderr
     assert not out.exists()

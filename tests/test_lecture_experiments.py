@@ -164,7 +164,8 @@ def test_plot_writes_png(name, tmp_path):
 def test_command_line_plot(tmp_path):
     path = tmp_path / "speeds.png"
     out = subprocess.run([sys.executable, os.path.join(EXAMPLES, "vanishing_gradients.py"), "--small",
-                          "--seed", "1", "--plot", str(path)], capture_output=True, text=True, timeout=120)
+                          "--seed", "1", "--plot", str(path)], capture_output=True, text=True, timeout=120,
+                       cwd=tmp_path)  # outside the source tree: the installed build is imported
     assert out.returncode == 0, out.stderr
     assert "4 / 1" in out.stdout and "written to" in out.stdout
     _png_size(path)
@@ -176,7 +177,8 @@ def test_command_line_without_matplotlib(tmp_path):
     code = (f"import sys, runpy; sys.path.insert(0, {EXAMPLES!r}); sys.modules['matplotlib'] = None; "
             f"sys.argv = ['saturated_neuron.py', '--small', '--plot', {str(path)!r}]; "
             f"runpy.run_path({os.path.join(EXAMPLES, 'saturated_neuron.py')!r}, run_name='__main__')")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       cwd=tmp_path)  # outside the source tree: the installed build is imported
     assert out.returncode == 0, out.stderr
     assert "needs matplotlib" in out.stderr
     assert "steps until the output" in out.stdout
