@@ -98,6 +98,83 @@ cdef extern from *:
     void fastnn_sumdiffsq_d(const double* x, const double* y, Py_ssize_t n, double* out) nogil
 
 
+cdef extern from *:
+    """
+    /* The compute-bound update rules (Adam/AdamW, Adagrad) in C, cloned for AVX-512, AVX2 and
+       baseline x86-64 and picked at load time (the wheel itself targets baseline x86-64).
+       Elementwise IEEE operations only, with contraction off: every clone gives the same bits. */
+    #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
+    #define FASTNN_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+    #else
+    #define FASTNN_CLONES
+    #endif
+    #define FASTNN_ADAM_LOOP(PRE, VMAX) \
+        for (i = 0; i < n; i++) { \
+            T gi = g[i]; PRE; \
+            T mm = m[i] + a0 * (gi - m[i]); \
+            T vv = v[i] * a1 + a2 * gi * gi; \
+            m[i] = mm; v[i] = vv; VMAX; \
+            p[i] = p[i] - lr * (mm / (SQRT(vv) / a4 + e)); }
+    #define FASTNN_ADAM(T, NAME, SQRT) \
+    FASTNN_CLONES static void NAME(T* restrict p, const T* restrict g, T* restrict m, T* restrict v, \
+            T* restrict vmax, Py_ssize_t n, T lr, T a0, T a1, T a2, T a3, T a4, T e, \
+            int amsgrad, int decoupled) { \
+        Py_ssize_t i; \
+        if (decoupled && amsgrad) { FASTNN_ADAM_LOOP(p[i] = p[i] * a3, vv = vmax[i] > vv ? vmax[i] : vv; vmax[i] = vv) } \
+        else if (decoupled) { FASTNN_ADAM_LOOP(p[i] = p[i] * a3, (void)0) } \
+        else if (amsgrad) { FASTNN_ADAM_LOOP(gi = gi + a3 * p[i], vv = vmax[i] > vv ? vmax[i] : vv; vmax[i] = vv) } \
+        else { FASTNN_ADAM_LOOP(gi = gi + a3 * p[i], (void)0) } }
+    #define FASTNN_ADAGRAD(T, NAME, SQRT) \
+    FASTNN_CLONES static void NAME(T* restrict p, const T* restrict g, T* restrict s, Py_ssize_t n, \
+            T lr, T wd, T e) { \
+        Py_ssize_t i; \
+        for (i = 0; i < n; i++) { T gi = g[i] + wd * p[i]; T vv = s[i] + gi * gi; s[i] = vv; \
+            p[i] = p[i] - lr * (gi / (SQRT(vv) + e)); } }
+    /* SGD: mode 0 plain, 1 first momentum step (buffer = gradient), 2 momentum; nesterov adds
+       momentum * buffer to the gradient. */
+    #define FASTNN_SGD(T, NAME) \
+    FASTNN_CLONES static void NAME(T* restrict p, const T* restrict g, T* restrict b, Py_ssize_t n, \
+            T lr, T mom, T damp, T wd, int mode, int nesterov) { \
+        Py_ssize_t i; \
+        if (mode == 0) { for (i = 0; i < n; i++) p[i] = p[i] - lr * (g[i] + wd * p[i]); } \
+        else if (mode == 1 && nesterov) { for (i = 0; i < n; i++) { T gi = g[i] + wd * p[i]; b[i] = gi; \
+            p[i] = p[i] - lr * (gi + mom * gi); } } \
+        else if (mode == 1) { for (i = 0; i < n; i++) { T gi = g[i] + wd * p[i]; b[i] = gi; \
+            p[i] = p[i] - lr * gi; } } \
+        else if (nesterov) { for (i = 0; i < n; i++) { T gi = g[i] + wd * p[i]; T bb = b[i] * mom + damp * gi; \
+            b[i] = bb; p[i] = p[i] - lr * (gi + mom * bb); } } \
+        else { for (i = 0; i < n; i++) { T bb = b[i] * mom + damp * (g[i] + wd * p[i]); b[i] = bb; \
+            p[i] = p[i] - lr * bb; } } }
+    FASTNN_SGD(float, fastnn_sgd_f)
+    FASTNN_SGD(double, fastnn_sgd_d)
+    #define T float
+    #define SQRT sqrtf
+    FASTNN_ADAM(float, fastnn_adam_f, sqrtf)
+    FASTNN_ADAGRAD(float, fastnn_adagrad_f, sqrtf)
+    #undef T
+    #undef SQRT
+    #define T double
+    #define SQRT sqrt
+    FASTNN_ADAM(double, fastnn_adam_d, sqrt)
+    FASTNN_ADAGRAD(double, fastnn_adagrad_d, sqrt)
+    #undef T
+    #undef SQRT
+    """
+    void fastnn_adam_f(float* p, const float* g, float* m, float* v, float* vmax, Py_ssize_t n,
+                       float lr, float a0, float a1, float a2, float a3, float a4, float e,
+                       int amsgrad, int decoupled) nogil
+    void fastnn_adam_d(double* p, const double* g, double* m, double* v, double* vmax, Py_ssize_t n,
+                       double lr, double a0, double a1, double a2, double a3, double a4, double e,
+                       int amsgrad, int decoupled) nogil
+    void fastnn_sgd_f(float* p, const float* g, float* b, Py_ssize_t n, float lr, float mom, float damp,
+                      float wd, int mode, int nesterov) nogil
+    void fastnn_sgd_d(double* p, const double* g, double* b, Py_ssize_t n, double lr, double mom,
+                      double damp, double wd, int mode, int nesterov) nogil
+    void fastnn_adagrad_f(float* p, const float* g, float* s, Py_ssize_t n, float lr, float wd, float e) nogil
+    void fastnn_adagrad_d(double* p, const double* g, double* s, Py_ssize_t n, double lr, double wd,
+                          double e) nogil
+
+
 cdef inline void red_sum(floating* x, Py_ssize_t n, double* out) noexcept nogil:
     if floating is float:
         fastnn_sum_f(x, x, n, out)
@@ -646,78 +723,26 @@ cdef void update_span(OptStep* o, double eps, floating* p, floating* g, floating
     cdef floating gi, b, lr = <floating>o.lr, a0 = <floating>o.c0, a1 = <floating>o.c1
     cdef floating a2 = <floating>o.c2, a3 = <floating>o.c3, a4 = <floating>o.c4, e = <floating>eps
     cdef floating m, v
+    cdef int mode
     if o.code == OPT_SGD:
-        if a0 == 0:
-            for i in range(n):
-                p[i] = p[i] - lr * (g[i] + a2 * p[i])
-        elif o.f1 and o.f0:
-            for i in range(n):
-                gi = g[i] + a2 * p[i]
-                s0[i] = gi
-                p[i] = p[i] - lr * (gi + a0 * gi)
-        elif o.f1:
-            for i in range(n):
-                gi = g[i] + a2 * p[i]
-                s0[i] = gi
-                p[i] = p[i] - lr * gi
-        elif o.f0:
-            for i in range(n):
-                gi = g[i] + a2 * p[i]
-                b = s0[i] * a0 + a1 * gi
-                s0[i] = b
-                p[i] = p[i] - lr * (gi + a0 * b)
+        # a0 = momentum, a1 = 1 - dampening, a2 = weight decay; f0 nesterov, f1 first step
+        mode = 0 if a0 == 0 else (1 if o.f1 else 2)
+        if floating is float:
+            fastnn_sgd_f(p, g, s0, n, lr, a0, a1, a2, mode, o.f0)
         else:
-            for i in range(n):
-                b = s0[i] * a0 + a1 * (g[i] + a2 * p[i])
-                s0[i] = b
-                p[i] = p[i] - lr * b
+            fastnn_sgd_d(p, g, s0, n, lr, a0, a1, a2, mode, o.f0)
     elif o.code == OPT_ADAM:
         # a0 = 1 - beta1, a1 = beta2, a2 = 1 - beta2, a3 = AdamW factor or L2 decay,
-        # a4 = sqrt(1 - beta2^t), lr = lr / (1 - beta1^t)
-        if o.f1 and o.f0:
-            for i in range(n):
-                gi = g[i]
-                p[i] = p[i] * a3
-                m = s0[i] + a0 * (gi - s0[i])
-                v = s1[i] * a1 + a2 * gi * gi
-                s0[i] = m
-                s1[i] = v
-                v = s2[i] if s2[i] > v else v
-                s2[i] = v
-                p[i] = p[i] - lr * (m / (f_sqrt(v) / a4 + e))
-        elif o.f1:
-            for i in range(n):
-                gi = g[i]
-                p[i] = p[i] * a3
-                m = s0[i] + a0 * (gi - s0[i])
-                v = s1[i] * a1 + a2 * gi * gi
-                s0[i] = m
-                s1[i] = v
-                p[i] = p[i] - lr * (m / (f_sqrt(v) / a4 + e))
-        elif o.f0:
-            for i in range(n):
-                gi = g[i] + a3 * p[i]
-                m = s0[i] + a0 * (gi - s0[i])
-                v = s1[i] * a1 + a2 * gi * gi
-                s0[i] = m
-                s1[i] = v
-                v = s2[i] if s2[i] > v else v
-                s2[i] = v
-                p[i] = p[i] - lr * (m / (f_sqrt(v) / a4 + e))
+        # a4 = sqrt(1 - beta2^t), lr = lr / (1 - beta1^t); compute-bound, so in cloned C
+        if floating is float:
+            fastnn_adam_f(p, g, s0, s1, s2, n, lr, a0, a1, a2, a3, a4, e, o.f0, o.f1)
         else:
-            for i in range(n):
-                gi = g[i] + a3 * p[i]
-                m = s0[i] + a0 * (gi - s0[i])
-                v = s1[i] * a1 + a2 * gi * gi
-                s0[i] = m
-                s1[i] = v
-                p[i] = p[i] - lr * (m / (f_sqrt(v) / a4 + e))
+            fastnn_adam_d(p, g, s0, s1, s2, n, lr, a0, a1, a2, a3, a4, e, o.f0, o.f1)
     elif o.code == OPT_ADAGRAD:
-        for i in range(n):
-            gi = g[i] + a2 * p[i]
-            v = s0[i] + gi * gi
-            s0[i] = v
-            p[i] = p[i] - lr * (gi / (f_sqrt(v) + e))
+        if floating is float:
+            fastnn_adagrad_f(p, g, s0, n, lr, a2, e)
+        else:
+            fastnn_adagrad_d(p, g, s0, n, lr, a2, e)
     elif o.code == OPT_RMSPROP:
         # a0 = alpha, a1 = 1 - alpha, a2 = momentum, a3 = weight decay; s1 momentum, s2 mean grad
         if o.f0 and a2 > 0:
