@@ -147,14 +147,32 @@ cdef extern from *:
             p[i] = p[i] - lr * bb; } } }
     FASTNN_SGD(float, fastnn_sgd_f)
     FASTNN_SGD(double, fastnn_sgd_d)
+    /* RMSprop: s square average, b momentum buffer, a mean gradient (centered). */
+    #define FASTNN_RMS_LOOP(DEN, STEP) \
+        for (i = 0; i < n; i++) { \
+            T gi = g[i] + wd * p[i]; T vv = s[i] * al + om * gi * gi; s[i] = vv; \
+            T mm = 0; (void)mm; DEN; STEP; }
+    #define FASTNN_RMSPROP(T, NAME, SQRT) \
+    FASTNN_CLONES static void NAME(T* restrict p, const T* restrict g, T* restrict s, T* restrict b, \
+            T* restrict a, Py_ssize_t n, T lr, T al, T om, T mom, T wd, T e, int centered) { \
+        Py_ssize_t i; \
+        if (centered && mom > 0) { FASTNN_RMS_LOOP(mm = a[i] + om * (gi - a[i]); a[i] = mm; \
+            T avg = SQRT(vv - mm * mm) + e, T bb = b[i] * mom + gi / avg; b[i] = bb; p[i] = p[i] - lr * bb) } \
+        else if (centered) { FASTNN_RMS_LOOP(mm = a[i] + om * (gi - a[i]); a[i] = mm; \
+            T avg = SQRT(vv - mm * mm) + e, p[i] = p[i] - lr * (gi / avg)) } \
+        else if (mom > 0) { FASTNN_RMS_LOOP(T avg = SQRT(vv) + e, \
+            T bb = b[i] * mom + gi / avg; b[i] = bb; p[i] = p[i] - lr * bb) } \
+        else { FASTNN_RMS_LOOP(T avg = SQRT(vv) + e, p[i] = p[i] - lr * (gi / avg)) } }
     #define T float
     #define SQRT sqrtf
+    FASTNN_RMSPROP(float, fastnn_rmsprop_f, sqrtf)
     FASTNN_ADAM(float, fastnn_adam_f, sqrtf)
     FASTNN_ADAGRAD(float, fastnn_adagrad_f, sqrtf)
     #undef T
     #undef SQRT
     #define T double
     #define SQRT sqrt
+    FASTNN_RMSPROP(double, fastnn_rmsprop_d, sqrt)
     FASTNN_ADAM(double, fastnn_adam_d, sqrt)
     FASTNN_ADAGRAD(double, fastnn_adagrad_d, sqrt)
     #undef T
@@ -170,6 +188,11 @@ cdef extern from *:
                       float wd, int mode, int nesterov) nogil
     void fastnn_sgd_d(double* p, const double* g, double* b, Py_ssize_t n, double lr, double mom,
                       double damp, double wd, int mode, int nesterov) nogil
+    void fastnn_rmsprop_f(float* p, const float* g, float* s, float* b, float* a, Py_ssize_t n,
+                          float lr, float al, float om, float mom, float wd, float e, int centered) nogil
+    void fastnn_rmsprop_d(double* p, const double* g, double* s, double* b, double* a, Py_ssize_t n,
+                          double lr, double al, double om, double mom, double wd, double e,
+                          int centered) nogil
     void fastnn_adagrad_f(float* p, const float* g, float* s, Py_ssize_t n, float lr, float wd, float e) nogil
     void fastnn_adagrad_d(double* p, const double* g, double* s, Py_ssize_t n, double lr, double wd,
                           double e) nogil
@@ -745,38 +768,10 @@ cdef void update_span(OptStep* o, double eps, floating* p, floating* g, floating
             fastnn_adagrad_d(p, g, s0, n, lr, a2, e)
     elif o.code == OPT_RMSPROP:
         # a0 = alpha, a1 = 1 - alpha, a2 = momentum, a3 = weight decay; s1 momentum, s2 mean grad
-        if o.f0 and a2 > 0:
-            for i in range(n):
-                gi = g[i] + a3 * p[i]
-                v = s0[i] * a0 + a1 * gi * gi
-                s0[i] = v
-                m = s2[i] + a1 * (gi - s2[i])
-                s2[i] = m
-                b = s1[i] * a2 + gi / (f_sqrt(v - m * m) + e)
-                s1[i] = b
-                p[i] = p[i] - lr * b
-        elif o.f0:
-            for i in range(n):
-                gi = g[i] + a3 * p[i]
-                v = s0[i] * a0 + a1 * gi * gi
-                s0[i] = v
-                m = s2[i] + a1 * (gi - s2[i])
-                s2[i] = m
-                p[i] = p[i] - lr * (gi / (f_sqrt(v - m * m) + e))
-        elif a2 > 0:
-            for i in range(n):
-                gi = g[i] + a3 * p[i]
-                v = s0[i] * a0 + a1 * gi * gi
-                s0[i] = v
-                b = s1[i] * a2 + gi / (f_sqrt(v) + e)
-                s1[i] = b
-                p[i] = p[i] - lr * b
+        if floating is float:
+            fastnn_rmsprop_f(p, g, s0, s1, s2, n, lr, a0, a1, a2, a3, e, o.f0)
         else:
-            for i in range(n):
-                gi = g[i] + a3 * p[i]
-                v = s0[i] * a0 + a1 * gi * gi
-                s0[i] = v
-                p[i] = p[i] - lr * (gi / (f_sqrt(v) + e))
+            fastnn_rmsprop_d(p, g, s0, s1, s2, n, lr, a0, a1, a2, a3, e, o.f0)
 
 
 cdef inline double opt_eps(int code, const double* hp) noexcept nogil:
