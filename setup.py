@@ -3,6 +3,7 @@
 OpenMP is probed by compiling *and running* a tiny program.  Without it the
 core builds serial (loudly); ``FASTNN_REQUIRE_OPENMP=1`` makes that an error.
 """
+import glob
 import os
 import shutil
 import subprocess
@@ -79,6 +80,7 @@ def _extensions():
     ext = Extension(
         "fastnn._core._engine",
         ["fastnn/_core/_engine.pyx"],
+        depends=sorted(glob.glob("fastnn/_core/*.pxi")),
         include_dirs=[np.get_include()],
         extra_compile_args=compile_args,
         extra_link_args=link_args,

@@ -67,18 +67,20 @@ class Diagnostics(Callback):
     # ------------------------------------------------------------ called by fit
     def allocate(self, model, batch_size, n_steps=1):
         """Buffers for the compiled step; zeroed at every epoch by ``begin_epoch``."""
-        slots = -(-batch_size // model.chunk_for(batch_size))
-        n_layers = len(model._stages)
-        self.n_units = int(sum(d.out_features for _, d, _, _ in model._stages))
-        stride = int(max(d.in_features for _, d, _, _ in model._stages))
-        n_tiles = model._tiles.shape[0]
+        plan = model._plan
+        slots = -(-batch_size // plan.chunk_for(batch_size))
+        n_layers = len(plan.diag)
+        self.n_units = int(plan.n_units)
+        # the longest contiguous span a tile updates: a row of W, or a block of biases/features
+        stride = int(max(max(op["n_in"], op["n_out"]) for op in plan.ops))
+        n_tiles = plan.tiles.shape[0]
         t = self.saturation_threshold
         self.buffers = {
             "act_acc": np.zeros(slots * n_layers * 3),
             "active": np.zeros(slots * self.n_units, dtype=np.uint8),
             "tile_acc": np.zeros(n_tiles * 4),
             "scratch": np.zeros(n_tiles * stride, dtype=model.dtype),
-            "stride": stride, "n_units": self.n_units,
+            "stride": stride, "n_units": self.n_units, "n_layers": n_layers,
             "sat_sigmoid": 1.0 / (1.0 + math.exp(-t)), "sat_tanh": math.tanh(t),
             "every": max(1, int(n_steps) // self.gradient_samples),
         }
@@ -87,7 +89,7 @@ class Diagnostics(Callback):
         self._model = model
         self._first_norm = None
         self._warned = set()
-        self.layer_names = [str(i) for i, _, _, _ in model._stages]
+        self.layer_names = [name for name, _, _, _ in plan.diag]
         return self.buffers
 
     def begin_epoch(self, first_step):
@@ -111,22 +113,22 @@ class Diagnostics(Callback):
         sampled_examples = max(1, int(sizes[sampled].sum()))
         out = {k: [] for k in KEYS}
         unit0 = 0
-        for k, (_, d, a, _) in enumerate(m._stages):
-            t = tiles[m._tiles[:, 0] == k].sum(axis=0)
-            n_par = d.in_features * d.out_features + (d.out_features if d.bias is not None else 0)
+        plan = m._plan
+        for j, (name, k, n_par, n_units) in enumerate(plan.diag):
+            t = tiles[plan.tiles[:, 0] == k].sum(axis=0)
+            code = plan.ops[k]["act"]
             out["grad_mean_abs"].append(float(t[0] / (steps * n_par)))
             out["grad_norm"].append(float(math.sqrt(t[1] / steps)))
             out["update_ratio"].append(float(math.sqrt(t[2] / t[3])) if t[3] > 0 else math.nan)
-            cells = sampled_examples * d.out_features
-            mean = act[k, 0] / cells
+            cells = sampled_examples * n_units
+            mean = act[j, 0] / cells
             out["act_mean"].append(float(mean))
-            out["act_std"].append(float(math.sqrt(max(act[k, 1] / cells - mean * mean, 0.0))))
-            code = a.code if a is not None else L.ACT_IDENTITY
-            out["saturated"].append(float(act[k, 2] / cells) if code in (L.ACT_SIGMOID, L.ACT_TANH)
+            out["act_std"].append(float(math.sqrt(max(act[j, 1] / cells - mean * mean, 0.0))))
+            out["saturated"].append(float(act[j, 2] / cells) if code in (L.ACT_SIGMOID, L.ACT_TANH)
                                     else math.nan)
-            units = active[unit0:unit0 + d.out_features]
+            units = active[unit0:unit0 + n_units]
             out["dead"].append(float(np.mean(units == 0)) if code in (L.ACT_RELU, L.ACT_LEAKY) else math.nan)
-            unit0 += d.out_features
+            unit0 += n_units
         self._advise(out)
         return out
 

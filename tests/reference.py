@@ -96,7 +96,7 @@ def model_spec(model):
     names = {fn.ReLU: "relu", fn.LeakyReLU: "leaky", fn.Sigmoid: "sigmoid", fn.Tanh: "tanh",
              fn.Softmax: "softmax"}
     spec = []
-    for _, d, a, _ in model._stages:
+    for _, d, a in model._plan.dense:
         spec.append((d.weight.astype(np.float64), None if d.bias is None else d.bias.astype(np.float64),
                      names[type(a)] if a is not None else "identity",
                      getattr(a, "negative_slope", 0.01)))

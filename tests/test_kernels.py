@@ -33,7 +33,7 @@ def test_forward_matches_reference(dtype, act, n, rng):
 
 def test_forward_without_bias_and_read_only_input(rng):
     m = build(["relu"], [9, 11, 3], bias=False)
-    assert all(d.bias is None for _, d, _, _ in m._stages)
+    assert all(d.bias is None for _, d, _ in m._plan.dense)
     X = rng.normal(size=(21, 9))
     X.setflags(write=False)
     _, acts = ref.forward(ref.model_spec(m), X)

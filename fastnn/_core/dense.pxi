@@ -1,0 +1,46 @@
+# Dense: y = x W^T + b. Per chunk of examples (narrow layers) or per block of output neurons over
+# the whole batch (wide layers: W is packed once per step, not once per chunk). The bias and the
+# activation are the op's tail (see _engine.pyx), the input delta its backward.
+
+cdef inline void dense_forward(Op* o, floating* P, floating* Wk, Py_ssize_t r0, Py_ssize_t c) noexcept nogil:
+    """Rows [r0, r0+c) of Z = In W^T."""
+    gemm(c'T', c'N', <int>o.n_out, <int>c, <int>o.n_in, <floating>1, P + o.w_off, <int>o.n_in,
+         Wk + o.in_e + r0 * o.n_in, <int>o.n_in, <floating>0, Wk + o.a_e + r0 * o.n_out, <int>o.n_out)
+
+
+cdef inline void dense_backward(Op* o, floating* P, floating* Wk, Py_ssize_t r0, Py_ssize_t c) noexcept nogil:
+    """Rows [r0, r0+c) of dIn (=|+=) D W."""
+    if o.din_e < 0:
+        return
+    gemm(c'N', c'N', <int>o.n_in, <int>c, <int>o.n_out, <floating>1, P + o.w_off, <int>o.n_in,
+         Wk + o.d_e + r0 * o.n_out, <int>o.n_out, <floating>o.din_acc, Wk + o.din_e + r0 * o.n_in, <int>o.n_in)
+
+
+cdef inline void dense_wide_forward(Op* o, floating* P, floating* Wk, Py_ssize_t B, Py_ssize_t j0,
+                                    Py_ssize_t nb) noexcept nogil:
+    """Columns [j0, j0+nb) of Z = In W^T over all B rows."""
+    gemm(c'T', c'N', <int>nb, <int>B, <int>o.n_in, <floating>1, P + o.w_off + j0 * o.n_in, <int>o.n_in,
+         Wk + o.in_e, <int>o.n_in, <floating>0, Wk + o.a_e + j0, <int>o.n_out)
+
+
+cdef inline void dense_wide_backward(Op* o, floating* P, floating* Wk, Py_ssize_t B, Py_ssize_t c0,
+                                     Py_ssize_t nc) noexcept nogil:
+    """Columns [c0, c0+nc) of dIn (=|+=) D W over all B rows."""
+    gemm(c'N', c'N', <int>nc, <int>B, <int>o.n_out, <floating>1, P + o.w_off + c0, <int>o.n_in,
+         Wk + o.d_e, <int>o.n_out, <floating>o.din_acc, Wk + o.din_e + c0, <int>o.n_in)
+
+
+cdef void dense_grad(Op* o, Tile* T, floating* Wk, floating* G, Py_ssize_t B) noexcept nogil:
+    """dW[rows] = D[:, rows]^T In; db[rows] = sum_i D[i, rows], summed in example order."""
+    cdef floating* D = Wk + o.d_e
+    cdef floating* db
+    cdef Py_ssize_t i, j
+    gemm(c'N', c'T', <int>o.n_in, <int>T.nr, <int>B, <floating>1, Wk + o.in_e, <int>o.n_in,
+         D + T.r0, <int>o.n_out, <floating>0, G + o.w_off + T.r0 * o.n_in, <int>o.n_in)
+    if o.b_off >= 0:
+        db = G + o.b_off + T.r0
+        for j in range(T.nr):
+            db[j] = 0
+        for i in range(B):
+            for j in range(T.nr):
+                db[j] = db[j] + D[i * o.n_out + T.r0 + j]

@@ -1,0 +1,222 @@
+# Normalization. BatchNorm in training is batch-coupled: its statistics, normalisation and
+# backward run as phases over blocks of features, each summed over the batch in example order.
+# In inference it is a per-example op with the running statistics. LayerNorm is per example
+# (rows of `groups` groups of `m` features); its gamma/beta gradients are tiles over features.
+# Statistics are accumulated in double.
+
+cdef void bn_forward_batch(Op* o, floating* P, floating* Wk, double* st, floating* R, Py_ssize_t B,
+                           Py_ssize_t f0, Py_ssize_t nf, bint update, double factor) noexcept nogil:
+    """Features [f0, f0+nf): batch mean and biased variance, y = (x - mean) / sqrt(var + eps) * g + b;
+    with ``update`` the running estimates move by ``factor`` (unbiased variance)."""
+    cdef Py_ssize_t n = o.n_out, i, j, f1 = f0 + nf
+    cdef double* mean = st + o.s_off
+    cdef double* istd = mean + n
+    cdef floating* x = Wk + o.in_e
+    cdef floating* y = Wk + o.a_e
+    cdef floating* row
+    cdef floating* yr
+    cdef floating* rm
+    cdef floating* rv
+    cdef double d, var
+    for j in range(f0, f1):
+        mean[j] = 0
+        istd[j] = 0
+    for i in range(B):
+        row = x + i * n
+        for j in range(f0, f1):
+            mean[j] += row[j]
+    for j in range(f0, f1):
+        mean[j] = mean[j] / B
+    for i in range(B):
+        row = x + i * n
+        for j in range(f0, f1):
+            d = row[j] - mean[j]
+            istd[j] += d * d
+    for j in range(f0, f1):
+        var = istd[j] / B
+        if update and o.r_off >= 0:
+            rm = R + o.r_off
+            rv = rm + n
+            rm[j] = <floating>((1.0 - factor) * rm[j] + factor * mean[j])
+            rv[j] = <floating>((1.0 - factor) * rv[j] + factor * (istd[j] / (B - 1)))
+        istd[j] = 1.0 / sqrt(var + o.eps)
+    bn_normalize(o, P, x, y, st, B, f0, nf)
+
+
+cdef void bn_normalize(Op* o, floating* P, floating* x, floating* y, double* st, Py_ssize_t c,
+                       Py_ssize_t f0, Py_ssize_t nf) noexcept nogil:
+    """y = (x - mean) * istd * g + b over c rows, features [f0, f0+nf)."""
+    cdef Py_ssize_t n = o.n_out, i, j, f1 = f0 + nf
+    cdef double* mean = st + o.s_off
+    cdef double* istd = mean + n
+    cdef floating* g = (P + o.w_off) if o.w_off >= 0 else <floating*>NULL
+    cdef floating* b = (P + o.b_off) if o.b_off >= 0 else <floating*>NULL
+    cdef floating* row
+    cdef floating* yr
+    for i in range(c):
+        row = x + i * n
+        yr = y + i * n
+        if g != NULL:
+            for j in range(f0, f1):
+                yr[j] = <floating>((row[j] - mean[j]) * istd[j]) * g[j] + b[j]
+        else:
+            for j in range(f0, f1):
+                yr[j] = <floating>((row[j] - mean[j]) * istd[j])
+
+
+cdef void bn_eval_prepare(Op* o, floating* R, double* st) noexcept nogil:
+    """Running statistics as (mean, 1/sqrt(var + eps)) for bn_normalize."""
+    cdef Py_ssize_t n = o.n_out, j
+    cdef floating* rm = R + o.r_off
+    for j in range(n):
+        st[o.s_off + j] = rm[j]
+        st[o.s_off + n + j] = 1.0 / sqrt(<double>rm[n + j] + o.eps)
+
+
+cdef void bn_backward_batch(Op* o, floating* P, floating* Wk, floating* G, double* st, Py_ssize_t B,
+                            Py_ssize_t f0, Py_ssize_t nf) noexcept nogil:
+    """Features [f0, f0+nf): dgamma = sum dy xhat, dbeta = sum dy (into G), and
+    dx = g istd (dy - mean(dy) - xhat mean(dy xhat)) (=|+=) into the input's delta."""
+    cdef Py_ssize_t n = o.n_out, i, j, f1 = f0 + nf
+    cdef double* mean = st + o.s_off
+    cdef double* istd = mean + n
+    cdef double* s1 = istd + n
+    cdef double* s2 = s1 + n
+    cdef floating* x = Wk + o.in_e
+    cdef floating* dy = Wk + o.d_e
+    cdef floating* dx
+    cdef floating* row
+    cdef floating* drow
+    cdef floating* xr
+    cdef double xh, g, k
+    for j in range(f0, f1):
+        s1[j] = 0
+        s2[j] = 0
+    for i in range(B):
+        row = dy + i * n
+        xr = x + i * n
+        for j in range(f0, f1):
+            s1[j] += row[j]
+            s2[j] += row[j] * ((xr[j] - mean[j]) * istd[j])
+    if o.w_off >= 0:
+        for j in range(f0, f1):
+            G[o.w_off + j] = <floating>s2[j]
+            G[o.b_off + j] = <floating>s1[j]
+    if o.din_e < 0:
+        return
+    for j in range(f0, f1):
+        s1[j] = s1[j] / B
+        s2[j] = s2[j] / B
+    for i in range(B):
+        row = dy + i * n
+        xr = x + i * n
+        drow = Wk + o.din_e + i * n
+        for j in range(f0, f1):
+            g = istd[j] * (P[o.w_off + j] if o.w_off >= 0 else 1.0)
+            xh = (xr[j] - mean[j]) * istd[j]
+            k = g * (row[j] - s1[j] - xh * s2[j])
+            if o.din_acc:
+                drow[j] = drow[j] + <floating>k
+            else:
+                drow[j] = <floating>k
+
+
+cdef void ln_forward(Op* o, floating* P, floating* Wk, Py_ssize_t r0, Py_ssize_t c) noexcept nogil:
+    """Rows [r0, r0+c): per group of m features, y = (x - mean) * rstd * g + b; (mean, rstd) kept."""
+    cdef Py_ssize_t m = o.n_out // o.groups, rows = c * o.groups, r, k
+    cdef floating* x = Wk + o.in_e + r0 * o.n_out
+    cdef floating* y = Wk + o.a_e + r0 * o.n_out
+    cdef floating* sv = Wk + o.s_e + r0 * 2 * o.groups
+    cdef floating* g = (P + o.w_off) if o.w_off >= 0 else <floating*>NULL
+    cdef floating* b = (P + o.b_off) if o.b_off >= 0 else <floating*>NULL
+    cdef floating* xr
+    cdef floating* yr
+    cdef double mean, var, d, rstd
+    cdef floating fm, fr
+    for r in range(rows):
+        xr = x + r * m
+        yr = y + r * m
+        mean = 0
+        for k in range(m):
+            mean += xr[k]
+        mean = mean / m
+        var = 0
+        for k in range(m):
+            d = xr[k] - mean
+            var += d * d
+        rstd = 1.0 / sqrt(var / m + o.eps)
+        fm = <floating>mean
+        fr = <floating>rstd
+        sv[2 * r] = fm
+        sv[2 * r + 1] = fr
+        for k in range(m):
+            yr[k] = (xr[k] - fm) * fr
+        if g != NULL:
+            for k in range(m):
+                yr[k] = yr[k] * g[k]
+        if b != NULL:
+            for k in range(m):
+                yr[k] = yr[k] + b[k]
+
+
+cdef void ln_backward(Op* o, floating* P, floating* Wk, Py_ssize_t r0, Py_ssize_t c) noexcept nogil:
+    """Rows [r0, r0+c): dx = rstd (dxh - mean(dxh) - xhat mean(dxh xhat)), dxh = dy g (=|+=) dIn."""
+    if o.din_e < 0:
+        return
+    cdef Py_ssize_t m = o.n_out // o.groups, rows = c * o.groups, r, k
+    cdef floating* x = Wk + o.in_e + r0 * o.n_out
+    cdef floating* dy = Wk + o.d_e + r0 * o.n_out
+    cdef floating* dx = Wk + o.din_e + r0 * o.n_out
+    cdef floating* sv = Wk + o.s_e + r0 * 2 * o.groups
+    cdef floating* g = (P + o.w_off) if o.w_off >= 0 else <floating*>NULL
+    cdef floating* xr
+    cdef floating* dr
+    cdef floating* outr
+    cdef double a, bb, gk, xh, v
+    cdef floating fm, fr
+    for r in range(rows):
+        xr = x + r * m
+        dr = dy + r * m
+        outr = dx + r * m
+        fm = sv[2 * r]
+        fr = sv[2 * r + 1]
+        a = 0
+        bb = 0
+        for k in range(m):
+            gk = dr[k] * (g[k] if g != NULL else 1)
+            a += gk
+            bb += gk * ((xr[k] - fm) * fr)
+        a = a / m
+        bb = bb / m
+        for k in range(m):
+            gk = dr[k] * (g[k] if g != NULL else 1)
+            xh = (xr[k] - fm) * fr
+            v = fr * (gk - a - xh * bb)
+            if o.din_acc:
+                outr[k] = outr[k] + <floating>v
+            else:
+                outr[k] = <floating>v
+
+
+cdef void ln_grad(Op* o, Tile* T, floating* Wk, floating* G, Py_ssize_t B) noexcept nogil:
+    """Features [r0, r0+nr) of dgamma = sum dy xhat and dbeta = sum dy over every row of the batch,
+    in row order."""
+    cdef Py_ssize_t m = o.n_out // o.groups, rows = B * o.groups, r, k, k0 = T.r0, k1 = T.r0 + T.nr
+    cdef floating* x = Wk + o.in_e
+    cdef floating* dy = Wk + o.d_e
+    cdef floating* sv = Wk + o.s_e
+    cdef floating* dg = G + o.w_off
+    cdef floating* db = (G + o.b_off) if o.b_off >= 0 else <floating*>NULL
+    cdef floating fm, fr
+    for k in range(k0, k1):
+        dg[k] = 0
+        if db != NULL:
+            db[k] = 0
+    for r in range(rows):
+        fm = sv[2 * r]
+        fr = sv[2 * r + 1]
+        for k in range(k0, k1):
+            dg[k] = dg[k] + dy[r * m + k] * ((x[r * m + k] - fm) * fr)
+        if db != NULL:
+            for k in range(k0, k1):
+                db[k] = db[k] + dy[r * m + k]

@@ -1,0 +1,338 @@
+"""The planner: layers -> ops, buffer layout, phases and gradient tiles for the compiled core.
+
+Runs once per model (and per batch size for the phases), on shapes alone: no unit size here
+depends on the thread count, which is what makes training bit-identical on any number of
+threads. See fastnn/_core/_engine.pyx for what the executor does with the tables.
+
+Choices, each measured on the benchmark grid:
+- An activation and a dropout that follow an op are fused into it (its tail), unless the op's
+  output is also read elsewhere (a residual block's input), where the activation must stay apart.
+- A Dense layer whose output is at least ``WIDE_MIN_OUT`` wide and whose weights have at least
+  ``WIDE_MIN_WEIGHTS`` entries runs in training as whole-batch GEMMs split by output neurons
+  (forward) and input features (backward), so its weights are packed once per step rather than
+  once per chunk of examples.
+- Gradient tiles are whole rows of dW in blocks of at most 128 rows (at least two per layer of
+  32+ rows); norm parameters in blocks of 64 features.
+"""
+import math
+
+import numpy as np
+
+from . import layers as L
+from ._core import _engine
+
+OP = _engine.OP_KINDS
+PH = _engine.PHASE_KINDS
+N_OPF = len(_engine.OP_FIELDS)
+COL = {name: i for i, name in enumerate(_engine.OP_FIELDS)}
+
+WIDE_MIN_OUT = 512
+WIDE_MIN_WEIGHTS = 256 * 1024
+BN_UNIT = 32            # features per BatchNorm work unit
+WIDE_UNIT = 128         # neurons (forward) or input features (backward) per wide-Dense work unit
+NORM_TILE = 64          # features per norm-parameter gradient tile
+
+
+def _next_pow2(n):
+    return 1 << max(0, math.ceil(math.log2(max(1, n))))
+
+
+class _Buf:
+    """A block of work-buffer columns holding one tensor of every example of the batch."""
+
+    __slots__ = ("op", "col", "shape", "readers")
+
+    def __init__(self, op, col, shape):
+        self.op, self.col, self.shape, self.readers = op, col, tuple(shape), 0
+
+    @property
+    def width(self):
+        return math.prod(self.shape)
+
+
+class Plan:
+    """Everything the core needs to run a model, derived from its layers and input shape."""
+
+    def __init__(self, layers, in_shape):
+        self.in_shape = tuple(int(s) for s in in_shape)
+        self.n_features = math.prod(self.in_shape)
+        self.ops = []              # dicts with the OP_FIELDS keys (+ act_param, drop_p, eps, momentum)
+        self.params = []           # (name, layer, attr, offset, shape)
+        self.buffers = []          # (name, layer, attr, offset, shape): running statistics
+        self.bn_layers = []        # (name, layer)
+        self.dense = []            # (name, layer, activation that follows or None)
+        self.diag = []             # (name, op index, n_params, units)
+        self.n_params = 0
+        self.n_running = 0
+        self.n_stats = 0
+        self._col = self.n_features
+        self._seen = set()
+        out = self._emit(layers, "", _Buf(-1, 0, self.in_shape))
+        if not self.ops:
+            raise ValueError("the model has no layer that computes anything (add a fn.Dense)")
+        if out.op != len(self.ops) - 1:
+            # the output must be the last op's (a trailing Identity or Flatten is fine: no op)
+            raise ValueError("the network's output must come from its last layer")
+        if len(out.shape) != 1:
+            raise ValueError(f"the network's output has per-example shape {out.shape}; end with "
+                             "fn.Flatten() and a fn.Dense to get one row per example")
+        self.out_shape = out.shape
+        self.n_outputs = out.width
+        self.row_width = self._col
+        self._link_deltas()
+        self.op_table, self.opf_table = self._tables()
+        widest = max(op["n_out"] for op in self.ops)
+        self.chunk = int(min(256, max(16, _next_pow2(-(-widest // 4)))))
+        self.tiles = self._make_tiles()
+        self.has_bn = bool(self.bn_layers)
+        self.batch_coupled_inference = any(not layer.track_running_stats for _, layer in self.bn_layers)
+        self._phase_cache = {}
+
+    # ------------------------------------------------------------ walking the layers
+    def _alloc(self, width):
+        c = self._col
+        self._col += width
+        return c
+
+    def _param(self, prefix, layer, shapes):
+        offs = {}
+        for name, shape in shapes:
+            offs[name] = self.n_params
+            self.params.append((prefix + name, layer, name, self.n_params, tuple(shape)))
+            self.n_params += math.prod(shape)
+        return offs
+
+    def _new_op(self, kind, src, n_out, **kw):
+        op = dict.fromkeys(_engine.OP_FIELDS, -1)
+        op.update(kind=OP[kind], n_in=src.width, n_out=n_out, act=L.ACT_IDENTITY, drop=L.DROP_NONE,
+                  in_col=src.col, din_acc=0, din2_acc=0, groups=1, nbt=0, act_param=0.0, drop_p=0.0,
+                  eps=0.0, momentum=-1.0, src=src, src2=None)
+        op.update(kw)
+        k = len(self.ops)
+        op["key"] = k
+        op["a_col"] = op["ad_col"] = self._alloc(n_out)
+        op["d_col"] = self._alloc(n_out)
+        self.ops.append(op)
+        src.readers += 1
+        return k
+
+    def _emit(self, layers, prefix, src):
+        prev = None
+        for i, layer in enumerate(layers):
+            if isinstance(layer, L._Activation) and isinstance(prev, L.Dense):
+                self.dense[-1][2] = layer      # picks the Dense's default init
+            prev = layer
+            name = f"{prefix}{i}"
+            if not isinstance(layer, L.Layer):
+                raise TypeError(f"layer {name} is {layer!r}, not a fastnn layer (fn.Dense, fn.ReLU, ...)")
+            if id(layer) in self._seen and not isinstance(layer, (L._Activation, L.Dropout, L.Identity,
+                                                                  L.Flatten)):
+                raise ValueError(f"layer {name}: the same {type(layer).__name__} object appears twice; "
+                                 "create a new one")
+            self._seen.add(id(layer))
+            try:
+                out_shape = layer.output_shape(src.shape) if not isinstance(layer, L.Residual) else None
+            except ValueError as e:
+                raise ValueError(f"layer {name} ({layer!r}): {e}") from None
+            if isinstance(layer, (L.Identity, L.Flatten)):
+                src = _Buf(src.op, src.col, out_shape)
+            elif isinstance(layer, L.Dense):
+                offs = self._param(name + ".", layer, layer.param_shapes())
+                k = self._new_op("dense", src, layer.out_features, w_off=offs["weight"],
+                                 b_off=offs.get("bias", -1))
+                self.dense.append([name, layer, None])
+                self.diag.append((name, k, layer.n_params(), layer.out_features))
+                src = _Buf(k, self.ops[k]["a_col"], out_shape)
+            elif isinstance(layer, (L._Activation, L.Dropout)):
+                src = self._activation(name, layer, src)
+            elif isinstance(layer, L.BatchNorm1d):
+                offs = self._param(name + ".", layer, layer.param_shapes())
+                n = layer.num_features
+                r_off = -1
+                if layer.track_running_stats:
+                    r_off = self.n_running
+                    for bname, shape in layer.buffer_shapes():
+                        self.buffers.append((name + "." + bname, layer, bname, self.n_running, shape))
+                        self.n_running += math.prod(shape)
+                k = self._new_op("bn", src, n, w_off=offs.get("weight", -1), b_off=offs.get("bias", -1),
+                                 s_off=self.n_stats, r_off=r_off, eps=layer.eps,
+                                 momentum=-1.0 if layer.momentum is None else layer.momentum)
+                self.n_stats += 4 * n
+                self.bn_layers.append((name, layer))
+                if layer.affine:
+                    self.diag.append((name, k, 2 * n, n))
+                src = _Buf(k, self.ops[k]["a_col"], out_shape)
+            elif isinstance(layer, L.LayerNorm):
+                offs = self._param(name + ".", layer, layer.param_shapes())
+                groups = src.width // layer.size
+                k = self._new_op("ln", src, src.width, w_off=offs.get("weight", -1), b_off=offs.get("bias", -1),
+                                 groups=groups, eps=layer.eps)
+                self.ops[k]["s_col"] = self._alloc(2 * groups)
+                if layer.elementwise_affine:
+                    self.diag.append((name, k, layer.size * (2 if layer.use_bias else 1), src.width))
+                src = _Buf(k, self.ops[k]["a_col"], out_shape)
+            elif isinstance(layer, L.Residual):
+                src = self._residual(name, layer, src)
+            else:
+                raise TypeError(f"layer {name} ({layer!r}) is not supported by Sequential")
+        return src
+
+    def _activation(self, name, layer, src):
+        is_act = isinstance(layer, L._Activation)
+        if is_act and layer.code == L.ACT_IDENTITY:
+            return src
+        if isinstance(layer, L.Dropout) and layer.p == 0:
+            return src
+        prod = self.ops[src.op] if src.op >= 0 else None
+        fusable = (prod is not None and src.readers == 0 and src.col == prod["ad_col"]
+                   and prod["drop"] == L.DROP_NONE and (not is_act or prod["act"] == L.ACT_IDENTITY))
+        if not fusable:
+            k = self._new_op("act", src, src.width)
+            prod = self.ops[k]
+        if is_act:
+            prod["act"], prod["act_param"] = layer.code, float(layer.param)
+            return _Buf(src.op if fusable else len(self.ops) - 1, prod["a_col"], src.shape)
+        prod["drop"], prod["drop_p"] = layer.code, layer.p
+        prod["ad_col"] = self._alloc(prod["n_out"])
+        return _Buf(src.op if fusable else len(self.ops) - 1, prod["ad_col"], src.shape)
+
+    def _residual(self, name, layer, src):
+        src.readers += 1                          # the skip reads it: nothing may fuse into it
+        f_out = self._emit(layer.layers, f"{name}.layers.", src)
+        skip = src
+        if layer.projection is not None:
+            p = layer.projection
+            try:
+                p_shape = p.output_shape(src.shape)
+            except ValueError as e:
+                raise ValueError(f"layer {name} ({type(layer).__name__}) projection: {e}") from None
+            offs = self._param(f"{name}.projection.", p, p.param_shapes())
+            k = self._new_op("dense", src, p.out_features, w_off=offs["weight"], b_off=offs.get("bias", -1))
+            self.dense.append([f"{name}.projection", p, None])
+            self.diag.append((f"{name}.projection", k, p.n_params(), p.out_features))
+            skip = _Buf(k, self.ops[k]["a_col"], p_shape)
+        if f_out.shape != skip.shape:
+            raise ValueError(f"layer {name} (Residual): its layers map shape {src.shape} to {f_out.shape}, "
+                             f"but the skip connection gives {skip.shape}; "
+                             + ("pass projection=fn.Dense(...) to map the input to the output shape"
+                                if layer.projection is None else "the projection must output the same shape"))
+        if f_out.op == -1 and skip.op == -1:
+            raise ValueError(f"layer {name} (Residual) computes nothing; give it a layer")
+        k = self._new_op("add", f_out, f_out.width, src2=skip, in2_col=skip.col)
+        skip.readers += 1
+        return _Buf(k, self.ops[k]["a_col"], f_out.shape)
+
+    # ------------------------------------------------------------ deltas
+    def _link_deltas(self):
+        """Where each op's backward writes its input deltas, and whether it overwrites (the first
+        writer in backward order) or adds."""
+        written = set()
+        for k in range(len(self.ops) - 1, -1, -1):
+            op = self.ops[k]
+            for key, src in (("din", op["src"]), ("din2", op["src2"])):
+                if src is None:
+                    continue
+                if src.op < 0:
+                    op[key + "_col"] = -1
+                    continue
+                prod = self.ops[src.op]
+                if src.col != prod["ad_col"]:
+                    raise AssertionError("an op reads a buffer that is not its producer's output")
+                op[key + "_col"] = prod["d_col"]
+                op[key + "_acc"] = 1 if src.op in written else 0
+                written.add(src.op)
+
+    def _tables(self):
+        ops = np.zeros((len(self.ops), len(_engine.OP_FIELDS)), dtype=np.int64)
+        opf = np.zeros((len(self.ops), len(_engine.OPF_FIELDS)), dtype=np.float64)
+        for k, op in enumerate(self.ops):
+            for j, f in enumerate(_engine.OP_FIELDS):
+                ops[k, j] = op[f]
+            for j, f in enumerate(_engine.OPF_FIELDS):
+                opf[k, j] = op[f]
+        for j, (name, k, _, _) in enumerate(self.diag):
+            ops[k, COL["diag"]] = j
+        unit = 0
+        for name, k, _, units in self.diag:
+            ops[k, COL["unit_off"]] = unit
+            unit += units
+        self.n_units = unit
+        return ops, opf
+
+    # ------------------------------------------------------------ tiles and phases
+    def _make_tiles(self):
+        tiles = []
+        for k, op in enumerate(self.ops):
+            if op["kind"] == OP["dense"]:
+                n = op["n_out"]
+                rb = min(128, max(16, n // 2))
+                for r0 in range(0, n, rb):
+                    tiles.append((k, r0, min(rb, n - r0), op["n_in"]))
+            elif op["kind"] in (OP["bn"], OP["ln"]) and (op["w_off"] >= 0 or op["b_off"] >= 0):
+                n = op["n_out"] if op["kind"] == OP["bn"] else op["n_out"] // op["groups"]
+                for r0 in range(0, n, NORM_TILE):
+                    tiles.append((k, r0, min(NORM_TILE, n - r0), 2))
+        # big tiles first, so dynamic scheduling balances the tail
+        tiles.sort(key=lambda t: -t[2] * t[3])
+        return np.array([t[:3] for t in tiles], dtype=np.int64).reshape(-1, 3)
+
+    def is_wide(self, k):
+        op = self.ops[k]
+        return (op["kind"] == OP["dense"] and op["act"] != L.ACT_SOFTMAX and op["n_out"] >= WIDE_MIN_OUT
+                and op["n_in"] * op["n_out"] >= WIDE_MIN_WEIGHTS)
+
+    def phases(self, mode):
+        """The phase table for ``mode``: "train" (forward, loss, backward), "infer" (forward with
+        running statistics) or "train_forward" (forward with batch statistics)."""
+        if mode in self._phase_cache:
+            return self._phase_cache[mode]
+        n = len(self.ops)
+
+        def coupled(k):
+            op = self.ops[k]
+            if op["kind"] == OP["bn"]:
+                return mode != "infer" or op["r_off"] < 0
+            return mode == "train" and self.is_wide(k)
+
+        def chunk(gather=0, pro=-1, f0=0, f1=0, loss=0, b0=0, b1=0, epi=-1):
+            return [PH["chunk"], -1, 0, gather, pro, f0, f1, loss, b0, b1, epi]
+
+        def batch(kind, k):
+            op = self.ops[k]
+            unit = BN_UNIT if kind.startswith("bn") else WIDE_UNIT
+            return [PH[kind], k, unit, 0, -1, 0, 0, 0, 0, 0, -1]
+
+        cpl = [k for k in range(n) if coupled(k)]
+        out = []
+        start, pro, gather = 0, -1, 1
+        for c in cpl:
+            if gather or pro >= 0 or c > start:
+                out.append(chunk(gather, pro, start, c))
+            out.append(batch("bn_fwd" if self.ops[c]["kind"] == OP["bn"] else "wide_fwd", c))
+            start, pro, gather = c + 1, c, 0
+        if mode != "train":
+            out.append(chunk(gather, pro, start, n))
+        else:
+            out.append(chunk(gather, pro, start, n, 1, start, n, pro))
+            for idx in range(len(cpl) - 1, -1, -1):
+                c = cpl[idx]
+                if self.ops[c]["kind"] == OP["bn"]:
+                    out.append(batch("bn_bwd", c))
+                elif self.ops[c]["din_col"] >= 0:
+                    out.append(batch("wide_bwd", c))
+                lo = cpl[idx - 1] + 1 if idx > 0 else 0
+                epi = cpl[idx - 1] if idx > 0 else -1
+                if c > lo or epi >= 0:
+                    out.append(chunk(0, -1, 0, 0, 0, lo, c, epi))
+        table = np.array(out, dtype=np.int64).reshape(-1, len(_engine.PHASE_FIELDS))
+        self._phase_cache[mode] = table
+        return table
+
+    def chunk_for(self, batch_size):
+        """Examples per work unit of a step: wide layers want long chunks (efficient GEMMs), and a
+        batch wants at least two chunks to share. A function of the shapes and the batch size
+        alone, never of the thread count."""
+        return int(min(self.chunk, max(16, _next_pow2(-(-batch_size // 2)))))
+
+    def work_size(self, rows):
+        return self.row_width * rows

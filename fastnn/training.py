@@ -1,0 +1,311 @@
+"""``fit``: prepare the data once, then run epochs (one core call each) and callbacks.
+
+``prepare`` checks and converts everything a fit needs (targets, weights, the validation split,
+class weights, drop_last) into a ``FitData``; ``Fit`` then runs the epochs: per epoch the
+order, the learning rates of its steps, one call into the compiled core (or one per ~2% of the
+epoch with a progress bar), the metrics, validation and the callbacks.
+"""
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ._config import blas_single_thread, resolve_threads
+from .callbacks import Callback, History
+from .data import check_seed, class_weights, epoch_order, split_indices
+from .losses import check_loss
+from .metrics import classification_metrics
+from .optim import Adam, check_optimizer
+
+
+class TrainingDiverged(FloatingPointError):
+    """The training loss became NaN or Inf; the weights from before that step are kept."""
+
+    def __init__(self, msg, epoch, step, value):
+        super().__init__(msg)
+        self.epoch, self.step, self.value = epoch, step, value
+
+
+@dataclass
+class FitData:
+    """The training data of one fit, converted once."""
+    X: np.ndarray
+    yi: np.ndarray
+    yf: np.ndarray
+    sw: np.ndarray
+    pw: np.ndarray
+    labels: object            # class labels (metrics, class weights), or None
+    val: object               # (X_val, y_val, sample_weight) or None
+    batch_size: int
+    n_steps: int
+    sizes: np.ndarray = field(repr=False)
+
+    @property
+    def n(self):
+        return self.X.shape[0]
+
+
+def _pos_int(v, name, minimum=1):
+    from .model import _pos_int as p
+
+    return p(v, name, minimum)
+
+
+def prepare(model, X, y, loss, batch_size, seed, validation_split, validation_data, sample_weight,
+            class_weight, drop_last):
+    """Check and convert the data of a fit; nothing is trained."""
+    X = model._check_X(X)
+    yi, yf, sw, pw = model._targets(y, loss, X.shape[0], sample_weight)
+    labels = yi if yi.size else (yf.argmax(axis=1) if yf.shape[1] > 1 else
+                                  (yf[:, 0] > 0.5).astype(np.int64) if loss.classification else None)
+    if class_weight is not None:
+        if labels is None or (yf.size and yf.shape[1] > 1 and not yi.size):
+            raise ValueError("class_weight needs class labels (CrossEntropy/NLLLoss with integer labels, "
+                             "or BinaryCrossEntropy with one output)")
+        cw = class_weights(class_weight, labels, max(model.n_outputs, 2)).astype(model.dtype)[labels]
+        sw = cw if sw.size == 0 else np.ascontiguousarray(sw * cw)
+    if sw.size and not np.any(sw > 0):
+        raise ValueError("all example weights are zero; nothing to learn from")
+    val = None
+    if validation_data is not None and validation_split:
+        raise ValueError("pass validation_data or validation_split, not both")
+    if validation_split:
+        vs = float(validation_split)
+        if not 0.0 < vs < 1.0:
+            raise ValueError(f"validation_split must be in (0, 1), got {validation_split}")
+        tr, va = split_indices(labels if loss.classification else None, X.shape[0], vs, seed)
+        if tr.size == 0 or va.size == 0:
+            raise ValueError(f"validation_split={vs} leaves no training or no validation examples")
+        val = (X[va], yi[va] if yi.size else yf[va], sw[va] if sw.size else None)
+        X = np.ascontiguousarray(X[tr])
+        yi = yi[tr] if yi.size else yi
+        yf = np.ascontiguousarray(yf[tr]) if yf.size else yf
+        sw = np.ascontiguousarray(sw[tr]) if sw.size else sw
+        labels = labels[tr] if labels is not None else None
+    elif validation_data is not None:
+        if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
+            raise ValueError("validation_data must be (X_val, y_val) or (X_val, y_val, sample_weight)")
+        Xv = model._check_X(validation_data[0], name="validation_data X")
+        val = (Xv, validation_data[1], validation_data[2] if len(validation_data) == 3 else None)
+        model._targets(val[1], loss, Xv.shape[0], val[2])   # fail now, not after an epoch
+    if (labels is not None and class_weight is None and sample_weight is None
+            and getattr(loss, "weight", None) is None and getattr(loss, "pos_weight", None) is None):
+        counts = np.bincount(labels)
+        counts = counts[counts > 0]
+        if counts.size > 1 and counts.min() < counts.max() / 10:
+            warnings.warn(f"class imbalance {counts.min()}:{counts.max()} is below 1:10 and no weighting "
+                          "is used; consider class_weight='balanced' or fn.data.subsample",
+                          stacklevel=3)
+    n = X.shape[0]
+    bs = min(batch_size, n)
+    if drop_last:
+        n_steps = n // bs
+        if n_steps == 0:
+            raise ValueError(f"drop_last=True with batch_size={batch_size} leaves no full batch of the "
+                             f"{n} training examples")
+        sizes = np.full(n_steps, bs, dtype=np.float64)
+    else:
+        n_steps = -(-n // bs)
+        sizes = np.full(n_steps, bs, dtype=np.float64)
+        sizes[-1] = n - bs * (n_steps - 1)
+    if model._plan.has_bn and int(sizes.min()) < 2:
+        raise ValueError(f"BatchNorm1d needs at least 2 examples per training batch, but batch_size="
+                         f"{batch_size} leaves a last batch of 1 of the {n} training examples; pass "
+                         "drop_last=True (skip the incomplete last batch of each epoch) or a batch_size "
+                         "that does not leave 1 over" if n > 1 else
+                         "BatchNorm1d needs at least 2 examples per training batch; got 1 example")
+    return FitData(X, yi, yf, sw, pw, labels, val, bs, n_steps, sizes)
+
+
+class Fit:
+    """One call of ``Sequential.fit``: the prepared data, the options, and the epoch loop."""
+
+    def __init__(self, model, loss, opt, data, epochs, shuffle, seed, n_threads, verbose, l2, l2_bias,
+                 schedule, clip_norm, clip_value, diagnostics, callbacks, checkpoint, checkpoint_every):
+        from .schedules import ReduceOnPlateau, Schedule
+
+        self.model, self.loss, self.opt, self.data = model, loss, opt, data
+        self.epochs, self.shuffle, self.seed, self.n_threads = epochs, shuffle, seed, n_threads
+        self.verbose, self.l2, self.l2_bias, self.schedule = verbose, l2, l2_bias, schedule
+        self.step_schedule = schedule if isinstance(schedule, Schedule) else None
+        self.plateau = schedule if isinstance(schedule, ReduceOnPlateau) else None
+        callbacks = list(callbacks or [])
+        if checkpoint is not None:
+            from .io import Checkpoint
+
+            callbacks.append(Checkpoint(checkpoint, every=_pos_int(checkpoint_every, "checkpoint_every")))
+        for cb in callbacks:
+            if not isinstance(cb, Callback):
+                raise TypeError(f"callbacks must be fn.Callback objects, got {cb!r}")
+        self.callbacks = callbacks
+        self.history = History()
+        self.history.params = {"epochs": epochs, "batch_size": data.batch_size, "n_samples": data.n,
+                               "threads": n_threads, "seed": seed}
+        self.track = data.labels is not None and (data.yi.size or data.yf.shape[1] > 1 or loss.classification)
+        self.pred = np.zeros(data.n if self.track else 0, dtype=np.int64)
+        self.run_kw = dict(l2=l2, l2_bias=bool(l2_bias), clip_value=clip_value, clip_norm=clip_norm,
+                           pred=self.pred)
+        self.diag = None
+        if diagnostics is not None and diagnostics is not False:
+            from .diagnostics import KEYS, Diagnostics
+
+            diag = Diagnostics() if diagnostics is True else diagnostics
+            if not isinstance(diag, Diagnostics):
+                raise TypeError(f"diagnostics must be True or a fn.Diagnostics, got {diagnostics!r}")
+            self.run_kw["diag"] = diag.allocate(model, data.batch_size, data.n_steps)
+            self.history.diagnostics = {k: [] for k in KEYS}
+            self.history.diagnostic_layers = list(diag.layer_names)
+            self.diag = diag
+
+    def run(self):
+        m, h = self.model, self.history
+        cbs = [h] + self.callbacks
+        for cb in cbs:
+            cb.set_model(m)
+        m.loss, m.optimizer = self.loss, self.opt
+        m.stop_training = False
+        self.opt.bind(m)
+        for cb in cbs:
+            cb.on_train_begin()
+        try:
+            with blas_single_thread():
+                for _ in range(self.epochs):
+                    logs = self.epoch()
+                    for cb in cbs:
+                        cb.on_epoch_end(m.epochs_trained - 1, logs)
+                    if m.stop_training:
+                        break
+        except KeyboardInterrupt:
+            h.interrupted = True
+            warnings.warn(f"training interrupted at epoch {m.epochs_trained + 1}; the History so far is "
+                          "returned" + (" and the best weights restored" if any(
+                              getattr(cb, "restore_best", False) for cb in cbs) else ""), stacklevel=3)
+        finally:
+            for cb in cbs:
+                cb.on_train_end()
+        h.best_epoch = self._best_epoch()
+        return h
+
+    def epoch(self):
+        """One epoch; returns its logs."""
+        m, d, opt = self.model, self.data, self.opt
+        t_start = time.perf_counter()
+        ep = m.epochs_trained
+        order = epoch_order(d.n, self.seed, ep, self.shuffle)
+        step_loss = np.empty(d.n_steps)
+        if self.step_schedule is not None:
+            lrs = self.step_schedule.rates(opt.step_count, d.n_steps)
+        else:
+            lrs = np.full(d.n_steps, opt.lr)
+        if self.diag is not None:
+            self.diag.begin_epoch(m.steps_trained)
+        self._steps(order, lrs, ep, step_loss)
+        m.epochs_trained += 1
+        seen = int(d.sizes.sum())
+        if self.diag is not None:
+            for k, v in self.diag.end_epoch(d.n_steps, seen).items():
+                self.history.diagnostics[k].append(v)
+        logs = {"loss": float(np.dot(step_loss, d.sizes) / seen)}
+        if self.track:
+            idx = order[:seen]
+            logs.update(classification_metrics(d.labels[idx], self.pred[idx], m.n_outputs))
+        if self.l2 > 0:
+            logs["l2_penalty"] = m.l2_penalty(self.l2, self.l2_bias)
+        if d.val is not None:
+            for k, v in m.evaluate(d.val[0], d.val[1], self.loss, d.val[2], self.n_threads).items():
+                logs["val_" + k] = v
+        logs["lr"] = float(lrs[-1])
+        if self.plateau is not None:
+            key = self.plateau.monitor if self.plateau.monitor in logs else "loss"
+            self.plateau.step(logs[key], opt)
+        logs["time"] = time.perf_counter() - t_start
+        if self.verbose:
+            print(_epoch_line(ep, self.epochs, logs), file=sys.stderr, flush=True)
+        return logs
+
+    def _steps(self, order, lrs, ep, step_loss):
+        # One core call per epoch; with a progress bar, one per ~2% of the epoch. The split does not
+        # change the result: every step is keyed by its global (epoch, step) counters.
+        m, d, opt = self.model, self.data, self.opt
+        n_steps, bs = d.n_steps, d.batch_size
+        bar = self.verbose == 1
+        seg = max(1, -(-n_steps // 50)) if bar else n_steps
+        pbar = None
+        if bar:
+            from tqdm.auto import tqdm
+
+            pbar = tqdm(total=n_steps, desc=f"epoch {ep + 1}", unit="step", leave=False,
+                        file=sys.stderr, dynamic_ncols=True)
+        try:
+            for s0 in range(0, n_steps, seg):
+                k = min(seg, n_steps - s0)
+                done = m._run(d.X, d.yi, d.yf, d.sw, d.pw, self.loss, order[s0 * bs:(s0 + k) * bs], bs, k,
+                              opt, lrs[s0:s0 + k], self.seed, ep, m.steps_trained, self.n_threads,
+                              step_loss[s0:s0 + k], **self.run_kw)
+                opt.step_count += done
+                m.steps_trained += done
+                if done < k:
+                    v = step_loss[s0 + done]
+                    raise TrainingDiverged(
+                        f"training loss became {v} at epoch {ep + 1}, step {s0 + done + 1}; training "
+                        f"stopped and the weights from before that step were kept. Lower the learning "
+                        f"rate (now {lrs[s0 + done]:g}), clip gradients (clip_norm=1.0), or check the "
+                        "data and targets.", ep, s0 + done, v)
+                if pbar is not None:
+                    pbar.update(k)
+                    pbar.set_postfix(loss=f"{np.mean(step_loss[:s0 + k]):.4f}")
+        finally:
+            if pbar is not None:
+                pbar.close()
+
+    def _best_epoch(self):
+        for cb in self.callbacks:
+            if getattr(cb, "best_epoch", None) is not None:
+                return cb.best_epoch
+        h = self.history
+        for key in ("val_loss", "loss"):
+            vals = h.history.get(key)
+            if vals:
+                return h.epoch[int(np.nanargmin(vals))] if np.any(np.isfinite(vals)) else None
+        return None
+
+
+def _epoch_line(ep, epochs, logs):
+    parts = [f"epoch {ep + 1}/{epochs}"]
+    for k, v in logs.items():
+        if k == "time":
+            continue
+        parts.append(f"{k} {v:.3g}" if k == "lr" else f"{k} {v:.4f}")
+    parts.append(f"{logs['time']:.2f}s")
+    return " - ".join(parts)
+
+
+def fit(model, X, y, loss=None, optimizer=None, epochs=1, batch_size=32, shuffle=True, seed=None,
+        threads=None, verbose=0, validation_split=0.0, validation_data=None, sample_weight=None,
+        class_weight=None, l2=0.0, l2_bias=False, schedule=None, clip_norm=None, clip_value=None,
+        diagnostics=None, callbacks=None, checkpoint=None, checkpoint_every=1, drop_last=False):
+    """See ``Sequential.fit``."""
+    from .model import _nonneg
+    from .schedules import ReduceOnPlateau, Schedule
+
+    loss = check_loss(loss if loss is not None else model._need_loss())
+    opt = optimizer if optimizer is not None else (model.optimizer or Adam(lr=1e-3))
+    opt = check_optimizer(opt)
+    epochs = _pos_int(epochs, "epochs", 0)
+    batch_size = _pos_int(batch_size, "batch_size", 1)
+    if verbose not in (0, 1, 2, True, False):
+        raise ValueError(f"verbose must be 0, 1 or 2, got {verbose!r}")
+    seed = model.seed if seed is None else check_seed(seed)
+    n_threads = resolve_threads(threads)
+    l2 = _nonneg(l2, "l2")
+    clip_norm = _nonneg(clip_norm, "clip_norm", positive=True) if clip_norm is not None else 0.0
+    clip_value = _nonneg(clip_value, "clip_value", positive=True) if clip_value is not None else 0.0
+    if schedule is not None and not isinstance(schedule, (Schedule, ReduceOnPlateau)):
+        raise TypeError(f"schedule must be a fn.schedules schedule, got {schedule!r}")
+    data = prepare(model, X, y, loss, batch_size, seed, validation_split, validation_data, sample_weight,
+                   class_weight, bool(drop_last))
+    run = Fit(model, loss, opt, data, epochs, shuffle, seed, n_threads, int(verbose), l2, l2_bias, schedule,
+              clip_norm, clip_value, diagnostics, callbacks, checkpoint, checkpoint_every)
+    return run.run()
