@@ -100,9 +100,9 @@ def symmetry():
 def test_zero_init_leaves_hidden_units_identical(symmetry):
     for run in ("zeros", "zeros_relu"):
         for layer in symmetry[run]["layers"]:
-            # rows equal within 1e-6 relative; observed exactly 0 for seeds 0..4
+            # rows equal within 1e-6 relative: whether they stay equal to the last bit depends on the
+            # BLAS kernel (OpenBLAS's small-matrix sgemm on an AMD EPYC rounds rows apart)
             assert layer["max_row_diff"] <= 1e-6 * max(layer["max_abs_weight"], 1e-30), (run, layer)
-            assert layer["distinct_rows"] == 1, (run, layer)
     # not trivially: the sigmoid zero-init net did move its hidden weights (all units alike)
     assert all(layer["max_abs_weight"] > 1e-3 for layer in symmetry["zeros"]["layers"])
 
