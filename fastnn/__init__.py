@@ -31,8 +31,9 @@ def load(path):
     return load_model(path)
 
 
-def from_torch(module, dtype=None):
-    """A fastnn Sequential equivalent to a supported ``torch.nn.Sequential`` (needs torch)."""
+def from_torch(module, dtype=None, input_shape=None):
+    """A fastnn Sequential equivalent to a supported ``torch.nn.Sequential`` (needs torch); see
+    ``fastnn.io.from_torch``."""
     from .io import from_torch as _from_torch
 
-    return _from_torch(module, dtype=dtype)
+    return _from_torch(module, dtype=dtype, input_shape=input_shape)

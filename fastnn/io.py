@@ -1,13 +1,14 @@
 """Model files (safetensors) and PyTorch interop.
 
-A model file is a safetensors file whose tensors are the model's
-``named_parameters()`` (``"0.weight"``, ``"0.bias"``, ...), so
-``safetensors.torch.load_file`` feeds it straight into the equivalent
-``torch.nn.Sequential``. Its ``__metadata__`` holds JSON strings:
+A model file is a safetensors file whose tensors are the model's ``state_dict()``
+(``"0.weight"``, ``"2.layers.1.bias"``, ``"3.running_var"``, ``"3.num_batches_tracked"``
+as an I64 scalar, ...), so ``safetensors.torch.load_file`` feeds it straight into
+``to_torch(model)``. Its ``__metadata__`` holds JSON strings:
 
 - ``"format"``: ``"fastnn"``; ``"format_version"``: ``"1"``;
-- ``"model"``: dtype, seed, ``epochs_trained``, ``steps_trained`` and the layers
-  (type and constructor arguments);
+- ``"model"``: dtype, seed, ``epochs_trained``, ``steps_trained``, ``input_shape`` (absent in
+  files from before Flatten/LayerNorm/Residual: then the first layer implies it) and the layers,
+  each its ``get_config()`` (type and constructor arguments; a Residual nests its layers' configs);
 - ``"loss"``: type, reduction and class / positive weights, when the model has a loss;
 - ``"optimizer"``: type, lr, step count, hyper-parameters and the names of its state
   buffers, stored as the tensors ``"optimizer.<name>"`` (``include_optimizer=True``);
@@ -15,10 +16,12 @@ A model file is a safetensors file whose tensors are the model's
 
 Loading trusts nothing in the file: the header length is checked against the file
 size before the header is read, every tensor's byte range before any data is read,
-and names, shapes and dtypes against the declared architecture before the model is
-built, so a hostile file is refused with a ValueError and never makes fastnn
-allocate more than a small multiple of its size. Nothing is unpickled or executed.
+and names, shapes and dtypes against the declared architecture (checked spec by spec: at
+most ``MAX_LAYERS`` layers, Residuals nested at most ``MAX_DEPTH`` deep) before any is read,
+so a hostile file is refused with a ValueError and never makes fastnn allocate more than a
+small multiple of its size. Nothing is unpickled or executed.
 """
+import functools
 import json
 import math
 import os
@@ -34,7 +37,8 @@ from .callbacks import Callback
 FORMAT = "fastnn"
 FORMAT_VERSION = 1
 MAX_HEADER_BYTES = 100_000_000      # safetensors' own limit
-MAX_LAYERS = 10_000                 # far beyond any MLP; bounds the work a header can ask for
+MAX_LAYERS = 10_000                 # layers in all, nested ones included; bounds a header's work
+MAX_DEPTH = 32                      # Residuals inside Residuals
 MAX_DIMS = 8
 MAX_COUNT = 2 ** 62                 # epoch / step counters: the core keeps them in 64-bit ints
 _RESERVED = ("format", "format_version", "model", "loss", "optimizer")
@@ -45,10 +49,49 @@ _DTYPE_CODES = {np.dtype(np.float32): "F32", np.dtype(np.float64): "F64"}
 _ITEMSIZE = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2,
              "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8, "C64": 8}
 
-_SIMPLE_LAYERS = {c.__name__: c for c in (L.Identity, L.Sigmoid, L.Tanh, L.ReLU, L.Softmax)}
-_LAYER_ARGS = {"Dense": ("in_features", "out_features", "bias", "init"),
-               "LeakyReLU": ("negative_slope",), "Dropout": ("p", "mode"),
-               **{name: () for name in _SIMPLE_LAYERS}}
+
+def _is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_key(v, table):
+    # a JSON list or object is unhashable: test the type before the membership
+    return isinstance(v, str) and v in table
+
+
+def _is_num(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_finite(v):
+    try:
+        return _is_num(v) and math.isfinite(v)
+    except OverflowError:           # an int too big for a float
+        return False
+
+
+# what each argument of a layer spec may be: (test, what it takes); the constructors check ranges
+_POS_INT = (lambda v: _is_int(v) and v >= 1, "positive ints")
+_BOOL = (lambda v: isinstance(v, bool), "true or false")
+_NUM = (_is_finite, "finite numbers")
+_NUM_OR_NULL = (lambda v: v is None or _is_finite(v), "finite numbers or null")
+_STR = (lambda v: isinstance(v, str), "strings")
+_STR_OR_NULL = (lambda v: v is None or isinstance(v, str), "strings or null")
+_SHAPE = (lambda v: isinstance(v, list) and 1 <= len(v) <= MAX_DIMS and all(_is_int(s) and s >= 1 for s in v),
+          f"lists of 1 to {MAX_DIMS} positive ints")
+_SUBLAYERS = "layer specs"          # Residual's layers: a non-empty list of specs
+_PROJECTION = "Dense spec or null"  # Residual's projection
+_LAYER_ARGS = {
+    "Dense": {"in_features": _POS_INT, "out_features": _POS_INT, "bias": _BOOL, "init": _STR_OR_NULL},
+    "LeakyReLU": {"negative_slope": _NUM},
+    "Dropout": {"p": _NUM, "mode": _STR},
+    "BatchNorm1d": {"num_features": _POS_INT, "eps": _NUM, "momentum": _NUM_OR_NULL, "affine": _BOOL,
+                    "track_running_stats": _BOOL},
+    "LayerNorm": {"normalized_shape": _SHAPE, "eps": _NUM, "elementwise_affine": _BOOL, "bias": _BOOL},
+    "Residual": {"layers": _SUBLAYERS, "projection": _PROJECTION},
+}
+# every other layer type (Identity, Flatten, the activations) takes no arguments
+_LAYER_ARGS = {name: _LAYER_ARGS.get(name, {}) for name in L.LAYER_TYPES}
 _LOSSES = {c.__name__: c for c in (LS.MSE, LS.BinaryCrossEntropy, LS.CrossEntropy, LS.NLLLoss, LS.KLDiv)}
 _LOSS_ARGS = {"MSE": ("reduction",), "KLDiv": ("reduction",),
               "BinaryCrossEntropy": ("reduction", "pos_weight"),
@@ -80,15 +123,16 @@ def save_model(model, path, include_optimizer=False, metadata=None):
     if include_optimizer and (model.optimizer is None or model.loss is None):
         raise ValueError("include_optimizer=True needs a model that has been trained (model.optimizer "
                          "and model.loss are None); train it first or pass include_optimizer=False")
-    if not np.all(np.isfinite(model._params)):
-        raise ValueError("the model's parameters contain NaN or Inf; such a file could not be loaded")
+    if not (np.all(np.isfinite(model._params)) and np.all(np.isfinite(model._running))):
+        raise ValueError("the model's parameters or running statistics contain NaN or Inf; such a file "
+                         "could not be loaded")
     meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION),
             "model": json.dumps(_model_config(model))}
     if model.loss is not None:
         cfg = _loss_config(model.loss, required=include_optimizer)
         if cfg is not None:
             meta["loss"] = json.dumps(cfg)
-    tensors = {name: np.ascontiguousarray(v) for name, v in model.named_parameters()}
+    tensors = model.state_dict()        # C-contiguous copies (num_batches_tracked stays 0-d)
     if include_optimizer:
         cfg, buffers = _optimizer_config(model.optimizer, model)
         meta["optimizer"] = json.dumps(cfg)
@@ -154,23 +198,22 @@ def _fsync_dir(d):
 
 
 def _model_config(model):
-    layers = []
-    for i, layer in enumerate(model.layers):
-        t = type(layer)
-        if t is L.Dense:
-            layers.append({"type": "Dense", "in_features": layer.in_features,
-                           "out_features": layer.out_features, "bias": layer.use_bias, "init": layer.init})
-        elif t is L.LeakyReLU:
-            layers.append({"type": "LeakyReLU", "negative_slope": layer.negative_slope})
-        elif t is L.Dropout:
-            layers.append({"type": "Dropout", "p": layer.p, "mode": layer.mode})
-        elif t in _SIMPLE_LAYERS.values():
-            layers.append({"type": t.__name__})
-        else:
-            raise ValueError(f"layer {i} ({layer!r}) cannot be saved: only fastnn's own layer types "
-                             f"({', '.join(_LAYER_ARGS)}) can")
+    for name, layer in _named_layers(enumerate(model.layers)):
+        if L.LAYER_TYPES.get(type(layer).__name__) is not type(layer):
+            raise ValueError(f"layer {name} ({layer!r}) cannot be saved: only fastnn's own layer types "
+                             f"({', '.join(L.LAYER_TYPES)}) can")
     return {"dtype": model.dtype.name, "seed": int(model.seed), "epochs_trained": int(model.epochs_trained),
-            "steps_trained": int(model.steps_trained), "layers": layers}
+            "steps_trained": int(model.steps_trained), "input_shape": list(model.input_shape),
+            "layers": [layer.get_config() for layer in model.layers]}
+
+
+def _named_layers(named):
+    """``(name, layer)`` for ``named`` (``(name, layer)`` pairs, e.g. ``enumerate(layers)``) and every
+    layer inside them, depth first, named as their tensors' state-dict prefixes (``"2"``,
+    ``"2.layers.0"``, ``"2.projection"``)."""
+    for name, layer in named:
+        yield str(name), layer
+        yield from _named_layers((f"{name}.{c}", child) for c, child in layer.children())
 
 
 def _loss_config(loss, required=True):
@@ -218,8 +261,7 @@ def load_model(path):
 
     with _open(path) as f:
         size, header, prefix = _read_header(f, path)
-        _, expected, build = _parse_metadata(header, path)
-        _match_tensors(header, expected, path)
+        _, build = _parse(header, path)
         f.seek(0)
         blob = f.read(size)
     # the checks above were made on the first read; refuse a file rewritten since
@@ -238,8 +280,7 @@ def read_metadata(path):
     as ``load_model`` does (tensor values are not read)."""
     with _open(path) as f:
         _, header, _ = _read_header(f, path)
-        meta, expected, _ = _parse_metadata(header, path)
-        _match_tensors(header, expected, path)
+        meta, _ = _parse(header, path)
     return dict(meta)
 
 
@@ -336,19 +377,6 @@ def _tensor_info(name, info, path):
     return dtype, shape, offs
 
 
-def _is_int(v):
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_key(v, table):
-    # a JSON list or object is unhashable: test the type before the membership
-    return isinstance(v, str) and v in table
-
-
-def _is_num(v):
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
 def _json_entry(meta, key, path):
     try:
         return json.loads(meta[key], object_pairs_hook=_unique_keys, parse_constant=_no_constant)
@@ -367,9 +395,9 @@ def _obj(v, keys, what, path):
     return v
 
 
-def _parse_metadata(header, path):
-    """Check the metadata; return it, the expected tensors ``{name: (dtype code, shape)}`` and a
-    function building the model from the tensors."""
+def _parse(header, path):
+    """Check the metadata and the tensors' names, shapes and dtypes against it; return the metadata
+    and a function building the model from the tensors."""
     meta = header.get("__metadata__")
     if meta is None:
         raise ValueError(f"{path}: no __metadata__, so not a fastnn model file; plain weights load with "
@@ -384,99 +412,120 @@ def _parse_metadata(header, path):
                          f"{FORMAT_VERSION} (a newer fastnn may read it)")
     if "model" not in meta:
         raise ValueError(f"{path}: metadata has no 'model' entry (the architecture)")
-    cfg = _obj(_json_entry(meta, "model", path), ("dtype", "seed", "epochs_trained", "steps_trained",
-                                                  "layers"), "model", path)
+    cfg = _json_entry(meta, "model", path)
+    keys = ("dtype", "seed", "epochs_trained", "steps_trained", "layers")
+    # files written before Flatten/LayerNorm/Residual have no input_shape: the first layer implies it
+    _obj(cfg, keys + ("input_shape",) * (isinstance(cfg, dict) and "input_shape" in cfg), "model", path)
     if cfg["dtype"] not in ("float32", "float64"):
         raise ValueError(f"{path}: model dtype must be 'float32' or 'float64', got {_short(cfg['dtype'])!r}")
     dtype = np.dtype(cfg["dtype"])
     for k, top in (("seed", 2 ** 64), ("epochs_trained", MAX_COUNT), ("steps_trained", MAX_COUNT)):
         if not _is_int(cfg[k]) or not 0 <= cfg[k] < top:
             raise ValueError(f"{path}: model {k} must be an int in [0, {top}), got {_short(cfg[k])}")
+    if "input_shape" in cfg and not _SHAPE[0](cfg["input_shape"]):
+        raise ValueError(f"{path}: model input_shape takes {_SHAPE[1]}, got {_short(cfg['input_shape'])}")
     specs = cfg["layers"]
     if not isinstance(specs, list) or not 1 <= len(specs) <= MAX_LAYERS:
         raise ValueError(f"{path}: model layers must be a list of 1 to {MAX_LAYERS} layers")
-    for i, spec in enumerate(specs):
-        _check_layer_spec(spec, i, path)
+    layers = _layers_from_specs(specs, path)
 
-    # the parameter tensors the architecture implies, named as Sequential.named_parameters does
     code = _DTYPE_CODES[dtype]
-    expected = {}
-    n_params = 0
-    for i, spec in enumerate(specs):
-        if spec["type"] == "Dense":
-            fi, fo = spec["in_features"], spec["out_features"]
-            expected[f"{i}.weight"] = (code, [fo, fi])
-            n_params += fi * fo
-            if spec["bias"]:
-                expected[f"{i}.bias"] = (code, [fo])
-                n_params += fo
-    if not expected:
-        raise ValueError(f"{path}: the architecture has no Dense layer")
-
-    loss = None
-    if "loss" in meta:
-        loss = _build_loss(_json_entry(meta, "loss", path), specs, path)
-    opt_cfg = None
+    expected, n_params = _expected_tensors(layers, code)
     if "optimizer" in meta:
         opt_cfg, opt = _check_optimizer_config(_json_entry(meta, "optimizer", path), path)
         for name in opt_cfg["state"]:
             expected[_OPT_PREFIX + name] = (code, [n_params])
+    _match_tensors(header, expected, path)
+
+    # every tensor now fits in the file, so planning (work ~ the sizes) is cheap; it checks the chain
+    from ._plan import Plan
+    from .model import Sequential, _infer_input_shape
+
+    input_shape = tuple(cfg["input_shape"]) if "input_shape" in cfg else _infer_input_shape(layers)
+    if input_shape is None:
+        raise ValueError(f"{path}: the model has no input_shape and its first layers do not imply one")
+    try:
+        n_out = Plan(layers, input_shape).n_outputs
+    except (ValueError, TypeError, OverflowError) as e:
+        raise ValueError(f"{path}: the architecture is invalid: {e}") from None
+    loss = _build_loss(_json_entry(meta, "loss", path), n_out, path) if "loss" in meta else None
 
     def build(arrays):
-        from .model import Sequential
-
         try:
-            layers = [_build_layer(spec) for spec in specs]
-            model = Sequential(*layers, dtype=dtype, seed=cfg["seed"])
-        except (ValueError, TypeError) as e:
-            raise ValueError(f"{path}: the architecture is invalid: {e}") from None
-        params = {k: v for k, v in arrays.items() if not k.startswith(_OPT_PREFIX)}
-        try:
-            model.load_state_dict(params)
+            model = Sequential(*layers, dtype=dtype, seed=cfg["seed"], input_shape=input_shape)
+            model.load_state_dict({k: v for k, v in arrays.items() if not k.startswith(_OPT_PREFIX)})
         except ValueError as e:
             raise ValueError(f"{path}: {e}") from None
         model.epochs_trained = cfg["epochs_trained"]
         model.steps_trained = cfg["steps_trained"]
         model.loss = loss
-        if opt_cfg is not None:
+        if "optimizer" in meta:
             model.optimizer = _restore_optimizer(opt, opt_cfg, arrays, model, path)
         return model
 
-    return meta, expected, build
+    return meta, build
 
 
-def _check_layer_spec(spec, i, path):
-    if not isinstance(spec, dict) or not _is_key(spec.get("type"), _LAYER_ARGS):
-        raise ValueError(f"{path}: layer {i} must be an object whose type is one of "
-                         f"{', '.join(_LAYER_ARGS)}, got {_short(spec)}")
-    t = spec["type"]
-    _obj(spec, ("type",) + _LAYER_ARGS[t], f"layer {i} ({t})", path)
-    bad = None
-    if t == "Dense":
-        if not all(_is_int(spec[k]) and spec[k] >= 1 for k in ("in_features", "out_features")):
-            bad = "in_features and out_features must be positive ints"
-        elif not isinstance(spec["bias"], bool) or not (spec["init"] is None or isinstance(spec["init"], str)):
-            bad = "bias must be true/false and init a string or null"
-    elif t == "LeakyReLU" and not _is_num(spec["negative_slope"]):
-        bad = "negative_slope must be a number"
-    elif t == "Dropout" and not (_is_num(spec["p"]) and isinstance(spec["mode"], str)):
-        bad = "p must be a number and mode a string"
-    if bad:
-        raise ValueError(f"{path}: layer {i} ({t}): {bad}, got {_short(spec)}")
+def _layers_from_specs(specs, path):
+    """The layers built from their specs after checking each: exact keys, argument types (the
+    constructors check ranges), at most ``MAX_LAYERS`` in all, Residuals at most ``MAX_DEPTH`` deep."""
+    count = 0
+
+    def build(spec, name, depth):
+        nonlocal count
+        count += 1
+        if count > MAX_LAYERS:
+            raise ValueError(f"{path}: the model has over {MAX_LAYERS} layers (nested ones included)")
+        if not isinstance(spec, dict) or not _is_key(spec.get("type"), _LAYER_ARGS):
+            raise ValueError(f"{path}: layer {name} must be an object whose type is one of "
+                             f"{', '.join(_LAYER_ARGS)}, got {_short(spec)}")
+        t = spec["type"]
+        where = f"layer {name} ({t})"
+        _obj(spec, ("type", *_LAYER_ARGS[t]), where, path)
+        kw = {}
+        for key, kind in _LAYER_ARGS[t].items():
+            v = spec[key]
+            if kind is _SUBLAYERS:
+                if depth >= MAX_DEPTH:
+                    raise ValueError(f"{path}: {where}: Residuals nest more than {MAX_DEPTH} deep")
+                if not isinstance(v, list) or not v:
+                    raise ValueError(f"{path}: {where}: {key} must be a non-empty list of layer specs, "
+                                     f"got {_short(v)}")
+                kw[key] = [build(s, f"{name}.{key}.{j}", depth + 1) for j, s in enumerate(v)]
+            elif kind is _PROJECTION:
+                if v is not None and not (isinstance(v, dict) and v.get("type") == "Dense"):
+                    raise ValueError(f"{path}: {where}: {key} must be a Dense spec or null, got {_short(v)}")
+                kw[key] = None if v is None else build(v, f"{name}.{key}", depth + 1)
+            elif not kind[0](v):
+                raise ValueError(f"{path}: {where}: {key} takes {kind[1]}, got {_short(v)}")
+            else:
+                kw[key] = v
+        cls = L.LAYER_TYPES[t]
+        try:
+            return cls(*kw.pop("layers"), **kw) if cls is L.Residual else cls(**kw)
+        except (ValueError, TypeError, OverflowError) as e:
+            raise ValueError(f"{path}: the architecture is invalid: {e} (layer {name})") from None
+
+    return [build(spec, str(i), 0) for i, spec in enumerate(specs)]
 
 
-def _build_layer(spec):
-    t = spec["type"]
-    if t == "Dense":
-        return L.Dense(spec["in_features"], spec["out_features"], spec["bias"], spec["init"])
-    if t == "LeakyReLU":
-        return L.LeakyReLU(spec["negative_slope"])
-    if t == "Dropout":
-        return L.Dropout(spec["p"], spec["mode"])
-    return _SIMPLE_LAYERS[t]()
+def _expected_tensors(layers, code):
+    """``{name: (dtype code, shape)}`` of the tensors ``layers`` imply, named as
+    ``Sequential.state_dict`` names them, and the number of parameters. Taken from the layers'
+    own shapes, not a Plan: planning costs time in proportion to the declared sizes."""
+    expected, n_params = {}, 0
+    for name, layer in _named_layers(enumerate(layers)):
+        for attr, shape in layer.param_shapes(None):
+            expected[f"{name}.{attr}"] = (code, list(shape))
+            n_params += math.prod(shape)
+        for attr, shape in layer.buffer_shapes(None):
+            expected[f"{name}.{attr}"] = (code, list(shape))
+        if isinstance(layer, L.BatchNorm1d) and layer.track_running_stats:
+            expected[f"{name}.num_batches_tracked"] = ("I64", [])
+    return expected, n_params
 
 
-def _build_loss(cfg, specs, path):
+def _build_loss(cfg, n_out, path):
     if not isinstance(cfg, dict) or not _is_key(cfg.get("type"), _LOSSES):
         raise ValueError(f"{path}: loss type must be one of {', '.join(_LOSSES)}, got {_short(cfg)}")
     t = cfg["type"]
@@ -484,7 +533,6 @@ def _build_loss(cfg, specs, path):
     kw = {k: cfg[k] for k in _LOSS_ARGS[t]}
     if not isinstance(kw["reduction"], str):
         raise ValueError(f"{path}: loss reduction must be a string, got {_short(kw['reduction'])}")
-    n_out = next(s["out_features"] for s in reversed(specs) if s["type"] == "Dense")
     for k in _LOSS_ARGS[t][1:]:
         v = kw[k]
         if v is None:
@@ -495,7 +543,7 @@ def _build_loss(cfg, specs, path):
                              f"numbers, got {_short(v)}")
     try:
         return _LOSSES[t](**kw)
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, OverflowError) as e:
         raise ValueError(f"{path}: the loss is invalid: {e}") from None
 
 
@@ -520,7 +568,7 @@ def _check_optimizer_config(cfg, path):
     try:
         opt = _OPTIMIZERS[cfg["type"]](lr=cfg["lr"], **{k: tuple(v) if isinstance(v, list) else v
                                                         for k, v in hyper.items()})
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, OverflowError) as e:
         raise ValueError(f"{path}: the optimizer is invalid: {e}") from None
     names = list(opt._state_names[:opt.n_state])
     if cfg["state"] not in (names, []):
@@ -553,7 +601,8 @@ def _match_tensors(header, expected, path):
     for name, (code, shape) in expected.items():
         info = header[name]
         if info["dtype"] != code:
-            raise ValueError(f"{path}: tensor {name!r} is {info['dtype']}, the model's dtype needs {code}")
+            need = "a batch count" if code == "I64" else "the model's dtype"
+            raise ValueError(f"{path}: tensor {name!r} is {info['dtype']}, {need} needs {code}")
         if info["shape"] != shape:
             raise ValueError(f"{path}: tensor {name!r} has shape {_short(info['shape'])}, the architecture "
                              f"needs {shape}")
@@ -597,82 +646,143 @@ def _torch():
     return torch
 
 
+@functools.cache
+def torch_residual_class():
+    """``TorchResidual``, the torch module matching ``fn.Residual`` (defined on first use, so
+    importing fastnn never imports torch); also reachable as ``fastnn.io.TorchResidual``."""
+    nn = _torch().nn
+
+    class TorchResidual(nn.Module):
+        """``forward(x) = layers(x) + (projection(x) if projection is not None else x)``.
+
+        Args:
+            layers: an ``nn.Sequential`` or an iterable of modules (made into one).
+            projection: an ``nn.Linear`` or None.
+        """
+
+        def __init__(self, layers, projection=None):
+            super().__init__()
+            self.layers = layers if isinstance(layers, nn.Sequential) else nn.Sequential(*layers)
+            self.projection = projection
+
+        def forward(self, x):
+            return self.layers(x) + (x if self.projection is None else self.projection(x))
+
+    TorchResidual.__module__, TorchResidual.__qualname__ = __name__, "TorchResidual"   # pickles by name
+    return TorchResidual
+
+
+def __getattr__(name):
+    if name == "TorchResidual":
+        return torch_residual_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def to_torch(model):
-    """The equivalent ``torch.nn.Sequential`` with copies of the weights, in the model's dtype.
+    """The equivalent ``torch.nn.Sequential`` with copies of the weights and running statistics,
+    in the model's dtype.
 
-    Module indices equal layer indices, so state-dict names match. The module is in training
-    mode, as torch builds it; call ``.eval()`` for inference. Classic-mode dropout has no
-    torch equivalent and raises ValueError.
+    Module names equal layer names (a Residual becomes a ``TorchResidual``), so the state dicts
+    have the same keys. The module is in training mode, as torch builds it; call ``.eval()`` for
+    inference. Classic-mode dropout has no torch equivalent and raises ValueError.
     """
     torch = _torch()
-    nn = torch.nn
     tdtype = {np.float32: torch.float32, np.float64: torch.float64}[model.dtype.type]
-    mods = []
-    for i, layer in enumerate(model.layers):
-        t = type(layer)
-        if t is L.Dense:
-            m = nn.Linear(layer.in_features, layer.out_features, bias=layer.use_bias, dtype=tdtype)
-            with torch.no_grad():
-                m.weight.copy_(torch.from_numpy(np.array(layer.weight)))
-                if layer.use_bias:
-                    m.bias.copy_(torch.from_numpy(np.array(layer.bias)))
-        elif t is L.LeakyReLU:
-            m = nn.LeakyReLU(layer.negative_slope)
-        elif t is L.Softmax:
-            m = nn.Softmax(dim=1)
-        elif t is L.Dropout:
-            if layer.mode == "classic" and layer.p > 0:
-                raise ValueError(f"layer {i}: Dropout(mode='classic') has no PyTorch equivalent (torch's "
-                                 "dropout is inverted: it scales kept units by 1/(1-p) in training); "
-                                 "train with mode='inverted' to move the model to torch")
-            m = nn.Dropout(layer.p)
-        elif t in _SIMPLE_LAYERS.values():
-            m = getattr(nn, t.__name__)()
-        else:
-            raise ValueError(f"layer {i} ({layer!r}) has no PyTorch equivalent")
-        mods.append(m)
-    return nn.Sequential(*mods)
+    tm = torch.nn.Sequential(*(_torch_module(layer, str(i)) for i, layer in enumerate(model.layers)))
+    tm.to(tdtype)                   # floating tensors only: num_batches_tracked stays int64
+    tm.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in model.state_dict().items()}, strict=True)
+    return tm
 
 
-def from_torch(module, dtype=None):
+def _torch_module(layer, name):
+    nn = _torch().nn
+    t = type(layer)
+    if t is L.Dense:
+        return nn.Linear(layer.in_features, layer.out_features, bias=layer.use_bias)
+    if t is L.BatchNorm1d:
+        return nn.BatchNorm1d(layer.num_features, eps=layer.eps, momentum=layer.momentum, affine=layer.affine,
+                              track_running_stats=layer.track_running_stats)
+    if t is L.LayerNorm:
+        kw = {} if layer.use_bias or not layer.elementwise_affine else {"bias": False}
+        try:
+            return nn.LayerNorm(layer.normalized_shape, eps=layer.eps,
+                                elementwise_affine=layer.elementwise_affine, **kw)
+        except TypeError:
+            raise ValueError(f"layer {name}: LayerNorm(bias=False) needs torch >= 2.1") from None
+    if t is L.Residual:
+        return torch_residual_class()(
+            [_torch_module(child, f"{name}.layers.{j}") for j, child in enumerate(layer.layers)],
+            None if layer.projection is None else _torch_module(layer.projection, f"{name}.projection"))
+    if t is L.LeakyReLU:
+        return nn.LeakyReLU(layer.negative_slope)
+    if t is L.Softmax:
+        return nn.Softmax(dim=1)
+    if t is L.Dropout:
+        if layer.mode == "classic" and layer.p > 0:
+            raise ValueError(f"layer {name}: Dropout(mode='classic') has no PyTorch equivalent (torch's "
+                             "dropout is inverted: it scales kept units by 1/(1-p) in training); "
+                             "train with mode='inverted' to move the model to torch")
+        return nn.Dropout(layer.p)
+    if t in (L.Identity, L.Flatten, L.Sigmoid, L.Tanh, L.ReLU):
+        return getattr(nn, t.__name__)()
+    raise ValueError(f"layer {name} ({layer!r}) has no PyTorch equivalent")
+
+
+_FROM_TORCH = ("Linear, BatchNorm1d, LayerNorm, Flatten(start_dim=1), Identity, Sigmoid, Tanh, ReLU, "
+               "LeakyReLU, Softmax(dim=1), Dropout and fastnn.io.TorchResidual")
+
+
+def from_torch(module, dtype=None, input_shape=None):
     """A fastnn ``Sequential`` equivalent to ``module``, a ``torch.nn.Sequential`` of Linear,
-    Identity, Sigmoid, Tanh, ReLU, LeakyReLU, Softmax(dim=1) and Dropout.
+    BatchNorm1d, LayerNorm, Flatten(start_dim=1), Identity, Sigmoid, Tanh, ReLU, LeakyReLU,
+    Softmax(dim=1), Dropout and ``TorchResidual`` (nested freely), with copies of its weights and
+    running statistics.
 
-    ``dtype``: ``"float32"`` or ``"float64"``; by default float64 if the first Linear is,
-    else float32. Weights are copied.
+    ``dtype``: ``"float32"`` or ``"float64"``; by default float64 if the first parameter is,
+    else float32. ``input_shape``: the per-example input shape (by default the first layers
+    imply it).
     """
     torch = _torch()
-    nn = torch.nn
-    if not isinstance(module, nn.Sequential):
+    if not isinstance(module, torch.nn.Sequential):
         raise TypeError(f"module must be a torch.nn.Sequential, got {type(module).__name__}")
-    simple = {nn.Identity: L.Identity, nn.Sigmoid: L.Sigmoid, nn.Tanh: L.Tanh, nn.ReLU: L.ReLU}
-    layers, state, first = [], {}, None
-    for i, m in enumerate(module):
-        t = type(m)
-        # exact types: a subclass may override forward, which we could not reproduce
-        if t is nn.Linear:
-            first = first or m.weight.dtype
-            layers.append(L.Dense(m.in_features, m.out_features, bias=m.bias is not None))
-            state[f"{i}.weight"] = m.weight.detach().to("cpu", torch.float64).numpy()
-            if m.bias is not None:
-                state[f"{i}.bias"] = m.bias.detach().to("cpu", torch.float64).numpy()
-        elif t in simple:
-            layers.append(simple[t]())
-        elif t is nn.LeakyReLU:
-            layers.append(L.LeakyReLU(m.negative_slope))
-        elif t is nn.Softmax and m.dim in (1, -1):
-            layers.append(L.Softmax())
-        elif t is nn.Dropout:
-            if m.p >= 1:
-                raise ValueError(f"module {i} ({m!r}): fastnn's Dropout needs p < 1")
-            layers.append(L.Dropout(m.p))
-        else:
-            raise ValueError(f"module {i} ({m!r}) is not supported; from_torch converts Linear, Identity, "
-                             "Sigmoid, Tanh, ReLU, LeakyReLU, Softmax(dim=1) and Dropout")
+    layers = [_fastnn_layer(m, str(i)) for i, m in enumerate(module)]
     if dtype is None:
-        dtype = "float64" if first == torch.float64 else "float32"
+        first = next(module.parameters(), None)
+        dtype = "float64" if first is not None and first.dtype == torch.float64 else "float32"
     from .model import Sequential
 
-    model = Sequential(*layers, dtype=dtype)
-    model.load_state_dict(state)
+    model = Sequential(*layers, dtype=dtype, input_shape=input_shape)
+    model.load_state_dict({k: v.detach().to("cpu", torch.float64 if v.is_floating_point() else v.dtype).numpy()
+                           for k, v in module.state_dict().items()})
     return model
+
+
+def _fastnn_layer(m, name):
+    nn = _torch().nn
+    t = type(m)                     # exact types: a subclass may override forward
+    try:
+        if t is nn.Linear:
+            return L.Dense(m.in_features, m.out_features, bias=m.bias is not None)
+        if t is nn.BatchNorm1d:
+            return L.BatchNorm1d(m.num_features, eps=m.eps, momentum=m.momentum, affine=m.affine,
+                                 track_running_stats=m.track_running_stats)
+        if t is nn.LayerNorm:
+            return L.LayerNorm(tuple(m.normalized_shape), eps=m.eps, elementwise_affine=m.elementwise_affine,
+                               bias=m.bias is not None)
+        if t is torch_residual_class() and (m.projection is None or type(m.projection) is nn.Linear):
+            return L.Residual(*(_fastnn_layer(c, f"{name}.layers.{j}") for j, c in enumerate(m.layers)),
+                              projection=None if m.projection is None
+                              else _fastnn_layer(m.projection, f"{name}.projection"))
+        if t is nn.Flatten and m.start_dim == 1 and m.end_dim == -1:
+            return L.Flatten()
+        if t in (nn.Identity, nn.Sigmoid, nn.Tanh, nn.ReLU):
+            return getattr(L, t.__name__)()
+        if t is nn.LeakyReLU:
+            return L.LeakyReLU(m.negative_slope)
+        if t is nn.Softmax and m.dim in (1, -1):
+            return L.Softmax()
+        if t is nn.Dropout:
+            return L.Dropout(m.p)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"module {name} ({m!r}): {e}") from None
+    raise ValueError(f"module {name} ({m!r}) is not supported; from_torch converts {_FROM_TORCH}")

@@ -471,7 +471,8 @@ class Sequential:
         return save_model(self, path, include_optimizer=include_optimizer)
 
     def to_torch(self):
-        """The equivalent ``torch.nn.Sequential``, with these weights (needs torch)."""
+        """The equivalent ``torch.nn.Sequential`` with these weights and running statistics (needs
+        torch); a Residual becomes ``fastnn.io.TorchResidual``."""
         from .io import to_torch
 
         return to_torch(self)

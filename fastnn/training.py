@@ -99,7 +99,7 @@ def prepare(model, X, y, loss, batch_size, seed, validation_split, validation_da
                           "is used; consider class_weight='balanced' or fn.data.subsample",
                           stacklevel=3)
     n = X.shape[0]
-    bs = min(batch_size, n)
+    bs = batch_size if drop_last else min(batch_size, n)
     if drop_last:
         n_steps = n // bs
         if n_steps == 0:
