@@ -1,0 +1,159 @@
+#!/usr/bin/env python3
+"""One training epoch of normalised and residual MLPs: fastnn against PyTorch.
+
+Models (784 inputs, 10 classes, softmax cross-entropy, SGD lr 0.01 momentum 0.9, N synthetic
+float32 examples shuffled every epoch):
+
+- ``bn``:  784-256-BN-ReLU-256-BN-ReLU-10
+- ``res``: 784->256, four pre-LayerNorm blocks (LayerNorm, Dense 256-256, ReLU, Dense 256-256),
+  LayerNorm, ->10
+
+Every (library, model, batch, threads) run is its own process; the libraries are interleaved
+round by round; torch gets its better thread setting (1 or 2). Prints ex/s, the ratio, and peak
+RSS, with the CPU model.
+
+    python bench/layers_bench.py --batch 32 128 --rounds 3 --markdown
+"""
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+D_IN, D_H, N_CLASSES, LR, MOM = 784, 256, 10, 0.01, 0.9
+
+
+def data(n):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    X = (0.1 * rng.standard_normal((n, D_IN))).astype(np.float32)
+    y = np.argmax(X @ rng.standard_normal((D_IN, N_CLASSES)).astype(np.float32), axis=1).astype(np.int64)
+    return X, y
+
+
+def fastnn_model(kind):
+    import fastnn as fn
+
+    if kind == "bn":
+        return fn.Sequential(fn.Dense(D_IN, D_H), fn.BatchNorm1d(D_H), fn.ReLU(), fn.Dense(D_H, D_H),
+                             fn.BatchNorm1d(D_H), fn.ReLU(), fn.Dense(D_H, N_CLASSES), seed=0)
+    blocks = [fn.Residual(fn.LayerNorm(D_H), fn.Dense(D_H, D_H), fn.ReLU(), fn.Dense(D_H, D_H)) for _ in range(4)]
+    return fn.Sequential(fn.Dense(D_IN, D_H), *blocks, fn.LayerNorm(D_H), fn.Dense(D_H, N_CLASSES), seed=0)
+
+
+def torch_model(kind):
+    import torch.nn as nn
+
+    if kind == "bn":
+        return nn.Sequential(nn.Linear(D_IN, D_H), nn.BatchNorm1d(D_H), nn.ReLU(), nn.Linear(D_H, D_H),
+                             nn.BatchNorm1d(D_H), nn.ReLU(), nn.Linear(D_H, N_CLASSES))
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = nn.Sequential(nn.LayerNorm(D_H), nn.Linear(D_H, D_H), nn.ReLU(), nn.Linear(D_H, D_H))
+
+        def forward(self, x):
+            return x + self.layers(x)
+
+    return nn.Sequential(nn.Linear(D_IN, D_H), *[Block() for _ in range(4)], nn.LayerNorm(D_H),
+                         nn.Linear(D_H, N_CLASSES))
+
+
+def worker(lib, kind, batch, threads, n, repeats):
+    X, y = data(n)
+    if lib == "fastnn":
+        import fastnn as fn
+
+        m = fastnn_model(kind)
+        opt = fn.SGD(lr=LR, momentum=MOM)
+
+        def epoch():
+            m.fit(X, y, loss=fn.CrossEntropy(), optimizer=opt, epochs=1, batch_size=batch, threads=threads,
+                  drop_last=True)
+    else:
+        import torch
+
+        torch.set_num_threads(threads)
+        m = torch_model(kind)
+        opt = torch.optim.SGD(m.parameters(), lr=LR, momentum=MOM)
+        Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
+        lossf = torch.nn.CrossEntropyLoss()
+        g = torch.Generator().manual_seed(0)
+
+        def epoch():
+            perm = torch.randperm(n, generator=g)
+            for i in range(0, n - batch + 1, batch):
+                idx = perm[i:i + batch]
+                opt.zero_grad(set_to_none=True)
+                lossf(m(Xt[idx]), yt[idx]).backward()
+                opt.step()
+    epoch()                                   # warm-up
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        epoch()
+        times.append(time.perf_counter() - t)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"ex_s": n / statistics.median(times), "rss_mib": rss}
+
+
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+def spawn(lib, kind, batch, threads, a):
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", lib, kind, str(batch), str(threads),
+                          "--n", str(a.n), "--repeats", str(a.repeats)], capture_output=True, text=True,
+                         check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", nargs="+", default=["bn", "res"], choices=["bn", "res"])
+    p.add_argument("--batch", type=int, nargs="+", default=[32, 128])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--n", type=int, default=20000)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--markdown", action="store_true")
+    p.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.worker:
+        lib, kind, b, t = a.worker
+        print(json.dumps(worker(lib, kind, int(b), int(t), a.n, a.repeats)))
+        return
+    print(f"# {cpu_name()}, fastnn {a.threads} threads, torch best of 1/{a.threads} threads, N={a.n}, "
+          f"median of {a.rounds} rounds")
+    print("| model | batch | fastnn ex/s | torch ex/s | fastnn/torch | RSS fastnn/torch MiB |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for kind in a.models:
+        for b in a.batch:
+            fa, to = [], {1: [], a.threads: []}
+            for _ in range(a.rounds):
+                fa.append(spawn("fastnn", kind, b, a.threads, a))
+                for t in sorted(to):
+                    to[t].append(spawn("torch", kind, b, t, a))
+            f = statistics.median(r["ex_s"] for r in fa)
+            best = max(to, key=lambda t: statistics.median(r["ex_s"] for r in to[t]))
+            tv = statistics.median(r["ex_s"] for r in to[best])
+            frss = max(r["rss_mib"] for r in fa)
+            trss = max(r["rss_mib"] for r in to[best])
+            print(f"| {kind} | {b} | {f:,.0f} | {tv:,.0f} ({best} thr) | {f / tv:.2f}x | {frss:.0f}/{trss:.0f} |",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()
