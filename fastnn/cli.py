@@ -356,7 +356,15 @@ def main(argv=None):
     x.add_argument("model", help="a model file written by 'fastnn train --save' or model.save")
     x.add_argument("out", help="the ONNX file to write, e.g. model.onnx")
     x.add_argument("--opset", type=int, default=None, help="ONNX opset (default 17)")
+    sub.add_parser("bench", help="compare training speed with the installed peers (torch, jax, "
+                   "scikit-learn) on this machine; --quick: under a minute", add_help=False)
     sub.add_parser("info", help="show the build: version, OpenMP, threads, BLAS")
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["bench"]:
+        # the benchmark owns its options (fastnn bench --help lists them)
+        from .bench import main as bench_main
+        return bench_main(argv[1:], prog="fastnn bench")
     args = p.parse_args(argv)
     if args.cmd == "info":
         from . import show_config
