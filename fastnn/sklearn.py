@@ -39,7 +39,7 @@ _PARAMS_DOC = """
     activation : {'relu', 'tanh', 'logistic', 'identity'}, default='relu'
         Hidden activation. Weights start He-normal before ReLU, Glorot-uniform otherwise
         (fastnn's defaults), biases at zero.
-    solver : {'sgd', 'adam'}, default='adam'
+    solver : {'adam', 'sgd'}, default='adam'
         fastnn's ``SGD`` or ``Adam`` (L-BFGS is not offered).
     alpha : float, default=1e-4
         L2 penalty on the weights (not the biases), as scikit-learn's: each step adds
