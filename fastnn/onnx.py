@@ -54,7 +54,7 @@ class GraphBuilder:
         self.dtype = np.dtype(dtype)
         self.nodes = []
         self.initializers = []
-        self._names = set()
+        self._names = {"input", "output"}     # the graph's own input and output
 
     def _fresh(self, base):
         name, k = base, 1
@@ -159,7 +159,6 @@ def to_model_proto(model, opset=None, *, standardize=None, metadata=None):
     exporters = [_exporter(layer, i) for i, layer in enumerate(model.layers)]   # fail before building
     g = GraphBuilder(onnx, model.dtype)
     x = "input"
-    g._names.add(x)
     if standardize is not None:
         mean, std = (np.asarray(v, dtype=np.float64).reshape(-1) for v in standardize)
         if mean.shape != (model.n_features,) or std.shape != (model.n_features,) or not np.all(std > 0):
