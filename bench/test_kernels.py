@@ -20,17 +20,7 @@ if not hasattr(fn, "Sequential"):
     # The unbuilt source tree imports as an empty namespace package.
     pytest.skip("fastnn is not built", allow_module_level=True)
 
-N_FEATURES, N_CLASSES = 784, 10
-
-
-def make_data(n, seed=0):
-    """Same synthetic data as bench/compare.py: 0.1*N(0,1) inputs, linear-teacher labels."""
-    rng = np.random.default_rng(seed)
-    X = rng.standard_normal((n, N_FEATURES), dtype=np.float32)
-    X *= 0.1
-    teacher = rng.standard_normal((N_FEATURES, N_CLASSES), dtype=np.float32)
-    y = np.argmax(X @ teacher, axis=1).astype(np.int64)
-    return np.ascontiguousarray(X), y
+from fastnn.bench import N_CLASSES, N_FEATURES, make_data  # noqa: E402  (the peer benchmark's data)
 
 
 def make_mlp(hidden):

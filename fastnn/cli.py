@@ -299,6 +299,21 @@ def _predict(args):
     return 0
 
 
+def _export(args):
+    from .onnx import export
+
+    model, pre = _open_model(args.model)
+    std = None
+    if pre is not None and pre["mean"] is not None:
+        std = (pre["mean"], pre["std"])
+    meta = {"preprocess": json.dumps(pre)} if pre is not None else None
+    export(model, args.out, opset=args.opset, standardize=std, metadata=meta)
+    what = "standardised inside the graph" if std is not None else "as given"
+    print(f"wrote {args.out}: input 'input' (N, {model.n_features}) {model.dtype.name}, {what}; "
+          f"output 'output' (N, {model.n_outputs}), the raw outputs (logits) of model.forward")
+    return 0
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="fastnn", description="Fast, deterministic neural-network training on the CPU.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -337,15 +352,28 @@ def main(argv=None):
         q.add_argument("--target", help="label column of a CSV: a header name or an index "
                        "(default: as in training, else the last)")
         q.add_argument("--threads", type=int, default=None)
+    x = sub.add_parser("export", help="write a saved model as ONNX (needs pip install 'fastnn[onnx]')")
+    x.add_argument("model", help="a model file written by 'fastnn train --save' or model.save")
+    x.add_argument("out", help="the ONNX file to write, e.g. model.onnx")
+    x.add_argument("--opset", type=int, default=None, help="ONNX opset (default 17)")
+    sub.add_parser("bench", help="compare training speed with the installed peers (torch, jax, "
+                   "scikit-learn) on this machine; --quick: under a minute", add_help=False)
     sub.add_parser("info", help="show the build: version, OpenMP, threads, BLAS")
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["bench"]:
+        # the benchmark owns its options (fastnn bench --help lists them)
+        from .bench import main as bench_main
+        return bench_main(argv[1:], prog="fastnn bench")
     args = p.parse_args(argv)
     if args.cmd == "info":
         from . import show_config
         show_config()
         return 0
     try:
-        return {"train": _train, "evaluate": _evaluate, "predict": _predict}[args.cmd](args)
-    except (ValueError, TypeError) as e:
+        return {"train": _train, "evaluate": _evaluate, "predict": _predict,
+                "export": _export}[args.cmd](args)
+    except (ValueError, TypeError, NotImplementedError, ImportError) as e:
         print(f"fastnn: {e}", file=sys.stderr)
         return 2
 

@@ -40,7 +40,8 @@ class Diagnostics(Callback):
             than the last.
         exploding_factor: warn when a layer's gradient norm grows this many times over its
             first epoch's, or is not finite.
-        saturated_warn, dead_warn: warn when a layer's saturated / dead fraction exceeds these.
+        saturated_warn: warn when a layer's fraction of saturated units exceeds this.
+        dead_warn: warn when a layer's fraction of dead units exceeds this.
         gradient_samples: statistics are taken on about this many evenly spaced steps per
             epoch (every step of shorter epochs), which keeps their cost small; the dead-unit
             flags cover every step.

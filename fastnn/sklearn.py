@@ -39,7 +39,7 @@ _PARAMS_DOC = """
     activation : {'relu', 'tanh', 'logistic', 'identity'}, default='relu'
         Hidden activation. Weights start He-normal before ReLU, Glorot-uniform otherwise
         (fastnn's defaults), biases at zero.
-    solver : {'sgd', 'adam'}, default='adam'
+    solver : {'adam', 'sgd'}, default='adam'
         fastnn's ``SGD`` or ``Adam`` (L-BFGS is not offered).
     alpha : float, default=1e-4
         L2 penalty on the weights (not the biases), as scikit-learn's: each step adds
@@ -89,8 +89,10 @@ _PARAMS_DOC = """
     n_threads : int or None, default=None
         Threads for training and prediction (``None``: ``fastnn.get_num_threads()``,
         negative counts back from all cores). Results do not depend on it.
-    dtype : {'float32', 'float64'}, default='float32'
-        Precision of the weights and of training."""
+    dtype : {'auto', 'float32', 'float64'}, default='auto'
+        Precision of the weights and of training. 'auto' follows scikit-learn's rule:
+        float32 ``X`` trains in float32, any other ``X`` in float64 (fixed by the first
+        ``fit``; later calls convert ``X`` to the model's precision)."""
 
 
 def _is_bool(v):
@@ -171,16 +173,17 @@ class _BaseMLP(BaseEstimator):
             if self.n_threads == 0:
                 raise ValueError("n_threads must be a positive int, a negative one (-1: all cores) "
                                  "or None, got 0")
-        try:
-            ok = np.dtype(self.dtype) in (np.float32, np.float64)
-        except TypeError:
-            ok = False
-        if not ok:
-            raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
+        if not (isinstance(self.dtype, str) and self.dtype == "auto"):
+            try:
+                ok = np.dtype(self.dtype) in (np.float32, np.float64)
+            except TypeError:
+                ok = False
+            if not ok:
+                raise ValueError(f"dtype must be 'auto', 'float32' or 'float64', got {self.dtype!r}")
         return sizes
 
     # ------------------------------------------------------------ model
-    def _build(self, sizes, n_out):
+    def _build(self, sizes, n_out, x_dtype):
         dims = [self.n_features_in_] + sizes
         act = _ACTIVATIONS[self.activation]
         layers = []
@@ -192,7 +195,9 @@ class _BaseMLP(BaseEstimator):
         layers.append(L.Dense(dims[-1], n_out))
         # int random_state gives the same model every time; None draws a fresh seed
         self._seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
-        self.model_ = Sequential(layers, dtype=np.dtype(self.dtype).name, seed=self._seed)
+        # 'auto': validate_data left float32 X as it was and made anything else float64
+        dtype = x_dtype if isinstance(self.dtype, str) and self.dtype == "auto" else self.dtype
+        self.model_ = Sequential(layers, dtype=np.dtype(dtype).name, seed=self._seed)
         self.n_outputs_ = n_out
         self.n_layers_ = len(sizes) + 2
         self.out_activation_ = "softmax" if self._classifier else "identity"
@@ -271,7 +276,7 @@ class _BaseMLP(BaseEstimator):
             raise ValueError("sample_weight (times class_weight) is zero for every sample; "
                              "at least one sample needs a non-zero weight")
         if first:
-            self._build(sizes, n_out)
+            self._build(sizes, n_out, X.dtype)
         elif n_out != self.n_outputs_:
             raise ValueError(f"y has {n_out} outputs but the model was fitted with {self.n_outputs_}; "
                              "pass targets of the same width, or set warm_start=False")
@@ -451,7 +456,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                  random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, class_weight=None,
-                 dropout=0.0, n_threads=None, dtype="float32"):
+                 dropout=0.0, n_threads=None, dtype="auto"):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.solver = solver
@@ -629,7 +634,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
                  random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10,
-                 dropout=0.0, n_threads=None, dtype="float32"):
+                 dropout=0.0, n_threads=None, dtype="auto"):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.solver = solver

@@ -34,11 +34,10 @@ def one_thread():
     fn.set_num_threads(None)
 
 
-_CHECK_KW = dict(max_iter=100, random_state=0)
-
-# float32 (the default) rounds to 6e-8 relative; these checks compare two fits, or a prediction
+# An explicit float32 model rounds to 6e-8 relative; these checks compare two fits, or a prediction
 # on a subset of rows with one on all rows, at rtol 1e-7, so one differing rounding (BLAS picks
-# kernels by row count) fails them. The float64 instances pass every check.
+# kernels by row count) fails them. At the defaults (dtype="auto") the checks' float64 data
+# trains in float64, and every check passes.
 _FLOAT32_XFAIL = {
     "check_sample_weight_equivalence_on_dense_data":
         "float32: weighted and repeated fits agree to ~2e-7, the check's rtol is 1e-7",
@@ -52,12 +51,29 @@ def _expected_failures(est):
 
 
 @parametrize_with_checks(
-    [MLPClassifier(dtype="float64", **_CHECK_KW), MLPRegressor(dtype="float64", **_CHECK_KW),
-     MLPClassifier(**_CHECK_KW), MLPRegressor(**_CHECK_KW)],
+    [MLPClassifier(), MLPRegressor(),
+     MLPClassifier(dtype="float32", max_iter=100), MLPRegressor(dtype="float32", max_iter=100)],
     expected_failed_checks=_expected_failures,
 )
 def test_sklearn_estimator_checks(estimator, check):
     check(estimator)
+
+
+def test_dtype_auto_follows_the_input():
+    X, y = make_classification(n_samples=60, n_features=4, random_state=0)
+    for X_in, want in ((X, np.float64), (X.astype(np.float32), np.float32),
+                       (X.astype(np.float16), np.float64), (X.round().astype(np.int64), np.float64)):
+        for est in (MLPClassifier(max_iter=2, random_state=0), MLPRegressor(max_iter=2, random_state=0)):
+            est.fit(X_in, y)
+            assert est.model_.dtype == want and est.coefs_[0].dtype == want
+            assert est.predict(X_in).shape == (60,)
+    # an explicit dtype wins over the input's
+    assert MLPClassifier(max_iter=2, dtype="float32").fit(X, y).model_.dtype == np.float32
+    assert MLPClassifier(max_iter=2, dtype="float64").fit(X.astype(np.float32), y).model_.dtype == np.float64
+    # warm starts keep the first fit's precision
+    clf = MLPClassifier(max_iter=2, warm_start=True, random_state=0).fit(X.astype(np.float32), y)
+    clf.fit(X, y)
+    assert clf.model_.dtype == np.float32
 
 
 def test_import_fastnn_does_not_import_sklearn(tmp_path):
@@ -282,7 +298,7 @@ def test_threads_do_not_change_results():
 
 def test_float32_and_float64():
     X, y = make_classification(n_samples=200, n_features=6, random_state=0)
-    f32 = MLPClassifier(max_iter=20, random_state=0).fit(X, y)
+    f32 = MLPClassifier(max_iter=20, random_state=0, dtype="float32").fit(X, y)
     f64 = MLPClassifier(max_iter=20, random_state=0, dtype="float64").fit(X, y)
     assert f32.model_.dtype == np.float32 and f64.model_.dtype == np.float64
     assert f32.coefs_[0].dtype == np.float32 and f64.coefs_[0].dtype == np.float64

@@ -1,17 +1,42 @@
 """Input checks, batching order and bundled data sets."""
+import sys
+
 import numpy as np
 
 _MASK64 = (1 << 64) - 1
 
 
+def _frame_values(X, dtype, name):
+    """A pandas DataFrame's values in ``dtype``; every column must be numeric (or bool)."""
+    pd = sys.modules["pandas"]
+    for col, dt in X.dtypes.items():
+        if isinstance(dt, pd.CategoricalDtype) or not pd.api.types.is_numeric_dtype(dt):
+            raise ValueError(f"{name} column {col!r} has dtype {dt}, not numeric; encode it first "
+                             "(e.g. pd.get_dummies or .cat.codes) or drop it")
+    # missing values of nullable columns become NaN, which the finite check below reports
+    return X.to_numpy(dtype=dtype, na_value=np.nan)
+
+
+def _is_frame(X):
+    # pandas is never imported here: an object can only be a DataFrame if pandas already is
+    pd = sys.modules.get("pandas")
+    return pd is not None and isinstance(X, pd.DataFrame)
+
+
 def check_X(X, n_features, dtype, name="X"):
-    """Validate X once and return it C-contiguous in ``dtype`` (copied only if needed)."""
+    """Validate X once and return it C-contiguous in ``dtype`` (copied only if needed).
+
+    X may be a NumPy array (or anything ``np.asarray`` takes) or a pandas DataFrame of
+    numeric columns."""
     if hasattr(X, "toarray") and not isinstance(X, np.ndarray):
         raise TypeError(f"{name} is a sparse matrix; pass a dense array (X.toarray())")
-    try:
-        a = np.asarray(X)
-    except Exception as e:
-        raise TypeError(f"{name} must be a 2-D numeric array: {e}") from None
+    if _is_frame(X):
+        a = _frame_values(X, dtype, name)
+    else:
+        try:
+            a = np.asarray(X)
+        except Exception as e:
+            raise TypeError(f"{name} must be a 2-D numeric array: {e}") from None
     if a.dtype.kind not in "biuf":
         raise TypeError(f"{name} must be numeric (float or int), got dtype {a.dtype}; "
                         "convert it with np.asarray(X, dtype=np.float32)")

@@ -1,0 +1,215 @@
+"""Export a ``Sequential`` to ONNX, for serving with onnxruntime or any other ONNX runtime.
+
+The graph computes ``model.forward`` (raw outputs, in inference mode) in the model's dtype,
+with a dynamic batch dimension: input ``"input"`` of shape ``(N, n_features)``, output
+``"output"`` of shape ``(N, n_outputs)``; weights are initializers named as in
+``model.state_dict()``.
+
+Each layer class has one exporter, a function ``f(layer, g, x, name)`` that appends the
+layer's nodes to ``g`` (a ``GraphBuilder``) and returns the name of its output tensor; ``x`` is
+the name of its input and ``name`` the layer's index in the model. ``register`` adds one
+for a new layer kind; a layer without one makes ``export`` raise ``NotImplementedError``
+naming it. Lookup is by exact class, so a subclass that changes the math is never exported
+as its parent.
+
+Needs ``onnx`` (``pip install "fastnn[onnx]"``, which also brings onnxruntime);
+``import fastnn`` does not import it.
+"""
+import numpy as np
+
+from . import layers as L
+
+__all__ = ["export", "register", "GraphBuilder", "DEFAULT_OPSET", "MIN_OPSET"]
+
+# 17 is read by every onnxruntime since 1.11; 13 is the first with Softmax over one axis
+DEFAULT_OPSET = 17
+MIN_OPSET = 13
+
+EXPORTERS = {}
+
+
+def register(*layer_classes):
+    """Decorator: make ``f(layer, g, x, name) -> output name`` the exporter of these classes."""
+    def deco(f):
+        for cls in layer_classes:
+            EXPORTERS[cls] = f
+        return f
+    return deco
+
+
+def _onnx():
+    try:
+        import onnx
+    except ImportError as e:
+        raise ImportError("ONNX export needs the onnx package; install it with "
+                          "pip install 'fastnn[onnx]'") from e
+    return onnx
+
+
+class GraphBuilder:
+    """Nodes and initializers of the graph being built, in the model's dtype."""
+
+    def __init__(self, onnx, dtype):
+        self.onnx = onnx
+        self.dtype = np.dtype(dtype)
+        self.nodes = []
+        self.initializers = []
+        self._names = {"input", "output"}     # the graph's own input and output
+
+    def _fresh(self, base):
+        name, k = base, 1
+        while name in self._names:
+            name, k = f"{base}_{k}", k + 1
+        self._names.add(name)
+        return name
+
+    def constant(self, name, value):
+        """Add an initializer holding ``value`` (in the model's dtype); returns its name."""
+        arr = np.ascontiguousarray(value, dtype=self.dtype)
+        name = self._fresh(name)
+        self.initializers.append(self.onnx.numpy_helper.from_array(arr, name))
+        return name
+
+    def node(self, op, inputs, name, **attrs):
+        """Append one node of ONNX operator ``op``; returns the name of its (single) output."""
+        out = self._fresh(name)
+        self.nodes.append(self.onnx.helper.make_node(op, list(inputs), [out], name=out, **attrs))
+        return out
+
+
+# ---------------------------------------------------------------- exporters, one per layer kind
+@register(L.Dense)
+def _dense(layer, g, x, name):
+    # Gemm with transB=1 is x @ weight.T + bias with PyTorch's (out, in) weight layout
+    inputs = [x, g.constant(f"{name}.weight", layer.weight)]
+    if layer.bias is not None:
+        inputs.append(g.constant(f"{name}.bias", layer.bias))
+    return g.node("Gemm", inputs, f"{name}.gemm", transB=1)
+
+
+@register(L.Identity)
+def _identity(layer, g, x, name):
+    return x
+
+
+def _unary(op):
+    def f(layer, g, x, name):
+        return g.node(op, [x], f"{name}.{op.lower()}")
+    return f
+
+
+register(L.Sigmoid)(_unary("Sigmoid"))
+register(L.Tanh)(_unary("Tanh"))
+register(L.ReLU)(_unary("Relu"))
+
+
+@register(L.LeakyReLU)
+def _leaky_relu(layer, g, x, name):
+    # PRelu takes the slope as a tensor in the model's dtype; LeakyRelu's alpha attribute is
+    # float32, which would round a float64 model's slope
+    slope = g.constant(f"{name}.negative_slope", np.array(layer.negative_slope))
+    return g.node("PRelu", [x, slope], f"{name}.leakyrelu")
+
+
+@register(L.Softmax)
+def _softmax(layer, g, x, name):
+    return g.node("Softmax", [x], f"{name}.softmax", axis=-1)
+
+
+@register(L.Dropout)
+def _dropout(layer, g, x, name):
+    # inference: inverted dropout is the identity, classic dropout scales by the keep rate
+    if layer.mode == "inverted" or layer.p == 0.0:
+        return x
+    return g.node("Mul", [x, g.constant(f"{name}.keep", np.array(1.0 - layer.p))], f"{name}.scale")
+
+
+# ---------------------------------------------------------------- the model
+def _exporter(layer, i):
+    f = EXPORTERS.get(type(layer))
+    if f is None:
+        have = ", ".join(sorted(c.__name__ for c in EXPORTERS))
+        raise NotImplementedError(
+            f"layer {i} ({type(layer).__name__}) has no ONNX exporter; exportable layers are {have}. "
+            "Add one with fastnn.onnx.register")
+    return f
+
+
+def _check_opset(onnx, opset):
+    if opset is None:
+        return DEFAULT_OPSET
+    newest = onnx.defs.onnx_opset_version()
+    if isinstance(opset, bool) or not isinstance(opset, (int, np.integer)):
+        raise TypeError(f"opset must be an int or None, got {opset!r}")
+    if not MIN_OPSET <= opset <= newest:
+        raise ValueError(f"opset must be in [{MIN_OPSET}, {newest}] (this onnx package's newest), "
+                         f"got {opset}; pass opset=None for {DEFAULT_OPSET}")
+    return int(opset)
+
+
+def to_model_proto(model, opset=None, *, standardize=None, metadata=None):
+    """The ONNX ``ModelProto`` of ``model`` (see ``export``), checked by ``onnx.checker``."""
+    onnx = _onnx()
+    from . import __version__
+    from .model import Sequential
+
+    if not isinstance(model, Sequential):
+        raise TypeError(f"model must be a fastnn.Sequential, got {type(model).__name__}")
+    opset = _check_opset(onnx, opset)
+    exporters = [_exporter(layer, i) for i, layer in enumerate(model.layers)]   # fail before building
+    g = GraphBuilder(onnx, model.dtype)
+    x = "input"
+    if standardize is not None:
+        mean, std = (np.asarray(v, dtype=np.float64).reshape(-1) for v in standardize)
+        if mean.shape != (model.n_features,) or std.shape != (model.n_features,) or not np.all(std > 0):
+            raise ValueError(f"standardize must be (mean, std), each of {model.n_features} values, "
+                             "std > 0")
+        x = g.node("Sub", [x, g.constant("standardize.mean", mean)], "standardize.sub")
+        x = g.node("Div", [x, g.constant("standardize.std", std)], "standardize.div")
+    for i, (layer, f) in enumerate(zip(model.layers, exporters)):
+        x = f(layer, g, x, str(i))
+    if g.nodes and g.nodes[-1].output[0] == x:
+        g.nodes[-1].output[0] = "output"
+    else:
+        g.nodes.append(onnx.helper.make_node("Identity", [x], ["output"], name="output"))
+    elem = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(model.dtype))
+    graph = onnx.helper.make_graph(
+        g.nodes, "fastnn.Sequential",
+        [onnx.helper.make_tensor_value_info("input", elem, ["N", model.n_features])],
+        [onnx.helper.make_tensor_value_info("output", elem, ["N", model.n_outputs])],
+        initializer=g.initializers)
+    opsets = [onnx.helper.make_opsetid("", opset)]
+    proto = onnx.helper.make_model(
+        graph, opset_imports=opsets, producer_name="fastnn", producer_version=__version__,
+        # the oldest IR version that carries this opset, so older runtimes read the file
+        ir_version=onnx.helper.find_min_ir_version_for(opsets),
+        doc_string="model.forward of a fastnn.Sequential (raw outputs, inference mode)")
+    if metadata:
+        onnx.helper.set_model_props(proto, {str(k): str(v) for k, v in metadata.items()})
+    onnx.checker.check_model(proto, full_check=True)
+    return proto
+
+
+def export(model, path, opset=None, *, standardize=None, metadata=None):
+    """Write ``model`` to ``path`` as an ONNX file computing ``model.forward``.
+
+    Args:
+        model: a ``fastnn.Sequential`` (float32 or float64).
+        path: the ``.onnx`` file to write (replaced atomically).
+        opset: ONNX operator set version; None for ``DEFAULT_OPSET`` (17).
+        standardize: optional ``(mean, std)`` of the features, applied to the input first
+            (``fastnn export`` passes a ``fastnn train --save`` model's).
+        metadata: optional ``{key: value}`` strings stored in the file's metadata_props.
+
+    Returns:
+        The ``onnx.ModelProto`` written, already checked by ``onnx.checker``.
+
+    Raises:
+        NotImplementedError: a layer has no exporter (the message names it).
+    """
+    from .io import _atomic_write, _check_write_path
+
+    path = _check_write_path(path)
+    proto = to_model_proto(model, opset, standardize=standardize, metadata=metadata)
+    _atomic_write(path, proto.SerializeToString())
+    return proto

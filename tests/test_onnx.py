@@ -1,0 +1,139 @@
+"""ONNX export: onnxruntime's outputs equal model.forward; the checker passes; clear errors."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+import fastnn as fn  # noqa: E402
+from fastnn.onnx import EXPORTERS, export  # noqa: E402
+
+RTOL = {"float32": 1e-5, "float64": 1e-12}
+
+
+def _run(path, X):
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return sess.run(None, {"input": X})[0]
+
+
+def _every_layer(dtype, mode):
+    return fn.Sequential(
+        fn.Dense(9, 16), fn.LeakyReLU(0.2), fn.Dropout(0.3, mode=mode),
+        fn.Dense(16, 12), fn.Tanh(), fn.Identity(),
+        fn.Dense(12, 10, bias=False), fn.Sigmoid(), fn.Dropout(0.5, mode=mode),
+        fn.Dense(10, 8), fn.ReLU(),
+        fn.Dense(8, 5), fn.Softmax(),
+        dtype=dtype, seed=0)
+
+
+def _trained(model, rng):
+    # a few steps, so the weights and biases are not the initial ones
+    X = rng.normal(size=(64, model.n_features))
+    y = rng.integers(0, model.n_outputs, 64)
+    model.fit(X, y, loss=fn.CrossEntropy(), optimizer=fn.SGD(lr=0.1), epochs=2, batch_size=16)
+    return model
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("mode", ["inverted", "classic"])
+def test_runtime_output_equals_forward(tmp_path, rng, dtype, mode):
+    model = _trained(_every_layer(dtype, mode), rng)
+    path = tmp_path / "m.onnx"
+    proto = export(model, path)
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    assert proto.opset_import[0].version == 17
+    # dynamic batch: one model serves any number of rows
+    for n in (1, 7, 97):
+        X = (rng.normal(size=(n, 9)) * 2).astype(dtype)
+        out = _run(path, X)
+        assert out.dtype == np.dtype(dtype) and out.shape == (n, 5)
+        np.testing.assert_allclose(out, model.forward(X), rtol=RTOL[dtype], atol=1e-7)
+
+
+def test_classic_dropout_scales_in_inference(tmp_path):
+    model = fn.Sequential(fn.Dense(3, 4), fn.Dropout(0.25, mode="classic"), dtype="float64", seed=0)
+    plain = fn.Sequential(fn.Dense(3, 4), dtype="float64", seed=0)
+    export(model, tmp_path / "c.onnx")
+    export(plain, tmp_path / "p.onnx")
+    X = np.arange(6.0).reshape(2, 3)
+    np.testing.assert_allclose(_run(tmp_path / "c.onnx", X), 0.75 * _run(tmp_path / "p.onnx", X),
+                               rtol=1e-15)
+    np.testing.assert_allclose(_run(tmp_path / "c.onnx", X), model.forward(X), rtol=1e-15)
+
+
+def test_graph_is_named_like_the_state_dict(tmp_path):
+    model = fn.Sequential(fn.Dense(4, 3), fn.ReLU(), fn.Dense(3, 2, bias=False), seed=0)
+    proto = export(model, tmp_path / "m.onnx", opset=13)
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}
+    assert set(inits) == set(model.state_dict())
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(inits[k], v)
+    assert [n.op_type for n in proto.graph.node] == ["Gemm", "Relu", "Gemm"]
+    (inp,), (out,) = proto.graph.input, proto.graph.output
+    assert [d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim] == ["N", 4]
+    assert [d.dim_param or d.dim_value for d in out.type.tensor_type.shape.dim] == ["N", 2]
+    assert proto.producer_name == "fastnn" and proto.opset_import[0].version == 13
+
+
+def test_unsupported_layer_raises_naming_it(tmp_path):
+    class MyReLU(fn.ReLU):      # a subclass may change the math: never exported as its parent
+        pass
+
+    model = fn.Sequential(fn.Dense(3, 2), MyReLU(), seed=0)
+    with pytest.raises(NotImplementedError, match=r"layer 1 \(MyReLU\) has no ONNX exporter"):
+        export(model, tmp_path / "x.onnx")
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_register_adds_a_layer_kind(tmp_path, monkeypatch):
+    class MyReLU(fn.ReLU):
+        pass
+
+    monkeypatch.setitem(EXPORTERS, MyReLU, lambda layer, g, x, name: g.node("Relu", [x], f"{name}.relu"))
+    model = fn.Sequential(fn.Dense(3, 2), MyReLU(), seed=0)
+    export(model, tmp_path / "n.onnx")
+    X = np.linspace(-1, 1, 12, dtype=np.float32).reshape(4, 3)
+    np.testing.assert_allclose(_run(tmp_path / "n.onnx", X), model.forward(X), rtol=1e-6)
+
+
+def test_bad_arguments(tmp_path):
+    model = fn.Sequential(fn.Dense(3, 2), seed=0)
+    with pytest.raises(ValueError, match="opset"):
+        export(model, tmp_path / "m.onnx", opset=9)
+    with pytest.raises(TypeError, match="opset"):
+        export(model, tmp_path / "m.onnx", opset="17")
+    with pytest.raises(TypeError, match="Sequential"):
+        export(object(), tmp_path / "m.onnx")
+    with pytest.raises(ValueError, match="directory"):
+        export(model, tmp_path / "no" / "m.onnx")
+    with pytest.raises(ValueError, match="standardize"):
+        export(model, tmp_path / "m.onnx", standardize=([0, 0], [1, 1]))
+
+
+def test_import_fastnn_does_not_import_onnx(tmp_path):
+    code = "import sys, fastnn; assert 'onnx' not in sys.modules and 'onnxruntime' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path)
+
+
+def test_cli_export_applies_the_saved_standardisation(tmp_path):
+    from test_cli import fastnn_cli, shifted_classes, write_csv
+
+    X, y = shifted_classes()
+    write_csv(tmp_path / "train.csv", X, y)
+    write_csv(tmp_path / "features.csv", X[:50], header=False)
+    fastnn_cli("train", "train.csv", "--epochs", "5", "--quiet", "--save", "model.safetensors", cwd=tmp_path)
+    out = fastnn_cli("export", "model.safetensors", "model.onnx", cwd=tmp_path).stdout
+    assert "model.onnx" in out and "standardised" in out
+    proba = np.loadtxt(fastnn_cli("predict", "model.safetensors", "features.csv", "--proba",
+                                  cwd=tmp_path).stdout.splitlines(), delimiter=",")
+    logits = _run(tmp_path / "model.onnx", X[:50].astype(np.float32))
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(e / e.sum(axis=1, keepdims=True), proba, rtol=1e-4, atol=1e-6)
+    meta = {p.key: p.value for p in onnx.load(str(tmp_path / "model.onnx")).metadata_props}
+    assert json.loads(meta["preprocess"])["classes"] == [3, 7]
+    err = fastnn_cli("export", "model.safetensors", "model.onnx", "--opset", "5", cwd=tmp_path, ok=False).stderr
+    assert "opset" in err
