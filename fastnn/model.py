@@ -477,6 +477,13 @@ class Sequential:
 
         return to_torch(self)
 
+    def to_onnx(self, path, opset=None):
+        """Write the model as ONNX computing ``forward`` (see ``fastnn.onnx.export``; needs
+        ``pip install "fastnn[onnx]"``). Returns the checked ``onnx.ModelProto``."""
+        from .onnx import export
+
+        return export(self, path, opset=opset)
+
     # ------------------------------------------------------------ pickling (joblib, sklearn clone)
     def __getstate__(self):
         state = self.__dict__.copy()

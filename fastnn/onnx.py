@@ -63,9 +63,10 @@ class GraphBuilder:
         self._names.add(name)
         return name
 
-    def constant(self, name, value):
-        """Add an initializer holding ``value`` (in the model's dtype); returns its name."""
-        arr = np.ascontiguousarray(value, dtype=self.dtype)
+    def constant(self, name, value, dtype=None):
+        """Add an initializer holding ``value`` (in the model's dtype unless ``dtype``); returns
+        its name."""
+        arr = np.ascontiguousarray(value, dtype=self.dtype if dtype is None else dtype)
         name = self._fresh(name)
         self.initializers.append(self.onnx.numpy_helper.from_array(arr, name))
         return name
@@ -122,6 +123,57 @@ def _dropout(layer, g, x, name):
     if layer.mode == "inverted" or layer.p == 0.0:
         return x
     return g.node("Mul", [x, g.constant(f"{name}.keep", np.array(1.0 - layer.p))], f"{name}.scale")
+
+
+@register(L.Flatten)
+def _flatten(layer, g, x, name):
+    # tensors in the graph are (N, features) rows already: the per-example shape is implicit
+    return x
+
+
+@register(L.BatchNorm1d)
+def _batchnorm(layer, g, x, name):
+    n = layer.num_features
+    scale = layer.weight if layer.affine else np.ones(n)
+    shift = layer.bias if layer.affine else np.zeros(n)
+    if layer.track_running_stats:
+        return g.node("BatchNormalization", [x, g.constant(f"{name}.weight", scale),
+                                             g.constant(f"{name}.bias", shift),
+                                             g.constant(f"{name}.running_mean", layer.running_mean),
+                                             g.constant(f"{name}.running_var", layer.running_var)],
+                      f"{name}.batchnorm", epsilon=layer.eps)
+    # without running statistics inference normalises by the batch itself
+    mean = g.node("ReduceMean", [x], f"{name}.mean", axes=[0], keepdims=1)
+    xc = g.node("Sub", [x, mean], f"{name}.center")
+    var = g.node("ReduceMean", [g.node("Mul", [xc, xc], f"{name}.square")], f"{name}.var", axes=[0], keepdims=1)
+    std = g.node("Sqrt", [g.node("Add", [var, g.constant(f"{name}.eps", np.array(layer.eps))], f"{name}.vareps")],
+                 f"{name}.std")
+    y = g.node("Div", [xc, std], f"{name}.normalize")
+    y = g.node("Mul", [y, g.constant(f"{name}.weight", scale)], f"{name}.scale")
+    return g.node("Add", [y, g.constant(f"{name}.bias", shift)], f"{name}.shift")
+
+
+@register(L.LayerNorm)
+def _layernorm(layer, g, x, name):
+    m = layer.size
+    scale = layer.weight.reshape(-1) if layer.elementwise_affine else np.ones(m)
+    inputs = [g.constant(f"{name}.weight", scale)]
+    if layer.use_bias:
+        inputs.append(g.constant(f"{name}.bias", layer.bias.reshape(-1)))
+    # rows of m features: one example holds width / m of them (LayerNorm over trailing dims)
+    rows = g.node("Reshape", [x, g.constant(f"{name}.rows", [0, -1, m], np.int64)], f"{name}.split")
+    y = g.node("LayerNormalization", [rows] + inputs, f"{name}.layernorm", axis=-1, epsilon=layer.eps)
+    return g.node("Reshape", [y, g.constant(f"{name}.flat", [0, -1], np.int64)], f"{name}.join")
+
+
+@register(L.Residual)
+def _residual(layer, g, x, name):
+    y = x
+    for j, child in enumerate(layer.layers):
+        path = f"{name}.layers.{j}"
+        y = _exporter(child, path)(child, g, y, path)
+    skip = x if layer.projection is None else _dense(layer.projection, g, x, f"{name}.projection")
+    return g.node("Add", [y, skip], f"{name}.add")
 
 
 # ---------------------------------------------------------------- the model

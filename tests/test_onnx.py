@@ -137,3 +137,35 @@ def test_cli_export_applies_the_saved_standardisation(tmp_path):
     assert json.loads(meta["preprocess"])["classes"] == [3, 7]
     err = fastnn_cli("export", "model.safetensors", "model.onnx", "--opset", "5", cwd=tmp_path, ok=False).stderr
     assert "opset" in err
+
+
+def _norm_and_residual(dtype):
+    return fn.Sequential(
+        fn.LayerNorm(4), fn.Flatten(), fn.Dense(12, 16), fn.BatchNorm1d(16), fn.ReLU(),
+        fn.Residual(fn.LayerNorm(16), fn.Dense(16, 16), fn.ReLU(), fn.Dense(16, 16)),
+        fn.Residual(fn.Residual(fn.Dense(16, 16), fn.Tanh()), fn.Dense(16, 8), projection=fn.Dense(16, 8)),
+        fn.BatchNorm1d(8, affine=False, momentum=None), fn.LayerNorm(8, bias=False), fn.Dense(8, 5),
+        input_shape=(3, 4), dtype=dtype, seed=0)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_norm_and_residual_layers_export(tmp_path, rng, dtype):
+    model = _norm_and_residual(dtype)
+    X = rng.normal(size=(64, 3, 4))
+    model.fit(X, rng.integers(0, 5, 64), loss=fn.CrossEntropy(), optimizer=fn.SGD(lr=0.1), epochs=2,
+              batch_size=16)
+    assert model.layers[3].num_batches_tracked == 8        # running statistics are not the initial ones
+    path = tmp_path / "m.onnx"
+    model.to_onnx(path)
+    for n in (1, 7, 97):
+        Xn = (rng.normal(size=(n, 3, 4)) * 2).astype(dtype)
+        np.testing.assert_allclose(_run(path, Xn.reshape(n, 12)), model.forward(Xn), rtol=RTOL[dtype] * 10,
+                                   atol=1e-6 if dtype == "float32" else 1e-12)
+
+
+def test_untracked_batchnorm_exports_batch_statistics(tmp_path, rng):
+    model = fn.Sequential(fn.Dense(6, 4), fn.BatchNorm1d(4, track_running_stats=False), dtype="float64", seed=0)
+    path = tmp_path / "m.onnx"
+    model.to_onnx(path)
+    X = rng.normal(size=(9, 6))
+    np.testing.assert_allclose(_run(path, X), model.forward(X), rtol=1e-12, atol=1e-12)
