@@ -4,8 +4,8 @@
 The planner (fastnn/_plan.py) runs a Dense layer as whole-batch GEMMs split by output neurons
 when it is at least ``WIDE_MIN_OUT`` wide with ``WIDE_MIN_WEIGHTS`` weights; otherwise chunks of
 examples carry it. This script measures one training epoch (784-H-H-10 ReLU, SGD momentum) with
-the rule forced each way, every run in its own process, the two schemes interleaved, and prints
-the median ex/s of each and their ratio, with the CPU model.
+every Dense in chunks, every Dense split, and the planner's rule; every run in its own process,
+the schemes interleaved; it prints the median ex/s of each and the ratios, with the CPU model.
 
     python bench/phases.py --batch 32 128 512 --hidden 256 1024 --rounds 3
 """
@@ -24,8 +24,9 @@ def worker(batch, hidden, wide, n, repeats):
     import fastnn as fn
     from fastnn import _plan
 
-    _plan.WIDE_MIN_OUT = 1 if wide else 10 ** 9
-    _plan.WIDE_MIN_WEIGHTS = 1
+    if wide < 2:            # 2: the planner's own rule
+        _plan.WIDE_MIN_OUT = 1 if wide else 10 ** 9
+        _plan.WIDE_MIN_WEIGHTS = 1
     rng = np.random.default_rng(0)
     X = (0.1 * rng.standard_normal((n, 784))).astype(np.float32)
     y = np.argmax(X @ rng.standard_normal((784, 10)).astype(np.float32), axis=1)
@@ -67,19 +68,19 @@ def main():
     import fastnn as fn
 
     print(f"# {cpu_name()}, {fn.get_num_threads()} threads, N={a.n}, median of {a.rounds} rounds")
-    print("| batch | H | chunks ex/s | neuron-split ex/s | split/chunks |")
-    print("|---:|---:|---:|---:|---:|")
+    print("| batch | H | chunks ex/s | all split ex/s | rule ex/s | split/chunks | rule/chunks |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
     for b in a.batch:
         for h in a.hidden:
-            res = {0: [], 1: []}
+            res = {0: [], 1: [], 2: []}
             for _ in range(a.rounds):
-                for wide in (0, 1):
+                for wide in (0, 1, 2):
                     out = subprocess.run([sys.executable, __file__, "--worker", str(b), str(h), str(wide),
                                           "--n", str(a.n), "--repeats", str(a.repeats)],
                                          capture_output=True, text=True, check=True, env=os.environ.copy())
                     res[wide].append(json.loads(out.stdout.strip().splitlines()[-1]))
-            c, w = statistics.median(res[0]), statistics.median(res[1])
-            print(f"| {b} | {h} | {c:,.0f} | {w:,.0f} | {w / c:.2f}x |", flush=True)
+            c, w, r = (statistics.median(res[k]) for k in (0, 1, 2))
+            print(f"| {b} | {h} | {c:,.0f} | {w:,.0f} | {r:,.0f} | {w / c:.2f}x | {r / c:.2f}x |", flush=True)
 
 
 if __name__ == "__main__":

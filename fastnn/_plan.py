@@ -26,8 +26,8 @@ PH = _engine.PHASE_KINDS
 N_OPF = len(_engine.OP_FIELDS)
 COL = {name: i for i, name in enumerate(_engine.OP_FIELDS)}
 
-WIDE_MIN_OUT = 512
-WIDE_MIN_WEIGHTS = 256 * 1024
+WIDE_MIN_OUT = 256
+WIDE_MIN_WEIGHTS = 256 * 256
 BN_UNIT = 32            # features per BatchNorm work unit
 WIDE_UNIT = 128         # neurons (forward) or input features (backward) per wide-Dense work unit
 NORM_TILE = 64          # features per norm-parameter gradient tile
