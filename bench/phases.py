@@ -26,7 +26,7 @@ def worker(batch, hidden, wide, n, repeats):
 
     if wide < 2:            # 2: the planner's own rule
         _plan.WIDE_MIN_OUT = 1 if wide else 10 ** 9
-        _plan.WIDE_MIN_WEIGHTS = 1
+        _plan.WIDE_MIN_WEIGHTS = _plan.WIDE_BIG_WEIGHTS = 1
     rng = np.random.default_rng(0)
     X = (0.1 * rng.standard_normal((n, 784))).astype(np.float32)
     y = np.argmax(X @ rng.standard_normal((784, 10)).astype(np.float32), axis=1)

@@ -28,6 +28,8 @@ COL = {name: i for i, name in enumerate(_engine.OP_FIELDS)}
 
 WIDE_MIN_OUT = 256
 WIDE_MIN_WEIGHTS = 256 * 256
+WIDE_MAX_BATCH = 64
+WIDE_BIG_WEIGHTS = 512 * 512
 BN_UNIT = 32            # features per BatchNorm work unit
 WIDE_UNIT = 128         # neurons (forward) or input features (backward) per wide-Dense work unit
 NORM_TILE = 64          # features per norm-parameter gradient tile
@@ -252,6 +254,7 @@ class Plan:
                 opf[k, j] = op[f]
         for j, (name, k, _, _) in enumerate(self.diag):
             ops[k, COL["diag"]] = j
+            self.ops[k]["diag"] = j
         unit = 0
         for name, k, _, units in self.diag:
             ops[k, COL["unit_off"]] = unit
@@ -276,57 +279,105 @@ class Plan:
         tiles.sort(key=lambda t: -t[2] * t[3])
         return np.array([t[:3] for t in tiles], dtype=np.int64).reshape(-1, 3)
 
-    def is_wide(self, k):
+    def is_wide(self, k, batch_size):
+        """Whether Dense op k runs split by neurons in a training step of ``batch_size``: layers of
+        WIDE_MIN_OUT+ outputs at small batches (where chunks are short and re-pack the weights
+        for few rows), and layers of WIDE_BIG_WEIGHTS+ weights at any batch."""
         op = self.ops[k]
-        return (op["kind"] == OP["dense"] and op["act"] != L.ACT_SOFTMAX and op["n_out"] >= WIDE_MIN_OUT
-                and op["n_in"] * op["n_out"] >= WIDE_MIN_WEIGHTS)
+        if op["kind"] != OP["dense"] or op["act"] == L.ACT_SOFTMAX or op["n_out"] < WIDE_MIN_OUT:
+            return False
+        weights = op["n_in"] * op["n_out"]
+        return weights >= WIDE_BIG_WEIGHTS or (weights >= WIDE_MIN_WEIGHTS and batch_size <= WIDE_MAX_BATCH)
 
-    def phases(self, mode):
-        """The phase table for ``mode``: "train" (forward, loss, backward), "infer" (forward with
-        running statistics) or "train_forward" (forward with batch statistics)."""
-        if mode in self._phase_cache:
-            return self._phase_cache[mode]
+    def phases(self, mode, batch_size=0):
+        """The phase table for ``mode``: "train" (forward, loss, backward, for ``batch_size``),
+        "infer" (forward with running statistics) or "train_forward" (forward with batch
+        statistics)."""
+        key = (mode, batch_size if mode == "train" else 0)
+        if key in self._phase_cache:
+            return self._phase_cache[key]
         n = len(self.ops)
 
         def coupled(k):
             op = self.ops[k]
             if op["kind"] == OP["bn"]:
                 return mode != "infer" or op["r_off"] < 0
-            return mode == "train" and self.is_wide(k)
+            return mode == "train" and self.is_wide(k, batch_size)
 
         def chunk(gather=0, pro=-1, f0=0, f1=0, loss=0, b0=0, b1=0, epi=-1):
             return [PH["chunk"], -1, 0, gather, pro, f0, f1, loss, b0, b1, epi]
 
-        def batch(kind, k):
-            op = self.ops[k]
+        def batch(kind, k, fuse=False):
             unit = BN_UNIT if kind.startswith("bn") else WIDE_UNIT
-            return [PH[kind], k, unit, 0, -1, 0, 0, 0, 0, 0, -1]
+            return [PH[kind], k, unit, int(fuse), -1, 0, 0, 0, 0, 0, -1]
 
         cpl = [k for k in range(n) if coupled(k)]
+        # a batch phase runs its op's tail (forward) or, for BatchNorm, its head (backward) over its
+        # block of units, except for softmax, which needs whole rows: then the neighbouring chunk
+        # phase does it
+        fused = {k: self.ops[k]["act"] != L.ACT_SOFTMAX for k in cpl}
         out = []
+
+        def emit(ph):
+            if ph[0] != PH["chunk"] or self._chunk_has_work(ph):
+                out.append(ph)
+
         start, pro, gather = 0, -1, 1
         for c in cpl:
-            if gather or pro >= 0 or c > start:
-                out.append(chunk(gather, pro, start, c))
-            out.append(batch("bn_fwd" if self.ops[c]["kind"] == OP["bn"] else "wide_fwd", c))
-            start, pro, gather = c + 1, c, 0
+            emit(chunk(gather, pro, start, c))
+            kind = "bn_fwd" if self.ops[c]["kind"] == OP["bn"] else "wide_fwd"
+            emit(batch(kind, c, fused[c]))
+            start, pro, gather = c + 1, (-1 if fused[c] else c), 0
         if mode != "train":
-            out.append(chunk(gather, pro, start, n))
+            emit(chunk(gather, pro, start, n))
         else:
-            out.append(chunk(gather, pro, start, n, 1, start, n, pro))
+            def epi_for(c):
+                is_bn = self.ops[c]["kind"] == OP["bn"]
+                return -1 if (is_bn and fused[c]) else c
+            last = cpl[-1] if cpl else -1
+            emit(chunk(gather, pro, start, n, 1, start, n, epi_for(last) if cpl else -1))
             for idx in range(len(cpl) - 1, -1, -1):
                 c = cpl[idx]
+                prev = cpl[idx - 1] if idx > 0 else -1
+                epi = epi_for(prev) if prev >= 0 else -1
                 if self.ops[c]["kind"] == OP["bn"]:
-                    out.append(batch("bn_bwd", c))
+                    emit(batch("bn_bwd", c, fused[c]))
                 elif self.ops[c]["din_col"] >= 0:
-                    out.append(batch("wide_bwd", c))
-                lo = cpl[idx - 1] + 1 if idx > 0 else 0
-                epi = cpl[idx - 1] if idx > 0 else -1
-                if c > lo or epi >= 0:
-                    out.append(chunk(0, -1, 0, 0, 0, lo, c, epi))
+                    ph = batch("wide_bwd", c)
+                    # the op just before writes nothing else: its head (whole columns of its delta,
+                    # which this phase writes last) runs here, on each block as it is written
+                    if epi >= 0 and prev == c - 1 and self.ops[c]["src"].op == prev and fused[prev]:
+                        ph[4], epi = prev, -1
+                    emit(ph)
+                emit(chunk(0, -1, 0, 0, 0, prev + 1, c, epi))
         table = np.array(out, dtype=np.int64).reshape(-1, len(_engine.PHASE_FIELDS))
-        self._phase_cache[mode] = table
+        self._phase_cache[key] = table
         return table
+
+    def _has_tail(self, k):
+        op = self.ops[k]
+        return (op["act"] != L.ACT_IDENTITY or op["drop"] != L.DROP_NONE or op["diag"] >= 0
+                or (op["kind"] == OP["dense"] and op["b_off"] >= 0))
+
+    def _has_head(self, k):
+        op = self.ops[k]
+        return op["act"] != L.ACT_IDENTITY or op["drop"] != L.DROP_NONE
+
+    def _chunk_has_work(self, ph):
+        _, _, _, gather, pro, f0, f1, loss, b0, b1, epi = ph
+        return bool(gather or loss or f1 > f0 or b1 > b0 or (pro >= 0 and self._has_tail(pro))
+                    or (epi >= 0 and self._has_head(epi)))
+
+    def slots(self, batch_size):
+        """Work units of the widest phase of a step: chunks, or blocks of a batch-coupled op (the
+        diagnostics keep one accumulator per unit)."""
+        n = -(-batch_size // self.chunk_for(batch_size))
+        for k, op in enumerate(self.ops):
+            if op["kind"] == OP["bn"]:
+                n = max(n, -(-op["n_out"] // BN_UNIT))
+            elif self.is_wide(k, batch_size):
+                n = max(n, -(-op["n_out"] // WIDE_UNIT), -(-op["n_in"] // WIDE_UNIT))
+        return n
 
     def chunk_for(self, batch_size):
         """Examples per work unit of a step: wide layers want long chunks (efficient GEMMs), and a

@@ -69,7 +69,7 @@ class Diagnostics(Callback):
     def allocate(self, model, batch_size, n_steps=1):
         """Buffers for the compiled step; zeroed at every epoch by ``begin_epoch``."""
         plan = model._plan
-        slots = -(-batch_size // plan.chunk_for(batch_size))
+        slots = plan.slots(batch_size)
         n_layers = len(plan.diag)
         self.n_units = int(plan.n_units)
         # the longest contiguous span a tile updates: a row of W, or a block of biases/features
@@ -81,7 +81,7 @@ class Diagnostics(Callback):
             "active": np.zeros(slots * self.n_units, dtype=np.uint8),
             "tile_acc": np.zeros(n_tiles * 4),
             "scratch": np.zeros(n_tiles * stride, dtype=model.dtype),
-            "stride": stride, "n_units": self.n_units, "n_layers": n_layers,
+            "stride": stride, "n_units": self.n_units, "n_layers": n_layers, "slots": slots,
             "sat_sigmoid": 1.0 / (1.0 + math.exp(-t)), "sat_tanh": math.tanh(t),
             "every": max(1, int(n_steps) // self.gradient_samples),
         }

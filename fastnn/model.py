@@ -335,7 +335,7 @@ class Sequential:
                 ops[k, nbt] = layer.num_batches_tracked
         running = self._running if update_running else self._running.copy()
         done = _engine.run_steps(
-            ops, p.opf_table, p.phases("train"), p.tiles, p.chunk_for(batch_size), self._params,
+            ops, p.opf_table, p.phases("train", batch_size), p.tiles, p.chunk_for(batch_size), self._params,
             self._grads, state, running, np.zeros(max(p.n_stats, 1)), bool(update_running),
             X, yi, yf, sw, pw, order, batch_size, n_steps, loss.kernel_code(yf), self.n_outputs,
             loss.reduction_code, opt.code if opt is not None else OPT_NONE,

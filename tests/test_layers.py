@@ -240,12 +240,12 @@ def test_wide_layers_run_split_by_neurons_and_agree_with_chunks(rng, monkeypatch
     monkeypatch.setattr(_plan, "WIDE_MIN_OUT", 512)
     monkeypatch.setattr(_plan, "WIDE_MIN_WEIGHTS", 1)
     wide = build()
-    kinds = wide._plan.phases("train")[:, 0]
+    kinds = wide._plan.phases("train", 37)[:, 0]
     assert (kinds == _plan.PH["wide_fwd"]).sum() == 2 and (kinds == _plan.PH["wide_bwd"]).sum() == 1
     _, gw = wide.loss_and_grad(X, y, fn.CrossEntropy(), threads=2)
     monkeypatch.setattr(_plan, "WIDE_MIN_OUT", 10 ** 9)
     narrow = build()
-    assert not (narrow._plan.phases("train")[:, 0] == _plan.PH["wide_fwd"]).any()
+    assert not (narrow._plan.phases("train", 37)[:, 0] == _plan.PH["wide_fwd"]).any()
     _, gn = narrow.loss_and_grad(X, y, fn.CrossEntropy(), threads=2)
     for a, b in zip(gw, gn):
         np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-14)
@@ -333,3 +333,24 @@ def test_running_statistics_and_inference_match_torch_after_20_steps(rng):
         np.testing.assert_allclose(v, tsd[k].numpy(), rtol=1e-12, atol=1e-12, err_msg=k)
     tm.eval()
     np.testing.assert_allclose(m.forward(X), tm(torch.tensor(X)).detach().numpy(), rtol=1e-12, atol=1e-12)
+
+
+def test_wide_and_batchnorm_tails_run_inside_their_phases(rng, monkeypatch):
+    """Diagnostics and a softmax after a BatchNorm (which needs whole rows, so it runs in the next
+    chunk phase) give the same numbers on the neuron-split plan as on the chunk plan."""
+    def build():
+        return fn.Sequential(fn.Dense(20, 300), fn.Sigmoid(), fn.Dropout(0.2), fn.Dense(300, 6), fn.BatchNorm1d(6),
+                             fn.Softmax(), fn.Dense(6, 3), dtype="float64", seed=4)
+    X, y = rng.normal(size=(50, 20)), rng.integers(0, 3, 50)
+    hist = {}
+    monkeypatch.setattr(_plan, "WIDE_MIN_WEIGHTS", 1)
+    for wide in (256, 10 ** 9):
+        monkeypatch.setattr(_plan, "WIDE_MIN_OUT", wide)
+        m = build()
+        h = m.fit(X, y, loss=fn.CrossEntropy(), optimizer=fn.SGD(lr=0.1), epochs=2, batch_size=25,
+                  diagnostics=fn.Diagnostics(gradient_samples=100))
+        hist[wide] = (h, np.concatenate([p.ravel() for p in m.parameters()]))
+    (hw, pw), (hc, pc) = hist[256], hist[10 ** 9]
+    np.testing.assert_allclose(pw, pc, rtol=1e-10, atol=1e-12)
+    for key in ("grad_norm", "act_mean", "act_std", "saturated", "update_ratio"):
+        np.testing.assert_allclose(hw.diagnostics[key], hc.diagnostics[key], rtol=1e-9, err_msg=key)

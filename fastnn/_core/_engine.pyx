@@ -182,31 +182,39 @@ cdef struct Diag:
     Py_ssize_t scratch_stride
 
 
-cdef void diag_activations(Diag* dg, Op* o, floating* a, Py_ssize_t c, Py_ssize_t slot,
-                           bint full) noexcept nogil:
-    """Dead-unit flags on every step; sums, squares and saturation counts when ``full``."""
+cdef void diag_activations(Diag* dg, Op* o, floating* a, Py_ssize_t c, Py_ssize_t nb, Py_ssize_t ld,
+                           Py_ssize_t j0, Py_ssize_t slot, bint full) noexcept nogil:
+    """Over c rows (stride ld) of units [j0, j0+nb) starting at ``a``: dead-unit flags on every
+    step; sums, squares and saturation counts when ``full``."""
     cdef double* acc = dg.act_acc + (slot * dg.n_layers + o.diag) * 3
-    cdef unsigned char* act = dg.active + slot * dg.n_units + o.unit_off
-    cdef Py_ssize_t i, j, n = o.n_out, cn = c * n
+    cdef unsigned char* act = dg.active + slot * dg.n_units + o.unit_off + j0
+    cdef Py_ssize_t i, j
     cdef int64_t sat = 0
     cdef floating hi = <floating>dg.sat_sigmoid, lo = <floating>(1.0 - dg.sat_sigmoid)
     cdef floating th = <floating>dg.sat_tanh
     cdef floating* row
     if o.act == ACT_RELU or o.act == ACT_LEAKY:
         for i in range(c):
-            row = a + i * n
-            for j in range(n):
+            row = a + i * ld
+            for j in range(nb):
                 act[j] = act[j] | (row[j] > 0)
     if not full:
         return
-    red_sum(a, cn, acc)
-    red_sumsq(a, cn, acc + 1)
-    if o.act == ACT_SIGMOID:
-        for i in range(cn):
-            sat += (a[i] > hi) | (a[i] < lo)
-    elif o.act == ACT_TANH:
-        for i in range(cn):
-            sat += (a[i] > th) | (a[i] < -th)
+    if ld == nb:
+        red_sum(a, c * nb, acc)
+        red_sumsq(a, c * nb, acc + 1)
+    else:
+        for i in range(c):
+            red_sum(a + i * ld, nb, acc)
+            red_sumsq(a + i * ld, nb, acc + 1)
+    for i in range(c):
+        row = a + i * ld
+        if o.act == ACT_SIGMOID:
+            for j in range(nb):
+                sat += (row[j] > hi) | (row[j] < lo)
+        elif o.act == ACT_TANH:
+            for j in range(nb):
+                sat += (row[j] > th) | (row[j] < -th)
     acc[2] += sat
 
 
@@ -246,10 +254,42 @@ cdef inline void op_tail(Op* o, Ctx* cx, floating* Wk, floating* P, Py_ssize_t r
     if bias != NULL or o.act != ACT_IDENTITY:
         act_forward_rows(a, c, o.n_out, bias, o.act, o.act_param)
     if cx.dg != NULL and o.diag >= 0:
-        diag_activations(cx.dg, o, a, c, slot, cx.full)
+        diag_activations(cx.dg, o, a, c, o.n_out, o.n_out, 0, slot, cx.full)
     if o.drop != DROP_NONE:
         dropout_rows(Wk + o.ad_e + r0 * o.n_out, a, c, o.n_out, o.drop, o.drop_p, cx.training,
                      dropout_key(cx.seed, cx.epoch, cx.step, <uint64_t>o.key), cx.pos0 + r0)
+
+
+cdef void op_tail_block(Op* o, Ctx* cx, floating* Wk, floating* P, Py_ssize_t j0, Py_ssize_t nb,
+                        Py_ssize_t slot) noexcept nogil:
+    """The tail over units [j0, j0+nb) of every row of the batch (a batch-coupled op's unit)."""
+    cdef Py_ssize_t i, n = o.n_out
+    cdef floating* a = Wk + o.a_e + j0
+    cdef floating* bias = (P + o.b_off + j0) if (o.kind == OP_DENSE and o.b_off >= 0) else <floating*>NULL
+    cdef uint64_t key
+    if bias != NULL or o.act != ACT_IDENTITY:
+        for i in range(cx.bsz):
+            act_forward_rows(a + i * n, 1, nb, bias, o.act, o.act_param)
+    if cx.dg != NULL and o.diag >= 0:
+        diag_activations(cx.dg, o, a, cx.bsz, nb, n, j0, slot, cx.full)
+    if o.drop != DROP_NONE:
+        key = dropout_key(cx.seed, cx.epoch, cx.step, <uint64_t>o.key)
+        for i in range(cx.bsz):
+            dropout_rows(Wk + o.ad_e + i * n + j0, a + i * n, 1, nb, o.drop, o.drop_p, cx.training, key,
+                         cx.pos0 + i, j0)
+
+
+cdef void op_head_block(Op* o, Ctx* cx, floating* Wk, Py_ssize_t j0, Py_ssize_t nb) noexcept nogil:
+    """The head over units [j0, j0+nb) of every row of the batch."""
+    cdef Py_ssize_t i, n = o.n_out
+    cdef floating* d
+    cdef uint64_t key = dropout_key(cx.seed, cx.epoch, cx.step, <uint64_t>o.key)
+    for i in range(cx.bsz):
+        d = Wk + o.d_e + i * n + j0
+        if o.drop != DROP_NONE:
+            dropout_backward_rows(d, 1, nb, o.drop, o.drop_p, key, cx.pos0 + i, j0)
+        if o.act != ACT_IDENTITY:
+            act_backward_rows(d, Wk + o.a_e + i * n + j0, 1, nb, o.act, o.act_param)
 
 
 cdef inline void op_head(Op* o, Ctx* cx, floating* Wk, Py_ssize_t r0, Py_ssize_t c) noexcept nogil:
@@ -340,15 +380,24 @@ cdef void batch_task(Net* net, Phase* ph, Ctx* cx, Py_ssize_t u, bint update, do
     cdef Py_ssize_t n = o.n_in if ph.kind == PH_WIDE_BWD else o.n_out
     cdef Py_ssize_t j0 = u * ph.unit
     cdef Py_ssize_t nb = ph.unit if j0 + ph.unit <= n else n - j0
+    # ``gather`` marks a batch phase that also runs the op's tail (forward) or head (backward)
     if ph.kind == PH_BN_FWD:
         bn_forward_batch(o, <floating*>cx.P, <floating*>cx.Wk, cx.st, <floating*>cx.R, cx.bsz, j0, nb,
                          update, factor)
+        if ph.gather:
+            op_tail_block(o, cx, <floating*>cx.Wk, <floating*>cx.P, j0, nb, u)
     elif ph.kind == PH_BN_BWD:
+        if ph.gather:
+            op_head_block(o, cx, <floating*>cx.Wk, j0, nb)
         bn_backward_batch(o, <floating*>cx.P, <floating*>cx.Wk, <floating*>cx.G, cx.st, cx.bsz, j0, nb)
     elif ph.kind == PH_WIDE_FWD:
         dense_wide_forward(o, <floating*>cx.P, <floating*>cx.Wk, cx.bsz, j0, nb)
+        if ph.gather:
+            op_tail_block(o, cx, <floating*>cx.Wk, <floating*>cx.P, j0, nb, u)
     elif ph.kind == PH_WIDE_BWD:
         dense_wide_backward(o, <floating*>cx.P, <floating*>cx.Wk, cx.bsz, j0, nb)
+        if ph.pro >= 0:         # the producer's head, on the columns of its delta just written
+            op_head_block(&net.ops[ph.pro], cx, <floating*>cx.Wk, j0, nb)
 
 
 cdef void run_phases(Net* net, Ctx* cx, int n_threads, bint update, floating* tag) noexcept nogil:
@@ -595,7 +644,7 @@ def run_steps(const int64_t[:, ::1] ops, const double[:, ::1] opsf, const int64_
         d_tile = diag["tile_acc"]
         d_active = diag["active"]
         d_scratch = diag["scratch"]
-        if (d_act.shape[0] < ((batch_size + chunk - 1) // chunk) * diag["n_layers"] * 3
+        if (d_act.shape[0] < <Py_ssize_t>diag["slots"] * diag["n_layers"] * 3
                 or d_tile.shape[0] < tiles.shape[0] * 4 or d_scratch.shape[0] < tiles.shape[0] * diag["stride"]):
             net_free(net)
             raise ValueError("diagnostics buffers are too small for this plan")
