@@ -33,6 +33,7 @@ WIDE_BIG_WEIGHTS = 512 * 512
 BN_UNIT = 32            # features per BatchNorm work unit
 WIDE_UNIT = 128         # neurons (forward) or input features (backward) per wide-Dense work unit
 NORM_TILE = 64          # features per norm-parameter gradient tile
+TILE_ROWS = 128         # most rows of dW per gradient tile
 
 
 def _next_pow2(n):
@@ -268,7 +269,7 @@ class Plan:
         for k, op in enumerate(self.ops):
             if op["kind"] == OP["dense"]:
                 n = op["n_out"]
-                rb = min(128, max(16, n // 2))
+                rb = min(TILE_ROWS, max(16, n // 2))
                 for r0 in range(0, n, rb):
                     tiles.append((k, r0, min(rb, n - r0), op["n_in"]))
             elif op["kind"] in (OP["bn"], OP["ln"]) and (op["w_off"] >= 0 or op["b_off"] >= 0):
