@@ -12,7 +12,7 @@ Every (library, model, batch, threads) run is its own process; the libraries are
 round by round; torch gets its better thread setting (1 or 2). Prints ex/s, the ratio, and peak
 RSS, with the CPU model.
 
-    python bench/layers_bench.py --batch 32 128 --rounds 3 --markdown
+    python bench/layers_bench.py --batch 32 128 --rounds 3
 """
 import argparse
 import json
@@ -102,17 +102,6 @@ def worker(lib, kind, batch, threads, n, repeats):
     return {"ex_s": n / statistics.median(times), "rss_mib": rss}
 
 
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
-
-
 def spawn(lib, kind, batch, threads, a):
     out = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", lib, kind, str(batch), str(threads),
                           "--n", str(a.n), "--repeats", str(a.repeats)], capture_output=True, text=True,
@@ -128,13 +117,14 @@ def main():
     p.add_argument("--n", type=int, default=20000)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--markdown", action="store_true")
     p.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.worker:
         lib, kind, b, t = a.worker
         print(json.dumps(worker(lib, kind, int(b), int(t), a.n, a.repeats)))
         return
+    from fastnn.bench import cpu_name
+
     print(f"# {cpu_name()}, fastnn {a.threads} threads, torch best of 1/{a.threads} threads, N={a.n}, "
           f"median of {a.rounds} rounds")
     print("| model | batch | fastnn ex/s | torch ex/s | fastnn/torch | RSS fastnn/torch MiB |")
