@@ -73,7 +73,8 @@ class Diagnostics(Callback):
         n_layers = len(plan.diag)
         self.n_units = int(plan.n_units)
         # the longest contiguous span a tile updates: a row of W, or a block of biases/features
-        stride = int(max(max(op["n_in"], op["n_out"]) for op in plan.ops))
+        stride = int(max(max(op["n_in"], op["n_out"], op["g0"] // max(op["g12"], 1) * op["g4"] * op["g5"])
+                         for op in plan.ops))
         n_tiles = plan.tiles.shape[0]
         t = self.saturation_threshold
         self.buffers = {
