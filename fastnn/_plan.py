@@ -162,6 +162,11 @@ class Plan:
                                     L.AdaptiveAvgPool2d)):
                 geo = layer.geometry(src.shape)
                 k = self._new_op("pool", src, math.prod(out_shape), **{f"g{i}": v for i, v in enumerate(geo)})
+                if geo[15] == 0:            # max: each output's argmax, for backward
+                    if geo[1] * geo[2] >= 1 << 24:      # kept as a float: exact below 2**24
+                        raise ValueError(f"layer {name} ({layer!r}): max pooling over planes of 2**24 or more "
+                                         "values is not supported")
+                    self.ops[k]["s_col"] = self._alloc(math.prod(out_shape))
                 src = _Buf(k, self.ops[k]["a_col"], out_shape)
             elif isinstance(layer, L.BatchNorm1d):
                 offs = self._param(name + ".", layer, layer.param_shapes())
@@ -332,7 +337,8 @@ class Plan:
             return [PH["chunk"], -1, 0, gather, pro, f0, f1, loss, b0, b1, epi]
 
         def batch(kind, k, fuse=False):
-            unit = BN_UNIT if kind.startswith("bn") else WIDE_UNIT
+            # BatchNorm units: BN_UNIT values per example, at least one channel
+            unit = max(1, BN_UNIT // self.ops[k]["groups"]) if kind.startswith("bn") else WIDE_UNIT
             return [PH[kind], k, unit, int(fuse), -1, 0, 0, 0, 0, 0, -1]
 
         cpl = [k for k in range(n) if coupled(k)]
@@ -398,7 +404,7 @@ class Plan:
         n = -(-batch_size // self.chunk_for(batch_size))
         for k, op in enumerate(self.ops):
             if op["kind"] == OP["bn"]:
-                n = max(n, -(-(op["n_out"] // op["groups"]) // BN_UNIT))
+                n = max(n, -(-(op["n_out"] // op["groups"]) // max(1, BN_UNIT // op["groups"])))
             elif self.is_wide(k, batch_size):
                 n = max(n, -(-op["n_out"] // WIDE_UNIT), -(-op["n_in"] // WIDE_UNIT))
         return n

@@ -12,49 +12,78 @@ cdef enum:
     POOL_ADAPTIVE = 2
 
 
+cdef inline void valid_range(Py_ssize_t n_out, Py_ssize_t size, Py_ssize_t stride, Py_ssize_t off,
+                             Py_ssize_t* lo, Py_ssize_t* hi) noexcept nogil:
+    """Outputs o in [lo, hi) read input o*stride + off inside [0, size)."""
+    cdef Py_ssize_t a = 0, b = n_out
+    if off < 0:
+        a = (-off + stride - 1) // stride
+    if (n_out - 1) * stride + off >= size:
+        b = (size - 1 - off) // stride + 1 if size - 1 - off >= 0 else 0
+    if a > b:
+        a = b
+    lo[0] = a
+    hi[0] = b
+
+
 cdef void im2col(floating* x, floating* col, Py_ssize_t* g, Py_ssize_t c0, Py_ssize_t nc) noexcept nogil:
     """col[(c*kh + i)*kw + j, oh*Wout + ow] = x[c0 + c, oh*sh - ph + i*dh, ow*sw - pw + j*dw] (0 outside)."""
     cdef Py_ssize_t H = g[1], W = g[2], kh = g[4], kw = g[5], sh = g[6], sw = g[7], ph = g[8], pw = g[9]
     cdef Py_ssize_t dh = g[10], dw = g[11], Ho = g[13], Wo = g[14], L = Ho * Wo
-    cdef Py_ssize_t c, i, j, oh, ow, ih, iw
+    cdef Py_ssize_t c, i, j, oh, ow, ih, w_lo, w_hi, off
     cdef floating* xc
     cdef floating* dst
+    cdef floating* src
     for c in range(nc):
         xc = x + (c0 + c) * H * W
         for i in range(kh):
             for j in range(kw):
                 dst = col + ((c * kh + i) * kw + j) * L
+                off = j * dw - pw
+                valid_range(Wo, W, sw, off, &w_lo, &w_hi)
                 for oh in range(Ho):
                     ih = oh * sh - ph + i * dh
                     if ih < 0 or ih >= H:
-                        for ow in range(Wo):
-                            dst[oh * Wo + ow] = 0
+                        memset(dst + oh * Wo, 0, Wo * sizeof(floating))
                         continue
-                    for ow in range(Wo):
-                        iw = ow * sw - pw + j * dw
-                        dst[oh * Wo + ow] = xc[ih * W + iw] if (iw >= 0 and iw < W) else 0
+                    src = xc + ih * W + off
+                    for ow in range(w_lo):
+                        dst[oh * Wo + ow] = 0
+                    if sw == 1:
+                        memcpy(dst + oh * Wo + w_lo, src + w_lo, (w_hi - w_lo) * sizeof(floating))
+                    else:
+                        for ow in range(w_lo, w_hi):
+                            dst[oh * Wo + ow] = src[ow * sw]
+                    for ow in range(w_hi, Wo):
+                        dst[oh * Wo + ow] = 0
 
 
 cdef void col2im_add(floating* col, floating* dx, Py_ssize_t* g, Py_ssize_t c0, Py_ssize_t nc) noexcept nogil:
     """dx[c0 + c, ...] += the entries of col that im2col read from there."""
     cdef Py_ssize_t H = g[1], W = g[2], kh = g[4], kw = g[5], sh = g[6], sw = g[7], ph = g[8], pw = g[9]
     cdef Py_ssize_t dh = g[10], dw = g[11], Ho = g[13], Wo = g[14], L = Ho * Wo
-    cdef Py_ssize_t c, i, j, oh, ow, ih, iw
+    cdef Py_ssize_t c, i, j, oh, ow, ih, w_lo, w_hi, off
     cdef floating* dxc
     cdef floating* src
+    cdef floating* dst
     for c in range(nc):
         dxc = dx + (c0 + c) * H * W
         for i in range(kh):
             for j in range(kw):
                 src = col + ((c * kh + i) * kw + j) * L
+                off = j * dw - pw
+                valid_range(Wo, W, sw, off, &w_lo, &w_hi)
                 for oh in range(Ho):
                     ih = oh * sh - ph + i * dh
                     if ih < 0 or ih >= H:
                         continue
-                    for ow in range(Wo):
-                        iw = ow * sw - pw + j * dw
-                        if iw >= 0 and iw < W:
-                            dxc[ih * W + iw] = dxc[ih * W + iw] + src[oh * Wo + ow]
+                    dst = dxc + ih * W + off
+                    if sw == 1:
+                        for ow in range(w_lo, w_hi):
+                            dst[ow] = dst[ow] + src[oh * Wo + ow]
+                    else:
+                        for ow in range(w_lo, w_hi):
+                            dst[ow * sw] = dst[ow * sw] + src[oh * Wo + ow]
 
 
 cdef void conv_forward(Op* o, floating* P, floating* Wk, Py_ssize_t r0, Py_ssize_t c) noexcept nogil:
@@ -146,17 +175,39 @@ cdef inline void pool_window(Py_ssize_t* g, Py_ssize_t oh, Py_ssize_t ow, Py_ssi
 
 
 cdef void pool_forward(Op* o, floating* Wk, Py_ssize_t r0, Py_ssize_t c) noexcept nogil:
+    """Rows [r0, r0+c): max (first maximum; NaN wins, as in PyTorch) or mean over each window.
+    Max also records each output's argmax in the op's column block, for backward."""
     cdef Py_ssize_t* g = o.g
     cdef Py_ssize_t C = g[0], H = g[1], W = g[2], Ho = g[13], Wo = g[14]
-    cdef Py_ssize_t e, ch, oh, ow, h0, h1, w0, w1, a0, a1, b0, b1, ih, iw, cnt
+    cdef Py_ssize_t e, ch, oh, ow, h0, h1, w0, w1, a0, a1, b0, b1, ih, iw, cnt, am
     cdef floating* x
     cdef floating* y
+    cdef floating* arg
     cdef floating m, v
     cdef double s
+    cdef Py_ssize_t kh = g[4], kw = g[5], sh = g[6], sw = g[7], base, q
+    cdef bint inside = g[15] == POOL_MAX and g[8] == 0 and g[9] == 0
     for e in range(r0, r0 + c):
         for ch in range(C):
             x = Wk + o.in_e + e * o.n_in + ch * H * W
             y = Wk + o.a_e + e * o.n_out + ch * Ho * Wo
+            arg = Wk + o.s_e + e * o.n_out + ch * Ho * Wo
+            if inside:          # no padding: every window lies inside the input
+                for oh in range(Ho):
+                    for ow in range(Wo):
+                        base = oh * sh * W + ow * sw
+                        am = base
+                        m = x[base]
+                        for ih in range(kh):
+                            for iw in range(kw):
+                                q = base + ih * W + iw
+                                v = x[q]
+                                if v > m or (v != v and m == m):
+                                    m = v
+                                    am = q
+                        y[oh * Wo + ow] = m
+                        arg[oh * Wo + ow] = <floating>am
+                continue
             for oh in range(Ho):
                 for ow in range(Wo):
                     pool_window(g, oh, ow, &h0, &h1, &w0, &w1)
@@ -165,13 +216,16 @@ cdef void pool_forward(Op* o, floating* Wk, Py_ssize_t r0, Py_ssize_t c) noexcep
                     b0 = w0 if w0 > 0 else 0
                     b1 = w1 if w1 < W else W
                     if g[15] == POOL_MAX:
-                        m = x[a0 * W + b0]
+                        am = a0 * W + b0
+                        m = x[am]
                         for ih in range(a0, a1):
                             for iw in range(b0, b1):
                                 v = x[ih * W + iw]
-                                if v > m or v != v:
+                                if v > m or (v != v and m == m):
                                     m = v
+                                    am = ih * W + iw
                         y[oh * Wo + ow] = m
+                        arg[oh * Wo + ow] = <floating>am
                     else:
                         s = 0
                         for ih in range(a0, a1):
@@ -187,25 +241,31 @@ cdef void pool_forward(Op* o, floating* Wk, Py_ssize_t r0, Py_ssize_t c) noexcep
 
 
 cdef void pool_backward(Op* o, floating* Wk, Py_ssize_t r0, Py_ssize_t c) noexcept nogil:
-    """The input delta (=|+=): max routes each output's delta to its window's first maximum, avg
-    spreads it evenly."""
+    """The input delta (=|+=): max routes each output's delta to its recorded argmax, avg spreads
+    it evenly over the window."""
     if o.din_e < 0:
         return
     cdef Py_ssize_t* g = o.g
-    cdef Py_ssize_t C = g[0], H = g[1], W = g[2], Ho = g[13], Wo = g[14]
-    cdef Py_ssize_t e, ch, oh, ow, h0, h1, w0, w1, a0, a1, b0, b1, ih, iw, cnt, am, i
-    cdef floating* x
+    cdef Py_ssize_t C = g[0], H = g[1], W = g[2], Ho = g[13], Wo = g[14], HW = H * W
+    cdef Py_ssize_t e, ch, oh, ow, h0, h1, w0, w1, a0, a1, b0, b1, ih, iw, cnt, i, q
     cdef floating* dy
     cdef floating* dx
-    cdef floating m, v, d
+    cdef floating* arg
+    cdef floating d
     for e in range(r0, r0 + c):
         dx = Wk + o.din_e + e * o.n_in
         if not o.din_acc:
             for i in range(o.n_in):
                 dx[i] = 0
+        dy = Wk + o.d_e + e * o.n_out
+        if g[15] == POOL_MAX:
+            arg = Wk + o.s_e + e * o.n_out
+            for ch in range(C):
+                for q in range(Ho * Wo):
+                    i = ch * HW + <Py_ssize_t>arg[ch * Ho * Wo + q]
+                    dx[i] = dx[i] + dy[ch * Ho * Wo + q]
+            continue
         for ch in range(C):
-            x = Wk + o.in_e + e * o.n_in + ch * H * W
-            dy = Wk + o.d_e + e * o.n_out + ch * Ho * Wo
             for oh in range(Ho):
                 for ow in range(Wo):
                     pool_window(g, oh, ow, &h0, &h1, &w0, &w1)
@@ -213,23 +273,11 @@ cdef void pool_backward(Op* o, floating* Wk, Py_ssize_t r0, Py_ssize_t c) noexce
                     a1 = h1 if h1 < H else H
                     b0 = w0 if w0 > 0 else 0
                     b1 = w1 if w1 < W else W
-                    d = dy[oh * Wo + ow]
-                    if g[15] == POOL_MAX:
-                        am = a0 * W + b0
-                        m = x[am]
-                        for ih in range(a0, a1):
-                            for iw in range(b0, b1):
-                                v = x[ih * W + iw]
-                                if v > m or (v != v and m == m):
-                                    m = v
-                                    am = ih * W + iw
-                        dx[ch * H * W + am] = dx[ch * H * W + am] + d
+                    if g[15] == POOL_AVG and g[16]:
+                        cnt = ((h1 if h1 < H + g[8] else H + g[8]) - h0) * ((w1 if w1 < W + g[9] else W + g[9]) - w0)
                     else:
-                        if g[15] == POOL_AVG and g[16]:
-                            cnt = ((h1 if h1 < H + g[8] else H + g[8]) - h0) * ((w1 if w1 < W + g[9] else W + g[9]) - w0)
-                        else:
-                            cnt = (a1 - a0) * (b1 - b0)
-                        d = d / cnt
-                        for ih in range(a0, a1):
-                            for iw in range(b0, b1):
-                                dx[ch * H * W + ih * W + iw] = dx[ch * H * W + ih * W + iw] + d
+                        cnt = (a1 - a0) * (b1 - b0)
+                    d = dy[ch * Ho * Wo + oh * Wo + ow] / cnt
+                    for ih in range(a0, a1):
+                        for iw in range(b0, b1):
+                            dx[ch * HW + ih * W + iw] = dx[ch * HW + ih * W + iw] + d
