@@ -24,6 +24,7 @@ import warnings
 
 import numpy as np
 
+from . import _plan
 from . import layers as L
 from .callbacks import Callback
 
@@ -129,6 +130,9 @@ class Diagnostics(Callback):
             out["saturated"].append(float(act[j, 2] / cells) if code in (L.ACT_SIGMOID, L.ACT_TANH)
                                     else math.nan)
             units = active[unit0:unit0 + n_units]
+            op = plan.ops[k]
+            if op["kind"] == _plan.OP["conv"]:      # a convolution's unit is a channel (all positions)
+                units = units.reshape(op["g3"], -1).max(axis=1)
             out["dead"].append(float(np.mean(units == 0)) if code in (L.ACT_RELU, L.ACT_LEAKY) else math.nan)
             unit0 += n_units
         self._advise(out)

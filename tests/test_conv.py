@@ -213,3 +213,13 @@ def test_examples_of_the_wrong_shape_are_refused(rng):
     m = _model("lenet", "float32")
     with pytest.raises(ValueError, match="features"):
         m.forward(rng.normal(size=(2, 1, 12, 14)))
+
+
+def test_diagnostics_count_dead_channels(rng):
+    m = fn.Sequential(fn.Conv2d(1, 4, 3), fn.ReLU(), fn.Flatten(), fn.Dense(4 * 4 * 4, 2), input_shape=(1, 6, 6),
+                      dtype="float64", seed=0)
+    m.layers[0].bias[:2] = -100.0       # channels 0 and 1 never fire
+    X, y = rng.random((32, 1, 6, 6)), rng.integers(0, 2, 32)
+    h = m.fit(X, y, loss=fn.CrossEntropy(), optimizer=fn.SGD(lr=0.01), epochs=1, batch_size=8, diagnostics=True)
+    assert h.diagnostic_layers == ["0", "3"]
+    assert h.diagnostics["dead"][0][0] == 0.5
