@@ -87,6 +87,20 @@ def _load_for(path, target, n_features, need_y):
     raise SystemExit(f"fastnn: {path} has {arr.shape[1]} columns; expected {want}")
 
 
+def _image_shape(spec, n_features):
+    """(C, H, W) from ``--cnn`` values (none: a square one-channel image)."""
+    if not spec:
+        side = int(round(n_features ** 0.5))
+        if side * side != n_features:
+            raise SystemExit(f"fastnn: --cnn without C H W needs a square number of features; {n_features} "
+                             "is not: pass --cnn C H W")
+        return (1, side, side)
+    if len(spec) != 3 or min(spec) < 1 or spec[0] * spec[1] * spec[2] != n_features:
+        raise SystemExit(f"fastnn: --cnn C H W must be three positive ints with C*H*W = {n_features} (the "
+                         f"number of features), got {' '.join(map(str, spec))}")
+    return tuple(spec)
+
+
 def _split(y, test_size, seed):
     """Stratified train/test indices keyed by seed."""
     from .data import rng_for
@@ -125,15 +139,25 @@ def _train(args):
         sd[sd == 0] = 1
         X = (X - mu) / sd
     acts = {"relu": fn.ReLU, "tanh": fn.Tanh, "sigmoid": fn.Sigmoid, "leaky_relu": fn.LeakyReLU}
-    sizes = [X.shape[1]] + args.hidden
-    layers = []
+    n_out = len(classes) if task == "classify" else 1
+    layers, input_shape, sizes = [], None, [X.shape[1]] + args.hidden
+    if args.cnn is not None:
+        input_shape = _image_shape(args.cnn, X.shape[1])
+        c, h, w = input_shape
+        for width in (16, 32):          # two conv blocks, each halving the image while it is >= 4 wide
+            layers += [fn.Conv2d(c, width, 3, padding=1), fn.BatchNorm2d(width), acts[args.activation]()]
+            if h >= 4 and w >= 4:
+                layers.append(fn.MaxPool2d(2))
+                h, w = h // 2, w // 2
+            c = width
+        layers.append(fn.Flatten())
+        sizes = [c * h * w] + args.hidden
     for a, b in zip(sizes[:-1], sizes[1:]):
         layers += [fn.Dense(a, b), acts[args.activation]()]
         if args.dropout:
             layers.append(fn.Dropout(args.dropout))
-    n_out = len(classes) if task == "classify" else 1
     layers.append(fn.Dense(sizes[-1], n_out))
-    model = fn.Sequential(*layers, dtype=args.dtype, seed=args.seed)
+    model = fn.Sequential(*layers, dtype=args.dtype, seed=args.seed, input_shape=input_shape)
     opts = {"sgd": lambda: fn.SGD(lr=args.lr, momentum=args.momentum),
             "nesterov": lambda: fn.SGD(lr=args.lr, momentum=args.momentum or 0.9, nesterov=True),
             "adam": lambda: fn.Adam(lr=args.lr), "adamw": lambda: fn.AdamW(lr=args.lr),
@@ -144,7 +168,10 @@ def _train(args):
     print(f"data: {name}: {len(X)} examples, {X.shape[1]} features"
           + (f", {len(classes)} classes" if task == "classify" else "")
           + f"; training on {len(tr)}, holding out {len(te)}")
-    print(f"model: {' -> '.join(map(str, sizes + [n_out]))} ({args.activation}), {model.n_params} parameters, "
+    arch = ' -> '.join(map(str, sizes + [n_out]))
+    if input_shape is not None:
+        arch = f"image {'x'.join(map(str, input_shape))} -> conv 16 + BN -> conv 32 + BN -> " + arch
+    print(f"model: {arch} ({args.activation}), {model.n_params} parameters, "
           f"{args.optimizer} lr={args.lr}, batch {args.batch_size}, {fn.get_num_threads() if args.threads is None else args.threads} threads")
 
     class Line(fn.Callback):
@@ -166,7 +193,8 @@ def _train(args):
     hist = model.fit(X[tr], target[tr], loss=loss, optimizer=opts[args.optimizer](), epochs=args.epochs,
                      batch_size=args.batch_size, seed=args.seed, threads=args.threads,
                      validation_data=(X[te], target[te]), callbacks=[] if args.quiet else [Line()],
-                     diagnostics=True if args.diagnostics or args.plot else None)
+                     diagnostics=True if args.diagnostics or args.plot else None,
+                     drop_last=args.cnn is not None and len(tr) > args.batch_size)
     took = time.perf_counter() - t0
     if args.diagnostics:
         d = hist.diagnostics
@@ -324,6 +352,11 @@ def main(argv=None):
     t.add_argument("--hidden", type=int, nargs="+", default=[128], help="hidden layer sizes (default 128)")
     t.add_argument("--activation", choices=["relu", "tanh", "sigmoid", "leaky_relu"], default="relu")
     t.add_argument("--dropout", type=float, default=0.0)
+    t.add_argument("--cnn", nargs="*", type=int, metavar="C H W",
+                   help="a small CNN (two blocks of 3x3 conv, BatchNorm2d and max pooling, then the hidden layers; "
+                        "the incomplete last batch of an epoch is skipped) over each "
+                        "row read as a C x H x W image; without values, a square 1 x s x s image (the bundled "
+                        "digits: 1 8 8)")
     t.add_argument("--optimizer", choices=["sgd", "nesterov", "adam", "adamw", "adagrad", "rmsprop"], default="sgd")
     t.add_argument("--lr", type=float, default=0.05)
     t.add_argument("--momentum", type=float, default=0.9)

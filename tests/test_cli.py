@@ -206,3 +206,18 @@ def test_train_plot_and_diagnostics(tmp_path, capsys):
     assert "layer 0:" in text and "held-out accuracy" in text
     assert out.stat().st_size > 5000
     assert (tmp_path / "curves-diagnostics.png").stat().st_size > 5000
+
+
+def test_train_cnn_on_the_digits_then_predict(tmp_path, capsys):
+    path = tmp_path / "cnn.safetensors"
+    assert main(["train", "--cnn", "--epochs", "6", "--quiet", "--threads", "1", "--save", str(path)]) in (0, None)
+    out = capsys.readouterr().out
+    assert "image 1x8x8 -> conv 16" in out
+    assert float(out.split("held-out accuracy:")[1].split()[0]) > 0.93     # seeds 0..4 at 6 epochs: >= 0.95
+    X, y = load_digits()
+    np.savetxt(tmp_path / "d.csv", np.c_[X[:50], y[:50]], delimiter=",", fmt="%g")
+    main(["predict", str(path), str(tmp_path / "d.csv")])
+    pred = np.array(capsys.readouterr().out.split(), dtype=int)
+    assert pred.shape == (50,) and np.mean(pred == y[:50]) > 0.9
+    with pytest.raises(SystemExit, match=r"C\*H\*W = 64"):
+        main(["train", "--cnn", "3", "3", "3", "--epochs", "1"])
