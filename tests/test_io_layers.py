@@ -260,9 +260,10 @@ def test_too_many_nested_layers_are_refused(tmp_path, valid_blob):
 
 
 # ---------------------------------------------------------------- PyTorch
-def test_importing_fastnn_io_does_not_import_torch():
+def test_importing_fastnn_io_does_not_import_torch(tmp_path):
     code = "import sys, fastnn, fastnn.io; assert 'torch' not in sys.modules"
-    subprocess.run([sys.executable, "-c", code], check=True)
+    # outside the source tree, so the installed (compiled) package is imported
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path)
 
 
 @pytest.mark.parametrize("name", list(MODELS))
