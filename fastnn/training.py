@@ -282,11 +282,21 @@ def _epoch_line(ep, epochs, logs):
     return " - ".join(parts)
 
 
-def fit(model, X, y, loss=None, optimizer=None, epochs=1, batch_size=32, shuffle=True, seed=None,
-        threads=None, verbose=0, validation_split=0.0, validation_data=None, sample_weight=None,
-        class_weight=None, l2=0.0, l2_bias=False, schedule=None, clip_norm=None, clip_value=None,
-        diagnostics=None, callbacks=None, checkpoint=None, checkpoint_every=1, drop_last=False):
+def fit(model, X, y, comm=None, **kw):
     """See ``Sequential.fit``."""
+    if comm is not None:
+        from .distributed import fit_distributed
+
+        return fit_distributed(comm, model, X, y, **kw)
+    return make_fit(model, X, y, **kw).run()
+
+
+def make_fit(model, X, y, loss=None, optimizer=None, epochs=1, batch_size=32, shuffle=True, seed=None,
+             threads=None, verbose=0, validation_split=0.0, validation_data=None, sample_weight=None,
+             class_weight=None, l2=0.0, l2_bias=False, schedule=None, clip_norm=None, clip_value=None,
+             diagnostics=None, callbacks=None, checkpoint=None, checkpoint_every=1, drop_last=False,
+             fit_class=Fit, **fit_kw):
+    """Check the arguments and prepare the data of a fit; returns the ``Fit`` to run."""
     from .model import _nonneg
     from .schedules import ReduceOnPlateau, Schedule
 
@@ -306,6 +316,6 @@ def fit(model, X, y, loss=None, optimizer=None, epochs=1, batch_size=32, shuffle
         raise TypeError(f"schedule must be a fn.schedules schedule, got {schedule!r}")
     data = prepare(model, X, y, loss, batch_size, seed, validation_split, validation_data, sample_weight,
                    class_weight, bool(drop_last))
-    run = Fit(model, loss, opt, data, epochs, shuffle, seed, n_threads, int(verbose), l2, l2_bias, schedule,
-              clip_norm, clip_value, diagnostics, callbacks, checkpoint, checkpoint_every)
-    return run.run()
+    return fit_class(model, loss, opt, data, epochs, shuffle, seed, n_threads, int(verbose), l2, l2_bias,
+                     schedule, clip_norm, clip_value, diagnostics, callbacks, checkpoint, checkpoint_every,
+                     **fit_kw)

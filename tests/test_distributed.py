@@ -1,0 +1,124 @@
+"""Data-parallel fit (comm=) under ``mpiexec -n 2`` against one process (tests/mpi_fit.py)."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fastnn as fn
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import mpi_fit  # noqa: E402
+
+pytest.importorskip("mpi4py")
+MPIEXEC = shutil.which("mpiexec") or shutil.which(os.path.join(os.path.dirname(sys.executable), "mpiexec"))
+pytestmark = pytest.mark.skipif(MPIEXEC is None, reason="mpiexec not found (pip install mpich)")
+
+CASES = ["full", "float32", "sgd", "diverge", "mismatch", "fails_on_one", "batchnorm", "resume"]
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    """Every case run once by ``mpiexec -n 2``; {case: [rank 0 result, rank 1 result]}."""
+    out = str(tmp_path_factory.mktemp("mpi"))
+    start, X, y, kw = mpi_fit.fit_args("sgd", out)
+    start.fit(X, y, **kw)                         # a checkpoint written by one process
+    start.save(os.path.join(out, "resume.start.safetensors"), include_optimizer=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMPI_", "PMI_", "MPIR_"))}
+    proc = subprocess.run([MPIEXEC, "-n", "2", sys.executable, os.path.join(HERE, "mpi_fit.py"), out, *CASES],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    res = {c: [dict(np.load(os.path.join(out, f"{c}.{r}.npz"))) for r in (0, 1)] for c in CASES}
+    return out, res
+
+
+def single(case, out):
+    model, X, y, kw = mpi_fit.fit_args(case, out)
+    if "checkpoint" in kw:
+        kw["checkpoint"] = os.path.join(out, f"{case}.single.safetensors")
+    hist = model.fit(X, y, **kw)
+    return model, hist
+
+
+def test_every_rank_ends_with_the_same_weights_and_history(results):
+    _, res = results
+    for case in ("full", "float32", "sgd", "resume"):
+        r0, r1 = res[case]
+        assert "error" not in r0, r0.get("error")
+        np.testing.assert_array_equal(r0["params"], r1["params"])
+        h0, h1 = json.loads(str(r0["history"])), json.loads(str(r1["history"]))
+        h0.pop("time"), h1.pop("time")
+        assert h0 == h1
+
+
+@pytest.mark.parametrize("case", ["full", "sgd", "resume"])
+def test_float64_matches_one_process_to_rounding(results, case):
+    out, res = results
+    model, hist = single(case, out)
+    r0 = res[case][0]
+    assert int(r0["steps"]) == model.steps_trained
+    np.testing.assert_allclose(r0["params"], model._params, rtol=1e-12, atol=1e-14)
+    h = json.loads(str(r0["history"]))
+    for k, v in hist.history.items():
+        if k != "time":
+            np.testing.assert_allclose(h[k], v, rtol=1e-12, err_msg=k)
+
+
+def test_float32_matches_one_process_closely(results):
+    out, res = results
+    model, _ = single("float32", out)
+    np.testing.assert_allclose(res["float32"][0]["params"], model._params, rtol=2e-4, atol=2e-5)
+
+
+def test_checkpoint_is_written_by_rank_0_and_loads(results):
+    out, res = results
+    path = os.path.join(out, "full.ckpt.safetensors")
+    m = fn.load(path)
+    np.testing.assert_array_equal(m._params, res["full"][0]["params"])
+    assert not [f for f in os.listdir(out) if ".tmp" in f]
+
+
+def test_divergence_raises_the_same_error_on_every_rank(results):
+    out, res = results
+    with pytest.raises(fn.TrainingDiverged) as e:
+        single("diverge", out)
+    for r in (0, 1):
+        assert str(res["diverge"][r]["error"]) == f"TrainingDiverged: {e.value}"
+
+
+def test_an_exception_on_one_rank_is_raised_on_every_rank(results):
+    _, res = results
+    assert str(res["fails_on_one"][1]["error"]) == "OSError: disk on fire"
+    assert str(res["fails_on_one"][0]["error"]) == ("RemoteError: rank 1 of 2 failed while computing step 1 "
+                                                   "of epoch 1: OSError: disk on fire")
+
+
+def test_mismatched_data_and_batchnorm_are_refused_on_every_rank(results):
+    _, res = results
+    for r in (0, 1):
+        assert "rank 1 was given a different data X than rank 0" in str(res["mismatch"][r]["error"])
+        assert str(res["batchnorm"][r]["error"]).startswith("ValueError: BatchNorm1d couples")
+
+
+def test_comm_must_be_a_communicator():
+    X, y, _ = mpi_fit.data()
+    with pytest.raises(TypeError, match="comm must be an mpi4py communicator"):
+        mpi_fit.mlp().fit(X, y, loss=fn.CrossEntropy(), comm="world")
+
+
+def test_one_rank_matches_one_process_bit_for_bit():
+    """With one rank, each step's share is the whole batch: the same sums in the same order."""
+    from mpi4py import MPI
+
+    X, y, w = mpi_fit.data()
+    kw = dict(loss=fn.CrossEntropy(), optimizer=fn.Adam(lr=1e-2), epochs=2, batch_size=16, seed=3,
+              sample_weight=w, l2=1e-3, threads=1)
+    a, b = mpi_fit.mlp(), mpi_fit.mlp()
+    a.fit(X, y, **kw)
+    kw["optimizer"] = fn.Adam(lr=1e-2)
+    b.fit(X, y, comm=MPI.COMM_SELF, **kw)
+    np.testing.assert_array_equal(a._params, b._params)
