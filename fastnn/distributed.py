@@ -18,7 +18,8 @@ on one rank makes every rank raise (the failing rank its own exception, the othe
 ``RemoteError``) instead of hanging, and a non-finite loss raises ``TrainingDiverged`` on every
 rank before the update.
 
-Training metrics are reduced across ranks (each rank predicts its own examples), validation is
+``threads=None`` gives each rank its machine's default thread count divided by the number of
+ranks on that machine. Training metrics are reduced across ranks (each rank predicts its own examples), validation is
 computed on every rank alike, so ``EarlyStopping`` and ``ReduceOnPlateau`` decide the same
 everywhere. Only rank 0 prints and writes checkpoints (``checkpoint=`` and ``fn.Checkpoint``
 callbacks); a checkpoint holds no trace of the number of ranks, so it resumes with any number.
@@ -38,7 +39,7 @@ import numpy as np
 
 from .training import Fit, TrainingDiverged
 
-__all__ = ["RemoteError", "fit_distributed"]
+__all__ = ["RemoteError", "fit_distributed", "threads_per_rank"]
 
 
 class RemoteError(RuntimeError):
@@ -261,11 +262,23 @@ class DistributedFit(Fit):
             self.pred[...] = contrib
 
 
+def threads_per_rank(comm):
+    """Collective: this machine's default thread count shared among the ranks running on it."""
+    from ._config import get_num_threads
+
+    local = comm.Split_type(_mpi().COMM_TYPE_SHARED)
+    n = local.Get_size()
+    local.Free()
+    return max(1, get_num_threads() // n)
+
+
 def fit_distributed(comm, model, X, y, **kw):
     """``Sequential.fit`` across the ranks of ``comm`` (see the module docstring)."""
     from .training import make_fit
 
     comm = check_comm(comm)
+    if kw.get("threads") is None:
+        kw["threads"] = threads_per_rank(comm)
     run, err = None, None
     try:
         if kw.get("diagnostics") not in (None, False):

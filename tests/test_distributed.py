@@ -122,3 +122,30 @@ def test_one_rank_matches_one_process_bit_for_bit():
     kw["optimizer"] = fn.Adam(lr=1e-2)
     b.fit(X, y, comm=MPI.COMM_SELF, **kw)
     np.testing.assert_array_equal(a._params, b._params)
+
+
+def test_cli_distributed_prints_once_and_saves_the_one_process_model(tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 5))
+    y = (X[:, 0] - X[:, 1] > 0).astype(int)
+    csv = tmp_path / "d.csv"
+    np.savetxt(csv, np.c_[X, y], delimiter=",", fmt="%.6f")
+    args = ["train", str(csv), "--epochs", "3", "--dtype", "float64", "--threads", "1", "--dropout", "0.1"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMPI_", "PMI_", "MPIR_"))}
+    proc = subprocess.run([MPIEXEC, "-n", "2", sys.executable, "-m", "fastnn", *args, "--distributed",
+                           "--save", str(tmp_path / "d.safetensors")],
+                          capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert sum(line.startswith("epoch") for line in lines) == 3
+    assert "x 2 ranks" in lines[1] and lines[-1].startswith("saved the model")
+    one = subprocess.run([sys.executable, "-m", "fastnn", *args, "--save", str(tmp_path / "s.safetensors")],
+                         capture_output=True, text=True, timeout=120, check=True, cwd=tmp_path)
+    assert one.stdout.strip().splitlines()[-2].split(",")[0] == lines[-2].split(",")[0]
+    a, b = fn.load(tmp_path / "d.safetensors"), fn.load(tmp_path / "s.safetensors")
+    np.testing.assert_allclose(a._params, b._params, rtol=1e-12, atol=1e-14)
+
+
+def test_import_fastnn_does_not_import_mpi4py():
+    code = "import sys, fastnn, fastnn.distributed; assert 'mpi4py' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
