@@ -149,3 +149,15 @@ def test_cli_distributed_prints_once_and_saves_the_one_process_model(tmp_path):
 def test_import_fastnn_does_not_import_mpi4py():
     code = "import sys, fastnn, fastnn.distributed; assert 'mpi4py' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_example_runs_under_mpiexec(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMPI_", "PMI_", "MPIR_"))}
+    proc = subprocess.run([MPIEXEC, "-n", "2", sys.executable, os.path.join(os.path.dirname(HERE), "examples",
+                           "distributed.py"), "--epochs", "2", "--dtype", "float64", "--check"],
+                          capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert sum(line.startswith("epoch") for line in proc.stderr.splitlines()) == 2    # rank 0 alone prints
+    assert lines[-2].startswith("2 rank(s): val_accuracy")
+    assert float(lines[-1].split(":")[1].split()[0]) < 1e-12
