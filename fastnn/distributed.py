@@ -149,12 +149,7 @@ class DistributedFit(Fit):
     # ------------------------------------------------------------ epochs
     def run(self):
         m, h = self.model, self.history
-        cbs = [h] + self.callbacks
-        for cb in cbs:
-            cb.set_model(m)
-        m.loss, m.optimizer = self.loss, self.opt
-        m.stop_training = False
-        self.opt.bind(m)
+        cbs = self._bind()
         self._everywhere(lambda: [cb.on_train_begin() for cb in cbs], "starting the callbacks")
         from ._config import blas_single_thread
 

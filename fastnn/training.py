@@ -159,14 +159,20 @@ class Fit:
             self.history.diagnostic_layers = list(diag.layer_names)
             self.diag = diag
 
-    def run(self):
-        m, h = self.model, self.history
-        cbs = [h] + self.callbacks
+    def _bind(self):
+        """Bind the model to this fit's loss and optimizer; returns History + callbacks, bound."""
+        m = self.model
+        cbs = [self.history] + self.callbacks
         for cb in cbs:
             cb.set_model(m)
         m.loss, m.optimizer = self.loss, self.opt
         m.stop_training = False
         self.opt.bind(m)
+        return cbs
+
+    def run(self):
+        m, h = self.model, self.history
+        cbs = self._bind()
         for cb in cbs:
             cb.on_train_begin()
         try:
