@@ -19,10 +19,11 @@ on one rank makes every rank raise (the failing rank its own exception, the othe
 rank before the update.
 
 ``threads=None`` gives each rank its machine's default thread count divided by the number of
-ranks on that machine. Training metrics are reduced across ranks (each rank predicts its own examples), validation is
-computed on every rank alike, so ``EarlyStopping`` and ``ReduceOnPlateau`` decide the same
-everywhere. Only rank 0 prints and writes checkpoints (``checkpoint=`` and ``fn.Checkpoint``
-callbacks); a checkpoint holds no trace of the number of ranks, so it resumes with any number.
+ranks on that machine. Training metrics are reduced across ranks (each rank predicts its own
+examples); for validation each rank computes the outputs of a share of the rows and all outputs
+are gathered, so ``EarlyStopping`` and ``ReduceOnPlateau`` decide the same everywhere. Only rank
+0 prints and writes checkpoints (``checkpoint=`` and ``fn.Checkpoint`` callbacks); a checkpoint
+holds no trace of the number of ranks, so it resumes with any number.
 At the start a checksum of the model, optimizer, data and arguments is compared across ranks; at
 the end of every epoch, a checksum of the weights.
 
@@ -188,6 +189,22 @@ class DistributedFit(Fit):
         if len(set(crcs)) > 1:
             raise RuntimeError(f"the ranks' weights differ after epoch {ep + 1} (checksums {crcs}); the MPI "
                                "library's Allreduce did not give every rank the same sum")
+
+    def _validate(self):
+        """``evaluate`` on the validation data, each rank computing the outputs of a share of its
+        rows; the outputs are gathered, so every rank scores all of them alike."""
+        MPI, m, comm = self._MPI, self.model, self.comm
+        Xv, yv, swv = self.data.val
+        X = m._check_X(Xv)
+        yi, yf, sw, pw = m._targets(yv, self.loss, X.shape[0], swv)
+        n, k = X.shape[0], m.n_outputs
+        bounds = [(r * n) // self.size for r in range(self.size + 1)]
+        lo, hi = bounds[self.rank], bounds[self.rank + 1]
+        local = m.forward(X[lo:hi], self.n_threads) if hi > lo else np.empty((0, k), dtype=m.dtype)
+        out = np.empty((n, k), dtype=m.dtype)
+        counts = [(b - a) * k for a, b in zip(bounds[:-1], bounds[1:])]
+        comm.Allgatherv(local, [out, counts, [a * k for a in bounds[:-1]], MPI.FLOAT if out.dtype == np.float32 else MPI.DOUBLE])
+        return m._scores(out, yi, yf, sw, pw, self.loss)
 
     def _steps(self, order, lrs, ep, step_loss):
         MPI = self._MPI

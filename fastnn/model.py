@@ -300,8 +300,11 @@ class Sequential:
         loss = check_loss(loss if loss is not None else self._need_loss())
         X = self._check_X(X)
         yi, yf, sw, pw = self._targets(y, loss, X.shape[0], sample_weight)
-        out = self.forward(X, threads)
-        per = np.empty(X.shape[0])
+        return self._scores(self.forward(X, threads), yi, yf, sw, pw, loss)
+
+    def _scores(self, out, yi, yf, sw, pw, loss):
+        """``evaluate``'s numbers from the network's outputs ``out`` for the prepared targets."""
+        per = np.empty(out.shape[0])
         _engine.loss_per_example(out, yi, yf, pw, loss.kernel_code(yf), per)
         res = {"loss": reduce_loss(per, sw if sw.size else None, loss.reduction_code, self.n_outputs)}
         if loss.classification:

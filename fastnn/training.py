@@ -220,7 +220,7 @@ class Fit:
         if self.l2 > 0:
             logs["l2_penalty"] = m.l2_penalty(self.l2, self.l2_bias)
         if d.val is not None:
-            for k, v in m.evaluate(d.val[0], d.val[1], self.loss, d.val[2], self.n_threads).items():
+            for k, v in self._validate().items():
                 logs["val_" + k] = v
         logs["lr"] = float(lrs[-1])
         if self.plateau is not None:
@@ -230,6 +230,11 @@ class Fit:
         if self.verbose:
             print(_epoch_line(ep, self.epochs, logs), file=sys.stderr, flush=True)
         return logs
+
+    def _validate(self):
+        """``evaluate`` on the validation data."""
+        d = self.data
+        return self.model.evaluate(d.val[0], d.val[1], self.loss, d.val[2], self.n_threads)
 
     def _steps(self, order, lrs, ep, step_loss):
         # One core call per epoch; with a progress bar, one per ~2% of the epoch. The split does not

@@ -32,7 +32,8 @@ def fit_args(case, out):
     if case in ("full", "float32"):
         model = mlp("float32" if case == "float32" else "float64")
         kw.update(optimizer=fn.Adam(lr=3e-3), sample_weight=w, validation_split=0.2, l2=1e-3, clip_norm=0.5,
-                  clip_value=0.2, schedule=fn.schedules.ReduceOnPlateau(factor=0.5, patience=0),
+                  clip_value=0.2, schedule=fn.schedules.ReduceOnPlateau(factor=0.5, patience=0,
+                                                                     threshold=0.3),
                   callbacks=[fn.EarlyStopping(monitor="val_loss", patience=1)],
                   checkpoint=os.path.join(out, f"{case}.ckpt.safetensors"))
     elif case == "sgd":
