@@ -36,7 +36,10 @@ def fit_args(case, out):
                                                                      threshold=0.3),
                   callbacks=[fn.EarlyStopping(monitor="val_loss", patience=1)],
                   checkpoint=os.path.join(out, f"{case}.ckpt.safetensors"))
-    elif case == "sgd":
+    elif case == "idle_rank":      # 203 = 2 * 101 + 1: the last batch leaves rank 1 without examples
+        model = mlp()
+        kw.update(optimizer=fn.RMSprop(lr=1e-3), batch_size=101, epochs=2, l2=1e-2, l2_bias=True)
+    elif case in ("sgd", "sgd_again"):
         model = mlp()
         kw.update(optimizer=fn.SGD(lr=0.05, momentum=0.9, nesterov=True), batch_size=7, epochs=2,
                   shuffle=False)

@@ -18,7 +18,7 @@ pytest.importorskip("mpi4py")
 MPIEXEC = shutil.which("mpiexec") or shutil.which(os.path.join(os.path.dirname(sys.executable), "mpiexec"))
 pytestmark = pytest.mark.skipif(MPIEXEC is None, reason="mpiexec not found (pip install mpich)")
 
-CASES = ["full", "float32", "sgd", "diverge", "mismatch", "fails_on_one", "batchnorm", "resume"]
+CASES = ["full", "float32", "sgd", "sgd_again", "idle_rank", "diverge", "mismatch", "fails_on_one", "batchnorm", "resume"]
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def single(case, out):
 
 def test_every_rank_ends_with_the_same_weights_and_history(results):
     _, res = results
-    for case in ("full", "float32", "sgd", "resume"):
+    for case in ("full", "float32", "sgd", "idle_rank", "resume"):
         r0, r1 = res[case]
         assert "error" not in r0, r0.get("error")
         np.testing.assert_array_equal(r0["params"], r1["params"])
@@ -55,7 +55,12 @@ def test_every_rank_ends_with_the_same_weights_and_history(results):
         assert h0 == h1
 
 
-@pytest.mark.parametrize("case", ["full", "sgd", "resume"])
+def test_the_same_run_gives_the_same_bits(results):
+    _, res = results
+    np.testing.assert_array_equal(res["sgd"][0]["params"], res["sgd_again"][0]["params"])
+
+
+@pytest.mark.parametrize("case", ["full", "sgd", "idle_rank", "resume"])
 def test_float64_matches_one_process_to_rounding(results, case):
     out, res = results
     model, hist = single(case, out)
