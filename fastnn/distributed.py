@@ -100,8 +100,9 @@ def _describe(obj):
     """The type and settings of a loss or schedule (no object addresses)."""
     if obj is None:
         return None
-    return (type(obj).__name__, sorted((k, repr(v)) for k, v in vars(obj).items()
-                                       if isinstance(v, (int, float, str, bool, type(None)))))
+    return (type(obj).__name__, sorted((k, _crc(v) if isinstance(v, np.ndarray) else repr(v))
+                                       for k, v in vars(obj).items()
+                                       if isinstance(v, (int, float, str, bool, type(None), np.ndarray))))
 
 
 class DistributedFit(Fit):
@@ -144,8 +145,9 @@ class DistributedFit(Fit):
         for k in range(1, len(sigs)):
             for key, v in sigs[0].items():
                 if sigs[k][key] != v:
-                    raise ValueError(f"rank {k} was given a different {key} than rank 0; every rank of a "
-                                     "distributed fit must be given the same model, data and fit arguments")
+                    hint = " (build it with the same seed= on every rank)" if key == "model" else ""
+                    raise ValueError(f"rank {k} was given a different {key} than rank 0{hint}; every rank of "
+                                     "a distributed fit must be given the same model, data and fit arguments")
 
     # ------------------------------------------------------------ epochs
     def run(self):
@@ -200,7 +202,13 @@ class DistributedFit(Fit):
         n, k = X.shape[0], m.n_outputs
         bounds = [(r * n) // self.size for r in range(self.size + 1)]
         lo, hi = bounds[self.rank], bounds[self.rank + 1]
-        local = m.forward(X[lo:hi], self.n_threads) if hi > lo else np.empty((0, k), dtype=m.dtype)
+        local, err = np.empty((0, k), dtype=m.dtype), None
+        try:
+            if hi > lo:
+                local = m.forward(X[lo:hi], self.n_threads)
+        except Exception as e:      # noqa: BLE001 - re-raised on every rank by agree
+            err = e
+        agree(comm, err, "computing the validation outputs")
         out = np.empty((n, k), dtype=m.dtype)
         counts = [(b - a) * k for a, b in zip(bounds[:-1], bounds[1:])]
         comm.Allgatherv(local, [out, counts, [a * k for a in bounds[:-1]], MPI.FLOAT if out.dtype == np.float32 else MPI.DOUBLE])
