@@ -7,7 +7,9 @@ taking positions ``[b0 + r*size//R, b0 + (r+1)*size//R)``; when ``size`` does no
 number of ranks R the shares differ by one example, and a batch smaller than R leaves some
 ranks without examples (they contribute zero).
 
-Each step, each rank runs the compiled core once on its share with the update off: forward,
+Each step (a Python loop over steps: the Allreduce between a step's gradient and its update is
+the one per-step cost this inherently adds), each rank runs the compiled core once on its share
+with the update off: forward,
 loss and backward, dropout masks keyed by the example's position in the global batch, and the
 gradient tiles scaled by the *global* normaliser (the whole batch's sum of example weights), so
 its ``grads`` hold its part of the global mean gradient. One ``Allreduce`` (sum) over the flat
