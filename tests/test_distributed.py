@@ -89,6 +89,18 @@ def test_checkpoint_is_written_by_rank_0_and_loads(results):
     assert not [f for f in os.listdir(out) if ".tmp" in f]
 
 
+def test_a_checkpoint_of_two_ranks_resumes_in_one_process(results):
+    out, _ = results
+    single("full", out)                         # writes full.single.safetensors
+    X, y, _ = mpi_fit.data()
+    more = []
+    for name in ("full.ckpt", "full.single"):
+        m = fn.load(os.path.join(out, name + ".safetensors"))
+        m.fit(X, y, epochs=1, batch_size=25, seed=5, threads=1)
+        more.append(m._params)
+    np.testing.assert_allclose(more[0], more[1], rtol=1e-12, atol=1e-14)
+
+
 def test_divergence_raises_the_same_error_on_every_rank(results):
     out, res = results
     with pytest.raises(fn.TrainingDiverged) as e:
