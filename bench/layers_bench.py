@@ -1,18 +1,23 @@
 #!/usr/bin/env python3
-"""One training epoch of normalised and residual MLPs: fastnn against PyTorch.
+"""One training epoch of normalised, residual and convolutional networks: fastnn against PyTorch.
 
-Models (784 inputs, 10 classes, softmax cross-entropy, SGD lr 0.01 momentum 0.9, N synthetic
-float32 examples shuffled every epoch):
+Models (10 classes, softmax cross-entropy, SGD lr 0.01 momentum 0.9, N synthetic float32
+examples shuffled every epoch):
 
 - ``bn``:  784-256-BN-ReLU-256-BN-ReLU-10
 - ``res``: 784->256, four pre-LayerNorm blocks (LayerNorm, Dense 256-256, ReLU, Dense 256-256),
   LayerNorm, ->10
+- ``lenet``: LeNet-5 on 1x28x28: conv 6@5x5 pad 2, ReLU, maxpool 2, conv 16@5x5, ReLU, maxpool 2,
+  flatten, 120, 84, 10 (ReLU)
+- ``cnn1d``: 1x40: conv 25@5 pad 2, ReLU, conv 25@3 pad 1, ReLU, conv 25@3 pad 1, ReLU, flatten, 10
+- ``cifar``: 3x32x32: [conv 3x3 32 pad 1, BatchNorm2d, ReLU, maxpool 2], [64, same],
+  [conv 128, BN, ReLU], global average pool, 10
 
 Every (library, model, batch, threads) run is its own process; the libraries are interleaved
 round by round; torch gets its better thread setting (1 or 2). Prints ex/s, the ratio, and peak
 RSS, with the CPU model.
 
-    python bench/layers_bench.py --batch 32 128 --rounds 3 --markdown
+    python bench/layers_bench.py --batch 32 128 --rounds 3
 """
 import argparse
 import json
@@ -24,15 +29,22 @@ import sys
 import time
 
 D_IN, D_H, N_CLASSES, LR, MOM = 784, 256, 10, 0.01, 0.9
+SHAPES = {"bn": (D_IN,), "res": (D_IN,), "lenet": (1, 28, 28), "cnn1d": (1, 40), "cifar": (3, 32, 32)}
+# multiply-adds per example (forward), for GFLOP/s
+MACS = {"lenet": 6 * 25 * 784 + 16 * 150 * 100 + 400 * 120 + 120 * 84 + 84 * 10,
+        "cnn1d": 25 * 5 * 40 + 25 * 75 * 40 * 2 + 1000 * 10,
+        "cifar": 32 * 27 * 1024 + 64 * 288 * 256 + 128 * 576 * 64 + 128 * 10}
 
 
-def data(n):
+def data(n, kind="bn"):
     import numpy as np
 
     rng = np.random.default_rng(0)
-    X = (0.1 * rng.standard_normal((n, D_IN))).astype(np.float32)
-    y = np.argmax(X @ rng.standard_normal((D_IN, N_CLASSES)).astype(np.float32), axis=1).astype(np.int64)
-    return X, y
+    shape = SHAPES[kind]
+    X = (0.1 * rng.standard_normal((n,) + shape)).astype(np.float32)
+    flat = X.reshape(n, -1)
+    y = np.argmax(flat @ rng.standard_normal((flat.shape[1], N_CLASSES)).astype(np.float32), axis=1)
+    return X, y.astype(np.int64)
 
 
 def fastnn_model(kind):
@@ -41,6 +53,19 @@ def fastnn_model(kind):
     if kind == "bn":
         return fn.Sequential(fn.Dense(D_IN, D_H), fn.BatchNorm1d(D_H), fn.ReLU(), fn.Dense(D_H, D_H),
                              fn.BatchNorm1d(D_H), fn.ReLU(), fn.Dense(D_H, N_CLASSES), seed=0)
+    if kind == "lenet":
+        return fn.Sequential(fn.Conv2d(1, 6, 5, padding=2), fn.ReLU(), fn.MaxPool2d(2), fn.Conv2d(6, 16, 5), fn.ReLU(),
+                             fn.MaxPool2d(2), fn.Flatten(), fn.Dense(400, 120), fn.ReLU(), fn.Dense(120, 84),
+                             fn.ReLU(), fn.Dense(84, N_CLASSES), input_shape=SHAPES[kind], seed=0)
+    if kind == "cnn1d":
+        return fn.Sequential(fn.Conv1d(1, 25, 5, padding=2), fn.ReLU(), fn.Conv1d(25, 25, 3, padding=1), fn.ReLU(),
+                             fn.Conv1d(25, 25, 3, padding=1), fn.ReLU(), fn.Flatten(), fn.Dense(1000, N_CLASSES),
+                             input_shape=SHAPES[kind], seed=0)
+    if kind == "cifar":
+        def stage(i, o, pool=True):
+            return [fn.Conv2d(i, o, 3, padding=1), fn.BatchNorm2d(o), fn.ReLU()] + ([fn.MaxPool2d(2)] if pool else [])
+        return fn.Sequential(*stage(3, 32), *stage(32, 64), *stage(64, 128, False), fn.AdaptiveAvgPool2d(1),
+                             fn.Flatten(), fn.Dense(128, N_CLASSES), input_shape=SHAPES[kind], seed=0)
     blocks = [fn.Residual(fn.LayerNorm(D_H), fn.Dense(D_H, D_H), fn.ReLU(), fn.Dense(D_H, D_H)) for _ in range(4)]
     return fn.Sequential(fn.Dense(D_IN, D_H), *blocks, fn.LayerNorm(D_H), fn.Dense(D_H, N_CLASSES), seed=0)
 
@@ -51,6 +76,18 @@ def torch_model(kind):
     if kind == "bn":
         return nn.Sequential(nn.Linear(D_IN, D_H), nn.BatchNorm1d(D_H), nn.ReLU(), nn.Linear(D_H, D_H),
                              nn.BatchNorm1d(D_H), nn.ReLU(), nn.Linear(D_H, N_CLASSES))
+    if kind == "lenet":
+        return nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 16, 5), nn.ReLU(),
+                             nn.MaxPool2d(2), nn.Flatten(), nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84),
+                             nn.ReLU(), nn.Linear(84, N_CLASSES))
+    if kind == "cnn1d":
+        return nn.Sequential(nn.Conv1d(1, 25, 5, padding=2), nn.ReLU(), nn.Conv1d(25, 25, 3, padding=1), nn.ReLU(),
+                             nn.Conv1d(25, 25, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(1000, N_CLASSES))
+    if kind == "cifar":
+        def stage(i, o, pool=True):
+            return [nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU()] + ([nn.MaxPool2d(2)] if pool else [])
+        return nn.Sequential(*stage(3, 32), *stage(32, 64), *stage(64, 128, False), nn.AdaptiveAvgPool2d(1),
+                             nn.Flatten(), nn.Linear(128, N_CLASSES))
 
     class Block(nn.Module):
         def __init__(self):
@@ -65,7 +102,7 @@ def torch_model(kind):
 
 
 def worker(lib, kind, batch, threads, n, repeats):
-    X, y = data(n)
+    X, y = data(n, kind)
     if lib == "fastnn":
         import fastnn as fn
 
@@ -102,17 +139,6 @@ def worker(lib, kind, batch, threads, n, repeats):
     return {"ex_s": n / statistics.median(times), "rss_mib": rss}
 
 
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
-
-
 def spawn(lib, kind, batch, threads, a):
     out = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", lib, kind, str(batch), str(threads),
                           "--n", str(a.n), "--repeats", str(a.repeats)], capture_output=True, text=True,
@@ -122,23 +148,24 @@ def spawn(lib, kind, batch, threads, a):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", nargs="+", default=["bn", "res"], choices=["bn", "res"])
+    p.add_argument("--models", nargs="+", default=["bn", "res"], choices=sorted(SHAPES))
     p.add_argument("--batch", type=int, nargs="+", default=[32, 128])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--n", type=int, default=20000)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--markdown", action="store_true")
     p.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.worker:
         lib, kind, b, t = a.worker
         print(json.dumps(worker(lib, kind, int(b), int(t), a.n, a.repeats)))
         return
+    from fastnn.bench import cpu_name
+
     print(f"# {cpu_name()}, fastnn {a.threads} threads, torch best of 1/{a.threads} threads, N={a.n}, "
           f"median of {a.rounds} rounds")
-    print("| model | batch | fastnn ex/s | torch ex/s | fastnn/torch | RSS fastnn/torch MiB |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| model | batch | fastnn ex/s | torch ex/s | fastnn/torch | fastnn GFLOP/s | RSS fastnn/torch MiB |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for kind in a.models:
         for b in a.batch:
             fa, to = [], {1: [], a.threads: []}
@@ -151,7 +178,8 @@ def main():
             tv = statistics.median(r["ex_s"] for r in to[best])
             frss = max(r["rss_mib"] for r in fa)
             trss = max(r["rss_mib"] for r in to[best])
-            print(f"| {kind} | {b} | {f:,.0f} | {tv:,.0f} ({best} thr) | {f / tv:.2f}x | {frss:.0f}/{trss:.0f} |",
+            gf = f"{6 * MACS[kind] * f / 1e9:.1f}" if kind in MACS else "-"
+            print(f"| {kind} | {b} | {f:,.0f} | {tv:,.0f} ({best} thr) | {f / tv:.2f}x | {gf} | {frss:.0f}/{trss:.0f} |",
                   flush=True)
 
 

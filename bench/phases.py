@@ -42,17 +42,6 @@ def worker(batch, hidden, wide, n, repeats):
     return n / statistics.median(times)
 
 
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--batch", type=int, nargs="+", default=[32, 128, 512])
@@ -66,6 +55,7 @@ def main():
         print(json.dumps(worker(*a.worker, a.n, a.repeats)))
         return
     import fastnn as fn
+    from fastnn.bench import cpu_name
 
     print(f"# {cpu_name()}, {fn.get_num_threads()} threads, N={a.n}, median of {a.rounds} rounds")
     print("| batch | H | chunks ex/s | all split ex/s | rule ex/s | split/chunks | rule/chunks |")

@@ -33,6 +33,7 @@ WIDE_BIG_WEIGHTS = 512 * 512
 BN_UNIT = 32            # features per BatchNorm work unit
 WIDE_UNIT = 128         # neurons (forward) or input features (backward) per wide-Dense work unit
 NORM_TILE = 64          # features per norm-parameter gradient tile
+TILE_ROWS = 128         # most rows of dW per gradient tile
 
 
 def _next_pow2(n):
@@ -67,6 +68,7 @@ class Plan:
         self.n_params = 0
         self.n_running = 0
         self.n_stats = 0
+        self.scratch = 0           # conv backward's column buffer, elements per chunk
         self._col = self.n_features
         self._seen = set()
         out = self._emit(layers, "", _Buf(-1, 0, self.in_shape))
@@ -75,9 +77,6 @@ class Plan:
         if out.op != len(self.ops) - 1:
             # the output must be the last op's (a trailing Identity or Flatten is fine: no op)
             raise ValueError("the network's output must come from its last layer")
-        if len(out.shape) != 1:
-            raise ValueError(f"the network's output has per-example shape {out.shape}; end with "
-                             "fn.Flatten() and a fn.Dense to get one row per example")
         self.out_shape = out.shape
         self.n_outputs = out.width
         self.row_width = self._col
@@ -107,8 +106,8 @@ class Plan:
     def _new_op(self, kind, src, n_out, **kw):
         op = dict.fromkeys(_engine.OP_FIELDS, -1)
         op.update(kind=OP[kind], n_in=src.width, n_out=n_out, act=L.ACT_IDENTITY, drop=L.DROP_NONE,
-                  in_col=src.col, din_acc=0, din2_acc=0, groups=1, nbt=0, act_param=0.0, drop_p=0.0,
-                  eps=0.0, momentum=-1.0, src=src, src2=None)
+                  in_col=src.col, din_acc=0, din2_acc=0, groups=1, nbt=0, dper=1, act_param=0.0, drop_p=0.0,
+                  eps=0.0, momentum=-1.0, src=src, src2=None, **{f"g{i}": 0 for i in range(_engine.N_GEOM)})
         op.update(kw)
         k = len(self.ops)
         op["key"] = k
@@ -145,8 +144,30 @@ class Plan:
                 self.dense.append([name, layer, None])
                 self.diag.append((name, k, layer.n_params(), layer.out_features))
                 src = _Buf(k, self.ops[k]["a_col"], out_shape)
-            elif isinstance(layer, (L._Activation, L.Dropout)):
+            elif isinstance(layer, (L._Activation, L.Dropout, L.Dropout2d)):
                 src = self._activation(name, layer, src)
+            elif isinstance(layer, L.Conv1d) or isinstance(layer, L.Conv2d):
+                offs = self._param(name + ".", layer, layer.param_shapes())
+                geo = layer.geometry(src.shape)
+                k = self._new_op("conv", src, math.prod(out_shape), w_off=offs["weight"], b_off=offs.get("bias", -1),
+                                 **{f"g{i}": v for i, v in enumerate(geo)})
+                # the im2col columns of every example, kept for the filter gradient
+                self.ops[k]["s_col"] = self._alloc(layer.in_channels * geo[4] * geo[5] * geo[13] * geo[14])
+                cg = layer.in_channels // layer.groups
+                self.scratch = max(self.scratch, cg * geo[4] * geo[5] * geo[13] * geo[14])
+                self.dense.append([name, layer, None])
+                self.diag.append((name, k, layer.n_params(), math.prod(out_shape)))
+                src = _Buf(k, self.ops[k]["a_col"], out_shape)
+            elif isinstance(layer, (L.MaxPool1d, L.MaxPool2d, L.AvgPool1d, L.AvgPool2d, L.AdaptiveAvgPool1d,
+                                    L.AdaptiveAvgPool2d)):
+                geo = layer.geometry(src.shape)
+                k = self._new_op("pool", src, math.prod(out_shape), **{f"g{i}": v for i, v in enumerate(geo)})
+                if geo[15] == 0:            # max: each output's argmax, for backward
+                    if geo[1] * geo[2] >= 1 << 24:      # kept as a float: exact below 2**24
+                        raise ValueError(f"layer {name} ({layer!r}): max pooling over planes of 2**24 or more "
+                                         "values is not supported")
+                    self.ops[k]["s_col"] = self._alloc(math.prod(out_shape))
+                src = _Buf(k, self.ops[k]["a_col"], out_shape)
             elif isinstance(layer, L.BatchNorm1d):
                 offs = self._param(name + ".", layer, layer.param_shapes())
                 n = layer.num_features
@@ -156,13 +177,13 @@ class Plan:
                     for bname, shape in layer.buffer_shapes():
                         self.buffers.append((name + "." + bname, layer, bname, self.n_running, shape))
                         self.n_running += math.prod(shape)
-                k = self._new_op("bn", src, n, w_off=offs.get("weight", -1), b_off=offs.get("bias", -1),
-                                 s_off=self.n_stats, r_off=r_off, eps=layer.eps,
+                k = self._new_op("bn", src, src.width, w_off=offs.get("weight", -1), b_off=offs.get("bias", -1),
+                                 s_off=self.n_stats, r_off=r_off, eps=layer.eps, groups=src.width // n,
                                  momentum=-1.0 if layer.momentum is None else layer.momentum)
                 self.n_stats += 4 * n
                 self.bn_layers.append((name, layer))
                 if layer.affine:
-                    self.diag.append((name, k, 2 * n, n))
+                    self.diag.append((name, k, 2 * n, src.width))
                 src = _Buf(k, self.ops[k]["a_col"], out_shape)
             elif isinstance(layer, L.LayerNorm):
                 offs = self._param(name + ".", layer, layer.param_shapes())
@@ -183,7 +204,7 @@ class Plan:
         is_act = isinstance(layer, L._Activation)
         if is_act and layer.code == L.ACT_IDENTITY:
             return src
-        if isinstance(layer, L.Dropout) and layer.p == 0:
+        if isinstance(layer, (L.Dropout, L.Dropout2d)) and layer.p == 0:
             return src
         prod = self.ops[src.op] if src.op >= 0 else None
         fusable = (prod is not None and src.readers == 0 and src.col == prod["ad_col"]
@@ -195,6 +216,7 @@ class Plan:
             prod["act"], prod["act_param"] = layer.code, float(layer.param)
             return _Buf(src.op if fusable else len(self.ops) - 1, prod["a_col"], src.shape)
         prod["drop"], prod["drop_p"] = layer.code, layer.p
+        prod["dper"] = math.prod(src.shape[1:]) if isinstance(layer, L.Dropout2d) else 1
         prod["ad_col"] = self._alloc(prod["n_out"])
         return _Buf(src.op if fusable else len(self.ops) - 1, prod["ad_col"], src.shape)
 
@@ -268,11 +290,18 @@ class Plan:
         for k, op in enumerate(self.ops):
             if op["kind"] == OP["dense"]:
                 n = op["n_out"]
-                rb = min(128, max(16, n // 2))
+                rb = min(TILE_ROWS, max(16, n // 2))
                 for r0 in range(0, n, rb):
                     tiles.append((k, r0, min(rb, n - r0), op["n_in"]))
+            elif op["kind"] == OP["conv"]:
+                og = op["g3"] // op["g12"]            # a tile never straddles two groups
+                rb = min(TILE_ROWS, max(16, og // 2))
+                k_len = op["g0"] // op["g12"] * op["g4"] * op["g5"]
+                for g0 in range(0, op["g3"], og):
+                    for r0 in range(g0, g0 + og, rb):
+                        tiles.append((k, r0, min(rb, g0 + og - r0), k_len * op["g13"] * op["g14"]))
             elif op["kind"] in (OP["bn"], OP["ln"]) and (op["w_off"] >= 0 or op["b_off"] >= 0):
-                n = op["n_out"] if op["kind"] == OP["bn"] else op["n_out"] // op["groups"]
+                n = op["n_out"] // op["groups"]
                 for r0 in range(0, n, NORM_TILE):
                     tiles.append((k, r0, min(NORM_TILE, n - r0), 2))
         # big tiles first, so dynamic scheduling balances the tail
@@ -308,7 +337,8 @@ class Plan:
             return [PH["chunk"], -1, 0, gather, pro, f0, f1, loss, b0, b1, epi]
 
         def batch(kind, k, fuse=False):
-            unit = BN_UNIT if kind.startswith("bn") else WIDE_UNIT
+            # BatchNorm units: BN_UNIT values per example, at least one channel
+            unit = max(1, BN_UNIT // self.ops[k]["groups"]) if kind.startswith("bn") else WIDE_UNIT
             return [PH[kind], k, unit, int(fuse), -1, 0, 0, 0, 0, 0, -1]
 
         cpl = [k for k in range(n) if coupled(k)]
@@ -374,7 +404,7 @@ class Plan:
         n = -(-batch_size // self.chunk_for(batch_size))
         for k, op in enumerate(self.ops):
             if op["kind"] == OP["bn"]:
-                n = max(n, -(-op["n_out"] // BN_UNIT))
+                n = max(n, -(-(op["n_out"] // op["groups"]) // max(1, BN_UNIT // op["groups"])))
             elif self.is_wide(k, batch_size):
                 n = max(n, -(-op["n_out"] // WIDE_UNIT), -(-op["n_in"] // WIDE_UNIT))
         return n

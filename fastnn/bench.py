@@ -542,6 +542,13 @@ def run(args) -> dict:
     if load > 0.5:
         # Other busy processes steal cores from OpenMP/BLAS pools and skew every number.
         print(f"warning: 1-min load average is {load:.2f}; timings will be noisy", file=sys.stderr)
+    forced = [f"{k}={os.environ[k]}" for k in OPENBLAS_VARS if k in os.environ]
+    if forced:
+        # fastnn's GEMMs are OpenBLAS's (through SciPy); a forced core type can mean older, slower
+        # kernels (Haswell's AVX2 on an AVX-512 CPU), while torch and jax bring their own GEMMs
+        print(f"warning: {' '.join(forced)} is set and holds fastnn's OpenBLAS to that core type's "
+              f"kernels; unset it for this command (env -u {' -u '.join(k for k in OPENBLAS_VARS)} ...) "
+              "unless this machine needs it", file=sys.stderr)
     peak_env = {k: v for k, v in os.environ.items() if k not in OPENBLAS_VARS}
     print("measuring sgemm peak ...", file=sys.stderr, flush=True)
     peak = spawn("peak", args, env=peak_env)

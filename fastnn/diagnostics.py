@@ -24,6 +24,7 @@ import warnings
 
 import numpy as np
 
+from . import _plan
 from . import layers as L
 from .callbacks import Callback
 
@@ -73,7 +74,8 @@ class Diagnostics(Callback):
         n_layers = len(plan.diag)
         self.n_units = int(plan.n_units)
         # the longest contiguous span a tile updates: a row of W, or a block of biases/features
-        stride = int(max(max(op["n_in"], op["n_out"]) for op in plan.ops))
+        stride = int(max(max(op["n_in"], op["n_out"], op["g0"] // max(op["g12"], 1) * op["g4"] * op["g5"])
+                         for op in plan.ops))
         n_tiles = plan.tiles.shape[0]
         t = self.saturation_threshold
         self.buffers = {
@@ -128,6 +130,9 @@ class Diagnostics(Callback):
             out["saturated"].append(float(act[j, 2] / cells) if code in (L.ACT_SIGMOID, L.ACT_TANH)
                                     else math.nan)
             units = active[unit0:unit0 + n_units]
+            op = plan.ops[k]
+            if op["kind"] == _plan.OP["conv"]:      # a convolution's unit is a channel (all positions)
+                units = units.reshape(op["g3"], -1).max(axis=1)
             out["dead"].append(float(np.mean(units == 0)) if code in (L.ACT_RELU, L.ACT_LEAKY) else math.nan)
             unit0 += n_units
         self._advise(out)

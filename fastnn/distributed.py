@@ -207,7 +207,7 @@ class DistributedFit(Fit):
         local, err = np.empty((0, k), dtype=m.dtype), None
         try:
             if hi > lo:
-                local = m.forward(X[lo:hi], self.n_threads)
+                local = m.forward(X[lo:hi], self.n_threads).reshape(hi - lo, k)
         except Exception as e:      # noqa: BLE001 - re-raised on every rank by agree
             err = e
         agree(comm, err, "computing the validation outputs")
@@ -307,7 +307,7 @@ def fit_distributed(comm, model, X, y, **kw):
             raise ValueError("diagnostics are not available in a distributed fit (comm=); run them in one "
                              "process")
         if model._plan.has_bn:
-            raise ValueError("BatchNorm1d couples the examples of a batch, which a distributed fit (comm=) "
+            raise ValueError("BatchNorm couples the examples of a batch, which a distributed fit (comm=) "
                              "splits across ranks; use LayerNorm, or train in one process")
         run = make_fit(model, X, y, fit_class=DistributedFit, comm=comm, **kw)
     except Exception as e:      # noqa: BLE001 - re-raised on every rank by agree

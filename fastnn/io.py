@@ -89,7 +89,24 @@ _LAYER_ARGS = {
                     "track_running_stats": _BOOL},
     "LayerNorm": {"normalized_shape": _SHAPE, "eps": _NUM, "elementwise_affine": _BOOL, "bias": _BOOL},
     "Residual": {"layers": _SUBLAYERS, "projection": _PROJECTION},
+    "Dropout2d": {"p": _NUM},
 }
+_NONNEG = (lambda v: isinstance(v, list) and 1 <= len(v) <= 2 and all(_is_int(s) and s >= 0 for s in v),
+           "lists of 1 or 2 non-negative ints")
+_PADDING = (lambda v: v in ("same", "valid") or _NONNEG[0](v), "'same', 'valid' or lists of 1 or 2 non-negative ints")
+_SIZES = (lambda v: isinstance(v, list) and 1 <= len(v) <= 2 and all(_is_int(s) and s >= 1 for s in v),
+          "lists of 1 or 2 positive ints")
+for _conv in ("Conv1d", "Conv2d"):
+    _LAYER_ARGS[_conv] = {"in_channels": _POS_INT, "out_channels": _POS_INT, "kernel_size": _SIZES,
+                          "stride": _SIZES, "padding": _PADDING, "dilation": _SIZES, "groups": _POS_INT,
+                          "bias": _BOOL, "init": _STR_OR_NULL}
+for _pool in ("MaxPool1d", "MaxPool2d", "AvgPool1d", "AvgPool2d"):
+    _LAYER_ARGS[_pool] = {"kernel_size": _SIZES, "stride": _SIZES, "padding": _NONNEG}
+    if _pool.startswith("Avg"):
+        _LAYER_ARGS[_pool]["count_include_pad"] = _BOOL
+for _pool in ("AdaptiveAvgPool1d", "AdaptiveAvgPool2d"):
+    _LAYER_ARGS[_pool] = {"output_size": _SIZES}
+_LAYER_ARGS["BatchNorm2d"] = _LAYER_ARGS["BatchNorm1d"]
 # every other layer type (Identity, Flatten, the activations) takes no arguments
 _LAYER_ARGS = {name: _LAYER_ARGS.get(name, {}) for name in L.LAYER_TYPES}
 _LOSSES = {c.__name__: c for c in (LS.MSE, LS.BinaryCrossEntropy, LS.CrossEntropy, LS.NLLLoss, LS.KLDiv)}
@@ -699,9 +716,22 @@ def _torch_module(layer, name):
     t = type(layer)
     if t is L.Dense:
         return nn.Linear(layer.in_features, layer.out_features, bias=layer.use_bias)
-    if t is L.BatchNorm1d:
-        return nn.BatchNorm1d(layer.num_features, eps=layer.eps, momentum=layer.momentum, affine=layer.affine,
-                              track_running_stats=layer.track_running_stats)
+    if t in (L.BatchNorm1d, L.BatchNorm2d):
+        return getattr(nn, t.__name__)(layer.num_features, eps=layer.eps, momentum=layer.momentum,
+                                       affine=layer.affine, track_running_stats=layer.track_running_stats)
+    if t in (L.Conv1d, L.Conv2d):
+        return getattr(nn, t.__name__)(layer.in_channels, layer.out_channels, layer.kernel_size, stride=layer.stride,
+                                       padding=layer.padding, dilation=layer.dilation, groups=layer.groups,
+                                       bias=layer.use_bias)
+    if t in (L.MaxPool1d, L.MaxPool2d):
+        return getattr(nn, t.__name__)(layer.kernel_size, stride=layer.stride, padding=layer.padding)
+    if t in (L.AvgPool1d, L.AvgPool2d):
+        return getattr(nn, t.__name__)(layer.kernel_size, stride=layer.stride, padding=layer.padding,
+                                       count_include_pad=layer.count_include_pad)
+    if t in (L.AdaptiveAvgPool1d, L.AdaptiveAvgPool2d):
+        return getattr(nn, t.__name__)(layer.output_size)
+    if t is L.Dropout2d:
+        return nn.Dropout2d(layer.p)
     if t is L.LayerNorm:
         kw = {} if layer.use_bias or not layer.elementwise_affine else {"bias": False}
         try:
@@ -728,8 +758,9 @@ def _torch_module(layer, name):
     raise ValueError(f"layer {name} ({layer!r}) has no PyTorch equivalent")
 
 
-_FROM_TORCH = ("Linear, BatchNorm1d, LayerNorm, Flatten(start_dim=1), Identity, Sigmoid, Tanh, ReLU, "
-               "LeakyReLU, Softmax(dim=1), Dropout and fastnn.io.TorchResidual")
+_FROM_TORCH = ("Linear, Conv1d, Conv2d, MaxPool1d/2d, AvgPool1d/2d, AdaptiveAvgPool1d/2d, BatchNorm1d, "
+               "BatchNorm2d, LayerNorm, Flatten(start_dim=1), Identity, Sigmoid, Tanh, ReLU, LeakyReLU, "
+               "Softmax(dim=1), Dropout, Dropout2d and fastnn.io.TorchResidual")
 
 
 def from_torch(module, dtype=None, input_shape=None):
@@ -752,6 +783,9 @@ def from_torch(module, dtype=None, input_shape=None):
     from .model import Sequential
 
     model = Sequential(*layers, dtype=dtype, input_shape=input_shape)
+    if model.input_shape is None:
+        raise ValueError("the first modules do not imply the per-example input shape; pass input_shape=, "
+                         "e.g. from_torch(module, input_shape=(1, 28, 28))")
     model.load_state_dict({k: v.detach().to("cpu", torch.float64 if v.is_floating_point() else v.dtype).numpy()
                            for k, v in module.state_dict().items()})
     return model
@@ -763,9 +797,23 @@ def _fastnn_layer(m, name):
     try:
         if t is nn.Linear:
             return L.Dense(m.in_features, m.out_features, bias=m.bias is not None)
-        if t is nn.BatchNorm1d:
-            return L.BatchNorm1d(m.num_features, eps=m.eps, momentum=m.momentum, affine=m.affine,
-                                 track_running_stats=m.track_running_stats)
+        if t in (nn.BatchNorm1d, nn.BatchNorm2d):
+            return getattr(L, t.__name__)(m.num_features, eps=m.eps, momentum=m.momentum, affine=m.affine,
+                                          track_running_stats=m.track_running_stats)
+        if t in (nn.Conv1d, nn.Conv2d) and m.padding_mode == "zeros":
+            return getattr(L, t.__name__)(m.in_channels, m.out_channels, m.kernel_size, stride=m.stride,
+                                          padding=m.padding, dilation=m.dilation, groups=m.groups,
+                                          bias=m.bias is not None)
+        if t in (nn.MaxPool1d, nn.MaxPool2d) and not m.ceil_mode and m.dilation in (1, (1, 1)) \
+                and not m.return_indices:
+            return getattr(L, t.__name__)(m.kernel_size, stride=m.stride, padding=m.padding)
+        if t in (nn.AvgPool1d, nn.AvgPool2d) and not m.ceil_mode and getattr(m, "divisor_override", None) is None:
+            return getattr(L, t.__name__)(m.kernel_size, stride=m.stride, padding=m.padding,
+                                          count_include_pad=m.count_include_pad)
+        if t in (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d):
+            return getattr(L, t.__name__)(m.output_size)
+        if t is nn.Dropout2d:
+            return L.Dropout2d(m.p)
         if t is nn.LayerNorm:
             return L.LayerNorm(tuple(m.normalized_shape), eps=m.eps, elementwise_affine=m.elementwise_affine,
                                bias=m.bias is not None)

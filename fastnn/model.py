@@ -57,15 +57,15 @@ def _infer_input_shape(layers):
     for layer in layers:
         if isinstance(layer, L.Dense):
             return (layer.in_features,)
-        if isinstance(layer, L.BatchNorm1d):
+        if type(layer) is L.BatchNorm1d:
             return (layer.num_features,)
         if isinstance(layer, L.LayerNorm):
             return layer.normalized_shape
         if isinstance(layer, L.Residual):
             return _infer_input_shape(layer.layers) or (
                 (layer.projection.in_features,) if layer.projection is not None else None)
-        if isinstance(layer, L.Flatten):
-            return None
+        if not isinstance(layer, (L._Activation, L.Dropout, L.Identity)):
+            return None             # a convolution, pooling, Flatten: the data will tell
     return None
 
 
@@ -94,38 +94,47 @@ class Sequential:
         self.layers = list(layers)
         self.dtype = _dtype(dtype)
         self.seed = check_seed(seed)
-        if input_shape is None:
-            input_shape = _infer_input_shape(self.layers)
-            if input_shape is None:
-                raise ValueError("cannot tell the input shape from the first layers; pass input_shape=, "
-                                 "e.g. Sequential(..., input_shape=(64,))")
-        elif isinstance(input_shape, (int, np.integer)):
-            input_shape = (input_shape,)
-        try:
-            input_shape = tuple(_pos_int(s, "input_shape entries") for s in input_shape)
-        except TypeError:
-            raise TypeError(f"input_shape must be a tuple of positive ints, got {input_shape!r}") from None
-        self.input_shape = input_shape
-        self._build_plan()
-        self._params = np.zeros(self.n_params, dtype=self.dtype)
-        self._grads = np.zeros(self.n_params, dtype=self.dtype)
-        self._running = np.zeros(max(self._plan.n_running, 0), dtype=self.dtype)
-        self._bind_views()
-        self._work_buf = None
+        self._work_buf = self._scratch_buf = None
         self.loss = None
         self.optimizer = None
         self.epochs_trained = 0
         self.steps_trained = 0
         self.stop_training = False
-        self.reset_parameters()
+        self.input_shape = None
+        if input_shape is None:
+            input_shape = _infer_input_shape(self.layers)
+        elif isinstance(input_shape, (int, np.integer)):
+            input_shape = (input_shape,)
+        if input_shape is not None:
+            self._build(input_shape)
+        # else no layer implies it (a convolution first): the first data given fixes it
 
-    # ------------------------------------------------------------ plan
-    def _build_plan(self):
-        self._plan = Plan(self.layers, self.input_shape)
+    _BUILT = ("_plan", "n_params", "n_features", "n_outputs", "_params", "_grads", "_running")
+
+    def __getattr__(self, name):
+        if name in Sequential._BUILT:
+            raise ValueError("the model is not built yet: its input shape is unknown until it sees data; "
+                             "pass input_shape=, e.g. Sequential(..., input_shape=(1, 28, 28)), or call fit "
+                             "or forward first")
+        raise AttributeError(name)
+
+    def _build(self, input_shape):
+        try:
+            input_shape = tuple(_pos_int(s, "input_shape entries") for s in input_shape)
+        except TypeError:
+            raise TypeError(f"input_shape must be a tuple of positive ints, got {input_shape!r}") from None
+        self._plan = Plan(self.layers, input_shape)
+        self.input_shape = input_shape
         self.n_params = self._plan.n_params
         self.n_features = self._plan.n_features
         self.n_outputs = self._plan.n_outputs
+        self._params = np.zeros(self.n_params, dtype=self.dtype)
+        self._grads = np.zeros(self.n_params, dtype=self.dtype)
+        self._running = np.zeros(max(self._plan.n_running, 0), dtype=self.dtype)
+        self._bind_views()
+        self.reset_parameters()
 
+    # ------------------------------------------------------------ plan
     def _bind_views(self):
         for _, layer, attr, off, shape in self._plan.params:
             setattr(layer, attr, self._params[off:off + math.prod(shape)].reshape(shape))
@@ -141,14 +150,12 @@ class Sequential:
         seed = self.seed if seed is None else check_seed(seed)
         for k, (_, d, act) in enumerate(self._plan.dense):
             scheme = d.init or (act.default_init if act is not None else "xavier")
-            init_rng = rng_for(seed, 0x1A17, k)
-            holder = L.Dense(d.in_features, d.out_features, d.use_bias)
-            holder.weight = np.empty((d.out_features, d.in_features))
-            holder.bias = np.empty(d.out_features) if d.use_bias else None
-            L.init_dense(holder, init_rng, scheme)     # drawn in float64, so both dtypes start alike
-            d.weight[...] = holder.weight
+            # drawn in float64, so both dtypes start alike
+            W, b = L.init_weights(d.weight.shape, d.bias.shape if d.use_bias else None, d.fans(),
+                                  rng_for(seed, 0x1A17, k), scheme)
+            d.weight[...] = W
             if d.use_bias:
-                d.bias[...] = holder.bias
+                d.bias[...] = b
         for _, layer, attr, _, _ in self._plan.params:
             if isinstance(layer, (L.BatchNorm1d, L.LayerNorm)):
                 getattr(layer, attr)[...] = 1 if attr == "weight" else 0
@@ -231,9 +238,26 @@ class Sequential:
             self._work_buf = np.empty(size, dtype=self.dtype)
         return self._work_buf
 
+    def _scratch(self, batch_size):
+        """Per-chunk scratch of the convolutions' backward (empty without them)."""
+        p = self._plan
+        size = p.scratch * -(-batch_size // p.chunk_for(batch_size))
+        if getattr(self, "_scratch_buf", None) is None or self._scratch_buf.size < max(size, 1):
+            self._scratch_buf = np.empty(max(size, 1), dtype=self.dtype)
+        return self._scratch_buf
+
     def _check_X(self, X, name="X"):
         """X as a C-contiguous (N, n_features) array in the model's dtype; examples shaped
         ``input_shape`` are flattened (a view)."""
+        if self.input_shape is None:
+            shape = getattr(X, "shape", None)
+            if shape is None or len(shape) < 2:
+                X = np.asarray(X)
+                shape = X.shape
+            if len(shape) < 2 or shape[0] == 0:
+                raise ValueError(f"{name} must be shaped (N, ...) with N >= 1 to fix the model's input shape, "
+                                 f"got shape {tuple(shape)}")
+            self._build(tuple(shape[1:]))
         if isinstance(X, np.ndarray) and X.ndim > 2 and X.shape[1:] == self.input_shape:
             X = X.reshape(X.shape[0], -1)
         return check_X(X, self.n_features, self.dtype, name=name)
@@ -260,7 +284,8 @@ class Sequential:
 
     # ------------------------------------------------------------ inference
     def forward(self, X, threads=None, training=False):
-        """Raw network output (logits) for X, shape ``(N, n_outputs)``.
+        """Raw network output (logits) for X, shape ``(N, n_outputs)`` (``(N, *shape)`` for a network
+        whose output examples have more dimensions).
 
         Inference mode (dropout off, BatchNorm with its running statistics) unless
         ``training=True``: then dropout draws the masks the next training step would (keyed by
@@ -271,7 +296,7 @@ class Sequential:
         p = self._plan
         mode = "train_forward" if training else "infer"
         if training and p.has_bn and n < 2:
-            raise ValueError("BatchNorm1d in training mode needs at least 2 examples; got 1")
+            raise ValueError("BatchNorm in training mode needs at least 2 examples; got 1")
         out = np.empty((n, self.n_outputs), dtype=self.dtype)
         if (training and p.has_bn) or p.batch_coupled_inference:
             rows = n            # batch statistics over all of X
@@ -284,7 +309,8 @@ class Sequential:
                                  self._running, stats, X, out, work, rows,
                                  self._threads_for(rows // 3, resolve_threads(threads)), bool(training),
                                  self.seed, self.epochs_trained, self.steps_trained)
-        return out
+        # examples come out as rows; a network ending in, e.g., a convolution gives them their shape
+        return out if len(p.out_shape) == 1 else out.reshape((n,) + p.out_shape)
 
     __call__ = forward
 
@@ -292,7 +318,7 @@ class Sequential:
         """Output through the last loss's link: probabilities for classification losses
         (softmax / sigmoid / exp), the raw output for MSE or before any loss is known."""
         out = self.forward(X, threads)
-        return self.loss.link(out) if self.loss is not None else out
+        return self.loss.link(out.reshape(out.shape[0], -1)).reshape(out.shape) if self.loss is not None else out
 
     def evaluate(self, X, y, loss=None, sample_weight=None, threads=None):
         """``{"loss": ...}``, plus ``accuracy``, ``balanced_accuracy`` and ``f1_macro`` for
@@ -300,10 +326,11 @@ class Sequential:
         loss = check_loss(loss if loss is not None else self._need_loss())
         X = self._check_X(X)
         yi, yf, sw, pw = self._targets(y, loss, X.shape[0], sample_weight)
-        return self._scores(self.forward(X, threads), yi, yf, sw, pw, loss)
+        return self._scores(self.forward(X, threads).reshape(X.shape[0], -1), yi, yf, sw, pw, loss)
 
     def _scores(self, out, yi, yf, sw, pw, loss):
-        """``evaluate``'s numbers from the network's outputs ``out`` for the prepared targets."""
+        """``evaluate``'s numbers from the network's outputs ``out`` (one row per example) for
+        the prepared targets."""
         per = np.empty(out.shape[0])
         _engine.loss_per_example(out, yi, yf, pw, loss.kernel_code(yf), per)
         res = {"loss": reduce_loss(per, sw if sw.size else None, loss.reduction_code, self.n_outputs)}
@@ -344,7 +371,8 @@ class Sequential:
             loss.reduction_code, opt.code if opt is not None else OPT_NONE,
             opt.hyper() if opt is not None else np.zeros(1), lrs,
             opt.step_count if opt is not None else 0, seed, epoch, step0,
-            self._work(batch_size), step_loss, n_threads, **kw)
+            self._work(batch_size), step_loss, n_threads,
+            scratch=self._scratch(batch_size), scratch_stride=p.scratch, **kw)
         if update_running:
             for _, layer in p.bn_layers:
                 if layer.track_running_stats:
@@ -362,7 +390,7 @@ class Sequential:
 
     def _check_batch(self, n, what):
         if self._plan.has_bn and n < 2:
-            raise ValueError(f"{what}: BatchNorm1d in training mode needs at least 2 examples per batch, "
+            raise ValueError(f"{what}: BatchNorm in training mode needs at least 2 examples per batch, "
                              f"got {n}")
 
     def loss_and_grad(self, X, y, loss, sample_weight=None, l2=0.0, l2_bias=False, threads=None):
@@ -494,7 +522,7 @@ class Sequential:
     # ------------------------------------------------------------ pickling (joblib, sklearn clone)
     def __getstate__(self):
         state = self.__dict__.copy()
-        state["_work_buf"] = None
+        state["_work_buf"] = state["_scratch_buf"] = None
         return state
 
     def __setstate__(self, state):
@@ -508,7 +536,8 @@ class Sequential:
 
     # ------------------------------------------------------------ misc
     def __repr__(self):
-        lines = [f"Sequential(dtype={self.dtype.name}, params={self.n_params}"]
+        params = self.n_params if self.input_shape is not None else "unknown until built"
+        lines = [f"Sequential(dtype={self.dtype.name}, params={params}"]
         lines[0] += ")" if not self.layers else ","
         for i, layer in enumerate(self.layers):
             lines.append(f"  ({i}): {layer!r}")

@@ -15,6 +15,8 @@ as its parent.
 Needs ``onnx`` (``pip install "fastnn[onnx]"``, which also brings onnxruntime);
 ``import fastnn`` does not import it.
 """
+import math
+
 import numpy as np
 
 from . import layers as L
@@ -54,6 +56,7 @@ class GraphBuilder:
         self.dtype = np.dtype(dtype)
         self.nodes = []
         self.initializers = []
+        self.shape = None           # per-example shape of the tensor the current layer reads
         self._names = {"input", "output"}     # the graph's own input and output
 
     def _fresh(self, base):
@@ -131,26 +134,34 @@ def _flatten(layer, g, x, name):
     return x
 
 
-@register(L.BatchNorm1d)
+@register(L.BatchNorm1d, L.BatchNorm2d)
 def _batchnorm(layer, g, x, name):
     n = layer.num_features
+    spatial = len(g.shape) > 1      # (C, L) or (C, H, W) examples: statistics per channel
+    if spatial:
+        x = g.node("Reshape", [x, g.constant(f"{name}.shape", [0, n, -1], np.int64)], f"{name}.unflatten")
     scale = layer.weight if layer.affine else np.ones(n)
     shift = layer.bias if layer.affine else np.zeros(n)
     if layer.track_running_stats:
-        return g.node("BatchNormalization", [x, g.constant(f"{name}.weight", scale),
-                                             g.constant(f"{name}.bias", shift),
-                                             g.constant(f"{name}.running_mean", layer.running_mean),
-                                             g.constant(f"{name}.running_var", layer.running_var)],
-                      f"{name}.batchnorm", epsilon=layer.eps)
+        y = g.node("BatchNormalization", [x, g.constant(f"{name}.weight", scale),
+                                          g.constant(f"{name}.bias", shift),
+                                          g.constant(f"{name}.running_mean", layer.running_mean),
+                                          g.constant(f"{name}.running_var", layer.running_var)],
+                   f"{name}.batchnorm", epsilon=layer.eps)
+        return _rows(g, y, name) if spatial else y
     # without running statistics inference normalises by the batch itself
-    mean = g.node("ReduceMean", [x], f"{name}.mean", axes=[0], keepdims=1)
+    axes = [0, 2] if spatial else [0]
+    if spatial:                     # per-channel constants broadcast as (C, 1)
+        scale, shift = np.reshape(scale, (-1, 1)), np.reshape(shift, (-1, 1))
+    mean = g.node("ReduceMean", [x], f"{name}.mean", axes=axes, keepdims=1)
     xc = g.node("Sub", [x, mean], f"{name}.center")
-    var = g.node("ReduceMean", [g.node("Mul", [xc, xc], f"{name}.square")], f"{name}.var", axes=[0], keepdims=1)
+    var = g.node("ReduceMean", [g.node("Mul", [xc, xc], f"{name}.square")], f"{name}.var", axes=axes, keepdims=1)
     std = g.node("Sqrt", [g.node("Add", [var, g.constant(f"{name}.eps", np.array(layer.eps))], f"{name}.vareps")],
                  f"{name}.std")
     y = g.node("Div", [xc, std], f"{name}.normalize")
     y = g.node("Mul", [y, g.constant(f"{name}.weight", scale)], f"{name}.scale")
-    return g.node("Add", [y, g.constant(f"{name}.bias", shift)], f"{name}.shift")
+    y = g.node("Add", [y, g.constant(f"{name}.bias", shift)], f"{name}.shift")
+    return _rows(g, y, name) if spatial else y
 
 
 @register(L.LayerNorm)
@@ -166,14 +177,79 @@ def _layernorm(layer, g, x, name):
     return g.node("Reshape", [y, g.constant(f"{name}.flat", [0, -1], np.int64)], f"{name}.join")
 
 
+def _export(layer, f, g, x, name):
+    """Append ``layer``'s nodes and move ``g.shape`` to its output shape."""
+    shape = g.shape
+    y = f(layer, g, x, name)
+    if not isinstance(layer, L.Residual):
+        g.shape = layer.output_shape(shape)
+    return y
+
+
 @register(L.Residual)
 def _residual(layer, g, x, name):
-    y = x
+    y, shape = x, g.shape
     for j, child in enumerate(layer.layers):
         path = f"{name}.layers.{j}"
-        y = _exporter(child, path)(child, g, y, path)
+        y = _export(child, _exporter(child, path), g, y, path)
+    out_shape = g.shape
+    g.shape = shape
     skip = x if layer.projection is None else _dense(layer.projection, g, x, f"{name}.projection")
+    g.shape = out_shape
     return g.node("Add", [y, skip], f"{name}.add")
+
+
+def _spatial(g, x, name):
+    """Rows (N, features) as (N, C, ...) for an operator over channels."""
+    return g.node("Reshape", [x, g.constant(f"{name}.shape", [0] + list(g.shape), np.int64)], f"{name}.unflatten")
+
+
+def _rows(g, y, name):
+    return g.node("Reshape", [y, g.constant(f"{name}.flat", [0, -1], np.int64)], f"{name}.flatten")
+
+
+@register(L.Conv1d, L.Conv2d)
+def _conv(layer, g, x, name):
+    pads = list(layer._pads())
+    ends = pads
+    if layer.padding == "same":     # the odd one out of an odd total goes after, as in PyTorch
+        ends = [d * (k - 1) - p for k, d, p in zip(layer.kernel_size, layer.dilation, pads)]
+    inputs = [_spatial(g, x, name), g.constant(f"{name}.weight", layer.weight)]
+    if layer.use_bias:
+        inputs.append(g.constant(f"{name}.bias", layer.bias))
+    y = g.node("Conv", inputs, f"{name}.conv", kernel_shape=list(layer.kernel_size), strides=list(layer.stride),
+               pads=pads + ends, dilations=list(layer.dilation), group=layer.groups)
+    return _rows(g, y, name)
+
+
+@register(L.MaxPool1d, L.MaxPool2d, L.AvgPool1d, L.AvgPool2d)
+def _pool(layer, g, x, name):
+    kw = dict(kernel_shape=list(layer.kernel_size), strides=list(layer.stride), pads=list(layer.padding) * 2)
+    if isinstance(layer, (L.AvgPool1d, L.AvgPool2d)):
+        y = g.node("AveragePool", [_spatial(g, x, name)], f"{name}.avgpool",
+                   count_include_pad=int(layer.count_include_pad), **kw)
+    else:
+        y = g.node("MaxPool", [_spatial(g, x, name)], f"{name}.maxpool", **kw)
+    return _rows(g, y, name)
+
+
+@register(L.AdaptiveAvgPool1d, L.AdaptiveAvgPool2d)
+def _adaptive_pool(layer, g, x, name):
+    size, out = g.shape[1:], layer.output_size
+    if all(o == 1 for o in out):
+        y = g.node("GlobalAveragePool", [_spatial(g, x, name)], f"{name}.gap")
+    elif all(s % o == 0 for s, o in zip(size, out)):    # equal windows: a plain average pool
+        k = [s // o for s, o in zip(size, out)]
+        y = g.node("AveragePool", [_spatial(g, x, name)], f"{name}.avgpool", kernel_shape=k, strides=k)
+    else:
+        raise NotImplementedError(f"layer {name} ({type(layer).__name__}): ONNX has no adaptive pooling; an "
+                                  f"output size {out} that divides the input {size} (or 1) exports")
+    return _rows(g, y, name)
+
+
+@register(L.Dropout2d)
+def _dropout2d(layer, g, x, name):
+    return x
 
 
 # ---------------------------------------------------------------- the model
@@ -218,8 +294,9 @@ def to_model_proto(model, opset=None, *, standardize=None, metadata=None):
                              "std > 0")
         x = g.node("Sub", [x, g.constant("standardize.mean", mean)], "standardize.sub")
         x = g.node("Div", [x, g.constant("standardize.std", std)], "standardize.div")
+    g.shape = model.input_shape
     for i, (layer, f) in enumerate(zip(model.layers, exporters)):
-        x = f(layer, g, x, str(i))
+        x = _export(layer, f, g, x, str(i))
     if g.nodes and g.nodes[-1].output[0] == x:
         g.nodes[-1].output[0] = "output"
     else:

@@ -113,11 +113,11 @@ def prepare(model, X, y, loss, batch_size, seed, validation_split, validation_da
         sizes = np.full(n_steps, bs, dtype=np.float64)
         sizes[-1] = n - bs * (n_steps - 1)
     if model._plan.has_bn and int(sizes.min()) < 2:
-        raise ValueError(f"BatchNorm1d needs at least 2 examples per training batch, but batch_size="
+        raise ValueError(f"BatchNorm needs at least 2 examples per training batch, but batch_size="
                          f"{batch_size} leaves a last batch of 1 of the {n} training examples; pass "
                          "drop_last=True (skip the incomplete last batch of each epoch) or a batch_size "
                          "that does not leave 1 over" if n > 1 else
-                         "BatchNorm1d needs at least 2 examples per training batch; got 1 example")
+                         "BatchNorm needs at least 2 examples per training batch; got 1 example")
     return FitData(X, yi, yf, sw, pw, labels, val, bs, n_steps, sizes)
 
 

@@ -39,6 +39,11 @@ def fit_args(case, out):
     elif case == "idle_rank":      # 203 = 2 * 101 + 1: the last batch leaves rank 1 without examples
         model = mlp()
         kw.update(optimizer=fn.RMSprop(lr=1e-3), batch_size=101, epochs=2, l2=1e-2, l2_bias=True)
+    elif case == "conv":
+        model = fn.Sequential(fn.Conv2d(1, 4, 3, padding=1), fn.ReLU(), fn.MaxPool2d(2), fn.Dropout2d(0.2),
+                              fn.Flatten(), fn.Dense(4 * 2 * 1, 3), input_shape=(1, 4, 3), dtype="float64",
+                              seed=2)
+        kw.update(optimizer=fn.Adam(lr=1e-2), batch_size=33, epochs=2)
     elif case in ("sgd", "sgd_again"):
         model = mlp()
         kw.update(optimizer=fn.SGD(lr=0.05, momentum=0.9, nesterov=True), batch_size=7, epochs=2,
@@ -68,6 +73,9 @@ def run(case, out, comm):
             model._run = broken
     if case == "batchnorm":
         model = fn.Sequential(fn.Dense(12, 8), fn.BatchNorm1d(8), fn.ReLU(), fn.Dense(8, 3), dtype="float64")
+    if case == "batchnorm2d":
+        model = fn.Sequential(fn.Conv2d(1, 2, 3), fn.BatchNorm2d(2), fn.Flatten(), fn.Dense(4, 3),
+                              input_shape=(1, 4, 3), dtype="float64")
     hist = model.fit(X, y, comm=comm, **kw)
     return model, hist
 

@@ -18,7 +18,8 @@ pytest.importorskip("mpi4py")
 MPIEXEC = shutil.which("mpiexec") or shutil.which(os.path.join(os.path.dirname(sys.executable), "mpiexec"))
 pytestmark = pytest.mark.skipif(MPIEXEC is None, reason="mpiexec not found (pip install mpich)")
 
-CASES = ["full", "float32", "sgd", "sgd_again", "idle_rank", "diverge", "mismatch", "fails_on_one", "batchnorm", "resume"]
+CASES = ["full", "float32", "sgd", "sgd_again", "idle_rank", "conv", "diverge", "mismatch", "fails_on_one",
+         "batchnorm", "batchnorm2d", "resume"]
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +47,7 @@ def single(case, out):
 
 def test_every_rank_ends_with_the_same_weights_and_history(results):
     _, res = results
-    for case in ("full", "float32", "sgd", "idle_rank", "resume"):
+    for case in ("full", "float32", "sgd", "idle_rank", "conv", "resume"):
         r0, r1 = res[case]
         assert "error" not in r0, r0.get("error")
         np.testing.assert_array_equal(r0["params"], r1["params"])
@@ -60,7 +61,7 @@ def test_the_same_run_gives_the_same_bits(results):
     np.testing.assert_array_equal(res["sgd"][0]["params"], res["sgd_again"][0]["params"])
 
 
-@pytest.mark.parametrize("case", ["full", "sgd", "idle_rank", "resume"])
+@pytest.mark.parametrize("case", ["full", "sgd", "idle_rank", "conv", "resume"])
 def test_float64_matches_one_process_to_rounding(results, case):
     out, res = results
     model, hist = single(case, out)
@@ -120,7 +121,8 @@ def test_mismatched_data_and_batchnorm_are_refused_on_every_rank(results):
     _, res = results
     for r in (0, 1):
         assert "rank 1 was given a different data X than rank 0" in str(res["mismatch"][r]["error"])
-        assert str(res["batchnorm"][r]["error"]).startswith("ValueError: BatchNorm1d couples")
+        for case in ("batchnorm", "batchnorm2d"):
+            assert str(res[case][r]["error"]).startswith("ValueError: BatchNorm couples"), case
 
 
 def test_comm_must_be_a_communicator():

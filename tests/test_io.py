@@ -265,7 +265,9 @@ def test_from_torch_names_the_unsupported_module():
         fn.from_torch(nn.Sequential(nn.Linear(3, 4), nn.Softmax(dim=0)))
     with pytest.raises(TypeError, match="torch.nn.Sequential"):
         fn.from_torch(nn.Linear(3, 4))
-    with pytest.raises(ValueError, match=r"module 0 \(Conv1d.*is not supported; from_torch converts Linear"):
+    with pytest.raises(ValueError, match=r"module 0 \(Conv3d.*is not supported; from_torch converts Linear"):
+        fn.from_torch(nn.Sequential(nn.Conv3d(2, 3, 1), nn.Flatten(), nn.Linear(3, 4)))
+    with pytest.raises(ValueError, match="input_shape="):
         fn.from_torch(nn.Sequential(nn.Conv1d(2, 3, 1), nn.Flatten(), nn.Linear(3, 4)))
     residual = fn.io.TorchResidual([nn.Linear(3, 3), nn.GELU()])
     with pytest.raises(ValueError, match=r"module 1.layers.1 \(GELU"):

@@ -205,7 +205,7 @@ HOSTILE = {
     "projection that is not a Dense": (
         with_layers(lambda ls: ls[2].__setitem__("projection", {"type": "ReLU"})),
         r"layer 2 \(Residual\): projection must be a Dense spec or null"),
-    "unknown nested layer": (with_layers(lambda ls: ls[2]["layers"].__setitem__(0, {"type": "Conv1d"})),
+    "unknown nested layer": (with_layers(lambda ls: ls[2]["layers"].__setitem__(0, {"type": "Conv3d"})),
                              r"layer 2.layers.0 must be an object whose type is one of"),
     "running_var of the wrong shape": (with_tensors(put("1.layers.0.running_var", np.ones(7, np.float32))),
                                        r"'1.layers.0.running_var' has shape \[7\], the architecture needs \[8\]"),

@@ -169,3 +169,40 @@ def test_untracked_batchnorm_exports_batch_statistics(tmp_path, rng):
     model.to_onnx(path)
     X = rng.normal(size=(9, 6))
     np.testing.assert_allclose(_run(path, X), model.forward(X), rtol=1e-12, atol=1e-12)
+
+
+def _convnet(dtype):
+    return fn.Sequential(
+        fn.Conv2d(2, 6, 3, padding="same"), fn.BatchNorm2d(6), fn.ReLU(), fn.MaxPool2d(2),
+        fn.Conv2d(6, 8, (2, 3), stride=(1, 2), padding=(1, 0), dilation=(2, 1), groups=2), fn.Dropout2d(0.2),
+        fn.AvgPool2d(2, stride=1, padding=1, count_include_pad=False), fn.Tanh(), fn.AdaptiveAvgPool2d((1, 3)),
+        fn.Flatten(), fn.Dense(24, 3), input_shape=(2, 8, 10), dtype=dtype, seed=0)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_convolutional_layers_export(tmp_path, rng, dtype):
+    model = _convnet(dtype)
+    X = rng.normal(size=(24, 2, 8, 10))
+    model.fit(X, rng.integers(0, 3, 24), loss=fn.CrossEntropy(), optimizer=fn.SGD(lr=0.1), epochs=1, batch_size=8)
+    path = tmp_path / "m.onnx"
+    model.to_onnx(path)
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    if dtype == "float64":
+        pytest.skip("onnxruntime has no float64 Conv kernel; the float64 graph is checked, not run")
+    one_d = fn.Sequential(fn.Conv1d(3, 4, 5, padding="same"), fn.BatchNorm1d(4, track_running_stats=False),
+                          fn.MaxPool1d(3, stride=2, padding=1), fn.AdaptiveAvgPool1d(1), fn.Flatten(),
+                          fn.Dense(4, 2), input_shape=(3, 12), dtype=dtype, seed=1)
+    one_d.to_onnx(tmp_path / "c1.onnx")
+    for n in (1, 7):
+        Xn = rng.normal(size=(n, 2, 8, 10)).astype(dtype)
+        np.testing.assert_allclose(_run(path, Xn.reshape(n, -1)), model.forward(Xn), rtol=RTOL[dtype] * 10,
+                                   atol=1e-6 if dtype == "float32" else 1e-12)
+        Xn = rng.normal(size=(max(n, 2), 3, 12)).astype(dtype)
+        np.testing.assert_allclose(_run(tmp_path / "c1.onnx", Xn.reshape(len(Xn), -1)), one_d.forward(Xn),
+                                   rtol=RTOL[dtype] * 10, atol=1e-6 if dtype == "float32" else 1e-12)
+
+
+def test_adaptive_pool_without_an_onnx_form_is_named(tmp_path):
+    model = fn.Sequential(fn.AdaptiveAvgPool2d((2, 2)), fn.Flatten(), fn.Dense(8, 2), input_shape=(2, 5, 5), seed=0)
+    with pytest.raises(NotImplementedError, match=r"layer 0 \(AdaptiveAvgPool2d\)"):
+        model.to_onnx(tmp_path / "x.onnx")

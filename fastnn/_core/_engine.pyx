@@ -86,6 +86,8 @@ cdef enum:
     OP_BN = 2
     OP_LN = 3
     OP_ADD = 4           # residual join: out = in + in2
+    OP_CONV = 5
+    OP_POOL = 6
 
 # phase kinds
 cdef enum:
@@ -98,13 +100,15 @@ cdef enum:
 cdef enum:
     UPDATE_BLOCK = 16384     # optimizer work unit (elements); fixed, so updates are thread-count invariant
 
-OP_KINDS = {"dense": OP_DENSE, "act": OP_ACT, "bn": OP_BN, "ln": OP_LN, "add": OP_ADD}
+OP_KINDS = {"dense": OP_DENSE, "act": OP_ACT, "bn": OP_BN, "ln": OP_LN, "add": OP_ADD, "conv": OP_CONV,
+            "pool": OP_POOL}
+N_GEOM = 17
 PHASE_KINDS = {"chunk": PH_CHUNK, "bn_fwd": PH_BN_FWD, "bn_bwd": PH_BN_BWD, "wide_fwd": PH_WIDE_FWD,
                "wide_bwd": PH_WIDE_BWD}
 # columns of the op table (int64) and of its float table
 OP_FIELDS = ("kind", "n_in", "n_out", "w_off", "b_off", "act", "drop", "in_col", "in2_col", "a_col",
              "ad_col", "d_col", "din_col", "din2_col", "din_acc", "din2_acc", "s_col", "s_off", "r_off",
-             "groups", "key", "diag", "unit_off", "nbt")
+             "groups", "key", "diag", "unit_off", "nbt", "dper") + tuple(f"g{i}" for i in range(17))
 OPF_FIELDS = ("act_param", "drop_p", "eps", "momentum")
 PHASE_FIELDS = ("kind", "op", "unit", "gather", "pro", "f0", "f1", "loss", "b0", "b1", "epi")
 TILE_FIELDS = ("op", "r0", "nr")
@@ -137,6 +141,8 @@ cdef struct Op:
     int diag                  # diagnostics layer, -1 none
     Py_ssize_t unit_off       # first unit of this op among the diagnostics layers' units
     int64_t nbt               # BatchNorm: batches tracked before this run (momentum=None)
+    Py_ssize_t dper           # dropout: consecutive units sharing one draw (a channel for Dropout2d)
+    Py_ssize_t g[17]          # convolution / pooling geometry (see conv.pxi)
 
 
 cdef struct Phase:
@@ -165,6 +171,7 @@ cdef struct Net:
 
 include "dense.pxi"
 include "norm.pxi"
+include "conv.pxi"
 
 
 # ---------------------------------------------------------------- diagnostics
@@ -227,6 +234,8 @@ cdef struct Ctx:
     void* X
     void* R
     double* st
+    void* scratch             # per chunk: conv backward's column buffer
+    Py_ssize_t scratch_stride
     Py_ssize_t* ordp
     Py_ssize_t b0             # first position of the batch in ordp
     Py_ssize_t pos0           # row key offset (forward_rows: the batch start)
@@ -257,7 +266,7 @@ cdef inline void op_tail(Op* o, Ctx* cx, floating* Wk, floating* P, Py_ssize_t r
         diag_activations(cx.dg, o, a, c, o.n_out, o.n_out, 0, slot, cx.full)
     if o.drop != DROP_NONE:
         dropout_rows(Wk + o.ad_e + r0 * o.n_out, a, c, o.n_out, o.drop, o.drop_p, cx.training,
-                     dropout_key(cx.seed, cx.epoch, cx.step, <uint64_t>o.key), cx.pos0 + r0)
+                     dropout_key(cx.seed, cx.epoch, cx.step, <uint64_t>o.key), cx.pos0 + r0, 0, o.dper)
 
 
 cdef void op_tail_block(Op* o, Ctx* cx, floating* Wk, floating* P, Py_ssize_t j0, Py_ssize_t nb,
@@ -276,7 +285,7 @@ cdef void op_tail_block(Op* o, Ctx* cx, floating* Wk, floating* P, Py_ssize_t j0
         key = dropout_key(cx.seed, cx.epoch, cx.step, <uint64_t>o.key)
         for i in range(cx.bsz):
             dropout_rows(Wk + o.ad_e + i * n + j0, a + i * n, 1, nb, o.drop, o.drop_p, cx.training, key,
-                         cx.pos0 + i, j0)
+                         cx.pos0 + i, j0, o.dper)
 
 
 cdef void op_head_block(Op* o, Ctx* cx, floating* Wk, Py_ssize_t j0, Py_ssize_t nb) noexcept nogil:
@@ -287,7 +296,7 @@ cdef void op_head_block(Op* o, Ctx* cx, floating* Wk, Py_ssize_t j0, Py_ssize_t 
     for i in range(cx.bsz):
         d = Wk + o.d_e + i * n + j0
         if o.drop != DROP_NONE:
-            dropout_backward_rows(d, 1, nb, o.drop, o.drop_p, key, cx.pos0 + i, j0)
+            dropout_backward_rows(d, 1, nb, o.drop, o.drop_p, key, cx.pos0 + i, j0, o.dper)
         if o.act != ACT_IDENTITY:
             act_backward_rows(d, Wk + o.a_e + i * n + j0, 1, nb, o.act, o.act_param)
 
@@ -297,7 +306,7 @@ cdef inline void op_head(Op* o, Ctx* cx, floating* Wk, Py_ssize_t r0, Py_ssize_t
     cdef floating* d = Wk + o.d_e + r0 * o.n_out
     if o.drop != DROP_NONE:
         dropout_backward_rows(d, c, o.n_out, o.drop, o.drop_p,
-                              dropout_key(cx.seed, cx.epoch, cx.step, <uint64_t>o.key), cx.pos0 + r0)
+                              dropout_key(cx.seed, cx.epoch, cx.step, <uint64_t>o.key), cx.pos0 + r0, 0, o.dper)
     if o.act != ACT_IDENTITY:
         act_backward_rows(d, Wk + o.a_e + r0 * o.n_out, c, o.n_out, o.act, o.act_param)
 
@@ -322,7 +331,7 @@ cdef void op_forward(Op* o, Ctx* cx, floating* Wk, floating* P, Py_ssize_t r0, P
     elif o.kind == OP_ACT:
         memcpy(a, Wk + o.in_e + r0 * n, c * n * sizeof(floating))
     elif o.kind == OP_BN:          # inference: running statistics (prepared in cx.st)
-        bn_normalize(o, P, Wk + o.in_e + r0 * n, a, cx.st, c, 0, n)
+        bn_normalize(o, P, Wk + o.in_e + r0 * n, a, cx.st, c, 0, n // o.groups)
     elif o.kind == OP_LN:
         ln_forward(o, P, Wk, r0, c)
     elif o.kind == OP_ADD:
@@ -330,14 +339,23 @@ cdef void op_forward(Op* o, Ctx* cx, floating* Wk, floating* P, Py_ssize_t r0, P
         x2 = Wk + o.in2_e + r0 * n
         for i in range(c * n):
             a[i] = x[i] + x2[i]
+    elif o.kind == OP_CONV:
+        conv_forward(o, P, Wk, r0, c)
+    elif o.kind == OP_POOL:
+        pool_forward(o, Wk, r0, c)
     op_tail(o, cx, Wk, P, r0, c, slot)
 
 
-cdef void op_backward(Op* o, Ctx* cx, floating* Wk, floating* P, Py_ssize_t r0, Py_ssize_t c) noexcept nogil:
+cdef void op_backward(Op* o, Ctx* cx, floating* Wk, floating* P, Py_ssize_t r0, Py_ssize_t c,
+                      Py_ssize_t slot) noexcept nogil:
     cdef Py_ssize_t n = o.n_out
     op_head(o, cx, Wk, r0, c)
     if o.kind == OP_DENSE:
         dense_backward(o, P, Wk, r0, c)
+    elif o.kind == OP_CONV:
+        conv_backward(o, P, Wk, r0, c, <floating*>cx.scratch + slot * cx.scratch_stride)
+    elif o.kind == OP_POOL:
+        pool_backward(o, Wk, r0, c)
     elif o.kind == OP_LN:
         ln_backward(o, P, Wk, r0, c)
     elif o.kind == OP_ACT or o.kind == OP_ADD:
@@ -368,27 +386,38 @@ cdef void chunk_task(Net* net, Phase* ph, Ctx* cx, Py_ssize_t ci, floating* tag)
                   cx.ordp + cx.b0 + r0, <int64_t*>cx.yi, <floating*>cx.yf, <floating*>cx.sw,
                   <floating*>cx.pw, cx.inv_norm, cx.exl + r0, cx.predp)
     for k in range(ph.b1 - 1, ph.b0 - 1, -1):
-        op_backward(&net.ops[k], cx, Wk, P, r0, c)
+        op_backward(&net.ops[k], cx, Wk, P, r0, c, ci)
     if ph.epi >= 0:
         op_head(&net.ops[ph.epi], cx, Wk, r0, c)
+
+
+cdef inline Py_ssize_t phase_width(Phase* ph, Op* o) noexcept nogil:
+    """What a batch phase's units split: input features (wide backward), channels (BatchNorm) or
+    output neurons (wide forward)."""
+    if ph.kind == PH_WIDE_BWD:
+        return o.n_in
+    if ph.kind == PH_BN_FWD or ph.kind == PH_BN_BWD:
+        return o.n_out // o.groups
+    return o.n_out
 
 
 cdef void batch_task(Net* net, Phase* ph, Ctx* cx, Py_ssize_t u, bint update, double factor,
                      floating* tag) noexcept nogil:
     """Unit u of a batch-coupled phase: a block of features or of neurons over the whole batch."""
     cdef Op* o = &net.ops[ph.op]
-    cdef Py_ssize_t n = o.n_in if ph.kind == PH_WIDE_BWD else o.n_out
+    cdef Py_ssize_t n = phase_width(ph, o)
     cdef Py_ssize_t j0 = u * ph.unit
     cdef Py_ssize_t nb = ph.unit if j0 + ph.unit <= n else n - j0
+    cdef Py_ssize_t S = o.groups if (ph.kind == PH_BN_FWD or ph.kind == PH_BN_BWD) else 1
     # ``gather`` marks a batch phase that also runs the op's tail (forward) or head (backward)
     if ph.kind == PH_BN_FWD:
         bn_forward_batch(o, <floating*>cx.P, <floating*>cx.Wk, cx.st, <floating*>cx.R, cx.bsz, j0, nb,
                          update, factor)
-        if ph.gather:
-            op_tail_block(o, cx, <floating*>cx.Wk, <floating*>cx.P, j0, nb, u)
+        if ph.gather:       # channels [j0, j0+nb) are units [j0 S, (j0+nb) S)
+            op_tail_block(o, cx, <floating*>cx.Wk, <floating*>cx.P, j0 * S, nb * S, u)
     elif ph.kind == PH_BN_BWD:
         if ph.gather:
-            op_head_block(o, cx, <floating*>cx.Wk, j0, nb)
+            op_head_block(o, cx, <floating*>cx.Wk, j0 * S, nb * S)
         bn_backward_batch(o, <floating*>cx.P, <floating*>cx.Wk, <floating*>cx.G, cx.st, cx.bsz, j0, nb)
     elif ph.kind == PH_WIDE_FWD:
         dense_wide_forward(o, <floating*>cx.P, <floating*>cx.Wk, cx.bsz, j0, nb)
@@ -415,7 +444,7 @@ cdef void run_phases(Net* net, Ctx* cx, int n_threads, bint update, floating* ta
                 chunk_task(net, ph, cx, ci, tag)
         else:
             o = &net.ops[ph.op]
-            n = o.n_in if ph.kind == PH_WIDE_BWD else o.n_out
+            n = phase_width(ph, o)
             n_units = (n + ph.unit - 1) // ph.unit
             if ph.kind == PH_BN_FWD:
                 factor = o.momentum if o.momentum >= 0 else 1.0 / (o.nbt + 1)
@@ -432,10 +461,13 @@ cdef struct GradOpts:
 
 cdef inline bint tile_span(Op* o, Tile* T, Py_ssize_t i, Py_ssize_t* off, Py_ssize_t* n, bint* weight) noexcept nogil:
     """The i-th contiguous parameter span of a tile; False past the last."""
-    if o.kind == OP_DENSE:
+    cdef Py_ssize_t row = o.n_in
+    if o.kind == OP_CONV:
+        row = (o.g[0] // o.g[12]) * o.g[4] * o.g[5]
+    if o.kind == OP_DENSE or o.kind == OP_CONV:
         if i < T.nr:
-            off[0] = o.w_off + (T.r0 + i) * o.n_in
-            n[0] = o.n_in
+            off[0] = o.w_off + (T.r0 + i) * row
+            n[0] = row
             weight[0] = True
             return True
         if i == T.nr and o.b_off >= 0:
@@ -468,11 +500,13 @@ cdef void grad_tile(Net* net, Tile* T, floating* Wk, floating* P, floating* G, P
     cdef bint w = False
     if o.kind == OP_DENSE:
         dense_grad(o, T, Wk, G, B)
+    elif o.kind == OP_CONV:
+        conv_grad(o, T, Wk, G, B)
     elif o.kind == OP_LN:
         ln_grad(o, T, Wk, G, B)
     if go.l2 > 0 or go.clip_value > 0:
         while tile_span(o, T, i, &off, &n, &w):
-            if o.kind == OP_DENSE and (w or go.l2_bias):
+            if (o.kind == OP_DENSE or o.kind == OP_CONV) and (w or go.l2_bias):
                 grad_post(G + off, P + off, n, go.l2, go.clip_value)
             else:
                 grad_post(G + off, P + off, n, 0.0, go.clip_value)
@@ -560,6 +594,9 @@ cdef Net* net_new(const int64_t[:, ::1] ops, const double[:, ::1] opsf, const in
         net.ops[k].diag = <int>ops[k, 21]
         net.ops[k].unit_off = ops[k, 22]
         net.ops[k].nbt = ops[k, 23]
+        net.ops[k].dper = ops[k, 24]
+        for t in range(N_GEOM):
+            net.ops[k].g[t] = ops[k, 25 + t]
         net.ops[k].act_param = opsf[k, 0]
         net.ops[k].drop_p = opsf[k, 1]
         net.ops[k].eps = opsf[k, 2]
@@ -605,6 +642,7 @@ def run_steps(const int64_t[:, ::1] ops, const double[:, ::1] opsf, const int64_
               floating[::1] work, double[::1] step_loss, int n_threads,
               double l2=0.0, bint l2_bias=False, double clip_value=0.0, double clip_norm=0.0,
               double[::1] grad_norms=None, int64_t[::1] pred=None, dict diag=None,
+              floating[::1] scratch=None, Py_ssize_t scratch_stride=0,
               Py_ssize_t pos0=0, double norm_of_step=0.0):
     """Run n_steps mini-batch steps over examples X[order] (batch b holds
     order[b*batch_size : (b+1)*batch_size]). Each step runs the plan's phases (forward, loss,
@@ -619,7 +657,8 @@ def run_steps(const int64_t[:, ::1] ops, const double[:, ::1] opsf, const int64_
     grad_norms[s] receives step s's norm (before clipping). pred[example] receives the
     predicted class of every example seen. ``diag`` (arrays made by the caller:
     act_acc, active, tile_acc, scratch, and floats sat_sigmoid, sat_tanh) accumulates
-    per-layer statistics; see fastnn/diagnostics.py.
+    per-layer statistics; see fastnn/diagnostics.py. ``scratch`` holds ``scratch_stride``
+    elements per chunk (convolutions' backward).
     Returns the number of steps completed; a step whose loss is not finite stops
     the run before its update (its loss is still written to step_loss).
 
@@ -698,6 +737,14 @@ def run_steps(const int64_t[:, ::1] ops, const double[:, ::1] opsf, const int64_
     cx.X = <void*>&X[0, 0]
     cx.R = <void*>&running[0] if running.shape[0] > 0 else NULL
     cx.st = &stats[0] if stats.shape[0] > 0 else NULL
+    cx.scratch = <void*>&scratch[0] if scratch is not None and scratch.shape[0] > 0 else NULL
+    cx.scratch_stride = scratch_stride
+    if scratch_stride > 0 and (scratch is None or
+                               scratch.shape[0] < scratch_stride * ((batch_size + chunk - 1) // chunk)):
+        free(exl)
+        free(blk_sq)
+        net_free(net)
+        raise ValueError("scratch is too small for this plan")
     cx.ordp = <Py_ssize_t*>&order[0]
     cx.pos0 = pos0
     cx.training = True
@@ -827,6 +874,8 @@ def forward_rows(const int64_t[:, ::1] ops, const double[:, ::1] opsf, const int
     cx.X = <void*>&X[0, 0]
     cx.R = <void*>&running[0] if running.shape[0] > 0 else NULL
     cx.st = &stats[0] if stats.shape[0] > 0 else NULL
+    cx.scratch = NULL
+    cx.scratch_stride = 0
     cx.ordp = &ident[0]
     cx.training = training
     cx.seed = seed

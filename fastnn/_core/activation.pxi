@@ -75,9 +75,9 @@ cdef void act_backward_rows(floating* G, floating* A, Py_ssize_t c, Py_ssize_t n
 
 cdef void dropout_rows(floating* AD, floating* A, Py_ssize_t c, Py_ssize_t n,
                        int mode, double p, bint training, uint64_t key,
-                       Py_ssize_t row0, Py_ssize_t col0=0) noexcept nogil:
+                       Py_ssize_t row0, Py_ssize_t col0=0, Py_ssize_t per=1) noexcept nogil:
     """AD <- dropout(A) for c rows of n units whose batch positions start at row0 and whose unit
-    indices start at col0."""
+    indices start at col0; ``per`` consecutive units share one draw (whole channels: Dropout2d)."""
     cdef Py_ssize_t i, j
     cdef floating scale
     if not training:
@@ -88,20 +88,21 @@ cdef void dropout_rows(floating* AD, floating* A, Py_ssize_t c, Py_ssize_t n,
     scale = <floating>(1.0 / (1.0 - p)) if mode == DROP_INVERTED else 1
     for i in range(c):
         for j in range(n):
-            if uniform01(key, row0 + i, col0 + j) < p:
+            if uniform01(key, row0 + i, (col0 + j) if per == 1 else (col0 + j) // per) < p:
                 AD[i * n + j] = 0
             else:
                 AD[i * n + j] = A[i * n + j] * scale
 
 
 cdef void dropout_backward_rows(floating* G, Py_ssize_t c, Py_ssize_t n, int mode,
-                                double p, uint64_t key, Py_ssize_t row0, Py_ssize_t col0=0) noexcept nogil:
+                                double p, uint64_t key, Py_ssize_t row0, Py_ssize_t col0=0,
+                                Py_ssize_t per=1) noexcept nogil:
     """In place: G (dL/d dropout-output) <- dL/d dropout-input, mask regenerated."""
     cdef Py_ssize_t i, j
     cdef floating scale = <floating>(1.0 / (1.0 - p)) if mode == DROP_INVERTED else 1
     for i in range(c):
         for j in range(n):
-            if uniform01(key, row0 + i, col0 + j) < p:
+            if uniform01(key, row0 + i, (col0 + j) if per == 1 else (col0 + j) // per) < p:
                 G[i * n + j] = 0
             else:
                 G[i * n + j] = G[i * n + j] * scale

@@ -6,89 +6,109 @@
 
 cdef void bn_forward_batch(Op* o, floating* P, floating* Wk, double* st, floating* R, Py_ssize_t B,
                            Py_ssize_t f0, Py_ssize_t nf, bint update, double factor) noexcept nogil:
-    """Features [f0, f0+nf): batch mean and biased variance, y = (x - mean) / sqrt(var + eps) * g + b;
-    with ``update`` the running estimates move by ``factor`` (unbiased variance)."""
-    cdef Py_ssize_t n = o.n_out, i, j, f1 = f0 + nf
+    """Channels [f0, f0+nf) (each S = groups values per example): batch mean and biased variance,
+    y = (x - mean) / sqrt(var + eps) * g + b; with ``update`` the running estimates move by
+    ``factor`` (unbiased variance)."""
+    cdef Py_ssize_t S = o.groups, C = o.n_out // S, n = o.n_out, i, j, s, f1 = f0 + nf
     cdef double* mean = st + o.s_off
-    cdef double* istd = mean + n
+    cdef double* istd = mean + C
     cdef floating* x = Wk + o.in_e
-    cdef floating* y = Wk + o.a_e
     cdef floating* row
-    cdef floating* yr
     cdef floating* rm
     cdef floating* rv
-    cdef double d, var
+    cdef double d, var, m = <double>B * S, acc
     for j in range(f0, f1):
         mean[j] = 0
         istd[j] = 0
     for i in range(B):
         row = x + i * n
-        for j in range(f0, f1):
-            mean[j] += row[j]
+        if S == 1:
+            for j in range(f0, f1):
+                mean[j] += row[j]
+        else:
+            for j in range(f0, f1):
+                acc = 0
+                for s in range(S):
+                    acc += row[j * S + s]
+                mean[j] += acc
     for j in range(f0, f1):
-        mean[j] = mean[j] / B
+        mean[j] = mean[j] / m
     for i in range(B):
         row = x + i * n
-        for j in range(f0, f1):
-            d = row[j] - mean[j]
-            istd[j] += d * d
+        if S == 1:
+            for j in range(f0, f1):
+                d = row[j] - mean[j]
+                istd[j] += d * d
+        else:
+            for j in range(f0, f1):
+                acc = 0
+                for s in range(S):
+                    d = row[j * S + s] - mean[j]
+                    acc += d * d
+                istd[j] += acc
     for j in range(f0, f1):
-        var = istd[j] / B
+        var = istd[j] / m
         if update and o.r_off >= 0:
             rm = R + o.r_off
-            rv = rm + n
+            rv = rm + C
             rm[j] = <floating>((1.0 - factor) * rm[j] + factor * mean[j])
-            rv[j] = <floating>((1.0 - factor) * rv[j] + factor * (istd[j] / (B - 1)))
+            rv[j] = <floating>((1.0 - factor) * rv[j] + factor * (istd[j] / (m - 1)))
         istd[j] = 1.0 / sqrt(var + o.eps)
-    bn_normalize(o, P, x, y, st, B, f0, nf)
+    bn_normalize(o, P, x, Wk + o.a_e, st, B, f0, nf)
 
 
 cdef void bn_normalize(Op* o, floating* P, floating* x, floating* y, double* st, Py_ssize_t c,
                        Py_ssize_t f0, Py_ssize_t nf) noexcept nogil:
-    """y = (x - mean) * istd * g + b over c rows, features [f0, f0+nf)."""
-    cdef Py_ssize_t n = o.n_out, i, j, f1 = f0 + nf
+    """y = (x - mean) * istd * g + b over c rows, channels [f0, f0+nf)."""
+    cdef Py_ssize_t S = o.groups, C = o.n_out // S, n = o.n_out, i, j, s, f1 = f0 + nf
     cdef double* mean = st + o.s_off
-    cdef double* istd = mean + n
+    cdef double* istd = mean + C
     cdef floating* g = (P + o.w_off) if o.w_off >= 0 else <floating*>NULL
     cdef floating* b = (P + o.b_off) if o.b_off >= 0 else <floating*>NULL
     cdef floating* row
     cdef floating* yr
+    cdef floating gj, bj
     for i in range(c):
         row = x + i * n
         yr = y + i * n
-        if g != NULL:
+        if S == 1 and g != NULL:
             for j in range(f0, f1):
                 yr[j] = <floating>((row[j] - mean[j]) * istd[j]) * g[j] + b[j]
-        else:
+        elif S == 1:
             for j in range(f0, f1):
                 yr[j] = <floating>((row[j] - mean[j]) * istd[j])
+        else:
+            for j in range(f0, f1):
+                gj = g[j] if g != NULL else 1
+                bj = b[j] if b != NULL else 0
+                for s in range(S):
+                    yr[j * S + s] = <floating>((row[j * S + s] - mean[j]) * istd[j]) * gj + bj
 
 
 cdef void bn_eval_prepare(Op* o, floating* R, double* st) noexcept nogil:
     """Running statistics as (mean, 1/sqrt(var + eps)) for bn_normalize."""
-    cdef Py_ssize_t n = o.n_out, j
+    cdef Py_ssize_t C = o.n_out // o.groups, j
     cdef floating* rm = R + o.r_off
-    for j in range(n):
+    for j in range(C):
         st[o.s_off + j] = rm[j]
-        st[o.s_off + n + j] = 1.0 / sqrt(<double>rm[n + j] + o.eps)
+        st[o.s_off + C + j] = 1.0 / sqrt(<double>rm[C + j] + o.eps)
 
 
 cdef void bn_backward_batch(Op* o, floating* P, floating* Wk, floating* G, double* st, Py_ssize_t B,
                             Py_ssize_t f0, Py_ssize_t nf) noexcept nogil:
-    """Features [f0, f0+nf): dgamma = sum dy xhat, dbeta = sum dy (into G), and
+    """Channels [f0, f0+nf): dgamma = sum dy xhat, dbeta = sum dy (into G), and
     dx = g istd (dy - mean(dy) - xhat mean(dy xhat)) (=|+=) into the input's delta."""
-    cdef Py_ssize_t n = o.n_out, i, j, f1 = f0 + nf
+    cdef Py_ssize_t S = o.groups, C = o.n_out // S, n = o.n_out, i, j, s, q, f1 = f0 + nf
     cdef double* mean = st + o.s_off
-    cdef double* istd = mean + n
-    cdef double* s1 = istd + n
-    cdef double* s2 = s1 + n
+    cdef double* istd = mean + C
+    cdef double* s1 = istd + C
+    cdef double* s2 = s1 + C
     cdef floating* x = Wk + o.in_e
     cdef floating* dy = Wk + o.d_e
-    cdef floating* dx
     cdef floating* row
     cdef floating* drow
     cdef floating* xr
-    cdef double xh, g, k
+    cdef double xh, g, k, a1, a2, m = <double>B * S
     for j in range(f0, f1):
         s1[j] = 0
         s2[j] = 0
@@ -96,8 +116,14 @@ cdef void bn_backward_batch(Op* o, floating* P, floating* Wk, floating* G, doubl
         row = dy + i * n
         xr = x + i * n
         for j in range(f0, f1):
-            s1[j] += row[j]
-            s2[j] += row[j] * ((xr[j] - mean[j]) * istd[j])
+            a1 = 0
+            a2 = 0
+            for s in range(S):
+                q = j * S + s
+                a1 += row[q]
+                a2 += row[q] * ((xr[q] - mean[j]) * istd[j])
+            s1[j] += a1
+            s2[j] += a2
     if o.w_off >= 0:
         for j in range(f0, f1):
             G[o.w_off + j] = <floating>s2[j]
@@ -105,20 +131,22 @@ cdef void bn_backward_batch(Op* o, floating* P, floating* Wk, floating* G, doubl
     if o.din_e < 0:
         return
     for j in range(f0, f1):
-        s1[j] = s1[j] / B
-        s2[j] = s2[j] / B
+        s1[j] = s1[j] / m
+        s2[j] = s2[j] / m
     for i in range(B):
         row = dy + i * n
         xr = x + i * n
         drow = Wk + o.din_e + i * n
         for j in range(f0, f1):
             g = istd[j] * (P[o.w_off + j] if o.w_off >= 0 else 1.0)
-            xh = (xr[j] - mean[j]) * istd[j]
-            k = g * (row[j] - s1[j] - xh * s2[j])
-            if o.din_acc:
-                drow[j] = drow[j] + <floating>k
-            else:
-                drow[j] = <floating>k
+            for s in range(S):
+                q = j * S + s
+                xh = (xr[q] - mean[j]) * istd[j]
+                k = g * (row[q] - s1[j] - xh * s2[j])
+                if o.din_acc:
+                    drow[q] = drow[q] + <floating>k
+                else:
+                    drow[q] = <floating>k
 
 
 cdef void ln_forward(Op* o, floating* P, floating* Wk, Py_ssize_t r0, Py_ssize_t c) noexcept nogil:

@@ -1,6 +1,8 @@
 """Fully connected layers."""
 import math
 
+import numpy as np
+
 from .base import INITS, Layer, check_int
 
 
@@ -49,6 +51,9 @@ class Dense(Layer):
     def n_params(self):
         return self.out_features * (self.in_features + (1 if self.use_bias else 0))
 
+    def fans(self):
+        return self.in_features, self.out_features
+
     def get_config(self):
         return {"type": "Dense", "in_features": self.in_features, "out_features": self.out_features,
                 "bias": self.use_bias, "init": self.init}
@@ -58,26 +63,25 @@ class Dense(Layer):
         return s + (f", init={self.init!r}" if self.init else "")
 
 
-def init_dense(layer, rng, scheme):
-    """Fill a placed Dense layer's weight and bias in place by ``scheme``."""
-    fan_in, fan_out = layer.in_features, layer.out_features
-    W, b = layer.weight, layer.bias
-    shape = W.shape
-    if scheme == "zeros":
-        W[...] = 0
-    elif scheme == "xavier":       # Glorot uniform, gain 1
+def init_weights(w_shape, b_shape, fans, rng, scheme):
+    """Initial (weight, bias) in float64 by ``scheme``, for fans ``(fan_in, fan_out)``; bias None
+    when ``b_shape`` is None."""
+    fan_in, fan_out = fans
+    W = np.zeros(w_shape)
+    if scheme == "xavier":         # Glorot uniform, gain 1
         a = math.sqrt(6.0 / (fan_in + fan_out))
-        W[...] = rng.uniform(-a, a, size=shape)
+        W[...] = rng.uniform(-a, a, size=w_shape)
     elif scheme == "he":           # Kaiming normal, fan_in, gain sqrt(2)
-        W[...] = rng.normal(0.0, math.sqrt(2.0 / fan_in), size=shape)
+        W[...] = rng.normal(0.0, math.sqrt(2.0 / fan_in), size=w_shape)
     elif scheme == "lecun":        # LeCun normal
-        W[...] = rng.normal(0.0, math.sqrt(1.0 / fan_in), size=shape)
-    elif scheme == "torch":        # nn.Linear.reset_parameters: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+        W[...] = rng.normal(0.0, math.sqrt(1.0 / fan_in), size=w_shape)
+    elif scheme == "torch":        # nn.Linear / nn.ConvNd.reset_parameters: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
         a = 1.0 / math.sqrt(fan_in)
-        W[...] = rng.uniform(-a, a, size=shape)
-    if b is not None:
+        W[...] = rng.uniform(-a, a, size=w_shape)
+    b = None
+    if b_shape is not None:
+        b = np.zeros(b_shape)
         if scheme == "torch":
             a = 1.0 / math.sqrt(fan_in)
-            b[...] = rng.uniform(-a, a, size=b.shape)
-        else:
-            b[...] = 0
+            b[...] = rng.uniform(-a, a, size=b_shape)
+    return W, b

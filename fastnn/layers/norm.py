@@ -21,7 +21,8 @@ class BatchNorm1d(Layer):
         track_running_stats: keep ``running_mean`` (init 0), ``running_var`` (init 1) and
             ``num_batches_tracked``.
 
-    Shape: input and output ``(N, num_features)``; training needs at least 2 examples per batch.
+    Shape: input and output ``(N, C)`` or ``(N, C, L)`` (statistics per channel over the batch and L);
+    training needs at least 2 examples per batch.
     """
 
     _views = ("weight", "bias", "running_mean", "running_var")
@@ -44,13 +45,13 @@ class BatchNorm1d(Layer):
         return [("running_mean", (n,)), ("running_var", (n,))] if self.track_running_stats else []
 
     def output_shape(self, in_shape):
-        if tuple(in_shape) != (self.num_features,):
-            raise ValueError(f"BatchNorm1d expects {self.num_features} features per example, got shape "
-                             f"{tuple(in_shape)}")
+        if len(in_shape) not in (1, 2) or in_shape[0] != self.num_features:
+            raise ValueError(f"BatchNorm1d expects {self.num_features} features per example (shape (C,) or "
+                             f"(C, L)), got shape {tuple(in_shape)}")
         return tuple(in_shape)
 
     def get_config(self):
-        return {"type": "BatchNorm1d", "num_features": self.num_features, "eps": self.eps,
+        return {"type": type(self).__name__, "num_features": self.num_features, "eps": self.eps,
                 "momentum": self.momentum, "affine": self.affine,
                 "track_running_stats": self.track_running_stats}
 

@@ -1,0 +1,225 @@
+"""Conv1d/Conv2d, pooling, BatchNorm2d and Dropout2d: a naive NumPy reference, finite differences,
+PyTorch (when installed), thread-count invariance, odd sizes, files and clear errors."""
+import numpy as np
+import pytest
+
+import fastnn as fn
+
+
+def _cases():
+    return {
+        "lenet": (lambda: [fn.Conv2d(1, 6, 5, padding=2), fn.ReLU(), fn.MaxPool2d(2), fn.Conv2d(6, 16, 5), fn.Tanh(),
+                           fn.AvgPool2d(2), fn.Flatten(), fn.Dense(16, 5)], (1, 13, 14)),
+        "strided_groups": (lambda: [fn.Conv2d(4, 6, (3, 2), stride=(2, 1), padding=(1, 0), dilation=(1, 2), groups=2),
+                                    fn.BatchNorm2d(6), fn.ReLU(), fn.MaxPool2d(3, stride=2, padding=1),
+                                    fn.AdaptiveAvgPool2d((2, 3)), fn.Flatten(), fn.Dense(36, 5)], (4, 7, 9)),
+        "conv1d": (lambda: [fn.Conv1d(3, 5, 5, padding="same"), fn.ReLU(), fn.Conv1d(5, 5, 3, padding=1, bias=False),
+                            fn.BatchNorm1d(5), fn.ReLU(), fn.AvgPool1d(3, stride=2, padding=1), fn.MaxPool1d(2),
+                            fn.AdaptiveAvgPool1d(1), fn.Flatten(), fn.Dense(5, 5)], (3, 37)),
+        "valid_avg_nopad": (lambda: [fn.Conv2d(2, 3, 2, padding="valid"), fn.Sigmoid(),
+                                     fn.AvgPool2d(2, stride=1, padding=1, count_include_pad=False),
+                                     fn.AdaptiveAvgPool2d((3, 2)), fn.Flatten(), fn.Dense(18, 5)], (2, 6, 5)),
+    }
+
+
+CASES = _cases()
+
+
+def _model(name, dtype="float64", seed=0):
+    layers, shape = CASES[name]
+    return fn.Sequential(*layers(), dtype=dtype, seed=seed, input_shape=shape)
+
+
+def _data(rng, shape, n=7, c=5):
+    return rng.normal(size=(n,) + shape), rng.integers(0, c, n)
+
+
+# ---------------------------------------------------------------- references
+def _conv2d_ref(x, W, b, stride, pad, dil, groups):
+    N, C, H, Wd = x.shape
+    O, Cg, kh, kw = W.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (pad[0], pad[0]), (pad[1], pad[1])))
+    Ho = (H + 2 * pad[0] - dil[0] * (kh - 1) - 1) // stride[0] + 1
+    Wo = (Wd + 2 * pad[1] - dil[1] * (kw - 1) - 1) // stride[1] + 1
+    out = np.zeros((N, O, Ho, Wo))
+    og = O // groups
+    for o in range(O):
+        g = o // og
+        for i in range(Ho):
+            for j in range(Wo):
+                patch = xp[:, g * Cg:(g + 1) * Cg, i * stride[0]:i * stride[0] + dil[0] * (kh - 1) + 1:dil[0],
+                           j * stride[1]:j * stride[1] + dil[1] * (kw - 1) + 1:dil[1]]
+                out[:, o, i, j] = (patch * W[o]).sum(axis=(1, 2, 3)) + (b[o] if b is not None else 0)
+    return out
+
+
+def test_conv2d_forward_matches_naive_reference(rng):
+    m = fn.Sequential(fn.Conv2d(4, 6, (3, 2), stride=(2, 1), padding=(1, 2), dilation=(2, 1), groups=2),
+                      input_shape=(4, 7, 9), dtype="float64", seed=1)
+    X = rng.normal(size=(3, 4, 7, 9))
+    c = m.layers[0]
+    ref = _conv2d_ref(X, c.weight, c.bias, c.stride, c.padding, c.dilation, c.groups)
+    np.testing.assert_allclose(m.forward(X), ref, rtol=1e-12, atol=1e-12)
+
+
+def test_pools_match_naive_reference(rng):
+    X = rng.normal(size=(2, 3, 5, 7))
+    mx = fn.Sequential(fn.MaxPool2d(2, stride=2, padding=1), input_shape=(3, 5, 7), dtype="float64")
+    xp = np.pad(X, ((0, 0), (0, 0), (1, 1), (1, 1)), constant_values=-np.inf)
+    ref = np.array([[[[xp[n, c, 2 * i:2 * i + 2, 2 * j:2 * j + 2].max() for j in range(4)] for i in range(3)]
+                     for c in range(3)] for n in range(2)])
+    np.testing.assert_array_equal(mx.forward(X), ref)
+    ad = fn.Sequential(fn.AdaptiveAvgPool2d((2, 3)), input_shape=(3, 5, 7), dtype="float64")
+    rows, cols = [(0, 3), (2, 5)], [(0, 3), (2, 5), (4, 7)]
+    ref = np.array([[[[X[n, c, r0:r1, c0:c1].mean() for c0, c1 in cols] for r0, r1 in rows] for c in range(3)]
+                    for n in range(2)])
+    np.testing.assert_allclose(ad.forward(X), ref, rtol=1e-13)
+
+
+# ---------------------------------------------------------------- gradients
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_gradients_match_finite_differences(name, rng):
+    m = _model(name)
+    X, y = _data(rng, m.input_shape)
+    loss = fn.CrossEntropy()
+    _, grads = m.loss_and_grad(X, y, loss)
+    h = 1e-6
+    for (pname, p), g in zip(m.named_parameters(), grads):
+        flat, gf = p.reshape(-1), g.reshape(-1)
+        for idx in rng.choice(flat.size, size=min(5, flat.size), replace=False):
+            old = flat[idx]
+            flat[idx] = old + h
+            lp, _ = m.loss_and_grad(X, y, loss)
+            flat[idx] = old - h
+            lm, _ = m.loss_and_grad(X, y, loss)
+            flat[idx] = old
+            fd = (lp - lm) / (2 * h)
+            assert abs(fd - gf[idx]) <= 1e-6 * max(1.0, abs(fd)), (name, pname, idx, fd, gf[idx])
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_gradients_and_inference_match_torch(name, rng):
+    torch = pytest.importorskip("torch")
+    m = _model(name)
+    X, y = _data(rng, m.input_shape)
+    L, grads = m.loss_and_grad(X, y, fn.CrossEntropy())
+    tm = m.to_torch()
+    tm.train()
+    tl = torch.nn.functional.cross_entropy(tm(torch.tensor(X)), torch.tensor(y))
+    tl.backward()
+    assert abs(L - tl.item()) <= 1e-12 * abs(L)
+    tp = dict(tm.named_parameters())
+    gmax = max(float(p.grad.abs().max()) for p in tp.values())
+    for (k, _), g in zip(m.named_parameters(), grads):
+        t = tp[k].grad.numpy()
+        assert np.abs(g - t).max() <= 1e-9 * max(np.abs(t).max(), 1e-5 * gmax), k
+    # a training step moves the running statistics as torch's does; inference then agrees
+    m.train_step(X, y, fn.CrossEntropy(), fn.SGD(lr=0.0))
+    tm.eval()
+    np.testing.assert_allclose(m.forward(X), tm(torch.tensor(X)).detach().numpy(), rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------- threads, dtypes, odd sizes
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_thread_count_invariance(dtype, rng):
+    X, y = rng.normal(size=(98, 2, 7, 9)), rng.integers(0, 4, 98)
+    states = []
+    for threads in (1, 2, 3):
+        m = fn.Sequential(fn.Conv2d(2, 8, 3, padding=1), fn.BatchNorm2d(8), fn.ReLU(), fn.Dropout2d(0.25),
+                          fn.MaxPool2d(2), fn.Conv2d(8, 6, 2, groups=2), fn.ReLU(), fn.AdaptiveAvgPool2d(1),
+                          fn.Flatten(), fn.Dropout(0.1), fn.Dense(6, 4), dtype=dtype, seed=3)
+        m.fit(X, y, loss=fn.CrossEntropy(), optimizer=fn.Adam(lr=1e-2), epochs=2, batch_size=16, threads=threads,
+              clip_norm=1.0)
+        states.append(m.state_dict())
+    for other in states[1:]:
+        for k in states[0]:
+            np.testing.assert_array_equal(states[0][k], other[k], err_msg=k)
+
+
+def test_float32_agrees_with_float64(rng):
+    X, y = _data(rng, (3, 37), n=11)
+    _, g64 = _model("conv1d", "float64").loss_and_grad(X, y, fn.CrossEntropy())
+    _, g32 = _model("conv1d", "float32").loss_and_grad(X, y, fn.CrossEntropy())
+    for a, b in zip(g32, g64):
+        np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-4 * max(1.0, np.abs(b).max()))
+
+
+def test_batch_of_one_and_odd_batches(rng):
+    m = _model("lenet", "float32")
+    X, y = _data(rng, m.input_shape, n=97)
+    m.fit(X, y, loss=fn.CrossEntropy(), optimizer=fn.SGD(lr=0.05, momentum=0.9), epochs=2, batch_size=10)
+    out = m.forward(X)
+    np.testing.assert_allclose(m.forward(X[5:6]), out[5:6], rtol=1e-5, atol=1e-6)
+    assert m.predict(X[:1]).shape == (1, 5)
+
+
+def test_dropout2d_drops_whole_channels(rng):
+    m = fn.Sequential(fn.Conv2d(1, 8, 1, bias=False, init="zeros"), fn.Dropout2d(0.5), input_shape=(1, 3, 4),
+                      dtype="float64", seed=0)
+    m.layers[0].weight[...] = 1
+    X = rng.random((6, 1, 3, 4)) + 1
+    out = m.forward(X, training=True).reshape(6, 8, 12)
+    assert m.forward(X).shape == (6, 8, 3, 4)
+    kept = (out != 0).all(axis=2)
+    dropped = (out == 0).all(axis=2)
+    assert np.all(kept | dropped) and dropped.any() and kept.any()
+    np.testing.assert_allclose(out[kept], 2 * np.repeat(X.reshape(6, 1, 12), 8, axis=1)[kept])
+    np.testing.assert_array_equal(m.forward(X).reshape(6, 8, 12), np.repeat(X.reshape(6, 1, 12), 8, axis=1))
+
+
+# ---------------------------------------------------------------- building, files, errors
+def test_input_shape_comes_from_the_first_data(rng):
+    m = fn.Sequential(fn.Conv1d(2, 4, 3), fn.ReLU(), fn.Flatten(), fn.Dense(4 * 8, 3), seed=0)
+    with pytest.raises(ValueError, match="input_shape="):
+        m.named_parameters()
+    X, y = rng.normal(size=(12, 2, 10)), rng.integers(0, 3, 12)
+    m.fit(X, y, loss=fn.CrossEntropy(), epochs=1, batch_size=4)
+    assert m.input_shape == (2, 10) and m.layers[0].weight.shape == (4, 2, 3)
+
+
+def test_save_load_and_torch_round_trip(tmp_path, rng):
+    m = _model("strided_groups", "float32")
+    X, y = _data(rng, m.input_shape, n=16)
+    m.fit(X, y, loss=fn.CrossEntropy(), optimizer=fn.SGD(lr=0.05), epochs=2, batch_size=8)
+    m.save(tmp_path / "m.safetensors")
+    m2 = fn.load(tmp_path / "m.safetensors")
+    np.testing.assert_array_equal(m2.forward(X), m.forward(X))
+    assert m2.layers[1].num_batches_tracked == 4
+    pytest.importorskip("torch")
+    m3 = fn.from_torch(m.to_torch(), input_shape=m.input_shape)
+    for k, v in m.state_dict().items():
+        np.testing.assert_array_equal(np.asarray(m3.state_dict()[k]), np.asarray(v))
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: fn.Sequential(fn.Conv2d(3, 4, 3), input_shape=(2, 8, 8)),
+     r"layer 0 .*Conv2d expects examples shaped \(C, H, W\) with C = 3, got shape \(2, 8, 8\)"),
+    (lambda: fn.Sequential(fn.Conv2d(1, 4, 5), input_shape=(1, 3, 3)), r"layer 0 .*smaller than the kernel"),
+    (lambda: fn.Sequential(fn.Conv2d(1, 4, 3), fn.Dense(10, 2), input_shape=(1, 6, 6)),
+     r"layer 1 .*Dense expects 10 input features per example, got shape \(4, 4, 4\); put fn.Flatten\(\)"),
+    (lambda: fn.Conv2d(3, 4, 3, groups=2), "divisible by groups"),
+    (lambda: fn.Conv1d(3, 4, 3, stride=2, padding="same"), "padding='same' needs stride 1"),
+    (lambda: fn.Conv2d(3, 4, (3, 3, 3)), "kernel_size"),
+    (lambda: fn.MaxPool2d(2, padding=2), "at most half"),
+    (lambda: fn.Sequential(fn.MaxPool1d(2), input_shape=(8,)), r"MaxPool1d expects examples shaped \(C, L\)"),
+    (lambda: fn.Sequential(fn.BatchNorm2d(3), input_shape=(3, 4)), r"BatchNorm2d expects examples shaped"),
+])
+def test_bad_configurations_are_clear_errors(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_examples_of_the_wrong_shape_are_refused(rng):
+    m = _model("lenet", "float32")
+    with pytest.raises(ValueError, match="features"):
+        m.forward(rng.normal(size=(2, 1, 12, 14)))
+
+
+def test_diagnostics_count_dead_channels(rng):
+    m = fn.Sequential(fn.Conv2d(1, 4, 3), fn.ReLU(), fn.Flatten(), fn.Dense(4 * 4 * 4, 2), input_shape=(1, 6, 6),
+                      dtype="float64", seed=0)
+    m.layers[0].bias[:2] = -100.0       # channels 0 and 1 never fire
+    X, y = rng.random((32, 1, 6, 6)), rng.integers(0, 2, 32)
+    h = m.fit(X, y, loss=fn.CrossEntropy(), optimizer=fn.SGD(lr=0.01), epochs=1, batch_size=8, diagnostics=True)
+    assert h.diagnostic_layers == ["0", "3"]
+    assert h.diagnostics["dead"][0][0] == 0.5
