@@ -119,6 +119,20 @@ def _split(y, test_size, seed):
 def _train(args):
     import fastnn as fn
 
+    comm, say = None, print
+    if args.distributed:
+        from .distributed import _mpi, threads_per_rank
+
+        if args.diagnostics or args.plot:
+            raise ValueError("--diagnostics and --plot are not available with --distributed")
+        comm = _mpi().COMM_WORLD
+        if args.threads is None:
+            args.threads = threads_per_rank(comm)
+        if comm.Get_rank() != 0:        # rank 0 alone prints and saves
+            args.save = None
+
+            def say(*a, **k):
+                pass
     if args.save is not None:
         from .io import _check_write_path
 
@@ -165,14 +179,15 @@ def _train(args):
     loss = fn.CrossEntropy() if task == "classify" else fn.MSE()
     target = y_enc if task == "classify" else np.asarray(y, dtype=np.float64)
     name = args.data or "bundled digits (UCI optical digits, 1797 x 8x8)"
-    print(f"data: {name}: {len(X)} examples, {X.shape[1]} features"
-          + (f", {len(classes)} classes" if task == "classify" else "")
-          + f"; training on {len(tr)}, holding out {len(te)}")
+    say(f"data: {name}: {len(X)} examples, {X.shape[1]} features"
+        + (f", {len(classes)} classes" if task == "classify" else "")
+        + f"; training on {len(tr)}, holding out {len(te)}")
     arch = ' -> '.join(map(str, sizes + [n_out]))
     if input_shape is not None:
         arch = f"image {'x'.join(map(str, input_shape))} -> conv 16 + BN -> conv 32 + BN -> " + arch
-    print(f"model: {arch} ({args.activation}), {model.n_params} parameters, "
-          f"{args.optimizer} lr={args.lr}, batch {args.batch_size}, {fn.get_num_threads() if args.threads is None else args.threads} threads")
+    say(f"model: {arch} ({args.activation}), {model.n_params} parameters, "
+        f"{args.optimizer} lr={args.lr}, batch {args.batch_size}, {fn.get_num_threads() if args.threads is None else args.threads} threads"
+        + (f" x {comm.Get_size()} ranks" if comm is not None else ""))
 
     class Line(fn.Callback):
         def on_epoch_end(self, epoch, logs=None):
@@ -182,7 +197,7 @@ def _train(args):
             elif "val_loss" in logs:
                 parts.append(f"held-out loss {logs['val_loss']:.4f}")
             parts.append(f"{logs['time'] * 1e3:.0f} ms")
-            print("  ".join(parts), flush=True)
+            say("  ".join(parts), flush=True)
 
     if args.plot is not None:
         try:
@@ -193,16 +208,16 @@ def _train(args):
     hist = model.fit(X[tr], target[tr], loss=loss, optimizer=opts[args.optimizer](), epochs=args.epochs,
                      batch_size=args.batch_size, seed=args.seed, threads=args.threads,
                      validation_data=(X[te], target[te]), callbacks=[] if args.quiet else [Line()],
-                     diagnostics=True if args.diagnostics or args.plot else None,
+                     diagnostics=True if args.diagnostics or args.plot else None, comm=comm,
                      drop_last=args.cnn is not None and len(tr) > args.batch_size)
     took = time.perf_counter() - t0
     if args.diagnostics:
         d = hist.diagnostics
-        print("per-layer diagnostics of the last epoch (layer: learning speed mean|dL/dw|, "
-              "update/weight ratio, saturated, dead):")
+        say("per-layer diagnostics of the last epoch (layer: learning speed mean|dL/dw|, "
+            "update/weight ratio, saturated, dead):")
         for k, name in enumerate(hist.diagnostic_layers):
-            print(f"  layer {name}: {d['grad_mean_abs'][-1][k]:.3e}  {d['update_ratio'][-1][k]:.3e}  "
-                  f"{d['saturated'][-1][k]:.3f}  {d['dead'][-1][k]:.3f}")
+            say(f"  layer {name}: {d['grad_mean_abs'][-1][k]:.3e}  {d['update_ratio'][-1][k]:.3e}  "
+                f"{d['saturated'][-1][k]:.3f}  {d['dead'][-1][k]:.3f}")
     if args.plot is not None:
         import os
 
@@ -211,12 +226,12 @@ def _train(args):
         hist.plot(path=args.plot)
         root, ext = os.path.splitext(args.plot)
         plot_diagnostics(hist, path=root + "-diagnostics" + (ext or ".png"))
-        print(f"wrote {args.plot} (loss and accuracy) and {root}-diagnostics{ext or '.png'} (per-layer diagnostics)")
+        say(f"wrote {args.plot} (loss and accuracy) and {root}-diagnostics{ext or '.png'} (per-layer diagnostics)")
     res = model.evaluate(X[te], target[te])
     if task == "classify":
-        print(f"held-out accuracy: {res['accuracy']:.4f} ({len(te)} examples), trained in {took:.2f} s")
+        say(f"held-out accuracy: {res['accuracy']:.4f} ({len(te)} examples), trained in {took:.2f} s")
     else:
-        print(f"held-out MSE: {res['loss']:.6g} ({len(te)} examples), trained in {took:.2f} s")
+        say(f"held-out MSE: {res['loss']:.6g} ({len(te)} examples), trained in {took:.2f} s")
     if args.save is not None:
         from .io import save_model
 
@@ -224,7 +239,7 @@ def _train(args):
                "std": None if sd is None else sd.tolist(),
                "classes": _label_list(classes) if task == "classify" else None, "target": args.target}
         save_model(model, args.save, metadata={"preprocess": json.dumps(pre)})
-        print(f"saved the model and its preprocessing to {args.save}")
+        say(f"saved the model and its preprocessing to {args.save}")
     return 0
 
 
@@ -372,6 +387,9 @@ def main(argv=None):
                    help="measure per-layer learning speed, update ratio, saturated and dead units")
     t.add_argument("--plot", metavar="PNG", help="write training curves to PNG, and per-layer "
                    "diagnostics to PNG's name with '-diagnostics' (needs matplotlib)")
+    t.add_argument("--distributed", action="store_true", help="train data-parallel across the ranks of "
+                   "an MPI launch (mpiexec -n 4 fastnn train ... --distributed; needs pip install "
+                   "'fastnn[mpi]'); --batch-size is the global batch")
     t.add_argument("--save", metavar="PATH", help="write the trained model and its preprocessing "
                    "(standardisation, class labels) to PATH, e.g. model.safetensors")
     e = sub.add_parser("evaluate", help="print the loss and accuracy of a saved model on labelled data")

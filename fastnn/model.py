@@ -326,8 +326,12 @@ class Sequential:
         loss = check_loss(loss if loss is not None else self._need_loss())
         X = self._check_X(X)
         yi, yf, sw, pw = self._targets(y, loss, X.shape[0], sample_weight)
-        out = self.forward(X, threads).reshape(X.shape[0], -1)
-        per = np.empty(X.shape[0])
+        return self._scores(self.forward(X, threads).reshape(X.shape[0], -1), yi, yf, sw, pw, loss)
+
+    def _scores(self, out, yi, yf, sw, pw, loss):
+        """``evaluate``'s numbers from the network's outputs ``out`` (one row per example) for
+        the prepared targets."""
+        per = np.empty(out.shape[0])
         _engine.loss_per_example(out, yi, yf, pw, loss.kernel_code(yf), per)
         res = {"loss": reduce_loss(per, sw if sw.size else None, loss.reduction_code, self.n_outputs)}
         if loss.classification:
@@ -434,7 +438,8 @@ class Sequential:
     def fit(self, X, y, loss=None, optimizer=None, epochs=1, batch_size=32, shuffle=True, seed=None,
             threads=None, verbose=0, validation_split=0.0, validation_data=None, sample_weight=None,
             class_weight=None, l2=0.0, l2_bias=False, schedule=None, clip_norm=None, clip_value=None,
-            diagnostics=None, callbacks=None, checkpoint=None, checkpoint_every=1, drop_last=False):
+            diagnostics=None, callbacks=None, checkpoint=None, checkpoint_every=1, drop_last=False,
+            comm=None):
         """Train by mini-batch backpropagation; returns a ``History``.
 
         Args:
@@ -470,6 +475,9 @@ class Sequential:
                 ``checkpoint_every`` epochs, atomically, so training can resume exactly.
             drop_last: skip the incomplete last batch of every epoch (as torch's DataLoader
                 does); BatchNorm needs it when the last batch would hold one example.
+            comm: an mpi4py communicator (e.g. ``MPI.COMM_WORLD``) to train data-parallel across
+                its ranks, each given the same arguments; ``batch_size`` stays the global batch.
+                See ``fastnn.distributed`` (needs ``pip install "fastnn[mpi]"``).
         """
         from .training import fit
 
@@ -479,7 +487,7 @@ class Sequential:
                    sample_weight=sample_weight, class_weight=class_weight, l2=l2, l2_bias=l2_bias,
                    schedule=schedule, clip_norm=clip_norm, clip_value=clip_value, diagnostics=diagnostics,
                    callbacks=callbacks, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
-                   drop_last=drop_last)
+                   drop_last=drop_last, comm=comm)
 
     def l2_penalty(self, l2, bias=False):
         """β‖W‖² over the Dense weights (and biases with ``bias``), in float64."""

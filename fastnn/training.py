@@ -3,7 +3,9 @@
 ``prepare`` checks and converts everything a fit needs (targets, weights, the validation split,
 class weights, drop_last) into a ``FitData``; ``Fit`` then runs the epochs: per epoch the
 order, the learning rates of its steps, one call into the compiled core (or one per ~2% of the
-epoch with a progress bar), the metrics, validation and the callbacks.
+epoch with a progress bar), the metrics, validation and the callbacks. A distributed fit
+(``comm=``, fastnn/distributed.py) makes one core call per step instead: every step ends in an
+Allreduce.
 """
 import sys
 import time
@@ -159,14 +161,20 @@ class Fit:
             self.history.diagnostic_layers = list(diag.layer_names)
             self.diag = diag
 
-    def run(self):
-        m, h = self.model, self.history
-        cbs = [h] + self.callbacks
+    def _bind(self):
+        """Bind the model to this fit's loss and optimizer; returns History + callbacks, bound."""
+        m = self.model
+        cbs = [self.history] + self.callbacks
         for cb in cbs:
             cb.set_model(m)
         m.loss, m.optimizer = self.loss, self.opt
         m.stop_training = False
         self.opt.bind(m)
+        return cbs
+
+    def run(self):
+        m, h = self.model, self.history
+        cbs = self._bind()
         for cb in cbs:
             cb.on_train_begin()
         try:
@@ -214,7 +222,7 @@ class Fit:
         if self.l2 > 0:
             logs["l2_penalty"] = m.l2_penalty(self.l2, self.l2_bias)
         if d.val is not None:
-            for k, v in m.evaluate(d.val[0], d.val[1], self.loss, d.val[2], self.n_threads).items():
+            for k, v in self._validate().items():
                 logs["val_" + k] = v
         logs["lr"] = float(lrs[-1])
         if self.plateau is not None:
@@ -224,6 +232,11 @@ class Fit:
         if self.verbose:
             print(_epoch_line(ep, self.epochs, logs), file=sys.stderr, flush=True)
         return logs
+
+    def _validate(self):
+        """``evaluate`` on the validation data."""
+        d = self.data
+        return self.model.evaluate(d.val[0], d.val[1], self.loss, d.val[2], self.n_threads)
 
     def _steps(self, order, lrs, ep, step_loss):
         # One core call per epoch; with a progress bar, one per ~2% of the epoch. The split does not
@@ -282,11 +295,21 @@ def _epoch_line(ep, epochs, logs):
     return " - ".join(parts)
 
 
-def fit(model, X, y, loss=None, optimizer=None, epochs=1, batch_size=32, shuffle=True, seed=None,
-        threads=None, verbose=0, validation_split=0.0, validation_data=None, sample_weight=None,
-        class_weight=None, l2=0.0, l2_bias=False, schedule=None, clip_norm=None, clip_value=None,
-        diagnostics=None, callbacks=None, checkpoint=None, checkpoint_every=1, drop_last=False):
+def fit(model, X, y, comm=None, **kw):
     """See ``Sequential.fit``."""
+    if comm is not None:
+        from .distributed import fit_distributed
+
+        return fit_distributed(comm, model, X, y, **kw)
+    return make_fit(model, X, y, **kw).run()
+
+
+def make_fit(model, X, y, loss=None, optimizer=None, epochs=1, batch_size=32, shuffle=True, seed=None,
+             threads=None, verbose=0, validation_split=0.0, validation_data=None, sample_weight=None,
+             class_weight=None, l2=0.0, l2_bias=False, schedule=None, clip_norm=None, clip_value=None,
+             diagnostics=None, callbacks=None, checkpoint=None, checkpoint_every=1, drop_last=False,
+             fit_class=Fit, **fit_kw):
+    """Check the arguments and prepare the data of a fit; returns the ``Fit`` to run."""
     from .model import _nonneg
     from .schedules import ReduceOnPlateau, Schedule
 
@@ -306,6 +329,6 @@ def fit(model, X, y, loss=None, optimizer=None, epochs=1, batch_size=32, shuffle
         raise TypeError(f"schedule must be a fn.schedules schedule, got {schedule!r}")
     data = prepare(model, X, y, loss, batch_size, seed, validation_split, validation_data, sample_weight,
                    class_weight, bool(drop_last))
-    run = Fit(model, loss, opt, data, epochs, shuffle, seed, n_threads, int(verbose), l2, l2_bias, schedule,
-              clip_norm, clip_value, diagnostics, callbacks, checkpoint, checkpoint_every)
-    return run.run()
+    return fit_class(model, loss, opt, data, epochs, shuffle, seed, n_threads, int(verbose), l2, l2_bias,
+                     schedule, clip_norm, clip_value, diagnostics, callbacks, checkpoint, checkpoint_every,
+                     **fit_kw)

@@ -642,7 +642,8 @@ def run_steps(const int64_t[:, ::1] ops, const double[:, ::1] opsf, const int64_
               floating[::1] work, double[::1] step_loss, int n_threads,
               double l2=0.0, bint l2_bias=False, double clip_value=0.0, double clip_norm=0.0,
               double[::1] grad_norms=None, int64_t[::1] pred=None, dict diag=None,
-              floating[::1] scratch=None, Py_ssize_t scratch_stride=0):
+              floating[::1] scratch=None, Py_ssize_t scratch_stride=0,
+              Py_ssize_t pos0=0, double norm_of_step=0.0):
     """Run n_steps mini-batch steps over examples X[order] (batch b holds
     order[b*batch_size : (b+1)*batch_size]). Each step runs the plan's phases (forward, loss,
     backward), the gradient tiles into ``grads``, and (opt_code != 0) the update of ``params``
@@ -660,6 +661,11 @@ def run_steps(const int64_t[:, ::1] ops, const double[:, ::1] opsf, const int64_
     elements per chunk (convolutions' backward).
     Returns the number of steps completed; a step whose loss is not finite stops
     the run before its update (its loss is still written to step_loss).
+
+    A share of a larger batch (data-parallel training): ``pos0`` is the position of the share's
+    first example in the whole batch (its dropout row key), and ``norm_of_step`` > 0 replaces
+    every step's loss normaliser (the whole batch's sum of weights), so ``grads`` and
+    ``step_loss`` receive this share's part of the whole batch's mean.
     """
     cdef Py_ssize_t N = order.shape[0]
     cdef Py_ssize_t n_par = params.shape[0]
@@ -740,7 +746,7 @@ def run_steps(const int64_t[:, ::1] ops, const double[:, ::1] opsf, const int64_
         net_free(net)
         raise ValueError("scratch is too small for this plan")
     cx.ordp = <Py_ssize_t*>&order[0]
-    cx.pos0 = 0
+    cx.pos0 = pos0
     cx.training = True
     cx.seed = seed
     cx.epoch = epoch
@@ -766,7 +772,9 @@ def run_steps(const int64_t[:, ::1] ops, const double[:, ::1] opsf, const int64_
                 if bsz <= 0:
                     break
                 # loss normaliser: sum of example weights (x elements for elementwise means)
-                if reduction == 2:
+                if norm_of_step > 0:
+                    norm = norm_of_step
+                elif reduction == 2:
                     norm = 1
                 else:
                     if swp != NULL:
