@@ -82,7 +82,9 @@ class Plan:
         self.row_width = self._col
         self._link_deltas()
         self.op_table, self.opf_table = self._tables()
-        widest = max(op["n_out"] for op in self.ops)
+        # chunks serve the per-row GEMMs of Dense layers (wide ones want long chunks); a convolution
+        # multiplies example by example, so it asks for nothing and short chunks spread it over threads
+        widest = max([op["n_out"] for op in self.ops if op["kind"] == OP["dense"]] or [16])
         self.chunk = int(min(256, max(16, _next_pow2(-(-widest // 4)))))
         self.tiles = self._make_tiles()
         self.has_bn = bool(self.bn_layers)
