@@ -37,6 +37,17 @@ cdef extern from *:
     FASTNN_RED(double, fastnn_sumabs_d, (v < 0 ? -v : v))
     FASTNN_RED(float, fastnn_sumdiffsq_f, (v - w) * (v - w))
     FASTNN_RED(double, fastnn_sumdiffsq_d, (v - w) * (v - w))
+    /* sum (x - c)^2 and sum y (x - c) for a scalar c (BatchNorm over positions) */
+    #define FASTNN_RED_C(T, NAME, EXPR) \
+    static double NAME(const T* x, const T* y, Py_ssize_t n, double c) { \
+        double s = 0; Py_ssize_t i; \
+        _Pragma("omp simd reduction(+:s)") \
+        for (i = 0; i < n; i++) { double v = (double)x[i] - c, w = (double)y[i]; (void)w; s += EXPR; } \
+        return s; }
+    FASTNN_RED_C(float, fastnn_sqdev_f, v * v)
+    FASTNN_RED_C(double, fastnn_sqdev_d, v * v)
+    FASTNN_RED_C(float, fastnn_dotdev_f, w * v)
+    FASTNN_RED_C(double, fastnn_dotdev_d, w * v)
     """
     void fastnn_sum_f(const float* x, const float* y, Py_ssize_t n, double* out) nogil
     void fastnn_sum_d(const double* x, const double* y, Py_ssize_t n, double* out) nogil
@@ -46,6 +57,10 @@ cdef extern from *:
     void fastnn_sumabs_d(const double* x, const double* y, Py_ssize_t n, double* out) nogil
     void fastnn_sumdiffsq_f(const float* x, const float* y, Py_ssize_t n, double* out) nogil
     void fastnn_sumdiffsq_d(const double* x, const double* y, Py_ssize_t n, double* out) nogil
+    double fastnn_sqdev_f(const float* x, const float* y, Py_ssize_t n, double c) nogil
+    double fastnn_sqdev_d(const double* x, const double* y, Py_ssize_t n, double c) nogil
+    double fastnn_dotdev_f(const float* x, const float* y, Py_ssize_t n, double c) nogil
+    double fastnn_dotdev_d(const double* x, const double* y, Py_ssize_t n, double c) nogil
 
 
 cdef extern from *:
@@ -167,6 +182,21 @@ cdef inline void red_sumabs(floating* x, Py_ssize_t n, double* out) noexcept nog
         fastnn_sumabs_f(x, x, n, out)
     else:
         fastnn_sumabs_d(x, x, n, out)
+
+
+cdef inline double red_sqdev(floating* x, Py_ssize_t n, double c) noexcept nogil:
+    if floating is float:
+        return fastnn_sqdev_f(x, x, n, c)
+    else:
+        return fastnn_sqdev_d(x, x, n, c)
+
+
+cdef inline double red_dotdev(floating* x, floating* y, Py_ssize_t n, double c) noexcept nogil:
+    """sum y (x - c)"""
+    if floating is float:
+        return fastnn_dotdev_f(x, y, n, c)
+    else:
+        return fastnn_dotdev_d(x, y, n, c)
 
 
 cdef inline void red_sumdiffsq(floating* x, floating* y, Py_ssize_t n, double* out) noexcept nogil:

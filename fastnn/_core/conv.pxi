@@ -187,6 +187,7 @@ cdef void pool_forward(Op* o, floating* Wk, Py_ssize_t r0, Py_ssize_t c) noexcep
     cdef double s
     cdef Py_ssize_t kh = g[4], kw = g[5], sh = g[6], sw = g[7], base, q
     cdef bint inside = g[15] == POOL_MAX and g[8] == 0 and g[9] == 0
+    cdef int u
     for e in range(r0, r0 + c):
         for ch in range(C):
             x = Wk + o.in_e + e * o.n_in + ch * H * W
@@ -202,9 +203,10 @@ cdef void pool_forward(Op* o, floating* Wk, Py_ssize_t r0, Py_ssize_t c) noexcep
                             for iw in range(kw):
                                 q = base + ih * W + iw
                                 v = x[q]
-                                if v > m or (v != v and m == m):
-                                    m = v
-                                    am = q
+                                # selects, not branches: which element wins is data-dependent
+                                u = (v > m) | ((v != v) & (m == m))
+                                m = v if u else m
+                                am = q if u else am
                         y[oh * Wo + ow] = m
                         arg[oh * Wo + ow] = <floating>am
                 continue

@@ -28,8 +28,7 @@ cdef void bn_forward_batch(Op* o, floating* P, floating* Wk, double* st, floatin
         else:
             for j in range(f0, f1):
                 acc = 0
-                for s in range(S):
-                    acc += row[j * S + s]
+                red_sum(row + j * S, S, &acc)
                 mean[j] += acc
     for j in range(f0, f1):
         mean[j] = mean[j] / m
@@ -41,11 +40,7 @@ cdef void bn_forward_batch(Op* o, floating* P, floating* Wk, double* st, floatin
                 istd[j] += d * d
         else:
             for j in range(f0, f1):
-                acc = 0
-                for s in range(S):
-                    d = row[j * S + s] - mean[j]
-                    acc += d * d
-                istd[j] += acc
+                istd[j] += red_sqdev(row + j * S, S, mean[j])
     for j in range(f0, f1):
         var = istd[j] / m
         if update and o.r_off >= 0:
@@ -115,15 +110,16 @@ cdef void bn_backward_batch(Op* o, floating* P, floating* Wk, floating* G, doubl
     for i in range(B):
         row = dy + i * n
         xr = x + i * n
-        for j in range(f0, f1):
-            a1 = 0
-            a2 = 0
-            for s in range(S):
-                q = j * S + s
-                a1 += row[q]
-                a2 += row[q] * ((xr[q] - mean[j]) * istd[j])
-            s1[j] += a1
-            s2[j] += a2
+        if S == 1:
+            for j in range(f0, f1):
+                s1[j] += row[j]
+                s2[j] += row[j] * ((xr[j] - mean[j]) * istd[j])
+        else:
+            for j in range(f0, f1):
+                a1 = 0
+                red_sum(row + j * S, S, &a1)
+                s1[j] += a1
+                s2[j] += red_dotdev(xr + j * S, row + j * S, S, mean[j]) * istd[j]
     if o.w_off >= 0:
         for j in range(f0, f1):
             G[o.w_off + j] = <floating>s2[j]
