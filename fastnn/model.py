@@ -260,7 +260,7 @@ class Sequential:
             self._build(tuple(shape[1:]))
         if isinstance(X, np.ndarray) and X.ndim > 2 and X.shape[1:] == self.input_shape:
             X = X.reshape(X.shape[0], -1)
-        return check_X(X, self.n_features, self.dtype, name=name)
+        return check_X(X, self.n_features, self.dtype, name=name, stream=True)
 
     def _targets(self, y, loss, n, sample_weight=None):
         yi, yf = loss.prepare(y, n, self.n_outputs, self.dtype)

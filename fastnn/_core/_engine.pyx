@@ -234,6 +234,7 @@ cdef struct Ctx:
     void* X
     void* R
     double* st
+    int xcode                 # X's element type (X_CODES): rows are converted as they are gathered
     void* scratch             # per chunk: conv backward's column buffer
     Py_ssize_t scratch_stride
     Py_ssize_t* ordp
@@ -365,18 +366,76 @@ cdef void op_backward(Op* o, Ctx* cx, floating* Wk, floating* P, Py_ssize_t r0, 
             put_delta(Wk + o.din2_e + r0 * o.n_in, Wk + o.d_e + r0 * n, c * n, o.din2_acc)
 
 
+# element types X may have: a memory-mapped data set of any of them streams, converted row by row
+cdef enum:
+    X_F32 = 0
+    X_F64 = 1
+    X_U8 = 2
+    X_I8 = 3
+    X_U16 = 4
+    X_I16 = 5
+    X_I32 = 6
+    X_I64 = 7
+
+X_CODES = {np.dtype(np.float32): X_F32, np.dtype(np.float64): X_F64, np.dtype(np.uint8): X_U8,
+           np.dtype(np.int8): X_I8, np.dtype(np.uint16): X_U16, np.dtype(np.int16): X_I16,
+           np.dtype(np.int32): X_I32, np.dtype(np.int64): X_I64}
+
+
+cdef inline void gather_row(floating* dst, void* X, int code, Py_ssize_t row, Py_ssize_t n) noexcept nogil:
+    """dst <- row ``row`` of X (n values of type ``code``) in the model's type."""
+    cdef Py_ssize_t j, o = row * n
+    if (floating is float and code == X_F32) or (floating is double and code == X_F64):
+        memcpy(dst, <floating*>X + o, n * sizeof(floating))
+    elif code == X_F32:
+        for j in range(n):
+            dst[j] = <floating>(<float*>X)[o + j]
+    elif code == X_F64:
+        for j in range(n):
+            dst[j] = <floating>(<double*>X)[o + j]
+    elif code == X_U8:
+        for j in range(n):
+            dst[j] = <floating>(<unsigned char*>X)[o + j]
+    elif code == X_I8:
+        for j in range(n):
+            dst[j] = <floating>(<signed char*>X)[o + j]
+    elif code == X_U16:
+        for j in range(n):
+            dst[j] = <floating>(<unsigned short*>X)[o + j]
+    elif code == X_I16:
+        for j in range(n):
+            dst[j] = <floating>(<short*>X)[o + j]
+    elif code == X_I32:
+        for j in range(n):
+            dst[j] = <floating>(<int*>X)[o + j]
+    else:
+        for j in range(n):
+            dst[j] = <floating>(<int64_t*>X)[o + j]
+
+
+cdef void* raw_rows(object X, int* code, Py_ssize_t* n_rows, Py_ssize_t* n_cols) except NULL:
+    """The data pointer, element type and shape of a C-contiguous 2-D array X."""
+    if not isinstance(X, np.ndarray) or X.ndim != 2 or not X.flags.c_contiguous or X.dtype not in X_CODES:
+        raise TypeError("X must be a C-contiguous 2-D array of float32/64 or (u)int8/16, int32/64")
+    if X.shape[0] == 0 or X.shape[1] == 0:
+        raise ValueError("X is empty")
+    code[0] = X_CODES[X.dtype]
+    n_rows[0] = X.shape[0]
+    n_cols[0] = X.shape[1]
+    return <void*><size_t>X.ctypes.data
+
+
 cdef void chunk_task(Net* net, Phase* ph, Ctx* cx, Py_ssize_t ci, floating* tag) noexcept nogil:
     cdef Py_ssize_t r0 = ci * net.chunk
     cdef Py_ssize_t c = net.chunk if r0 + net.chunk <= cx.bsz else cx.bsz - r0
     cdef floating* Wk = <floating*>cx.Wk
     cdef floating* P = <floating*>cx.P
-    cdef floating* X = <floating*>cx.X
     cdef Py_ssize_t i, n0 = net.n_in0
     cdef int k
     cdef Op* last = &net.ops[net.last]
     if ph.gather:
         for i in range(c):
-            memcpy(Wk + (r0 + i) * n0, X + cx.ordp[cx.b0 + r0 + i] * n0, n0 * sizeof(floating))
+            gather_row(Wk + (r0 + i) * n0, cx.X, cx.xcode, cx.ordp[cx.b0 + r0 + i], n0)
     if ph.pro >= 0:
         op_tail(&net.ops[ph.pro], cx, Wk, P, r0, c, ci)
     for k in range(ph.f0, ph.f1):
@@ -633,7 +692,7 @@ def run_steps(const int64_t[:, ::1] ops, const double[:, ::1] opsf, const int64_
               const int64_t[:, ::1] tiles, Py_ssize_t chunk,
               floating[::1] params, floating[::1] grads, floating[:, ::1] state, floating[::1] running,
               double[::1] stats, bint update_running,
-              const floating[:, ::1] X, const int64_t[::1] yi, const floating[:, ::1] yf,
+              object X, const int64_t[::1] yi, const floating[:, ::1] yf,
               const floating[::1] sw, const floating[::1] pos_weight,
               const Py_ssize_t[::1] order, Py_ssize_t batch_size, Py_ssize_t n_steps,
               int loss_code, Py_ssize_t n_classes, int reduction,
@@ -669,7 +728,10 @@ def run_steps(const int64_t[:, ::1] ops, const double[:, ::1] opsf, const int64_
     """
     cdef Py_ssize_t N = order.shape[0]
     cdef Py_ssize_t n_par = params.shape[0]
-    cdef Net* net = net_new(ops, opsf, phases, tiles, batch_size, chunk, X.shape[1])
+    cdef int xcode = 0
+    cdef Py_ssize_t x_rows = 0, x_cols = 0
+    cdef void* xptr = raw_rows(X, &xcode, &x_rows, &x_cols)
+    cdef Net* net = net_new(ops, opsf, phases, tiles, batch_size, chunk, x_cols)
     cdef Ctx cx
     cdef Py_ssize_t s, b0, bsz, ti, i, blk, p0, pn, k
     cdef double norm, tot, inv_norm, sq, gnorm, coef
@@ -734,7 +796,8 @@ def run_steps(const int64_t[:, ::1] ops, const double[:, ::1] opsf, const int64_
     cx.P = <void*>P
     cx.G = <void*>G
     cx.Wk = <void*>Wk
-    cx.X = <void*>&X[0, 0]
+    cx.X = xptr
+    cx.xcode = xcode
     cx.R = <void*>&running[0] if running.shape[0] > 0 else NULL
     cx.st = &stats[0] if stats.shape[0] > 0 else NULL
     cx.scratch = <void*>&scratch[0] if scratch is not None and scratch.shape[0] > 0 else NULL
@@ -854,14 +917,15 @@ def run_steps(const int64_t[:, ::1] ops, const double[:, ::1] opsf, const int64_
 
 def forward_rows(const int64_t[:, ::1] ops, const double[:, ::1] opsf, const int64_t[:, ::1] phases,
                  Py_ssize_t chunk, floating[::1] params, floating[::1] running, double[::1] stats,
-                 const floating[:, ::1] X, floating[:, ::1] out, floating[::1] work, Py_ssize_t batch_size,
+                 object X, floating[:, ::1] out, floating[::1] work, Py_ssize_t batch_size,
                  int n_threads, bint training=False, uint64_t seed=0, uint64_t epoch=0, uint64_t step=0):
     """out <- network(X), in batches of batch_size rows, through the forward phases given.
     Dropout is in inference mode unless ``training``; then row i of X draws the mask of
     example i of step ``step``. BatchNorm ops inside chunk phases use the running statistics."""
-    cdef Py_ssize_t N = X.shape[0]
-    cdef Net* net = net_new(ops, opsf, phases, np.zeros((0, 3), dtype=np.int64), batch_size, chunk,
-                            X.shape[1])
+    cdef int xcode = 0
+    cdef Py_ssize_t N = 0, x_cols = 0
+    cdef void* xptr = raw_rows(X, &xcode, &N, &x_cols)
+    cdef Net* net = net_new(ops, opsf, phases, np.zeros((0, 3), dtype=np.int64), batch_size, chunk, x_cols)
     cdef Py_ssize_t b0, bsz, k
     cdef Ctx cx
     cdef floating* P = &params[0]
@@ -871,7 +935,8 @@ def forward_rows(const int64_t[:, ::1] ops, const double[:, ::1] opsf, const int
     cx.P = <void*>P
     cx.G = NULL
     cx.Wk = <void*>&work[0]
-    cx.X = <void*>&X[0, 0]
+    cx.X = xptr
+    cx.xcode = xcode
     cx.R = <void*>&running[0] if running.shape[0] > 0 else NULL
     cx.st = &stats[0] if stats.shape[0] > 0 else NULL
     cx.scratch = NULL

@@ -23,11 +23,18 @@ def _is_frame(X):
     return pd is not None and isinstance(X, pd.DataFrame)
 
 
-def check_X(X, n_features, dtype, name="X"):
+#: element types the compiled core reads directly, converting each row as it gathers it
+STREAM_DTYPES = tuple(np.dtype(t) for t in (np.float32, np.float64, np.uint8, np.int8, np.uint16, np.int16,
+                                             np.int32, np.int64))
+
+
+def check_X(X, n_features, dtype, name="X", stream=False):
     """Validate X once and return it C-contiguous in ``dtype`` (copied only if needed).
 
     X may be a NumPy array (or anything ``np.asarray`` takes) or a pandas DataFrame of
-    numeric columns."""
+    numeric columns. With ``stream``, a C-contiguous array of another ``STREAM_DTYPES`` type
+    (a memory-mapped uint8 or float64 data set, say) comes back as it is: the core converts
+    each row as it reads it, so X is never copied whole."""
     if hasattr(X, "toarray") and not isinstance(X, np.ndarray):
         raise TypeError(f"{name} is a sparse matrix; pass a dense array (X.toarray())")
     if _is_frame(X):
@@ -49,9 +56,10 @@ def check_X(X, n_features, dtype, name="X"):
     if a.shape[1] != n_features:
         raise ValueError(f"{name} has {a.shape[1]} features but the model's first Dense layer expects "
                          f"{n_features}; check the data or the model's in_features")
-    a = np.ascontiguousarray(a, dtype=dtype)
-    # min and max see every NaN and Inf without a full-size temporary
-    if a.size and not (np.isfinite(a.min()) and np.isfinite(a.max())):
+    if not (stream and a.dtype in STREAM_DTYPES and a.flags.c_contiguous):
+        a = np.ascontiguousarray(a, dtype=dtype)
+    # min and max see every NaN and Inf without a full-size temporary (integers have none)
+    if a.size and a.dtype.kind == "f" and not (np.isfinite(a.min()) and np.isfinite(a.max())):
         raise ValueError(f"{name} contains NaN or Inf; remove or impute those values before training")
     return a
 
