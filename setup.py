@@ -59,6 +59,31 @@ def _openmp_flags():
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _is_x86_64():
+    import platform
+
+    return platform.machine().lower() in ("x86_64", "amd64")
+
+
+def _compiles(flags):
+    """Whether the C compiler accepts ``flags`` (compiling a trivial file)."""
+    import sysconfig
+
+    cc = (os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc").split()
+    tmp = tempfile.mkdtemp()
+    try:
+        src = os.path.join(tmp, "t.c")
+        with open(src, "w") as f:
+            f.write("int main(void) { return 0; }\n")
+        r = subprocess.run(cc + flags + ["-c", src, "-o", os.path.join(tmp, "t.o")], capture_output=True,
+                           timeout=60)
+        return r.returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _extensions():
     omp = _openmp_flags()
     # -ffp-contract=off: no FMA contraction behind the formulas, so results do not depend on the
@@ -77,17 +102,24 @@ def _extensions():
         compile_args += omp[0]
         link_args += omp[1]
     macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
-    ext = Extension(
-        "fastnn._core._engine",
-        ["fastnn/_core/_engine.pyx"],
-        depends=sorted(glob.glob("fastnn/_core/*.pxi")),
+    depends = sorted(glob.glob("fastnn/_core/*.pxi")) + ["fastnn/_core/_engine.pyx"]
+    # the baseline build runs on any x86-64; the x86-64-v3 (AVX2) and -v4 (AVX-512) builds of the same
+    # source are picked at import when the CPU has them (fastnn/_core/__init__.py), so one wheel
+    # vectorizes every elementwise loop as wide as the machine allows
+    variants = [("_engine_v1", [])]
+    if _is_x86_64():
+        variants += [(f"_engine_v{v}", [f"-march=x86-64-v{v}"]) for v in (3, 4) if _compiles([f"-march=x86-64-v{v}"])]
+    exts = [Extension(
+        f"fastnn._core.{name}",
+        [f"fastnn/_core/{name}.pyx"],
+        depends=depends,
         include_dirs=[np.get_include()],
-        extra_compile_args=compile_args,
+        extra_compile_args=compile_args + march,
         extra_link_args=link_args,
         define_macros=macros,
-    )
+    ) for name, march in variants]
     return cythonize(
-        [ext],
+        exts,
         compiler_directives={
             "language_level": 3,
             "boundscheck": False,

@@ -3,6 +3,7 @@ import os
 import sys
 from contextlib import contextmanager
 
+from . import _core
 from ._core import _engine
 
 __version__ = "0.1.0"
@@ -88,13 +89,15 @@ def blas_single_thread():
 
 
 def show_config(file=None):
-    """Print the version, OpenMP status, default thread count and BLAS in use."""
+    """Print the version, OpenMP status, the core's instruction-set build, default thread count and
+    BLAS in use."""
     file = file or sys.stdout
     ctl = _blas_controller()
     blas = [lib.info() for lib in ctl.lib_controllers if lib.user_api == "blas"]
     lines = [
         f"fastnn {__version__}",
         f"  OpenMP:          {'on' if _engine.OPENMP else 'off (serial build)'}",
+        f"  core build:      {_core.ISA}",
         f"  threads per fit: {get_num_threads()}"
         + (" (set_num_threads)" if _num_threads is not None else
            " (OMP_NUM_THREADS)" if os.environ.get("OMP_NUM_THREADS") else " (all cores)"),

@@ -1,1 +1,46 @@
-"""Compiled kernels (see _engine.pyx for the design)."""
+"""Compiled kernels (see _engine.pyx for the design).
+
+``_engine`` is the build of the core for the widest instruction set this CPU runs: the same source
+is compiled for the baseline target (``_engine_v1``), x86-64-v3 (AVX2) and x86-64-v4 (AVX-512), and the choice is made
+here, once, from NumPy's CPU feature detection (which also checks that the OS saves the registers).
+``FASTNN_ISA=baseline|v3|v4`` forces one (for comparing them).
+"""
+import importlib
+import os
+
+_V4 = ("AVX512F", "AVX512CD", "AVX512BW", "AVX512DQ", "AVX512VL")
+_V3 = ("AVX2", "FMA3", "F16C", "POPCNT")
+
+
+def _cpu_features():
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__
+    except ImportError:            # NumPy 1.x
+        try:
+            from numpy.core._multiarray_umath import __cpu_features__
+        except ImportError:
+            return {}
+    return __cpu_features__
+
+
+def _pick():
+    forced = os.environ.get("FASTNN_ISA", "").strip().lower()
+    order = {"v4": ["_engine_v4"], "v3": ["_engine_v3"], "baseline": []}.get(forced)
+    if order is None:
+        f = _cpu_features()
+        order = []
+        if all(f.get(k) for k in _V4):
+            order.append("_engine_v4")
+        if all(f.get(k) for k in _V3):
+            order.append("_engine_v3")
+    for name in order:
+        try:
+            return importlib.import_module(f"{__name__}.{name}"), name
+        except ImportError:        # not built (another platform or compiler)
+            continue
+    return importlib.import_module(f"{__name__}._engine_v1"), "_engine_v1"
+
+
+_engine, _name = _pick()
+#: the instruction set of the build in use
+ISA = {"_engine_v1": "baseline", "_engine_v3": "x86-64-v3 (AVX2)", "_engine_v4": "x86-64-v4 (AVX-512)"}[_name]

@@ -21,14 +21,26 @@ cdef extern from *:
 
 cdef extern from *:
     """
-    /* Reductions for the diagnostics, vectorized by ``omp simd``: their order depends on the
-       build's vector width, never on the thread count. */
+    /* Reductions (diagnostics, BatchNorm over positions) in eight fixed lanes combined in a fixed
+       order: the compiler vectorizes the lanes at whatever width the build has, and the sum is the
+       same for every build and every thread count. */
+    #define FASTNN_LANES(EXPR, V, W) \
+        double s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0, t = 0; \
+        Py_ssize_t i = 0; \
+        for (; i + 8 <= n; i += 8) { \
+            { Py_ssize_t q = i + 0; double v = V, w = W; (void)w; s0 += EXPR; } \
+            { Py_ssize_t q = i + 1; double v = V, w = W; (void)w; s1 += EXPR; } \
+            { Py_ssize_t q = i + 2; double v = V, w = W; (void)w; s2 += EXPR; } \
+            { Py_ssize_t q = i + 3; double v = V, w = W; (void)w; s3 += EXPR; } \
+            { Py_ssize_t q = i + 4; double v = V, w = W; (void)w; s4 += EXPR; } \
+            { Py_ssize_t q = i + 5; double v = V, w = W; (void)w; s5 += EXPR; } \
+            { Py_ssize_t q = i + 6; double v = V, w = W; (void)w; s6 += EXPR; } \
+            { Py_ssize_t q = i + 7; double v = V, w = W; (void)w; s7 += EXPR; } } \
+        for (; i < n; i++) { Py_ssize_t q = i; double v = V, w = W; (void)w; t += EXPR; } \
+        double total = (((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))) + t;
     #define FASTNN_RED(T, NAME, EXPR) \
     static void NAME(const T* x, const T* y, Py_ssize_t n, double* out) { \
-        double s = 0; Py_ssize_t i; \
-        _Pragma("omp simd reduction(+:s)") \
-        for (i = 0; i < n; i++) { double v = (double)x[i], w = (double)y[i]; (void)w; s += EXPR; } \
-        *out += s; }
+        FASTNN_LANES(EXPR, (double)x[q], (double)y[q]) *out += total; }
     FASTNN_RED(float, fastnn_sum_f, v)
     FASTNN_RED(double, fastnn_sum_d, v)
     FASTNN_RED(float, fastnn_sumsq_f, v * v)
@@ -40,10 +52,7 @@ cdef extern from *:
     /* sum (x - c)^2 and sum y (x - c) for a scalar c (BatchNorm over positions) */
     #define FASTNN_RED_C(T, NAME, EXPR) \
     static double NAME(const T* x, const T* y, Py_ssize_t n, double c) { \
-        double s = 0; Py_ssize_t i; \
-        _Pragma("omp simd reduction(+:s)") \
-        for (i = 0; i < n; i++) { double v = (double)x[i] - c, w = (double)y[i]; (void)w; s += EXPR; } \
-        return s; }
+        FASTNN_LANES(EXPR, (double)x[q] - c, (double)y[q]) return total; }
     FASTNN_RED_C(float, fastnn_sqdev_f, v * v)
     FASTNN_RED_C(double, fastnn_sqdev_d, v * v)
     FASTNN_RED_C(float, fastnn_dotdev_f, w * v)

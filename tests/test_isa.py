@@ -1,0 +1,67 @@
+"""The core is built for baseline x86-64, x86-64-v3 (AVX2) and x86-64-v4 (AVX-512); the CPU's widest
+build is picked at import, and every build trains to the same bits."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+import fastnn._core as core
+
+SCRIPT = r"""
+import hashlib, numpy as np, fastnn as fn, fastnn._core as c
+rng = np.random.default_rng(0)
+X, y = rng.normal(size=(300, 20)), rng.integers(0, 4, 300)
+h = hashlib.sha256()
+for dt in ("float32", "float64"):
+    m = fn.Sequential(fn.Dense(20, 300), fn.Tanh(), fn.Dropout(0.1), fn.Dense(300, 40), fn.Sigmoid(),
+                      fn.BatchNorm1d(40), fn.LeakyReLU(0.1), fn.Residual(fn.LayerNorm(40), fn.Dense(40, 40), fn.Softmax()),
+                      fn.Dense(40, 4), dtype=dt, seed=0)
+    hist = m.fit(X, y, loss=fn.CrossEntropy(), optimizer=fn.Adam(lr=1e-2), epochs=2, batch_size=32, diagnostics=True)
+    c1 = fn.Sequential(fn.Conv1d(2, 4, 3, padding=1), fn.BatchNorm1d(4), fn.ReLU(), fn.MaxPool1d(2), fn.Flatten(),
+                       fn.Dense(20, 4), input_shape=(2, 10), dtype=dt, seed=0)
+    c1.fit(X.reshape(300, 2, 10), y, loss=fn.CrossEntropy(), epochs=2, batch_size=32)
+    for p in m.parameters() + c1.parameters():
+        h.update(p.tobytes())
+    h.update(repr(hist.diagnostics).encode())
+print(c.ISA, h.hexdigest())
+"""
+
+
+def _run(isa, tmp_path):
+    env = dict(os.environ, FASTNN_ISA=isa)
+    out = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, check=True, env=env,
+                         cwd=tmp_path)          # outside the source tree: the installed build is imported
+    return out.stdout.strip().rsplit(" ", 1)
+
+
+def _available(name):
+    try:
+        __import__(f"fastnn._core.{name}")
+    except ImportError:
+        return False
+    return True
+
+
+def test_the_widest_build_the_cpu_runs_is_picked():
+    f = core._cpu_features()
+    want = ("x86-64-v4 (AVX-512)" if all(f.get(k) for k in core._V4) and _available("_engine_v4") else
+            "x86-64-v3 (AVX2)" if all(f.get(k) for k in core._V3) and _available("_engine_v3") else "baseline")
+    if os.environ.get("FASTNN_ISA"):
+        pytest.skip("FASTNN_ISA forces a build")
+    assert core.ISA == want
+
+
+def test_every_build_gives_the_same_bits(tmp_path):
+    f = core._cpu_features()
+    isas = ["baseline"]
+    if all(f.get(k) for k in core._V3) and _available("_engine_v3"):
+        isas.append("v3")
+    if all(f.get(k) for k in core._V4) and _available("_engine_v4"):
+        isas.append("v4")
+    if len(isas) == 1:
+        pytest.skip("this CPU (or build) has only the baseline core")
+    results = [_run(isa, tmp_path) for isa in isas]
+    assert [r[0] for r in results] == [{"baseline": "baseline", "v3": "x86-64-v3 (AVX2)",
+                                        "v4": "x86-64-v4 (AVX-512)"}[i] for i in isas]
+    assert len({r[1] for r in results}) == 1, results
