@@ -63,6 +63,7 @@ class Plan:
         self.buffers = []          # (name, layer, attr, offset, shape): running statistics
         self.bn_layers = []        # (name, layer)
         self.dense = []            # (name, layer, activation that follows or None)
+        self.recurrent = []        # (name, layer)
         self.diag = []             # (name, op index, n_params, units)
         self.n_params = 0
         self.n_running = 0
@@ -175,6 +176,8 @@ class Plan:
                 src = _Buf(k, self.ops[k]["a_col"], out_shape)
             elif isinstance(layer, L.Residual):
                 src = self._residual(name, layer, src)
+            elif isinstance(layer, L._Recurrent):
+                src = self._recurrent(name, layer, src)
             else:
                 raise TypeError(f"layer {name} ({layer!r}) is not supported by Sequential")
         return src
@@ -197,6 +200,24 @@ class Plan:
         prod["drop"], prod["drop_p"] = layer.code, layer.p
         prod["ad_col"] = self._alloc(prod["n_out"])
         return _Buf(src.op if fusable else len(self.ops) - 1, prod["ad_col"], src.shape)
+
+    def _recurrent(self, name, layer, src):
+        """One op per layer of the stack; the layers below the top output every step (with
+        inverted dropout between layers in training)."""
+        offs = self._param(name + ".", layer, layer.param_shapes())
+        T, H = src.shape[0], layer.hidden_size
+        self.recurrent.append((name, layer))
+        for l in range(layer.num_layers):
+            top = l == layer.num_layers - 1
+            n_out = H if top and not layer.return_sequences else T * H
+            w_ih, w_hh, *b = (offs[p] for p in layer.layer_params(l))
+            k = self._new_op("rnn", src, n_out, w_off=w_ih, w2_off=w_hh, b_off=b[0] if b else -1,
+                             b2_off=b[1] if b else -1, cell=layer.cell, steps=T, hidden=H)
+            self.ops[k]["s_col"] = self._alloc(_engine.rnn_state_width(layer.cell, T, H))
+            src = _Buf(k, self.ops[k]["a_col"], (H,) if n_out == H else (T, H))
+            if not top and layer.dropout > 0:
+                src = self._activation(name, L.Dropout(layer.dropout), src)
+        return src
 
     def _residual(self, name, layer, src):
         src.readers += 1                          # the skip reads it: nothing may fuse into it
@@ -271,6 +292,13 @@ class Plan:
                 rb = min(128, max(16, n // 2))
                 for r0 in range(0, n, rb):
                     tiles.append((k, r0, min(rb, n - r0), op["n_in"]))
+            elif op["kind"] == OP["rnn"]:
+                # rows of the gates: weight_ih, weight_hh and both biases, summed over batch x steps
+                n = 4 * op["hidden"] if op["cell"] == L.CELL_LSTM else (
+                    3 * op["hidden"] if op["cell"] == L.CELL_GRU else op["hidden"])
+                rb = min(128, max(16, n // 2))
+                for r0 in range(0, n, rb):
+                    tiles.append((k, r0, min(rb, n - r0), op["n_in"] // op["steps"] + op["hidden"]))
             elif op["kind"] in (OP["bn"], OP["ln"]) and (op["w_off"] >= 0 or op["b_off"] >= 0):
                 n = op["n_out"] if op["kind"] == OP["bn"] else op["n_out"] // op["groups"]
                 for r0 in range(0, n, NORM_TILE):

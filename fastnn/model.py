@@ -64,6 +64,8 @@ def _infer_input_shape(layers):
         if isinstance(layer, L.Residual):
             return _infer_input_shape(layer.layers) or (
                 (layer.projection.in_features,) if layer.projection is not None else None)
+        if isinstance(layer, L._Recurrent):
+            return None
         if isinstance(layer, L.Flatten):
             return None
     return None
@@ -149,6 +151,12 @@ class Sequential:
             d.weight[...] = holder.weight
             if d.use_bias:
                 d.bias[...] = holder.bias
+        for k, (_, layer) in enumerate(self._plan.recurrent):
+            # torch's RNNBase.reset_parameters: every parameter U(-1/sqrt(hidden), 1/sqrt(hidden))
+            init_rng = rng_for(seed, 0x2EC0, k)
+            a = 1.0 / math.sqrt(layer.hidden_size)
+            for pname, shape in layer.param_shapes():
+                getattr(layer, pname)[...] = init_rng.uniform(-a, a, size=shape)
         for _, layer, attr, _, _ in self._plan.params:
             if isinstance(layer, (L.BatchNorm1d, L.LayerNorm)):
                 getattr(layer, attr)[...] = 1 if attr == "weight" else 0

@@ -37,7 +37,7 @@ threads. GEMMs are single-threaded BLAS calls (``scipy.linalg.cython_blas``) mad
 parallel loops; the Python side holds BLAS to one thread. Random numbers (dropout masks) come
 from a counter-based hash keyed by (seed, epoch, step, op, example, unit).
 
-The families live in .pxi files (common, activation, loss, optim, dense, norm): a new layer family
+The families live in .pxi files (common, activation, loss, optim, dense, norm, recurrent): a new layer family
 is a new file plus its op code here and in the planner.
 """
 
@@ -86,6 +86,7 @@ cdef enum:
     OP_BN = 2
     OP_LN = 3
     OP_ADD = 4           # residual join: out = in + in2
+    OP_RNN = 5           # one layer of a recurrent stack (recurrent.pxi)
 
 # phase kinds
 cdef enum:
@@ -98,13 +99,13 @@ cdef enum:
 cdef enum:
     UPDATE_BLOCK = 16384     # optimizer work unit (elements); fixed, so updates are thread-count invariant
 
-OP_KINDS = {"dense": OP_DENSE, "act": OP_ACT, "bn": OP_BN, "ln": OP_LN, "add": OP_ADD}
+OP_KINDS = {"dense": OP_DENSE, "act": OP_ACT, "bn": OP_BN, "ln": OP_LN, "add": OP_ADD, "rnn": OP_RNN}
 PHASE_KINDS = {"chunk": PH_CHUNK, "bn_fwd": PH_BN_FWD, "bn_bwd": PH_BN_BWD, "wide_fwd": PH_WIDE_FWD,
                "wide_bwd": PH_WIDE_BWD}
 # columns of the op table (int64) and of its float table
 OP_FIELDS = ("kind", "n_in", "n_out", "w_off", "b_off", "act", "drop", "in_col", "in2_col", "a_col",
              "ad_col", "d_col", "din_col", "din2_col", "din_acc", "din2_acc", "s_col", "s_off", "r_off",
-             "groups", "key", "diag", "unit_off", "nbt")
+             "groups", "key", "diag", "unit_off", "nbt", "cell", "steps", "hidden", "w2_off", "b2_off")
 OPF_FIELDS = ("act_param", "drop_p", "eps", "momentum")
 PHASE_FIELDS = ("kind", "op", "unit", "gather", "pro", "f0", "f1", "loss", "b0", "b1", "epi")
 TILE_FIELDS = ("op", "r0", "nr")
@@ -137,6 +138,10 @@ cdef struct Op:
     int diag                  # diagnostics layer, -1 none
     Py_ssize_t unit_off       # first unit of this op among the diagnostics layers' units
     int64_t nbt               # BatchNorm: batches tracked before this run (momentum=None)
+    # recurrent layers: cell, time steps, hidden size, weight_hh / bias_hh offsets, block offsets
+    int cell
+    Py_ssize_t steps, hidden, w2_off, b2_off
+    Py_ssize_t ga_e, hs_e, cs_e, hn_e, di_e, dh_e, sc_e
 
 
 cdef struct Phase:
@@ -165,6 +170,7 @@ cdef struct Net:
 
 include "dense.pxi"
 include "norm.pxi"
+include "recurrent.pxi"
 
 
 # ---------------------------------------------------------------- diagnostics
@@ -325,6 +331,8 @@ cdef void op_forward(Op* o, Ctx* cx, floating* Wk, floating* P, Py_ssize_t r0, P
         bn_normalize(o, P, Wk + o.in_e + r0 * n, a, cx.st, c, 0, n)
     elif o.kind == OP_LN:
         ln_forward(o, P, Wk, r0, c)
+    elif o.kind == OP_RNN:
+        rnn_forward(o, P, Wk, r0, c)
     elif o.kind == OP_ADD:
         x = Wk + o.in_e + r0 * n
         x2 = Wk + o.in2_e + r0 * n
@@ -340,6 +348,8 @@ cdef void op_backward(Op* o, Ctx* cx, floating* Wk, floating* P, Py_ssize_t r0, 
         dense_backward(o, P, Wk, r0, c)
     elif o.kind == OP_LN:
         ln_backward(o, P, Wk, r0, c)
+    elif o.kind == OP_RNN:
+        rnn_backward(o, P, Wk, r0, c)
     elif o.kind == OP_ACT or o.kind == OP_ADD:
         if o.din_e >= 0:
             put_delta(Wk + o.din_e + r0 * o.n_in, Wk + o.d_e + r0 * n, c * n, o.din_acc)
@@ -432,6 +442,8 @@ cdef struct GradOpts:
 
 cdef inline bint tile_span(Op* o, Tile* T, Py_ssize_t i, Py_ssize_t* off, Py_ssize_t* n, bint* weight) noexcept nogil:
     """The i-th contiguous parameter span of a tile; False past the last."""
+    if o.kind == OP_RNN:
+        return rnn_tile_span(o, T, i, off, n, weight)
     if o.kind == OP_DENSE:
         if i < T.nr:
             off[0] = o.w_off + (T.r0 + i) * o.n_in
@@ -470,6 +482,8 @@ cdef void grad_tile(Net* net, Tile* T, floating* Wk, floating* P, floating* G, P
         dense_grad(o, T, Wk, G, B)
     elif o.kind == OP_LN:
         ln_grad(o, T, Wk, G, B)
+    elif o.kind == OP_RNN:
+        rnn_grad(o, T, Wk, G, B)
     if go.l2 > 0 or go.clip_value > 0:
         while tile_span(o, T, i, &off, &n, &w):
             if o.kind == OP_DENSE and (w or go.l2_bias):
@@ -560,6 +574,13 @@ cdef Net* net_new(const int64_t[:, ::1] ops, const double[:, ::1] opsf, const in
         net.ops[k].diag = <int>ops[k, 21]
         net.ops[k].unit_off = ops[k, 22]
         net.ops[k].nbt = ops[k, 23]
+        net.ops[k].cell = <int>ops[k, 24]
+        net.ops[k].steps = ops[k, 25]
+        net.ops[k].hidden = ops[k, 26]
+        net.ops[k].w2_off = ops[k, 27]
+        net.ops[k].b2_off = ops[k, 28]
+        if net.ops[k].kind == OP_RNN:
+            rnn_setup(&net.ops[k], B)
         net.ops[k].act_param = opsf[k, 0]
         net.ops[k].drop_p = opsf[k, 1]
         net.ops[k].eps = opsf[k, 2]

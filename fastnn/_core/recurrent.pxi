@@ -1,0 +1,276 @@
+# Recurrent layers (RNN tanh/relu, LSTM, GRU), one op per layer of a stack, PyTorch's equations and
+# gate order. A chunk of sequences runs its whole time loop on one thread: the input projections of
+# all steps as one GEMM, then one recurrent GEMM per step; backward through time runs on the same
+# chunk and keeps, for every step, the gate deltas, so the weight gradients are tiles of rows
+# (weight_ih, weight_hh and both biases) summed over examples and steps in a fixed order.
+#
+# Per-example blocks of the work buffer (each B rows), from the op's s_col, widths in elements:
+#   GA  T*GH      gates after their nonlinearity (RNN: h_t)
+#   HS  (T+1)*H   h_{t-1} at slot t (slot 0 = 0), so slot T holds the last state
+#   CS  T*H       LSTM: c_t
+#   HN  T*H       GRU: W_hn h_{t-1} + b_hn
+#   DI  T*GH      deltas of the gate pre-activations (input side)
+#   DH  T*GH      GRU: the same on the recurrent side (differs in n: times r)
+#   SC  GH        scratch: GRU's recurrent projection of a step; dh (and LSTM's dc) in backward
+
+cdef enum:
+    CELL_TANH = 0
+    CELL_RELU = 1
+    CELL_LSTM = 2
+    CELL_GRU = 3
+
+
+cdef inline Py_ssize_t rnn_gates(int cell) noexcept nogil:
+    if cell == CELL_LSTM:
+        return 4
+    if cell == CELL_GRU:
+        return 3
+    return 1
+
+
+def rnn_state_width(int cell, Py_ssize_t T, Py_ssize_t H):
+    """Per-example work-buffer columns an op of this cell needs for its saved states and deltas."""
+    cdef Py_ssize_t gh = rnn_gates(cell) * H
+    return (T * gh + (T + 1) * H + (T * H if cell == CELL_LSTM else 0) + (T * H if cell == CELL_GRU else 0)
+            + T * gh + (T * gh if cell == CELL_GRU else 0) + gh)
+
+
+cdef void rnn_setup(Op* o, Py_ssize_t B) noexcept nogil:
+    """Element offsets of the op's blocks (o.s_e is the first)."""
+    cdef Py_ssize_t T = o.steps, H = o.hidden, gh = rnn_gates(o.cell) * o.hidden
+    o.ga_e = o.s_e
+    o.hs_e = o.ga_e + B * T * gh
+    o.cs_e = o.hs_e + B * (T + 1) * H
+    o.hn_e = o.cs_e + (B * T * H if o.cell == CELL_LSTM else 0)
+    o.di_e = o.hn_e + (B * T * H if o.cell == CELL_GRU else 0)
+    o.dh_e = o.di_e + B * T * gh if o.cell == CELL_GRU else o.di_e
+    o.sc_e = o.di_e + B * T * gh * (2 if o.cell == CELL_GRU else 1)
+
+
+cdef void rnn_forward(Op* o, floating* P, floating* Wk, Py_ssize_t r0, Py_ssize_t c) noexcept nogil:
+    """Rows [r0, r0+c): the sequences through the layer, states saved for backward."""
+    cdef Py_ssize_t T = o.steps, H = o.hidden, G = rnn_gates(o.cell)
+    cdef Py_ssize_t GH = G * H, F = o.n_in // T, i, j, t, ld_ga = T * GH, ld_hs = (T + 1) * H
+    cdef floating* x = Wk + o.in_e + r0 * o.n_in
+    cdef floating* ga = Wk + o.ga_e + r0 * ld_ga
+    cdef floating* hs = Wk + o.hs_e + r0 * ld_hs
+    cdef floating* cs = Wk + o.cs_e + r0 * T * H
+    cdef floating* hn = Wk + o.hn_e + r0 * T * H
+    cdef floating* sc = Wk + o.sc_e + r0 * GH
+    cdef floating* out = Wk + o.a_e + r0 * o.n_out
+    cdef floating* Whh = P + o.w2_off
+    cdef floating* bih = (P + o.b_off) if o.b_off >= 0 else <floating*>NULL
+    cdef floating* bhh = (P + o.b2_off) if o.b2_off >= 0 else <floating*>NULL
+    cdef floating* g
+    cdef floating* hp
+    cdef floating* hq
+    cdef floating* s
+    cdef floating* cp
+    cdef floating* cq
+    cdef floating a, ig, fg, gg, og, cv, r, z, n, v
+    # every step's input projection in one GEMM, then the biases (GRU: b_hn acts inside r*(...))
+    gemm(c'T', c'N', <int>GH, <int>(c * T), <int>F, <floating>1, P + o.w_off, <int>F, x, <int>F,
+         <floating>0, ga, <int>GH)
+    if bih != NULL:
+        for i in range(c * T):
+            g = ga + i * GH
+            for j in range(GH):
+                g[j] = g[j] + bih[j]
+            for j in range(2 * H if o.cell == CELL_GRU else GH):
+                g[j] = g[j] + bhh[j]
+    for i in range(c):
+        memset(hs + i * ld_hs, 0, H * sizeof(floating))
+    for t in range(T):
+        if o.cell != CELL_GRU:
+            if t > 0:
+                gemm(c'T', c'N', <int>GH, <int>c, <int>H, <floating>1, Whh, <int>H, hs + t * H, <int>ld_hs,
+                     <floating>1, ga + t * GH, <int>ld_ga)
+        elif t > 0:
+            gemm(c'T', c'N', <int>GH, <int>c, <int>H, <floating>1, Whh, <int>H, hs + t * H, <int>ld_hs,
+                 <floating>0, sc, <int>GH)
+        else:
+            memset(sc, 0, c * GH * sizeof(floating))
+        for i in range(c):
+            g = ga + i * ld_ga + t * GH
+            hp = hs + i * ld_hs + t * H
+            hq = hp + H
+            if o.cell == CELL_TANH:
+                for j in range(H):
+                    g[j] = f_tanh(g[j])
+                    hq[j] = g[j]
+            elif o.cell == CELL_RELU:
+                for j in range(H):
+                    g[j] = g[j] if g[j] > 0 else 0
+                    hq[j] = g[j]
+            elif o.cell == CELL_LSTM:
+                cq = cs + i * T * H + t * H
+                cp = cq - H
+                for j in range(H):
+                    ig = sigmoid(g[j])
+                    fg = sigmoid(g[H + j])
+                    gg = f_tanh(g[2 * H + j])
+                    og = sigmoid(g[3 * H + j])
+                    g[j] = ig
+                    g[H + j] = fg
+                    g[2 * H + j] = gg
+                    g[3 * H + j] = og
+                    cv = ig * gg
+                    if t > 0:
+                        cv = cv + fg * cp[j]
+                    cq[j] = cv
+                    hq[j] = og * f_tanh(cv)
+            else:
+                s = sc + i * GH
+                for j in range(H):
+                    r = sigmoid(g[j] + s[j])
+                    z = sigmoid(g[H + j] + s[H + j])
+                    v = s[2 * H + j] + (bhh[2 * H + j] if bhh != NULL else 0)
+                    n = f_tanh(g[2 * H + j] + r * v)
+                    g[j] = r
+                    g[H + j] = z
+                    g[2 * H + j] = n
+                    hn[i * T * H + t * H + j] = v
+                    hq[j] = (1 - z) * n + z * hp[j]
+            if o.n_out == T * H:
+                memcpy(out + i * o.n_out + t * H, hq, H * sizeof(floating))
+            elif t == T - 1:
+                memcpy(out + i * o.n_out, hq, H * sizeof(floating))
+
+
+cdef void rnn_backward(Op* o, floating* P, floating* Wk, Py_ssize_t r0, Py_ssize_t c) noexcept nogil:
+    """Rows [r0, r0+c): backward through time; gate deltas of every step kept for the tiles,
+    the input delta (=|+=) into dIn."""
+    cdef Py_ssize_t T = o.steps, H = o.hidden, G = rnn_gates(o.cell)
+    cdef Py_ssize_t GH = G * H, F = o.n_in // T, i, j, t, ld_ga = T * GH, ld_hs = (T + 1) * H
+    cdef bint seq = o.n_out == T * H
+    cdef floating* dy = Wk + o.d_e + r0 * o.n_out
+    cdef floating* ga = Wk + o.ga_e + r0 * ld_ga
+    cdef floating* hs = Wk + o.hs_e + r0 * ld_hs
+    cdef floating* cs = Wk + o.cs_e + r0 * T * H
+    cdef floating* hn = Wk + o.hn_e + r0 * T * H
+    cdef floating* di = Wk + o.di_e + r0 * ld_ga
+    cdef floating* dhh = Wk + o.dh_e + r0 * ld_ga
+    cdef floating* sc = Wk + o.sc_e + r0 * GH
+    cdef floating* Whh = P + o.w2_off
+    cdef floating* g
+    cdef floating* d
+    cdef floating* d2
+    cdef floating* dh
+    cdef floating* dc
+    cdef floating* hp
+    cdef floating* cq
+    cdef floating tc, dcv, ig, fg, gg, og, r, z, n, dn, da
+    for i in range(c):
+        dh = sc + i * GH
+        if seq:
+            memset(dh, 0, H * sizeof(floating))
+        else:
+            memcpy(dh, dy + i * o.n_out, H * sizeof(floating))
+        if o.cell == CELL_LSTM:
+            memset(dh + H, 0, H * sizeof(floating))
+    for t in range(T - 1, -1, -1):
+        for i in range(c):
+            dh = sc + i * GH
+            if seq:
+                for j in range(H):
+                    dh[j] = dh[j] + dy[i * o.n_out + t * H + j]
+            g = ga + i * ld_ga + t * GH
+            d = di + i * ld_ga + t * GH
+            if o.cell == CELL_TANH:
+                for j in range(H):
+                    d[j] = dh[j] * (1 - g[j] * g[j])
+            elif o.cell == CELL_RELU:
+                for j in range(H):
+                    d[j] = dh[j] if g[j] > 0 else 0
+            elif o.cell == CELL_LSTM:
+                dc = dh + H
+                cq = cs + i * T * H + t * H
+                for j in range(H):
+                    ig = g[j]
+                    fg = g[H + j]
+                    gg = g[2 * H + j]
+                    og = g[3 * H + j]
+                    tc = f_tanh(cq[j])
+                    dcv = dc[j] + dh[j] * og * (1 - tc * tc)
+                    d[j] = dcv * gg * ig * (1 - ig)
+                    d[H + j] = (dcv * cq[j - H] * fg * (1 - fg)) if t > 0 else 0
+                    d[2 * H + j] = dcv * ig * (1 - gg * gg)
+                    d[3 * H + j] = dh[j] * tc * og * (1 - og)
+                    dc[j] = dcv * fg
+            else:
+                hp = hs + i * ld_hs + t * H
+                d2 = dhh + i * ld_ga + t * GH
+                for j in range(H):
+                    r = g[j]
+                    z = g[H + j]
+                    n = g[2 * H + j]
+                    dn = dh[j] * (1 - z)
+                    da = dn * (1 - n * n)
+                    d[2 * H + j] = da
+                    d2[2 * H + j] = da * r
+                    d[j] = da * hn[i * T * H + t * H + j] * r * (1 - r)
+                    d[H + j] = dh[j] * (hp[j] - n) * z * (1 - z)
+                    d2[j] = d[j]
+                    d2[H + j] = d[H + j]
+                    dh[j] = dh[j] * z
+        if t > 0:
+            # dh_{t-1} = D_t W_hh (+ GRU's direct path z * dh_t, already in dh)
+            gemm(c'N', c'N', <int>H, <int>c, <int>GH, <floating>1, Whh, <int>H, dhh + t * GH, <int>ld_ga,
+                 <floating>(1 if o.cell == CELL_GRU else 0), sc, <int>GH)
+    if o.din_e >= 0:
+        gemm(c'N', c'N', <int>F, <int>(c * T), <int>GH, <floating>1, P + o.w_off, <int>F, di, <int>GH,
+             <floating>o.din_acc, Wk + o.din_e + r0 * o.n_in, <int>F)
+
+
+cdef void rnn_grad(Op* o, Tile* Tl, floating* Wk, floating* G, Py_ssize_t B) noexcept nogil:
+    """Rows [r0, r0+nr) of dW_ih = sum D_t^T x_t, dW_hh = sum D_t^T h_{t-1} and the biases' sums,
+    over examples (in order) and steps."""
+    cdef Py_ssize_t T = o.steps, H = o.hidden, GH = rnn_gates(o.cell) * o.hidden, F = o.n_in // T
+    cdef Py_ssize_t i, j, r0 = Tl.r0, nr = Tl.nr, ld_ga = T * GH, ld_hs = (T + 1) * H
+    cdef floating* di = Wk + o.di_e
+    cdef floating* dhh = Wk + o.dh_e
+    cdef floating* hs = Wk + o.hs_e
+    cdef floating* gb
+    cdef floating* row
+    gemm(c'N', c'T', <int>F, <int>nr, <int>(B * T), <floating>1, Wk + o.in_e, <int>F, di + r0, <int>GH,
+         <floating>0, G + o.w_off + r0 * F, <int>F)
+    for i in range(B):
+        gemm(c'N', c'T', <int>H, <int>nr, <int>T, <floating>1, hs + i * ld_hs, <int>H, dhh + i * ld_ga + r0,
+             <int>GH, <floating>(1 if i > 0 else 0), G + o.w2_off + r0 * H, <int>H)
+    if o.b_off >= 0:
+        gb = G + o.b_off + r0
+        for j in range(nr):
+            gb[j] = 0
+        for i in range(B * T):
+            row = di + i * GH + r0
+            for j in range(nr):
+                gb[j] = gb[j] + row[j]
+        gb = G + o.b2_off + r0
+        for j in range(nr):
+            gb[j] = 0
+        for i in range(B * T):
+            row = dhh + i * GH + r0
+            for j in range(nr):
+                gb[j] = gb[j] + row[j]
+
+
+cdef inline bint rnn_tile_span(Op* o, Tile* Tl, Py_ssize_t i, Py_ssize_t* off, Py_ssize_t* n,
+                               bint* weight) noexcept nogil:
+    """Spans of a tile of rows [r0, r0+nr): weight_ih rows, weight_hh rows, bias_ih, bias_hh."""
+    cdef Py_ssize_t F = o.n_in // o.steps
+    if i == 0:
+        off[0] = o.w_off + Tl.r0 * F
+        n[0] = Tl.nr * F
+        weight[0] = True
+        return True
+    if i == 1:
+        off[0] = o.w2_off + Tl.r0 * o.hidden
+        n[0] = Tl.nr * o.hidden
+        weight[0] = True
+        return True
+    if o.b_off < 0 or i > 3:
+        return False
+    off[0] = (o.b_off if i == 2 else o.b2_off) + Tl.r0
+    n[0] = Tl.nr
+    weight[0] = False
+    return True
