@@ -20,6 +20,76 @@ cdef enum:
     CELL_GRU = 3
 
 
+cdef extern from *:
+    """
+    /* float32 sigmoid and tanh over rows, branch-free so they vectorize (libm's scalar tanhf and
+       expf were half of an LSTM step): expf by Cephes' range reduction and degree-5 polynomial
+       (about 1 ulp), tanh by its odd polynomial below 0.625 and (1 - e) / (1 + e), e = exp(-2|x|),
+       above. IEEE operations only with contraction off, so every clone gives the same bits. */
+    static inline float fastnn_expf_poly(float x) {
+        float n, r, p;
+        union { int i; float f; } s;
+        x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+        n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;   /* round to nearest */
+        r = x - n * 0.693359375f;
+        r = r - n * -2.12194440e-4f;
+        p = 1.9875691500E-4f;
+        p = p * r + 1.3981999507E-3f;
+        p = p * r + 8.3334519073E-3f;
+        p = p * r + 4.1665795894E-2f;
+        p = p * r + 1.6666665459E-1f;
+        p = p * r + 5.0000001201E-1f;
+        p = p * (r * r) + r + 1.0f;
+        s.i = ((int)n + 127) << 23;
+        return p * s.f;
+    }
+    FASTNN_CLONES static void fastnn_sigmoid_rowf(float* x, Py_ssize_t n) {
+        Py_ssize_t i;
+        #pragma omp simd
+        for (i = 0; i < n; i++) x[i] = 1.0f / (1.0f + fastnn_expf_poly(-x[i]));
+    }
+    FASTNN_CLONES static void fastnn_tanh_rowf(const float* x, float* y, Py_ssize_t n) {
+        Py_ssize_t i;
+        #pragma omp simd
+        for (i = 0; i < n; i++) {
+            float v = x[i], a = v < 0 ? -v : v, z = v * v, e, big, small;
+            e = fastnn_expf_poly(-2.0f * a);
+            big = (1.0f - e) / (1.0f + e);
+            big = v < 0 ? -big : big;
+            small = -5.70498872745E-3f;
+            small = small * z + 2.06390887954E-2f;
+            small = small * z - 5.37397155531E-2f;
+            small = small * z + 1.33314422036E-1f;
+            small = small * z - 3.33332819422E-1f;
+            small = small * z * v + v;
+            y[i] = a < 0.625f ? small : big;
+        }
+    }
+    """
+    void fastnn_sigmoid_rowf(float* x, Py_ssize_t n) nogil
+    void fastnn_tanh_rowf(const float* x, float* y, Py_ssize_t n) nogil
+
+
+cdef inline void sigmoid_row(floating* x, Py_ssize_t n) noexcept nogil:
+    """x <- sigmoid(x) in place."""
+    cdef Py_ssize_t i
+    if floating is float:
+        fastnn_sigmoid_rowf(x, n)
+    else:
+        for i in range(n):
+            x[i] = sigmoid(x[i])
+
+
+cdef inline void tanh_row(floating* x, floating* y, Py_ssize_t n) noexcept nogil:
+    """y <- tanh(x) (y may be x)."""
+    cdef Py_ssize_t i
+    if floating is float:
+        fastnn_tanh_rowf(x, y, n)
+    else:
+        for i in range(n):
+            y[i] = tanh(x[i])
+
+
 cdef inline Py_ssize_t rnn_gates(int cell) noexcept nogil:
     if cell == CELL_LSTM:
         return 4
@@ -67,7 +137,7 @@ cdef void rnn_forward(Op* o, floating* P, floating* Wk, Py_ssize_t r0, Py_ssize_
     cdef floating* s
     cdef floating* cp
     cdef floating* cq
-    cdef floating a, ig, fg, gg, og, cv, r, z, n, v
+    cdef floating* v
     # every step's input projection in one GEMM, then the biases (GRU: b_hn acts inside r*(...))
     gemm(c'T', c'N', <int>GH, <int>(c * T), <int>F, <floating>1, P + o.w_off, <int>F, x, <int>F,
          <floating>0, ga, <int>GH)
@@ -95,9 +165,8 @@ cdef void rnn_forward(Op* o, floating* P, floating* Wk, Py_ssize_t r0, Py_ssize_
             hp = hs + i * ld_hs + t * H
             hq = hp + H
             if o.cell == CELL_TANH:
-                for j in range(H):
-                    g[j] = f_tanh(g[j])
-                    hq[j] = g[j]
+                tanh_row(g, g, H)
+                memcpy(hq, g, H * sizeof(floating))
             elif o.cell == CELL_RELU:
                 for j in range(H):
                     g[j] = g[j] if g[j] > 0 else 0
@@ -105,32 +174,29 @@ cdef void rnn_forward(Op* o, floating* P, floating* Wk, Py_ssize_t r0, Py_ssize_
             elif o.cell == CELL_LSTM:
                 cq = cs + i * T * H + t * H
                 cp = cq - H
+                sigmoid_row(g, 2 * H)
+                tanh_row(g + 2 * H, g + 2 * H, H)
+                sigmoid_row(g + 3 * H, H)
                 for j in range(H):
-                    ig = sigmoid(g[j])
-                    fg = sigmoid(g[H + j])
-                    gg = f_tanh(g[2 * H + j])
-                    og = sigmoid(g[3 * H + j])
-                    g[j] = ig
-                    g[H + j] = fg
-                    g[2 * H + j] = gg
-                    g[3 * H + j] = og
-                    cv = ig * gg
-                    if t > 0:
-                        cv = cv + fg * cp[j]
-                    cq[j] = cv
-                    hq[j] = og * f_tanh(cv)
+                    cq[j] = g[j] * g[2 * H + j]
+                if t > 0:
+                    for j in range(H):
+                        cq[j] = cq[j] + g[H + j] * cp[j]
+                tanh_row(cq, hq, H)
+                for j in range(H):
+                    hq[j] = g[3 * H + j] * hq[j]
             else:
                 s = sc + i * GH
+                for j in range(2 * H):
+                    g[j] = g[j] + s[j]
+                sigmoid_row(g, 2 * H)
+                v = hn + i * T * H + t * H
                 for j in range(H):
-                    r = sigmoid(g[j] + s[j])
-                    z = sigmoid(g[H + j] + s[H + j])
-                    v = s[2 * H + j] + (bhh[2 * H + j] if bhh != NULL else 0)
-                    n = f_tanh(g[2 * H + j] + r * v)
-                    g[j] = r
-                    g[H + j] = z
-                    g[2 * H + j] = n
-                    hn[i * T * H + t * H + j] = v
-                    hq[j] = (1 - z) * n + z * hp[j]
+                    v[j] = s[2 * H + j] + (bhh[2 * H + j] if bhh != NULL else 0)
+                    g[2 * H + j] = g[2 * H + j] + g[j] * v[j]
+                tanh_row(g + 2 * H, g + 2 * H, H)
+                for j in range(H):
+                    hq[j] = (1 - g[H + j]) * g[2 * H + j] + g[H + j] * hp[j]
             if o.n_out == T * H:
                 memcpy(out + i * o.n_out + t * H, hq, H * sizeof(floating))
             elif t == T - 1:
@@ -159,6 +225,8 @@ cdef void rnn_backward(Op* o, floating* P, floating* Wk, Py_ssize_t r0, Py_ssize
     cdef floating* dc
     cdef floating* hp
     cdef floating* cq
+    cdef floating* cp
+    cdef floating* tcr
     cdef floating tc, dcv, ig, fg, gg, og, r, z, n, dn, da
     for i in range(c):
         dh = sc + i * GH
@@ -184,16 +252,19 @@ cdef void rnn_backward(Op* o, floating* P, floating* Wk, Py_ssize_t r0, Py_ssize
                     d[j] = dh[j] if g[j] > 0 else 0
             elif o.cell == CELL_LSTM:
                 dc = dh + H
+                tcr = dh + 2 * H
                 cq = cs + i * T * H + t * H
+                cp = cq - H
+                tanh_row(cq, tcr, H)
                 for j in range(H):
                     ig = g[j]
                     fg = g[H + j]
                     gg = g[2 * H + j]
                     og = g[3 * H + j]
-                    tc = f_tanh(cq[j])
+                    tc = tcr[j]
                     dcv = dc[j] + dh[j] * og * (1 - tc * tc)
                     d[j] = dcv * gg * ig * (1 - ig)
-                    d[H + j] = (dcv * cq[j - H] * fg * (1 - fg)) if t > 0 else 0
+                    d[H + j] = (dcv * cp[j] * fg * (1 - fg)) if t > 0 else 0
                     d[2 * H + j] = dcv * ig * (1 - gg * gg)
                     d[3 * H + j] = dh[j] * tc * og * (1 - og)
                     dc[j] = dcv * fg
