@@ -90,6 +90,9 @@ _LAYER_ARGS = {
     "LayerNorm": {"normalized_shape": _SHAPE, "eps": _NUM, "elementwise_affine": _BOOL, "bias": _BOOL},
     "Residual": {"layers": _SUBLAYERS, "projection": _PROJECTION},
 }
+_RECURRENT_ARGS = {"input_size": _POS_INT, "hidden_size": _POS_INT, "num_layers": _POS_INT, "bias": _BOOL,
+                   "dropout": _NUM, "return_sequences": _BOOL}
+_LAYER_ARGS.update(RNN={**_RECURRENT_ARGS, "nonlinearity": _STR}, LSTM=_RECURRENT_ARGS, GRU=_RECURRENT_ARGS)
 # every other layer type (Identity, Flatten, the activations) takes no arguments
 _LAYER_ARGS = {name: _LAYER_ARGS.get(name, {}) for name in L.LAYER_TYPES}
 _LOSSES = {c.__name__: c for c in (LS.MSE, LS.BinaryCrossEntropy, LS.CrossEntropy, LS.NLLLoss, LS.KLDiv)}
@@ -672,9 +675,44 @@ def torch_residual_class():
     return TorchResidual
 
 
+@functools.cache
+def torch_recurrent_classes():
+    """``{"RNN": TorchRNN, "LSTM": TorchLSTM, "GRU": TorchGRU}``: torch's ``nn.RNN/LSTM/GRU`` with
+    ``batch_first=True`` whose forward returns one tensor as ``fn.RNN/LSTM/GRU`` do: the last
+    step's hidden state ``(N, H)`` of the top layer, or every step's ``(N, T, H)`` with
+    ``return_sequences=True``. Subclasses of torch's modules (``TorchRecurrent`` is their common
+    base), so parameters and state-dict keys are torch's; also ``fastnn.io.TorchLSTM`` etc."""
+    nn = _torch().nn
+
+    class TorchRecurrent(nn.Module):
+        """Mixin: the recurrent module's output sequence, or its last step."""
+
+        def __init__(self, *args, return_sequences=False, **kw):
+            super().__init__(*args, batch_first=True, **kw)
+            self.return_sequences = bool(return_sequences)
+
+        def forward(self, x):
+            out = super().forward(x)[0]
+            return out if self.return_sequences else out[:, -1]
+
+        def extra_repr(self):
+            return super().extra_repr() + (", return_sequences=True" if self.return_sequences else "")
+
+    out = {"TorchRecurrent": TorchRecurrent}
+    for base in (nn.RNN, nn.LSTM, nn.GRU):
+        cls = type("Torch" + base.__name__, (TorchRecurrent, base), {"__doc__": f"``nn.{base.__name__}`` "
+                   "(batch first) returning the last step's hidden state, or every step's."})
+        out[base.__name__] = cls
+    for cls in out.values():
+        cls.__module__, cls.__qualname__ = __name__, cls.__name__        # pickles by name
+    return out
+
+
 def __getattr__(name):
     if name == "TorchResidual":
         return torch_residual_class()
+    if name in ("TorchRecurrent", "TorchRNN", "TorchLSTM", "TorchGRU"):
+        return torch_recurrent_classes()[name.removeprefix("Torch") if name != "TorchRecurrent" else name]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -682,7 +720,8 @@ def to_torch(model):
     """The equivalent ``torch.nn.Sequential`` with copies of the weights and running statistics,
     in the model's dtype.
 
-    Module names equal layer names (a Residual becomes a ``TorchResidual``), so the state dicts
+    Module names equal layer names (a Residual becomes a ``TorchResidual``, an RNN/LSTM/GRU a
+    ``TorchRNN``/``TorchLSTM``/``TorchGRU``: see ``torch_recurrent_classes``), so the state dicts
     have the same keys. The module is in training mode, as torch builds it; call ``.eval()`` for
     inference. Classic-mode dropout has no torch equivalent and raises ValueError.
     """
@@ -713,6 +752,11 @@ def _torch_module(layer, name):
         return torch_residual_class()(
             [_torch_module(child, f"{name}.layers.{j}") for j, child in enumerate(layer.layers)],
             None if layer.projection is None else _torch_module(layer.projection, f"{name}.projection"))
+    if t in (L.RNN, L.LSTM, L.GRU):
+        kw = {"nonlinearity": layer.nonlinearity} if t is L.RNN else {}
+        return torch_recurrent_classes()[t.__name__](layer.input_size, layer.hidden_size, layer.num_layers,
+                                                     bias=layer.use_bias, dropout=layer.dropout,
+                                                     return_sequences=layer.return_sequences, **kw)
     if t is L.LeakyReLU:
         return nn.LeakyReLU(layer.negative_slope)
     if t is L.Softmax:
@@ -729,7 +773,8 @@ def _torch_module(layer, name):
 
 
 _FROM_TORCH = ("Linear, BatchNorm1d, LayerNorm, Flatten(start_dim=1), Identity, Sigmoid, Tanh, ReLU, "
-               "LeakyReLU, Softmax(dim=1), Dropout and fastnn.io.TorchResidual")
+               "LeakyReLU, Softmax(dim=1), Dropout, fastnn.io.TorchResidual and fastnn.io.TorchRNN, TorchLSTM, "
+               "TorchGRU (unidirectional, no projections)")
 
 
 def from_torch(module, dtype=None, input_shape=None):
@@ -773,6 +818,12 @@ def _fastnn_layer(m, name):
             return L.Residual(*(_fastnn_layer(c, f"{name}.layers.{j}") for j, c in enumerate(m.layers)),
                               projection=None if m.projection is None
                               else _fastnn_layer(m.projection, f"{name}.projection"))
+        rec = torch_recurrent_classes()
+        if t in (rec["RNN"], rec["LSTM"], rec["GRU"]) and m.proj_size == 0 and not m.bidirectional:
+            kw = {"nonlinearity": m.nonlinearity} if t is rec["RNN"] else {}
+            return getattr(L, t.__name__.removeprefix("Torch"))(
+                m.input_size, m.hidden_size, m.num_layers, bias=m.bias, dropout=m.dropout,
+                return_sequences=m.return_sequences, **kw)
         if t is nn.Flatten and m.start_dim == 1 and m.end_dim == -1:
             return L.Flatten()
         if t in (nn.Identity, nn.Sigmoid, nn.Tanh, nn.ReLU):
