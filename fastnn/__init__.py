@@ -7,8 +7,8 @@
 from . import data, io, optim, schedules
 from ._config import __version__, get_num_threads, set_num_threads, show_config
 from .callbacks import Callback, EarlyStopping, History
-from .diagnostics import Diagnostics, DiagnosticWarning, plot_diagnostics
-from .layers import (GRU, LSTM, RNN, BatchNorm1d, Dense, Dropout, Flatten, Identity, LayerNorm, LeakyReLU, ReLU,
+from .diagnostics import Diagnostics, DiagnosticWarning, gradient_norms_through_time, plot_diagnostics
+from .layers import (GRU, LSTM, RNN, BatchNorm1d, Dense, Dropout, Embedding, Flatten, Identity, LayerNorm, LeakyReLU, ReLU,
                      Residual, Sigmoid, Softmax, Tanh)
 from .losses import MSE, BinaryCrossEntropy, CrossEntropy, KLDiv, Loss, NLLLoss
 from .model import Sequential, TrainingDiverged
@@ -16,10 +16,10 @@ from .lr_finder import find_lr
 from .optim import SGD, Adagrad, Adam, AdamW, Optimizer, RMSprop, clip_grad_norm
 
 __all__ = [
-    "Sequential", "Dense", "BatchNorm1d", "LayerNorm", "Residual", "RNN", "LSTM", "GRU", "Flatten", "Identity", "Sigmoid", "Tanh", "ReLU", "LeakyReLU", "Softmax", "Dropout",
+    "Sequential", "Dense", "BatchNorm1d", "LayerNorm", "Residual", "Embedding", "RNN", "LSTM", "GRU", "Flatten", "Identity", "Sigmoid", "Tanh", "ReLU", "LeakyReLU", "Softmax", "Dropout",
     "Loss", "MSE", "BinaryCrossEntropy", "CrossEntropy", "NLLLoss", "KLDiv",
     "find_lr", "clip_grad_norm", "Optimizer", "SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "optim", "data",
-    "Callback", "History", "EarlyStopping", "Diagnostics", "DiagnosticWarning", "plot_diagnostics", "TrainingDiverged", "schedules",
+    "Callback", "History", "EarlyStopping", "Diagnostics", "DiagnosticWarning", "gradient_norms_through_time", "plot_diagnostics", "TrainingDiverged", "schedules",
     "set_num_threads", "get_num_threads", "show_config", "__version__", "load", "from_torch",
 ]
 

@@ -64,6 +64,7 @@ class Plan:
         self.bn_layers = []        # (name, layer)
         self.dense = []            # (name, layer, activation that follows or None)
         self.recurrent = []        # (name, layer)
+        self.embeddings = []       # (name, layer)
         self.diag = []             # (name, op index, n_params, units)
         self.n_params = 0
         self.n_running = 0
@@ -176,6 +177,16 @@ class Plan:
                 src = _Buf(k, self.ops[k]["a_col"], out_shape)
             elif isinstance(layer, L.Residual):
                 src = self._residual(name, layer, src)
+            elif isinstance(layer, L.Embedding):
+                if src.op != -1 or src.col != 0:
+                    raise ValueError(f"layer {name} (Embedding) reads token ids: it must be the model's first layer")
+                offs = self._param(name + ".", layer, layer.param_shapes())
+                pad = -1 if layer.padding_idx is None else layer.padding_idx
+                k = self._new_op("emb", src, math.prod(out_shape), w_off=offs["weight"], steps=src.width,
+                                 hidden=layer.embedding_dim, cell=pad, vocab=layer.num_embeddings)
+                self.embeddings.append((name, layer))
+                self.diag.append((name, k, layer.n_params(), math.prod(out_shape)))
+                src = _Buf(k, self.ops[k]["a_col"], out_shape)
             elif isinstance(layer, L._Recurrent):
                 src = self._recurrent(name, layer, src)
             else:
@@ -214,6 +225,8 @@ class Plan:
             k = self._new_op("rnn", src, n_out, w_off=w_ih, w2_off=w_hh, b_off=b[0] if b else -1,
                              b2_off=b[1] if b else -1, cell=layer.cell, steps=T, hidden=H)
             self.ops[k]["s_col"] = self._alloc(_engine.rnn_state_width(layer.cell, T, H))
+            n_par = sum(math.prod(s) for p, s in layer.param_shapes() if p.endswith(f"_l{l}"))
+            self.diag.append((f"{name}.l{l}" if layer.num_layers > 1 else name, k, n_par, n_out))
             src = _Buf(k, self.ops[k]["a_col"], (H,) if n_out == H else (T, H))
             if not top and layer.dropout > 0:
                 src = self._activation(name, L.Dropout(layer.dropout), src)
@@ -285,6 +298,7 @@ class Plan:
 
     # ------------------------------------------------------------ tiles and phases
     def _make_tiles(self):
+        self.max_span = 0          # the longest parameter span of a tile beyond a row of an op's in/out
         tiles = []
         for k, op in enumerate(self.ops):
             if op["kind"] == OP["dense"]:
@@ -292,6 +306,11 @@ class Plan:
                 rb = min(128, max(16, n // 2))
                 for r0 in range(0, n, rb):
                     tiles.append((k, r0, min(rb, n - r0), op["n_in"]))
+            elif op["kind"] == OP["emb"]:
+                n = op["vocab"]
+                rb = max(16, -(-n // 8))
+                for r0 in range(0, n, rb):
+                    tiles.append((k, r0, min(rb, n - r0), op["hidden"]))
             elif op["kind"] == OP["rnn"]:
                 # rows of the gates: weight_ih, weight_hh and both biases, summed over batch x steps
                 n = 4 * op["hidden"] if op["cell"] == L.CELL_LSTM else (
@@ -299,6 +318,7 @@ class Plan:
                 rb = min(128, max(16, n // 2))
                 for r0 in range(0, n, rb):
                     tiles.append((k, r0, min(rb, n - r0), op["n_in"] // op["steps"] + op["hidden"]))
+                self.max_span = max(self.max_span, rb)
             elif op["kind"] in (OP["bn"], OP["ln"]) and (op["w_off"] >= 0 or op["b_off"] >= 0):
                 n = op["n_out"] if op["kind"] == OP["bn"] else op["n_out"] // op["groups"]
                 for r0 in range(0, n, NORM_TILE):

@@ -92,7 +92,9 @@ _LAYER_ARGS = {
 }
 _RECURRENT_ARGS = {"input_size": _POS_INT, "hidden_size": _POS_INT, "num_layers": _POS_INT, "bias": _BOOL,
                    "dropout": _NUM, "return_sequences": _BOOL}
-_LAYER_ARGS.update(RNN={**_RECURRENT_ARGS, "nonlinearity": _STR}, LSTM=_RECURRENT_ARGS, GRU=_RECURRENT_ARGS)
+_LAYER_ARGS.update(RNN={**_RECURRENT_ARGS, "nonlinearity": _STR}, LSTM=_RECURRENT_ARGS, GRU=_RECURRENT_ARGS,
+                   Embedding={"num_embeddings": _POS_INT, "embedding_dim": _POS_INT,
+                              "padding_idx": (lambda v: v is None or _is_int(v), "ints or null")})
 # every other layer type (Identity, Flatten, the activations) takes no arguments
 _LAYER_ARGS = {name: _LAYER_ARGS.get(name, {}) for name in L.LAYER_TYPES}
 _LOSSES = {c.__name__: c for c in (LS.MSE, LS.BinaryCrossEntropy, LS.CrossEntropy, LS.NLLLoss, LS.KLDiv)}
@@ -681,7 +683,8 @@ def torch_recurrent_classes():
     ``batch_first=True`` whose forward returns one tensor as ``fn.RNN/LSTM/GRU`` do: the last
     step's hidden state ``(N, H)`` of the top layer, or every step's ``(N, T, H)`` with
     ``return_sequences=True``. Subclasses of torch's modules (``TorchRecurrent`` is their common
-    base), so parameters and state-dict keys are torch's; also ``fastnn.io.TorchLSTM`` etc."""
+    base), so parameters and state-dict keys are torch's; also ``fastnn.io.TorchLSTM`` etc.
+    ``"Embedding"``: ``TorchEmbedding``, an ``nn.Embedding`` that takes float token ids."""
     nn = _torch().nn
 
     class TorchRecurrent(nn.Module):
@@ -698,7 +701,13 @@ def torch_recurrent_classes():
         def extra_repr(self):
             return super().extra_repr() + (", return_sequences=True" if self.return_sequences else "")
 
-    out = {"TorchRecurrent": TorchRecurrent}
+    class TorchEmbedding(nn.Embedding):
+        """``nn.Embedding`` taking token ids of any dtype (fastnn passes them as floats)."""
+
+        def forward(self, x):
+            return super().forward(x.long())
+
+    out = {"TorchRecurrent": TorchRecurrent, "Embedding": TorchEmbedding}
     for base in (nn.RNN, nn.LSTM, nn.GRU):
         cls = type("Torch" + base.__name__, (TorchRecurrent, base), {"__doc__": f"``nn.{base.__name__}`` "
                    "(batch first) returning the last step's hidden state, or every step's."})
@@ -711,7 +720,7 @@ def torch_recurrent_classes():
 def __getattr__(name):
     if name == "TorchResidual":
         return torch_residual_class()
-    if name in ("TorchRecurrent", "TorchRNN", "TorchLSTM", "TorchGRU"):
+    if name in ("TorchRecurrent", "TorchRNN", "TorchLSTM", "TorchGRU", "TorchEmbedding"):
         return torch_recurrent_classes()[name.removeprefix("Torch") if name != "TorchRecurrent" else name]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
@@ -757,6 +766,9 @@ def _torch_module(layer, name):
         return torch_recurrent_classes()[t.__name__](layer.input_size, layer.hidden_size, layer.num_layers,
                                                      bias=layer.use_bias, dropout=layer.dropout,
                                                      return_sequences=layer.return_sequences, **kw)
+    if t is L.Embedding:
+        return torch_recurrent_classes()["Embedding"](layer.num_embeddings, layer.embedding_dim,
+                                                      padding_idx=layer.padding_idx)
     if t is L.LeakyReLU:
         return nn.LeakyReLU(layer.negative_slope)
     if t is L.Softmax:
@@ -774,7 +786,7 @@ def _torch_module(layer, name):
 
 _FROM_TORCH = ("Linear, BatchNorm1d, LayerNorm, Flatten(start_dim=1), Identity, Sigmoid, Tanh, ReLU, "
                "LeakyReLU, Softmax(dim=1), Dropout, fastnn.io.TorchResidual and fastnn.io.TorchRNN, TorchLSTM, "
-               "TorchGRU (unidirectional, no projections)")
+               "TorchGRU (unidirectional, no projections), Embedding (no max_norm) and TorchEmbedding")
 
 
 def from_torch(module, dtype=None, input_shape=None):
@@ -824,6 +836,8 @@ def _fastnn_layer(m, name):
             return getattr(L, t.__name__.removeprefix("Torch"))(
                 m.input_size, m.hidden_size, m.num_layers, bias=m.bias, dropout=m.dropout,
                 return_sequences=m.return_sequences, **kw)
+        if t in (nn.Embedding, rec["Embedding"]) and m.max_norm is None:
+            return L.Embedding(m.num_embeddings, m.embedding_dim, padding_idx=m.padding_idx)
         if t is nn.Flatten and m.start_dim == 1 and m.end_dim == -1:
             return L.Flatten()
         if t in (nn.Identity, nn.Sigmoid, nn.Tanh, nn.ReLU):

@@ -64,7 +64,7 @@ def _infer_input_shape(layers):
         if isinstance(layer, L.Residual):
             return _infer_input_shape(layer.layers) or (
                 (layer.projection.in_features,) if layer.projection is not None else None)
-        if isinstance(layer, L._Recurrent):
+        if isinstance(layer, (L._Recurrent, L.Embedding)):
             return None
         if isinstance(layer, L.Flatten):
             return None
@@ -151,6 +151,11 @@ class Sequential:
             d.weight[...] = holder.weight
             if d.use_bias:
                 d.bias[...] = holder.bias
+        for k, (_, layer) in enumerate(self._plan.embeddings):
+            # torch's nn.Embedding: N(0, 1), the padding row zero
+            layer.weight[...] = rng_for(seed, 0xE3B, k).standard_normal(layer.weight.shape)
+            if layer.padding_idx is not None:
+                layer.weight[layer.padding_idx] = 0
         for k, (_, layer) in enumerate(self._plan.recurrent):
             # torch's RNNBase.reset_parameters: every parameter U(-1/sqrt(hidden), 1/sqrt(hidden))
             init_rng = rng_for(seed, 0x2EC0, k)
@@ -244,7 +249,18 @@ class Sequential:
         ``input_shape`` are flattened (a view)."""
         if isinstance(X, np.ndarray) and X.ndim > 2 and X.shape[1:] == self.input_shape:
             X = X.reshape(X.shape[0], -1)
-        return check_X(X, self.n_features, self.dtype, name=name)
+        X = check_X(X, self.n_features, self.dtype, name=name)
+        if self._plan.embeddings:
+            n = self._plan.embeddings[0][1].num_embeddings
+            bad = (X < 0) | (X >= n) | (X != np.floor(X))
+            if bad.any():
+                v = float(X[bad].flat[0])
+                raise ValueError(f"{name} holds token ids for the Embedding: whole numbers in [0, {n}); "
+                                 f"got {v!r}")
+            if self.dtype == np.float32 and n > 2 ** 24:
+                raise ValueError(f"Embedding with {n} rows: float32 inputs hold token ids exactly only "
+                                 "below 2**24; use dtype='float64'")
+        return X
 
     def _targets(self, y, loss, n, sample_weight=None):
         yi, yf = loss.prepare(y, n, self.n_outputs, self.dtype)

@@ -203,3 +203,92 @@ def test_following_activation_fuses_and_matches_torch(rng):
     tl.backward()
     for (k, p), g in zip(tm.named_parameters(), grads):
         assert np.abs(g - p.grad.numpy()).max() <= 1e-9 * np.abs(p.grad.numpy()).max(), k
+
+
+# ---------------------------------------------------------------- Embedding
+@pytest.mark.parametrize("pad", [None, 3])
+def test_embedding_gradients_match_torch_and_finite_differences(pad, rng):
+    torch = pytest.importorskip("torch")
+    V, D, T = 11, 4, 6
+    m = fn.Sequential(fn.Embedding(V, D, padding_idx=pad), fn.LSTM(D, H), fn.Dense(H, 3), input_shape=(T,),
+                      dtype="float64", seed=0)
+    if pad is not None:
+        assert not m.layers[0].weight[pad].any()
+    X = rng.integers(0, V, (9, T))
+    X[0, :3] = 3
+    y = rng.integers(0, 3, 9)
+    L, grads = m.loss_and_grad(X, y, fn.CrossEntropy(), threads=2)
+    tm = fn.io.to_torch(m)
+    tl = torch.nn.functional.cross_entropy(tm(torch.tensor(X)), torch.tensor(y))
+    tl.backward()
+    assert abs(L - tl.item()) <= 1e-12 * L
+    for (k, p), g in zip(tm.named_parameters(), grads):
+        assert np.abs(g - p.grad.numpy()).max() <= 1e-9 * np.abs(p.grad.numpy()).max(), k
+    W, gW = m.layers[0].weight, grads[0]
+    h = 1e-6
+    if pad is not None:          # torch's rule: the padding row is used in forward, never trained
+        assert not gW[pad].any()
+    for r, c in [(r, c) for r, c in [(3, 1), (int(X[1, 2]), 0), (int(X[5, 5]), 3)] if r != pad]:
+        old = W[r, c]
+        W[r, c] = old + h
+        lp, _ = m.loss_and_grad(X, y, fn.CrossEntropy())
+        W[r, c] = old - h
+        lm, _ = m.loss_and_grad(X, y, fn.CrossEntropy())
+        W[r, c] = old
+        assert abs((lp - lm) / (2 * h) - gW[r, c]) <= 1e-6 * max(1.0, abs(gW[r, c]))
+    back = fn.io.from_torch(tm, input_shape=(T,))
+    np.testing.assert_array_equal(back.forward(X), m.forward(X))
+
+
+def test_embedding_training_is_thread_invariant_and_checks_token_ids(rng, tmp_path):
+    X = rng.integers(0, 50, (61, 9)).astype(np.float32)
+    y = rng.integers(0, 2, 61)
+    states = []
+    for threads in (1, 2, 3):
+        m = fn.Sequential(fn.Embedding(50, 6, padding_idx=0), fn.GRU(6, 7), fn.Dense(7, 2), input_shape=(9,), seed=1)
+        m.fit(X, y, loss=fn.CrossEntropy(), optimizer=fn.Adam(lr=0.01), epochs=2, batch_size=16, threads=threads)
+        states.append(m.state_dict())
+    for other in states[1:]:
+        for k in states[0]:
+            np.testing.assert_array_equal(states[0][k], other[k], err_msg=k)
+    assert not states[0]["0.weight"][0].any()
+    m.save(tmp_path / "e.fnn")
+    np.testing.assert_array_equal(fn.io.load_model(tmp_path / "e.fnn").forward(X), m.forward(X))
+    for bad in (50, -1, 2.5):
+        Xb = X.copy()
+        Xb[3, 4] = bad
+        with pytest.raises(ValueError, match=r"token ids.*\[0, 50\)"):
+            m.predict(Xb)
+    with pytest.raises(ValueError, match="first layer"):
+        fn.Sequential(fn.Dense(4, 4), fn.Embedding(5, 2), input_shape=(4,))
+    with pytest.raises(ValueError, match="padding_idx"):
+        fn.Embedding(5, 2, padding_idx=5)
+
+
+# ---------------------------------------------------------------- gradient norms through time
+@pytest.mark.parametrize("kind", ["tanh", "lstm", "gru"])
+def test_gradient_norms_through_time_match_an_unrolled_torch_loop(kind, rng):
+    torch = pytest.importorskip("torch")
+    T = 9
+    m = fn.Sequential(_cell(kind), fn.Dense(H, 1), input_shape=(T, F), dtype="float64", seed=3)
+    X, y = rng.normal(size=(8, T, F)), rng.normal(size=(8, 1))
+    norms = fn.gradient_norms_through_time(m, X, y, fn.MSE())
+    cell = {"tanh": torch.nn.RNNCell, "lstm": torch.nn.LSTMCell, "gru": torch.nn.GRUCell}[kind](F, H).double()
+    cell.load_state_dict({k.split(".")[1][:-3]: torch.tensor(v) for k, v in m.state_dict().items()
+                          if k.startswith("0.")})
+    h = torch.zeros(8, H, dtype=torch.float64)
+    c = torch.zeros(8, H, dtype=torch.float64)
+    hs = []
+    for t in range(T):
+        if kind == "lstm":
+            h, c = cell(torch.tensor(X[:, t]), (h, c))
+        else:
+            h = cell(torch.tensor(X[:, t]), h)
+        h.retain_grad()
+        hs.append(h)
+    out = h @ torch.tensor(m.layers[1].weight).T + torch.tensor(m.layers[1].bias)
+    ((out - torch.tensor(y)) ** 2).mean().backward()
+    ref = np.array([float(v.grad.norm()) for v in hs])
+    np.testing.assert_allclose(norms["0"], ref, rtol=1e-10)
+    with pytest.raises(ValueError, match="no recurrent layer"):
+        fn.gradient_norms_through_time(fn.Sequential(fn.Dense(2, 1)), np.zeros((2, 2)), np.zeros((2, 1)), fn.MSE())

@@ -37,7 +37,8 @@ threads. GEMMs are single-threaded BLAS calls (``scipy.linalg.cython_blas``) mad
 parallel loops; the Python side holds BLAS to one thread. Random numbers (dropout masks) come
 from a counter-based hash keyed by (seed, epoch, step, op, example, unit).
 
-The families live in .pxi files (common, activation, loss, optim, dense, norm, recurrent): a new layer family
+The families live in .pxi files (common, activation, loss, optim, dense, norm, recurrent,
+embedding): a new layer family
 is a new file plus its op code here and in the planner.
 """
 
@@ -87,6 +88,7 @@ cdef enum:
     OP_LN = 3
     OP_ADD = 4           # residual join: out = in + in2
     OP_RNN = 5           # one layer of a recurrent stack (recurrent.pxi)
+    OP_EMB = 6           # token ids -> table rows (embedding.pxi)
 
 # phase kinds
 cdef enum:
@@ -99,7 +101,7 @@ cdef enum:
 cdef enum:
     UPDATE_BLOCK = 16384     # optimizer work unit (elements); fixed, so updates are thread-count invariant
 
-OP_KINDS = {"dense": OP_DENSE, "act": OP_ACT, "bn": OP_BN, "ln": OP_LN, "add": OP_ADD, "rnn": OP_RNN}
+OP_KINDS = {"dense": OP_DENSE, "act": OP_ACT, "bn": OP_BN, "ln": OP_LN, "add": OP_ADD, "rnn": OP_RNN, "emb": OP_EMB}
 PHASE_KINDS = {"chunk": PH_CHUNK, "bn_fwd": PH_BN_FWD, "bn_bwd": PH_BN_BWD, "wide_fwd": PH_WIDE_FWD,
                "wide_bwd": PH_WIDE_BWD}
 # columns of the op table (int64) and of its float table
@@ -138,10 +140,11 @@ cdef struct Op:
     int diag                  # diagnostics layer, -1 none
     Py_ssize_t unit_off       # first unit of this op among the diagnostics layers' units
     int64_t nbt               # BatchNorm: batches tracked before this run (momentum=None)
-    # recurrent layers: cell, time steps, hidden size, weight_hh / bias_hh offsets, block offsets
+    # recurrent layers: cell, time steps, hidden size, weight_hh / bias_hh offsets, block offsets;
+    # Embedding: cell is the padding row (-1 none), steps the tokens per example, hidden the row size
     int cell
     Py_ssize_t steps, hidden, w2_off, b2_off
-    Py_ssize_t ga_e, hs_e, cs_e, hn_e, di_e, dh_e, sc_e
+    Py_ssize_t ga_e, hs_e, cs_e, hn_e, di_e, dh_e, sc_e, ds_e
 
 
 cdef struct Phase:
@@ -171,6 +174,7 @@ cdef struct Net:
 include "dense.pxi"
 include "norm.pxi"
 include "recurrent.pxi"
+include "embedding.pxi"
 
 
 # ---------------------------------------------------------------- diagnostics
@@ -333,6 +337,8 @@ cdef void op_forward(Op* o, Ctx* cx, floating* Wk, floating* P, Py_ssize_t r0, P
         ln_forward(o, P, Wk, r0, c)
     elif o.kind == OP_RNN:
         rnn_forward(o, P, Wk, r0, c)
+    elif o.kind == OP_EMB:
+        emb_forward(o, P, Wk, r0, c)
     elif o.kind == OP_ADD:
         x = Wk + o.in_e + r0 * n
         x2 = Wk + o.in2_e + r0 * n
@@ -444,6 +450,13 @@ cdef inline bint tile_span(Op* o, Tile* T, Py_ssize_t i, Py_ssize_t* off, Py_ssi
     """The i-th contiguous parameter span of a tile; False past the last."""
     if o.kind == OP_RNN:
         return rnn_tile_span(o, T, i, off, n, weight)
+    if o.kind == OP_EMB:           # rows of the table
+        if i < T.nr:
+            off[0] = o.w_off + (T.r0 + i) * o.hidden
+            n[0] = o.hidden
+            weight[0] = True
+            return True
+        return False
     if o.kind == OP_DENSE:
         if i < T.nr:
             off[0] = o.w_off + (T.r0 + i) * o.n_in
@@ -484,6 +497,8 @@ cdef void grad_tile(Net* net, Tile* T, floating* Wk, floating* P, floating* G, P
         ln_grad(o, T, Wk, G, B)
     elif o.kind == OP_RNN:
         rnn_grad(o, T, Wk, G, B)
+    elif o.kind == OP_EMB:
+        emb_grad(o, T, Wk, G, B)
     if go.l2 > 0 or go.clip_value > 0:
         while tile_span(o, T, i, &off, &n, &w):
             if o.kind == OP_DENSE and (w or go.l2_bias):

@@ -12,6 +12,7 @@
 #   DI  T*GH      deltas of the gate pre-activations (input side)
 #   DH  T*GH      GRU: the same on the recurrent side (differs in n: times r)
 #   SC  GH        scratch: GRU's recurrent projection of a step; dh (and LSTM's dc) in backward
+#   DS  T*H       dL/dh_t of every step (the diagnostics' gradient norm through time)
 
 cdef enum:
     CELL_TANH = 0
@@ -102,7 +103,21 @@ def rnn_state_width(int cell, Py_ssize_t T, Py_ssize_t H):
     """Per-example work-buffer columns an op of this cell needs for its saved states and deltas."""
     cdef Py_ssize_t gh = rnn_gates(cell) * H
     return (T * gh + (T + 1) * H + (T * H if cell == CELL_LSTM else 0) + (T * H if cell == CELL_GRU else 0)
-            + T * gh + (T * gh if cell == CELL_GRU else 0) + gh)
+            + T * gh + (T * gh if cell == CELL_GRU else 0) + gh + T * H)
+
+
+def rnn_block_offsets(int cell, Py_ssize_t T, Py_ssize_t H):
+    """Per-example column offsets of the blocks, from the op's s_col, by name."""
+    cdef Py_ssize_t gh = rnn_gates(cell) * H
+    cdef dict out = {"GA": 0}
+    out["HS"] = T * gh
+    out["CS"] = out["HS"] + (T + 1) * H
+    out["HN"] = out["CS"] + (T * H if cell == CELL_LSTM else 0)
+    out["DI"] = out["HN"] + (T * H if cell == CELL_GRU else 0)
+    out["DH"] = out["DI"] + T * gh if cell == CELL_GRU else out["DI"]
+    out["SC"] = out["DI"] + T * gh * (2 if cell == CELL_GRU else 1)
+    out["DS"] = out["SC"] + gh
+    return out
 
 
 cdef void rnn_setup(Op* o, Py_ssize_t B) noexcept nogil:
@@ -115,6 +130,7 @@ cdef void rnn_setup(Op* o, Py_ssize_t B) noexcept nogil:
     o.di_e = o.hn_e + (B * T * H if o.cell == CELL_GRU else 0)
     o.dh_e = o.di_e + B * T * gh if o.cell == CELL_GRU else o.di_e
     o.sc_e = o.di_e + B * T * gh * (2 if o.cell == CELL_GRU else 1)
+    o.ds_e = o.sc_e + B * gh
 
 
 cdef void rnn_forward(Op* o, floating* P, floating* Wk, Py_ssize_t r0, Py_ssize_t c) noexcept nogil:
@@ -217,6 +233,7 @@ cdef void rnn_backward(Op* o, floating* P, floating* Wk, Py_ssize_t r0, Py_ssize
     cdef floating* di = Wk + o.di_e + r0 * ld_ga
     cdef floating* dhh = Wk + o.dh_e + r0 * ld_ga
     cdef floating* sc = Wk + o.sc_e + r0 * GH
+    cdef floating* ds = Wk + o.ds_e + r0 * T * H
     cdef floating* Whh = P + o.w2_off
     cdef floating* g
     cdef floating* d
@@ -242,6 +259,7 @@ cdef void rnn_backward(Op* o, floating* P, floating* Wk, Py_ssize_t r0, Py_ssize
             if seq:
                 for j in range(H):
                     dh[j] = dh[j] + dy[i * o.n_out + t * H + j]
+            memcpy(ds + i * T * H + t * H, dh, H * sizeof(floating))
             g = ga + i * ld_ga + t * GH
             d = di + i * ld_ga + t * GH
             if o.cell == CELL_TANH:
@@ -327,21 +345,22 @@ cdef void rnn_grad(Op* o, Tile* Tl, floating* Wk, floating* G, Py_ssize_t B) noe
 
 cdef inline bint rnn_tile_span(Op* o, Tile* Tl, Py_ssize_t i, Py_ssize_t* off, Py_ssize_t* n,
                                bint* weight) noexcept nogil:
-    """Spans of a tile of rows [r0, r0+nr): weight_ih rows, weight_hh rows, bias_ih, bias_hh."""
+    """Spans of a tile of gate rows [r0, r0+nr): each row of weight_ih, each row of weight_hh,
+    then bias_ih and bias_hh."""
     cdef Py_ssize_t F = o.n_in // o.steps
-    if i == 0:
-        off[0] = o.w_off + Tl.r0 * F
-        n[0] = Tl.nr * F
+    if i < Tl.nr:
+        off[0] = o.w_off + (Tl.r0 + i) * F
+        n[0] = F
         weight[0] = True
         return True
-    if i == 1:
-        off[0] = o.w2_off + Tl.r0 * o.hidden
-        n[0] = Tl.nr * o.hidden
+    if i < 2 * Tl.nr:
+        off[0] = o.w2_off + (Tl.r0 + i - Tl.nr) * o.hidden
+        n[0] = o.hidden
         weight[0] = True
         return True
-    if o.b_off < 0 or i > 3:
+    if o.b_off < 0 or i > 2 * Tl.nr + 1:
         return False
-    off[0] = (o.b_off if i == 2 else o.b2_off) + Tl.r0
+    off[0] = (o.b_off if i == 2 * Tl.nr else o.b2_off) + Tl.r0
     n[0] = Tl.nr
     weight[0] = False
     return True

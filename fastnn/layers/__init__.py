@@ -1,6 +1,7 @@
 """Layers: configuration, shapes and NumPy views of their parameters. No math here.
 
-One module per family (dense, activation, norm, containers, recurrent); a layer holds no storage until
+One module per family (dense, activation, norm, containers, recurrent,
+embedding); a layer holds no storage until
 a ``Sequential`` places it, then its parameters (``weight``, ``bias``, ...) are views into the
 model's one flat parameter buffer and its running statistics views into the buffer array.
 """
@@ -10,10 +11,11 @@ from .base import (ACT_IDENTITY, ACT_LEAKY, ACT_RELU, ACT_SIGMOID, ACT_SOFTMAX, 
                    DROP_INVERTED, DROP_NONE, INITS, Layer)
 from .containers import Residual
 from .dense import Dense, init_dense
+from .embedding import Embedding
 from .norm import BatchNorm1d, LayerNorm
 from .recurrent import CELL_GRU, CELL_LSTM, CELL_RELU, CELL_TANH, GRU, LSTM, RNN, _Recurrent
 
 #: layer classes by name, for model files and torch interop
 LAYER_TYPES = {c.__name__: c for c in (Dense, Identity, Flatten, Sigmoid, Tanh, ReLU, LeakyReLU, Softmax,
                                         Dropout, BatchNorm1d, LayerNorm, Residual, RNN,
-                                        LSTM, GRU)}
+                                        LSTM, GRU, Embedding)}
