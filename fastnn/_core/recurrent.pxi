@@ -6,7 +6,7 @@
 #
 # Per-example blocks of the work buffer (each B rows), from the op's s_col, widths in elements:
 #   GA  T*GH      gates after their nonlinearity (RNN: h_t)
-#   HS  (T+1)*H   h_{t-1} at slot t (slot 0 = 0), so slot T holds the last state
+#   HS  T*H       h_{t-1} at slot t (slot 0 = 0); the last state is in the output
 #   CS  T*H       LSTM: c_t
 #   HN  T*H       GRU: W_hn h_{t-1} + b_hn
 #   DI  T*GH      deltas of the gate pre-activations (input side)
@@ -102,7 +102,7 @@ cdef inline Py_ssize_t rnn_gates(int cell) noexcept nogil:
 def rnn_state_width(int cell, Py_ssize_t T, Py_ssize_t H):
     """Per-example work-buffer columns an op of this cell needs for its saved states and deltas."""
     cdef Py_ssize_t gh = rnn_gates(cell) * H
-    return (T * gh + (T + 1) * H + (T * H if cell == CELL_LSTM else 0) + (T * H if cell == CELL_GRU else 0)
+    return (T * gh + T * H + (T * H if cell == CELL_LSTM else 0) + (T * H if cell == CELL_GRU else 0)
             + T * gh + (T * gh if cell == CELL_GRU else 0) + gh + T * H)
 
 
@@ -111,7 +111,7 @@ def rnn_block_offsets(int cell, Py_ssize_t T, Py_ssize_t H):
     cdef Py_ssize_t gh = rnn_gates(cell) * H
     cdef dict out = {"GA": 0}
     out["HS"] = T * gh
-    out["CS"] = out["HS"] + (T + 1) * H
+    out["CS"] = out["HS"] + T * H
     out["HN"] = out["CS"] + (T * H if cell == CELL_LSTM else 0)
     out["DI"] = out["HN"] + (T * H if cell == CELL_GRU else 0)
     out["DH"] = out["DI"] + T * gh if cell == CELL_GRU else out["DI"]
@@ -125,7 +125,7 @@ cdef void rnn_setup(Op* o, Py_ssize_t B) noexcept nogil:
     cdef Py_ssize_t T = o.steps, H = o.hidden, gh = rnn_gates(o.cell) * o.hidden
     o.ga_e = o.s_e
     o.hs_e = o.ga_e + B * T * gh
-    o.cs_e = o.hs_e + B * (T + 1) * H
+    o.cs_e = o.hs_e + B * T * H
     o.hn_e = o.cs_e + (B * T * H if o.cell == CELL_LSTM else 0)
     o.di_e = o.hn_e + (B * T * H if o.cell == CELL_GRU else 0)
     o.dh_e = o.di_e + B * T * gh if o.cell == CELL_GRU else o.di_e
@@ -136,7 +136,7 @@ cdef void rnn_setup(Op* o, Py_ssize_t B) noexcept nogil:
 cdef void rnn_forward(Op* o, floating* P, floating* Wk, Py_ssize_t r0, Py_ssize_t c) noexcept nogil:
     """Rows [r0, r0+c): the sequences through the layer, states saved for backward."""
     cdef Py_ssize_t T = o.steps, H = o.hidden, G = rnn_gates(o.cell)
-    cdef Py_ssize_t GH = G * H, F = o.n_in // T, i, j, t, ld_ga = T * GH, ld_hs = (T + 1) * H
+    cdef Py_ssize_t GH = G * H, F = o.n_in // T, i, j, t, ld_ga = T * GH, ld_hs = T * H
     cdef floating* x = Wk + o.in_e + r0 * o.n_in
     cdef floating* ga = Wk + o.ga_e + r0 * ld_ga
     cdef floating* hs = Wk + o.hs_e + r0 * ld_hs
@@ -179,7 +179,8 @@ cdef void rnn_forward(Op* o, floating* P, floating* Wk, Py_ssize_t r0, Py_ssize_
         for i in range(c):
             g = ga + i * ld_ga + t * GH
             hp = hs + i * ld_hs + t * H
-            hq = hp + H
+            # h_t: the next slot, or for the last step the output
+            hq = hp + H if t + 1 < T else out + i * o.n_out + (t * H if o.n_out == T * H else 0)
             if o.cell == CELL_TANH:
                 tanh_row(g, g, H)
                 memcpy(hq, g, H * sizeof(floating))
@@ -213,17 +214,15 @@ cdef void rnn_forward(Op* o, floating* P, floating* Wk, Py_ssize_t r0, Py_ssize_
                 tanh_row(g + 2 * H, g + 2 * H, H)
                 for j in range(H):
                     hq[j] = (1 - g[H + j]) * g[2 * H + j] + g[H + j] * hp[j]
-            if o.n_out == T * H:
+            if o.n_out == T * H and t + 1 < T:
                 memcpy(out + i * o.n_out + t * H, hq, H * sizeof(floating))
-            elif t == T - 1:
-                memcpy(out + i * o.n_out, hq, H * sizeof(floating))
 
 
 cdef void rnn_backward(Op* o, floating* P, floating* Wk, Py_ssize_t r0, Py_ssize_t c) noexcept nogil:
     """Rows [r0, r0+c): backward through time; gate deltas of every step kept for the tiles,
     the input delta (=|+=) into dIn."""
     cdef Py_ssize_t T = o.steps, H = o.hidden, G = rnn_gates(o.cell)
-    cdef Py_ssize_t GH = G * H, F = o.n_in // T, i, j, t, ld_ga = T * GH, ld_hs = (T + 1) * H
+    cdef Py_ssize_t GH = G * H, F = o.n_in // T, i, j, t, ld_ga = T * GH, ld_hs = T * H
     cdef bint seq = o.n_out == T * H
     cdef floating* dy = Wk + o.d_e + r0 * o.n_out
     cdef floating* ga = Wk + o.ga_e + r0 * ld_ga
@@ -315,7 +314,7 @@ cdef void rnn_grad(Op* o, Tile* Tl, floating* Wk, floating* G, Py_ssize_t B) noe
     """Rows [r0, r0+nr) of dW_ih = sum D_t^T x_t, dW_hh = sum D_t^T h_{t-1} and the biases' sums,
     over examples (in order) and steps."""
     cdef Py_ssize_t T = o.steps, H = o.hidden, GH = rnn_gates(o.cell) * o.hidden, F = o.n_in // T
-    cdef Py_ssize_t i, j, r0 = Tl.r0, nr = Tl.nr, ld_ga = T * GH, ld_hs = (T + 1) * H
+    cdef Py_ssize_t i, j, r0 = Tl.r0, nr = Tl.nr
     cdef floating* di = Wk + o.di_e
     cdef floating* dhh = Wk + o.dh_e
     cdef floating* hs = Wk + o.hs_e
@@ -323,9 +322,8 @@ cdef void rnn_grad(Op* o, Tile* Tl, floating* Wk, floating* G, Py_ssize_t B) noe
     cdef floating* row
     gemm(c'N', c'T', <int>F, <int>nr, <int>(B * T), <floating>1, Wk + o.in_e, <int>F, di + r0, <int>GH,
          <floating>0, G + o.w_off + r0 * F, <int>F)
-    for i in range(B):
-        gemm(c'N', c'T', <int>H, <int>nr, <int>T, <floating>1, hs + i * ld_hs, <int>H, dhh + i * ld_ga + r0,
-             <int>GH, <floating>(1 if i > 0 else 0), G + o.w2_off + r0 * H, <int>H)
+    gemm(c'N', c'T', <int>H, <int>nr, <int>(B * T), <floating>1, hs, <int>H, dhh + r0, <int>GH,
+         <floating>0, G + o.w2_off + r0 * H, <int>H)
     if o.b_off >= 0:
         gb = G + o.b_off + r0
         for j in range(nr):
