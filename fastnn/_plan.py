@@ -77,9 +77,6 @@ class Plan:
         if out.op != len(self.ops) - 1:
             # the output must be the last op's (a trailing Identity or Flatten is fine: no op)
             raise ValueError("the network's output must come from its last layer")
-        if len(out.shape) != 1:
-            raise ValueError(f"the network's output has per-example shape {out.shape}; end with "
-                             "fn.Flatten() and a fn.Dense to get one row per example")
         self.out_shape = out.shape
         self.n_outputs = out.width
         self.row_width = self._col
@@ -142,10 +139,11 @@ class Plan:
                 src = _Buf(src.op, src.col, out_shape)
             elif isinstance(layer, L.Dense):
                 offs = self._param(name + ".", layer, layer.param_shapes())
-                k = self._new_op("dense", src, layer.out_features, w_off=offs["weight"],
-                                 b_off=offs.get("bias", -1))
+                groups = math.prod(out_shape[:-1])
+                k = self._new_op("dense", src, math.prod(out_shape), w_off=offs["weight"],
+                                 b_off=offs.get("bias", -1), groups=groups)
                 self.dense.append([name, layer, None])
-                self.diag.append((name, k, layer.n_params(), layer.out_features))
+                self.diag.append((name, k, layer.n_params(), math.prod(out_shape)))
                 src = _Buf(k, self.ops[k]["a_col"], out_shape)
             elif isinstance(layer, (L._Activation, L.Dropout)):
                 src = self._activation(name, layer, src)
@@ -243,9 +241,10 @@ class Plan:
             except ValueError as e:
                 raise ValueError(f"layer {name} ({type(layer).__name__}) projection: {e}") from None
             offs = self._param(f"{name}.projection.", p, p.param_shapes())
-            k = self._new_op("dense", src, p.out_features, w_off=offs["weight"], b_off=offs.get("bias", -1))
+            k = self._new_op("dense", src, math.prod(p_shape), w_off=offs["weight"], b_off=offs.get("bias", -1),
+                             groups=math.prod(p_shape[:-1]))
             self.dense.append([f"{name}.projection", p, None])
-            self.diag.append((f"{name}.projection", k, p.n_params(), p.out_features))
+            self.diag.append((f"{name}.projection", k, p.n_params(), math.prod(p_shape)))
             skip = _Buf(k, self.ops[k]["a_col"], p_shape)
         if f_out.shape != skip.shape:
             raise ValueError(f"layer {name} (Residual): its layers map shape {src.shape} to {f_out.shape}, "
@@ -302,10 +301,10 @@ class Plan:
         tiles = []
         for k, op in enumerate(self.ops):
             if op["kind"] == OP["dense"]:
-                n = op["n_out"]
+                n = op["n_out"] // op["groups"]
                 rb = min(128, max(16, n // 2))
                 for r0 in range(0, n, rb):
-                    tiles.append((k, r0, min(rb, n - r0), op["n_in"]))
+                    tiles.append((k, r0, min(rb, n - r0), op["n_in"] // op["groups"]))
             elif op["kind"] == OP["emb"]:
                 n = op["vocab"]
                 rb = max(16, -(-n // 8))
@@ -332,7 +331,8 @@ class Plan:
         WIDE_MIN_OUT+ outputs at small batches (where chunks are short and re-pack the weights
         for few rows), and layers of WIDE_BIG_WEIGHTS+ weights at any batch."""
         op = self.ops[k]
-        if op["kind"] != OP["dense"] or op["act"] == L.ACT_SOFTMAX or op["n_out"] < WIDE_MIN_OUT:
+        if (op["kind"] != OP["dense"] or op["act"] == L.ACT_SOFTMAX or op["n_out"] < WIDE_MIN_OUT
+                or op["groups"] != 1):
             return False
         weights = op["n_in"] * op["n_out"]
         return weights >= WIDE_BIG_WEIGHTS or (weights >= WIDE_MIN_WEIGHTS and batch_size <= WIDE_MAX_BATCH)

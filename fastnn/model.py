@@ -263,6 +263,14 @@ class Sequential:
         return X
 
     def _targets(self, y, loss, n, sample_weight=None):
+        shape = self._plan.out_shape
+        if len(shape) > 1:
+            if loss.classification:
+                raise ValueError(f"the network outputs shape {shape} per example (a Dense on every step); "
+                                 f"{type(loss).__name__} needs one row per example: end with fn.Flatten() "
+                                 "and a fn.Dense, or use fn.MSE for per-step targets")
+            if isinstance(y, np.ndarray) and y.ndim == len(shape) + 1 and y.shape[1:] == shape:
+                y = y.reshape(y.shape[0], -1)
         yi, yf = loss.prepare(y, n, self.n_outputs, self.dtype)
         if yf.size == 0:
             yf = np.zeros((0, self.n_outputs), dtype=self.dtype)
@@ -284,7 +292,8 @@ class Sequential:
 
     # ------------------------------------------------------------ inference
     def forward(self, X, threads=None, training=False):
-        """Raw network output (logits) for X, shape ``(N, n_outputs)``.
+        """Raw network output (logits) for X, shape ``(N, n_outputs)``, or ``(N, *shape)`` for a
+        network whose output has several dimensions per example (a Dense on every step).
 
         Inference mode (dropout off, BatchNorm with its running statistics) unless
         ``training=True``: then dropout draws the masks the next training step would (keyed by
@@ -308,7 +317,7 @@ class Sequential:
                                  self._running, stats, X, out, work, rows,
                                  self._threads_for(rows // 3, resolve_threads(threads)), bool(training),
                                  self.seed, self.epochs_trained, self.steps_trained)
-        return out
+        return out.reshape((n,) + p.out_shape) if len(p.out_shape) > 1 else out
 
     __call__ = forward
 
@@ -324,7 +333,7 @@ class Sequential:
         loss = check_loss(loss if loss is not None else self._need_loss())
         X = self._check_X(X)
         yi, yf, sw, pw = self._targets(y, loss, X.shape[0], sample_weight)
-        out = self.forward(X, threads)
+        out = self.forward(X, threads).reshape(X.shape[0], -1)
         per = np.empty(X.shape[0])
         _engine.loss_per_example(out, yi, yf, pw, loss.kernel_code(yf), per)
         res = {"loss": reduce_loss(per, sw if sw.size else None, loss.reduction_code, self.n_outputs)}

@@ -292,3 +292,28 @@ def test_gradient_norms_through_time_match_an_unrolled_torch_loop(kind, rng):
     np.testing.assert_allclose(norms["0"], ref, rtol=1e-10)
     with pytest.raises(ValueError, match="no recurrent layer"):
         fn.gradient_norms_through_time(fn.Sequential(fn.Dense(2, 1)), np.zeros((2, 2)), np.zeros((2, 1)), fn.MSE())
+
+
+# ---------------------------------------------------------------- a Dense on every step
+@pytest.mark.parametrize("kind", ["tanh", "lstm", "gru"])
+def test_dense_on_every_step_matches_torch_linear(kind, rng):
+    torch = pytest.importorskip("torch")
+    T = 5
+    m = fn.Sequential(_cell(kind, return_sequences=True, num_layers=2), fn.Dense(H, 4), fn.Tanh(), fn.Dense(4, 2),
+                      input_shape=(T, F), dtype="float64", seed=2)
+    X, y = rng.normal(size=(7, T, F)), rng.normal(size=(7, T, 2))
+    L, grads = m.loss_and_grad(X, y, fn.MSE(), threads=2)
+    tm = fn.io.to_torch(m)
+    out = tm(torch.tensor(X))
+    tl = ((out - torch.tensor(y)) ** 2).mean()
+    tl.backward()
+    assert m.forward(X).shape == (7, T, 2)
+    np.testing.assert_allclose(m.forward(X), out.detach().numpy(), rtol=1e-12, atol=1e-14)
+    assert abs(L - tl.item()) <= 1e-12 * L
+    for (k, p), g in zip(tm.named_parameters(), grads):
+        assert np.abs(g - p.grad.numpy()).max() <= 1e-9 * np.abs(p.grad.numpy()).max(), k
+    h = m.fit(X, y, loss=fn.MSE(), optimizer=fn.Adam(lr=0.01), epochs=3, batch_size=4, verbose=0)
+    assert h.history["loss"][-1] < h.history["loss"][0]
+    assert m.evaluate(X, y)["loss"] >= 0
+    with pytest.raises(ValueError, match="one row per example"):
+        m.evaluate(X, rng.integers(0, 2, (7, T)), loss=fn.CrossEntropy())

@@ -261,8 +261,9 @@ cdef inline void op_tail(Op* o, Ctx* cx, floating* Wk, floating* P, Py_ssize_t r
     """Bias (Dense), activation, diagnostics and dropout over the op's output rows."""
     cdef floating* a = Wk + o.a_e + r0 * o.n_out
     cdef floating* bias = (P + o.b_off) if (o.kind == OP_DENSE and o.b_off >= 0) else <floating*>NULL
+    cdef Py_ssize_t g = o.groups if o.kind == OP_DENSE else 1      # a Dense's rows per example
     if bias != NULL or o.act != ACT_IDENTITY:
-        act_forward_rows(a, c, o.n_out, bias, o.act, o.act_param)
+        act_forward_rows(a, c * g, o.n_out // g, bias, o.act, o.act_param)
     if cx.dg != NULL and o.diag >= 0:
         diag_activations(cx.dg, o, a, c, o.n_out, o.n_out, 0, slot, cx.full)
     if o.drop != DROP_NONE:
@@ -305,11 +306,12 @@ cdef void op_head_block(Op* o, Ctx* cx, floating* Wk, Py_ssize_t j0, Py_ssize_t 
 cdef inline void op_head(Op* o, Ctx* cx, floating* Wk, Py_ssize_t r0, Py_ssize_t c) noexcept nogil:
     """In place: the op's output delta through dropout and activation."""
     cdef floating* d = Wk + o.d_e + r0 * o.n_out
+    cdef Py_ssize_t g = o.groups if o.kind == OP_DENSE else 1
     if o.drop != DROP_NONE:
         dropout_backward_rows(d, c, o.n_out, o.drop, o.drop_p,
                               dropout_key(cx.seed, cx.epoch, cx.step, <uint64_t>o.key), cx.pos0 + r0)
     if o.act != ACT_IDENTITY:
-        act_backward_rows(d, Wk + o.a_e + r0 * o.n_out, c, o.n_out, o.act, o.act_param)
+        act_backward_rows(d, Wk + o.a_e + r0 * o.n_out, c * g, o.n_out // g, o.act, o.act_param)
 
 
 cdef inline void put_delta(floating* dst, floating* src, Py_ssize_t n, int acc) noexcept nogil:
@@ -459,8 +461,8 @@ cdef inline bint tile_span(Op* o, Tile* T, Py_ssize_t i, Py_ssize_t* off, Py_ssi
         return False
     if o.kind == OP_DENSE:
         if i < T.nr:
-            off[0] = o.w_off + (T.r0 + i) * o.n_in
-            n[0] = o.n_in
+            off[0] = o.w_off + (T.r0 + i) * (o.n_in // o.groups)
+            n[0] = o.n_in // o.groups
             weight[0] = True
             return True
         if i == T.nr and o.b_off >= 0:
