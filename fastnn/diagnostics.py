@@ -170,7 +170,7 @@ class Diagnostics(Callback):
                                         "initialisation or LeakyReLU")
 
 
-def gradient_norms_through_time(model, X, y, loss=None, sample_weight=None, threads=None):
+def gradient_norms_through_time(model, X, y, loss=None, sample_weight=None, threads=None, lengths=None):
     """The norm of the loss's gradient with respect to each recurrent layer's hidden state at every
     step, ``{layer name: array of T}``: entry t is ‖∂L/∂h_t‖ over the batch (the square root of
     the sum over examples of ‖∂L/∂h_t‖²), L the mean loss of (X, y) as one batch, as
@@ -183,7 +183,7 @@ def gradient_norms_through_time(model, X, y, loss=None, sample_weight=None, thre
 
     loss = loss if loss is not None else model._need_loss()
     Xc = model._check_X(X)
-    model.loss_and_grad(Xc, y, loss, sample_weight=sample_weight, threads=threads)
+    model.loss_and_grad(Xc, y, loss, sample_weight=sample_weight, threads=threads, lengths=lengths)
     n, plan, work = Xc.shape[0], model._plan, model._work_buf
     out = {}
     for name, k, _, _ in plan.diag:

@@ -262,6 +262,23 @@ class Sequential:
                                  "below 2**24; use dtype='float64'")
         return X
 
+    def _check_lengths(self, lengths, n):
+        """``lengths`` as an int64 array of n sequence lengths in [1, T], or None."""
+        if lengths is None:
+            return None
+        rec = [op for op in self._plan.ops if op["kind"] == _engine.OP_KINDS["rnn"]]
+        if not rec:
+            raise ValueError("lengths= is for models with a recurrent layer (fn.RNN, fn.LSTM, fn.GRU)")
+        T = rec[0]["steps"]
+        a = np.asarray(lengths)
+        if a.dtype.kind not in "iu" and not (a.dtype.kind == "f" and np.all(a == np.floor(a))):
+            raise TypeError(f"lengths must hold whole numbers, got dtype {a.dtype}")
+        if a.shape != (n,):
+            raise ValueError(f"lengths must have shape ({n},), one per example, got {a.shape}")
+        if n and (a.min() < 1 or a.max() > T):
+            raise ValueError(f"lengths must lie in [1, {T}] (the sequences' steps), got {a.min()} .. {a.max()}")
+        return np.ascontiguousarray(a, dtype=np.int64)
+
     def _targets(self, y, loss, n, sample_weight=None):
         shape = self._plan.out_shape
         if len(shape) > 1:
@@ -291,16 +308,18 @@ class Sequential:
         return yi, yf, sw, pw
 
     # ------------------------------------------------------------ inference
-    def forward(self, X, threads=None, training=False):
+    def forward(self, X, threads=None, training=False, lengths=None):
         """Raw network output (logits) for X, shape ``(N, n_outputs)``, or ``(N, *shape)`` for a
         network whose output has several dimensions per example (a Dense on every step).
 
         Inference mode (dropout off, BatchNorm with its running statistics) unless
         ``training=True``: then dropout draws the masks the next training step would (keyed by
         the model's seed and step counters) and BatchNorm normalises by the statistics of all of
-        X as one batch (running statistics unchanged)."""
+        X as one batch (running statistics unchanged). ``lengths``: each sequence's length (models
+        with recurrent layers): its steps past that keep the state and output zeros."""
         X = self._check_X(X)
         n = X.shape[0]
+        lengths = self._check_lengths(lengths, n)
         p = self._plan
         mode = "train_forward" if training else "infer"
         if training and p.has_bn and n < 2:
@@ -316,24 +335,24 @@ class Sequential:
             _engine.forward_rows(p.op_table, p.opf_table, p.phases(mode), p.chunk, self._params,
                                  self._running, stats, X, out, work, rows,
                                  self._threads_for(rows // 3, resolve_threads(threads)), bool(training),
-                                 self.seed, self.epochs_trained, self.steps_trained)
+                                 self.seed, self.epochs_trained, self.steps_trained, lengths=lengths)
         return out.reshape((n,) + p.out_shape) if len(p.out_shape) > 1 else out
 
     __call__ = forward
 
-    def predict(self, X, threads=None):
+    def predict(self, X, threads=None, lengths=None):
         """Output through the last loss's link: probabilities for classification losses
         (softmax / sigmoid / exp), the raw output for MSE or before any loss is known."""
-        out = self.forward(X, threads)
+        out = self.forward(X, threads, lengths=lengths)
         return self.loss.link(out) if self.loss is not None else out
 
-    def evaluate(self, X, y, loss=None, sample_weight=None, threads=None):
+    def evaluate(self, X, y, loss=None, sample_weight=None, threads=None, lengths=None):
         """``{"loss": ...}``, plus ``accuracy``, ``balanced_accuracy`` and ``f1_macro`` for
         classification losses (elementwise accuracy alone for multi-label BCE), over all of X."""
         loss = check_loss(loss if loss is not None else self._need_loss())
         X = self._check_X(X)
         yi, yf, sw, pw = self._targets(y, loss, X.shape[0], sample_weight)
-        out = self.forward(X, threads).reshape(X.shape[0], -1)
+        out = self.forward(X, threads, lengths=lengths).reshape(X.shape[0], -1)
         per = np.empty(X.shape[0])
         _engine.loss_per_example(out, yi, yf, pw, loss.kernel_code(yf), per)
         res = {"loss": reduce_loss(per, sw if sw.size else None, loss.reduction_code, self.n_outputs)}
@@ -395,12 +414,12 @@ class Sequential:
             raise ValueError(f"{what}: BatchNorm1d in training mode needs at least 2 examples per batch, "
                              f"got {n}")
 
-    def loss_and_grad(self, X, y, loss, sample_weight=None, l2=0.0, l2_bias=False, threads=None):
+    def loss_and_grad(self, X, y, loss, sample_weight=None, l2=0.0, l2_bias=False, threads=None, lengths=None):
         """Loss of the whole of X as one batch and its gradient (mean over the batch, as the
         loss reduces), as a list shaped like ``parameters()``. Training mode: BatchNorm uses the
         batch's statistics and dropout the model's fixed training mask. With ``l2`` the loss
-        includes β‖W‖² (Dense weights) and the gradient 2βW. Nothing of the model changes, its
-        running statistics included."""
+        includes β‖W‖² (Dense weights) and the gradient 2βW. ``lengths``: each sequence's length
+        (recurrent layers). Nothing of the model changes, its running statistics included."""
         loss = check_loss(loss)
         l2 = _nonneg(l2, "l2")
         X = self._check_X(X)
@@ -411,7 +430,7 @@ class Sequential:
         with blas_single_thread():
             self._run(X, yi, yf, sw, pw, loss, np.arange(n, dtype=np.intp), n, 1, None, np.zeros(1),
                       self.seed, 0, 0, resolve_threads(threads), step_loss, update_running=False,
-                      l2=l2, l2_bias=bool(l2_bias))
+                      l2=l2, l2_bias=bool(l2_bias), lengths=self._check_lengths(lengths, n))
         value = float(step_loss[0]) + (self.l2_penalty(l2, l2_bias) if l2 > 0 else 0.0)
         return value, [g.copy() for g in self.grads]
 
@@ -440,7 +459,8 @@ class Sequential:
     def fit(self, X, y, loss=None, optimizer=None, epochs=1, batch_size=32, shuffle=True, seed=None,
             threads=None, verbose=0, validation_split=0.0, validation_data=None, sample_weight=None,
             class_weight=None, l2=0.0, l2_bias=False, schedule=None, clip_norm=None, clip_value=None,
-            diagnostics=None, callbacks=None, checkpoint=None, checkpoint_every=1, drop_last=False):
+            diagnostics=None, callbacks=None, checkpoint=None, checkpoint_every=1, drop_last=False,
+            lengths=None):
         """Train by mini-batch backpropagation; returns a ``History``.
 
         Args:
@@ -476,6 +496,9 @@ class Sequential:
                 ``checkpoint_every`` epochs, atomically, so training can resume exactly.
             drop_last: skip the incomplete last batch of every epoch (as torch's DataLoader
                 does); BatchNorm needs it when the last batch would hold one example.
+            lengths: ``(N,)`` sequence lengths (models with recurrent layers): steps past an
+                example's length leave its state unchanged (as torch's packed sequences); not
+                with validation_split / validation_data.
         """
         from .training import fit
 
@@ -485,7 +508,7 @@ class Sequential:
                    sample_weight=sample_weight, class_weight=class_weight, l2=l2, l2_bias=l2_bias,
                    schedule=schedule, clip_norm=clip_norm, clip_value=clip_value, diagnostics=diagnostics,
                    callbacks=callbacks, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
-                   drop_last=drop_last)
+                   drop_last=drop_last, lengths=lengths)
 
     def l2_penalty(self, l2, bias=False):
         """β‖W‖² over the Dense weights (and biases with ``bias``), in float64."""

@@ -285,7 +285,8 @@ def _epoch_line(ep, epochs, logs):
 def fit(model, X, y, loss=None, optimizer=None, epochs=1, batch_size=32, shuffle=True, seed=None,
         threads=None, verbose=0, validation_split=0.0, validation_data=None, sample_weight=None,
         class_weight=None, l2=0.0, l2_bias=False, schedule=None, clip_norm=None, clip_value=None,
-        diagnostics=None, callbacks=None, checkpoint=None, checkpoint_every=1, drop_last=False):
+        diagnostics=None, callbacks=None, checkpoint=None, checkpoint_every=1, drop_last=False,
+        lengths=None):
     """See ``Sequential.fit``."""
     from .model import _nonneg
     from .schedules import ReduceOnPlateau, Schedule
@@ -306,6 +307,13 @@ def fit(model, X, y, loss=None, optimizer=None, epochs=1, batch_size=32, shuffle
         raise TypeError(f"schedule must be a fn.schedules schedule, got {schedule!r}")
     data = prepare(model, X, y, loss, batch_size, seed, validation_split, validation_data, sample_weight,
                    class_weight, bool(drop_last))
+    if lengths is not None:
+        if data.val is not None:
+            raise ValueError("lengths= does not combine with validation_split or validation_data; "
+                             "evaluate the validation set with model.evaluate(..., lengths=)")
+        lengths = model._check_lengths(lengths, data.n)
     run = Fit(model, loss, opt, data, epochs, shuffle, seed, n_threads, int(verbose), l2, l2_bias, schedule,
               clip_norm, clip_value, diagnostics, callbacks, checkpoint, checkpoint_every)
+    if lengths is not None:
+        run.run_kw["lengths"] = lengths
     return run.run()

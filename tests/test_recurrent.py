@@ -317,3 +317,65 @@ def test_dense_on_every_step_matches_torch_linear(kind, rng):
     assert m.evaluate(X, y)["loss"] >= 0
     with pytest.raises(ValueError, match="one row per example"):
         m.evaluate(X, rng.integers(0, 2, (7, T)), loss=fn.CrossEntropy())
+
+
+# ---------------------------------------------------------------- lengths
+@pytest.mark.parametrize("kind,layers,seq", [(k, 2, s) for k in ("tanh", "relu", "lstm", "gru") for s in (False, True)])
+def test_lengths_match_torch_packed_sequences(kind, layers, seq, rng):
+    torch = pytest.importorskip("torch")
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    T, N = 7, 9
+    m = _model(kind, T=T, layers=layers, seq=seq)
+    X, y = rng.normal(size=(N, T, F)), rng.normal(size=(N, 2))
+    lens = rng.integers(1, T + 1, N)
+    lens[0] = T
+    lens[1] = 1
+    L, grads = m.loss_and_grad(X, y, fn.MSE(), lengths=lens, threads=2)
+    tm = fn.io.to_torch(m)
+    rec = tm[0]
+    packed = pack_padded_sequence(torch.tensor(X), torch.tensor(lens), batch_first=True, enforce_sorted=False)
+    out, hid = type(rec).__mro__[2].forward(rec, packed)          # torch's own nn.RNN/LSTM/GRU forward
+    if seq:
+        z = tm[2](tm[1](pad_packed_sequence(out, batch_first=True, total_length=T)[0]))
+    else:
+        z = tm[1]((hid[0] if kind == "lstm" else hid)[-1])
+    tl = ((z - torch.tensor(y)) ** 2).mean()
+    tl.backward()
+    assert abs(L - tl.item()) <= 1e-12 * L
+    np.testing.assert_allclose(m.forward(X, lengths=lens), z.detach().numpy(), rtol=1e-12, atol=1e-14)
+    for (k, p), g in zip(tm.named_parameters(), grads):
+        assert np.abs(g - p.grad.numpy()).max() <= 1e-9 * np.abs(p.grad.numpy()).max(), k
+    # full lengths change nothing
+    np.testing.assert_array_equal(m.forward(X, lengths=np.full(N, T)), m.forward(X))
+
+
+def test_lengths_in_fit_are_thread_invariant_and_checked(rng):
+    X = rng.normal(size=(45, 8, F))
+    y = rng.integers(0, 3, 45)
+    lens = rng.integers(1, 9, 45)
+    states = []
+    for threads in (1, 2, 3):
+        m = fn.Sequential(fn.LSTM(F, H), fn.Dense(H, 3), input_shape=(8, F), seed=2)
+        m.fit(X, y, loss=fn.CrossEntropy(), optimizer=fn.Adam(lr=0.01), epochs=2, batch_size=16, threads=threads,
+              lengths=lens)
+        states.append(m.state_dict())
+    for other in states[1:]:
+        for k in states[0]:
+            np.testing.assert_array_equal(states[0][k], other[k], err_msg=k)
+    assert 0 <= m.evaluate(X, y, lengths=lens)["accuracy"] <= 1
+    assert m.predict(X, lengths=lens).shape == (45, 3)
+    # padding past an example's length does not matter
+    X2 = X.copy()
+    X2[np.arange(8)[None, :] >= lens[:, None]] = 99.0
+    np.testing.assert_array_equal(m.forward(X2, lengths=lens), m.forward(X, lengths=lens))
+    with pytest.raises(ValueError, match=r"lengths must lie in \[1, 8\]"):
+        m.forward(X, lengths=np.full(45, 9))
+    with pytest.raises(ValueError, match=r"shape \(45,\)"):
+        m.forward(X, lengths=lens[:3])
+    with pytest.raises(TypeError, match="whole numbers"):
+        m.forward(X, lengths=lens + 0.5)
+    with pytest.raises(ValueError, match="validation"):
+        m.fit(X, y, lengths=lens, validation_split=0.2)
+    with pytest.raises(ValueError, match="recurrent layer"):
+        fn.Sequential(fn.Dense(2, 1)).forward(np.zeros((2, 2)), lengths=[1, 1])

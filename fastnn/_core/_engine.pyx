@@ -173,8 +173,6 @@ cdef struct Net:
 
 include "dense.pxi"
 include "norm.pxi"
-include "recurrent.pxi"
-include "embedding.pxi"
 
 
 # ---------------------------------------------------------------- diagnostics
@@ -254,6 +252,11 @@ cdef struct Ctx:
     double inv_norm
     double* exl
     int64_t* predp
+    const int64_t* lens       # sequence length of every example (recurrent layers), or NULL
+
+
+include "recurrent.pxi"
+include "embedding.pxi"
 
 
 cdef inline void op_tail(Op* o, Ctx* cx, floating* Wk, floating* P, Py_ssize_t r0, Py_ssize_t c,
@@ -338,7 +341,7 @@ cdef void op_forward(Op* o, Ctx* cx, floating* Wk, floating* P, Py_ssize_t r0, P
     elif o.kind == OP_LN:
         ln_forward(o, P, Wk, r0, c)
     elif o.kind == OP_RNN:
-        rnn_forward(o, P, Wk, r0, c)
+        rnn_forward(o, cx, P, Wk, r0, c)
     elif o.kind == OP_EMB:
         emb_forward(o, P, Wk, r0, c)
     elif o.kind == OP_ADD:
@@ -357,7 +360,7 @@ cdef void op_backward(Op* o, Ctx* cx, floating* Wk, floating* P, Py_ssize_t r0, 
     elif o.kind == OP_LN:
         ln_backward(o, P, Wk, r0, c)
     elif o.kind == OP_RNN:
-        rnn_backward(o, P, Wk, r0, c)
+        rnn_backward(o, cx, P, Wk, r0, c)
     elif o.kind == OP_ACT or o.kind == OP_ADD:
         if o.din_e >= 0:
             put_delta(Wk + o.din_e + r0 * o.n_in, Wk + o.d_e + r0 * n, c * n, o.din_acc)
@@ -642,7 +645,8 @@ def run_steps(const int64_t[:, ::1] ops, const double[:, ::1] opsf, const int64_
               uint64_t seed, uint64_t epoch, uint64_t step0,
               floating[::1] work, double[::1] step_loss, int n_threads,
               double l2=0.0, bint l2_bias=False, double clip_value=0.0, double clip_norm=0.0,
-              double[::1] grad_norms=None, int64_t[::1] pred=None, dict diag=None):
+              double[::1] grad_norms=None, int64_t[::1] pred=None, dict diag=None,
+              const int64_t[::1] lengths=None):
     """Run n_steps mini-batch steps over examples X[order] (batch b holds
     order[b*batch_size : (b+1)*batch_size]). Each step runs the plan's phases (forward, loss,
     backward), the gradient tiles into ``grads``, and (opt_code != 0) the update of ``params``
@@ -656,7 +660,8 @@ def run_steps(const int64_t[:, ::1] ops, const double[:, ::1] opsf, const int64_
     grad_norms[s] receives step s's norm (before clipping). pred[example] receives the
     predicted class of every example seen. ``diag`` (arrays made by the caller:
     act_acc, active, tile_acc, scratch, and floats sat_sigmoid, sat_tanh) accumulates
-    per-layer statistics; see fastnn/diagnostics.py.
+    per-layer statistics; see fastnn/diagnostics.py. ``lengths[example]``: the length of its
+    sequence (recurrent layers; checked by the caller to lie in [1, T]).
     Returns the number of steps completed; a step whose loss is not finite stops
     the run before its update (its loss is still written to step_loss).
     """
@@ -744,6 +749,7 @@ def run_steps(const int64_t[:, ::1] ops, const double[:, ::1] opsf, const int64_
     cx.pw = <void*>&pos_weight[0] if pos_weight.shape[0] > 0 else NULL
     cx.exl = exl
     cx.predp = &pred[0] if pred is not None and pred.shape[0] > 0 else NULL
+    cx.lens = &lengths[0] if lengths is not None and lengths.shape[0] > 0 else NULL
     orun.n_par = n_par
     orun.s0, orun.s1, orun.s2 = <void*>S0, <void*>S1, <void*>S2
     orun.eps = opt_eps(opt_code, hpp) if hpp != NULL else 0
@@ -838,10 +844,12 @@ def run_steps(const int64_t[:, ::1] ops, const double[:, ::1] opsf, const int64_
 def forward_rows(const int64_t[:, ::1] ops, const double[:, ::1] opsf, const int64_t[:, ::1] phases,
                  Py_ssize_t chunk, floating[::1] params, floating[::1] running, double[::1] stats,
                  const floating[:, ::1] X, floating[:, ::1] out, floating[::1] work, Py_ssize_t batch_size,
-                 int n_threads, bint training=False, uint64_t seed=0, uint64_t epoch=0, uint64_t step=0):
+                 int n_threads, bint training=False, uint64_t seed=0, uint64_t epoch=0, uint64_t step=0,
+                 const int64_t[::1] lengths=None):
     """out <- network(X), in batches of batch_size rows, through the forward phases given.
     Dropout is in inference mode unless ``training``; then row i of X draws the mask of
-    example i of step ``step``. BatchNorm ops inside chunk phases use the running statistics."""
+    example i of step ``step``. BatchNorm ops inside chunk phases use the running statistics.
+    ``lengths[i]``: the length of row i's sequence (recurrent layers)."""
     cdef Py_ssize_t N = X.shape[0]
     cdef Net* net = net_new(ops, opsf, phases, np.zeros((0, 3), dtype=np.int64), batch_size, chunk,
                             X.shape[1])
@@ -864,6 +872,7 @@ def forward_rows(const int64_t[:, ::1] ops, const double[:, ::1] opsf, const int
     cx.step = step
     cx.dg = NULL
     cx.full = False
+    cx.lens = &lengths[0] if lengths is not None and lengths.shape[0] > 0 else NULL
     try:
         with nogil:
             for k in range(net.n_ops):

@@ -11,7 +11,8 @@
 #   HN  T*H       GRU: W_hn h_{t-1} + b_hn
 #   DI  T*GH      deltas of the gate pre-activations (input side)
 #   DH  T*GH      GRU: the same on the recurrent side (differs in n: times r)
-#   SC  GH        scratch: GRU's recurrent projection of a step; dh (and LSTM's dc) in backward
+#   SC  GH+H      scratch: GRU's recurrent projection of a step; dh (and LSTM's dc) in backward, and
+#                 (the last H) the dh of a finished sequence kept across the recurrent GEMM
 #   DS  T*H       dL/dh_t of every step (the diagnostics' gradient norm through time)
 
 cdef enum:
@@ -103,7 +104,7 @@ def rnn_state_width(int cell, Py_ssize_t T, Py_ssize_t H):
     """Per-example work-buffer columns an op of this cell needs for its saved states and deltas."""
     cdef Py_ssize_t gh = rnn_gates(cell) * H
     return (T * gh + T * H + (T * H if cell == CELL_LSTM else 0) + (T * H if cell == CELL_GRU else 0)
-            + T * gh + (T * gh if cell == CELL_GRU else 0) + gh + T * H)
+            + T * gh + (T * gh if cell == CELL_GRU else 0) + gh + H + T * H)
 
 
 def rnn_block_offsets(int cell, Py_ssize_t T, Py_ssize_t H):
@@ -116,7 +117,7 @@ def rnn_block_offsets(int cell, Py_ssize_t T, Py_ssize_t H):
     out["DI"] = out["HN"] + (T * H if cell == CELL_GRU else 0)
     out["DH"] = out["DI"] + T * gh if cell == CELL_GRU else out["DI"]
     out["SC"] = out["DI"] + T * gh * (2 if cell == CELL_GRU else 1)
-    out["DS"] = out["SC"] + gh
+    out["DS"] = out["SC"] + gh + H
     return out
 
 
@@ -130,11 +131,19 @@ cdef void rnn_setup(Op* o, Py_ssize_t B) noexcept nogil:
     o.di_e = o.hn_e + (B * T * H if o.cell == CELL_GRU else 0)
     o.dh_e = o.di_e + B * T * gh if o.cell == CELL_GRU else o.di_e
     o.sc_e = o.di_e + B * T * gh * (2 if o.cell == CELL_GRU else 1)
-    o.ds_e = o.sc_e + B * gh
+    o.ds_e = o.sc_e + B * (gh + H)
 
 
-cdef void rnn_forward(Op* o, floating* P, floating* Wk, Py_ssize_t r0, Py_ssize_t c) noexcept nogil:
-    """Rows [r0, r0+c): the sequences through the layer, states saved for backward."""
+cdef inline Py_ssize_t seq_len(Op* o, Ctx* cx, Py_ssize_t r) noexcept nogil:
+    """The length of row r's sequence: cx.lens of its example, else every step."""
+    if cx.lens == NULL:
+        return o.steps
+    return <Py_ssize_t>cx.lens[cx.ordp[cx.b0 + r]]
+
+
+cdef void rnn_forward(Op* o, Ctx* cx, floating* P, floating* Wk, Py_ssize_t r0, Py_ssize_t c) noexcept nogil:
+    """Rows [r0, r0+c): the sequences through the layer, states saved for backward. Past its
+    length (cx.lens) a sequence keeps its state and outputs zeros, as torch's packed sequences."""
     cdef Py_ssize_t T = o.steps, H = o.hidden, G = rnn_gates(o.cell)
     cdef Py_ssize_t GH = G * H, F = o.n_in // T, i, j, t, ld_ga = T * GH, ld_hs = T * H
     cdef floating* x = Wk + o.in_e + r0 * o.n_in
@@ -142,7 +151,7 @@ cdef void rnn_forward(Op* o, floating* P, floating* Wk, Py_ssize_t r0, Py_ssize_
     cdef floating* hs = Wk + o.hs_e + r0 * ld_hs
     cdef floating* cs = Wk + o.cs_e + r0 * T * H
     cdef floating* hn = Wk + o.hn_e + r0 * T * H
-    cdef floating* sc = Wk + o.sc_e + r0 * GH
+    cdef floating* sc = Wk + o.sc_e + r0 * (GH + H)
     cdef floating* out = Wk + o.a_e + r0 * o.n_out
     cdef floating* Whh = P + o.w2_off
     cdef floating* bih = (P + o.b_off) if o.b_off >= 0 else <floating*>NULL
@@ -173,14 +182,22 @@ cdef void rnn_forward(Op* o, floating* P, floating* Wk, Py_ssize_t r0, Py_ssize_
                      <floating>1, ga + t * GH, <int>ld_ga)
         elif t > 0:
             gemm(c'T', c'N', <int>GH, <int>c, <int>H, <floating>1, Whh, <int>H, hs + t * H, <int>ld_hs,
-                 <floating>0, sc, <int>GH)
+                 <floating>0, sc, <int>(GH + H))
         else:
-            memset(sc, 0, c * GH * sizeof(floating))
+            memset(sc, 0, c * (GH + H) * sizeof(floating))
         for i in range(c):
             g = ga + i * ld_ga + t * GH
             hp = hs + i * ld_hs + t * H
             # h_t: the next slot, or for the last step the output
             hq = hp + H if t + 1 < T else out + i * o.n_out + (t * H if o.n_out == T * H else 0)
+            if t >= seq_len(o, cx, r0 + i):        # finished: the state stays, the output is zero
+                memcpy(hq, hp, H * sizeof(floating))
+                if o.cell == CELL_LSTM:
+                    cq = cs + i * T * H + t * H
+                    memcpy(cq, cq - H, H * sizeof(floating))
+                if o.n_out == T * H:
+                    memset(out + i * o.n_out + t * H, 0, H * sizeof(floating))
+                continue
             if o.cell == CELL_TANH:
                 tanh_row(g, g, H)
                 memcpy(hq, g, H * sizeof(floating))
@@ -203,7 +220,7 @@ cdef void rnn_forward(Op* o, floating* P, floating* Wk, Py_ssize_t r0, Py_ssize_
                 for j in range(H):
                     hq[j] = g[3 * H + j] * hq[j]
             else:
-                s = sc + i * GH
+                s = sc + i * (GH + H)
                 for j in range(2 * H):
                     g[j] = g[j] + s[j]
                 sigmoid_row(g, 2 * H)
@@ -218,9 +235,10 @@ cdef void rnn_forward(Op* o, floating* P, floating* Wk, Py_ssize_t r0, Py_ssize_
                 memcpy(out + i * o.n_out + t * H, hq, H * sizeof(floating))
 
 
-cdef void rnn_backward(Op* o, floating* P, floating* Wk, Py_ssize_t r0, Py_ssize_t c) noexcept nogil:
+cdef void rnn_backward(Op* o, Ctx* cx, floating* P, floating* Wk, Py_ssize_t r0, Py_ssize_t c) noexcept nogil:
     """Rows [r0, r0+c): backward through time; gate deltas of every step kept for the tiles,
-    the input delta (=|+=) into dIn."""
+    the input delta (=|+=) into dIn. Past a sequence's length its deltas are zero and dh, dc
+    pass through unchanged."""
     cdef Py_ssize_t T = o.steps, H = o.hidden, G = rnn_gates(o.cell)
     cdef Py_ssize_t GH = G * H, F = o.n_in // T, i, j, t, ld_ga = T * GH, ld_hs = T * H
     cdef bint seq = o.n_out == T * H
@@ -231,7 +249,7 @@ cdef void rnn_backward(Op* o, floating* P, floating* Wk, Py_ssize_t r0, Py_ssize
     cdef floating* hn = Wk + o.hn_e + r0 * T * H
     cdef floating* di = Wk + o.di_e + r0 * ld_ga
     cdef floating* dhh = Wk + o.dh_e + r0 * ld_ga
-    cdef floating* sc = Wk + o.sc_e + r0 * GH
+    cdef floating* sc = Wk + o.sc_e + r0 * (GH + H)
     cdef floating* ds = Wk + o.ds_e + r0 * T * H
     cdef floating* Whh = P + o.w2_off
     cdef floating* g
@@ -244,8 +262,9 @@ cdef void rnn_backward(Op* o, floating* P, floating* Wk, Py_ssize_t r0, Py_ssize
     cdef floating* cp
     cdef floating* tcr
     cdef floating tc, dcv, ig, fg, gg, og, r, z, n, dn, da
+    cdef bint held = False
     for i in range(c):
-        dh = sc + i * GH
+        dh = sc + i * (GH + H)
         if seq:
             memset(dh, 0, H * sizeof(floating))
         else:
@@ -253,14 +272,24 @@ cdef void rnn_backward(Op* o, floating* P, floating* Wk, Py_ssize_t r0, Py_ssize
         if o.cell == CELL_LSTM:
             memset(dh + H, 0, H * sizeof(floating))
     for t in range(T - 1, -1, -1):
+        held = False
         for i in range(c):
-            dh = sc + i * GH
+            dh = sc + i * (GH + H)
+            g = ga + i * ld_ga + t * GH
+            d = di + i * ld_ga + t * GH
+            if t >= seq_len(o, cx, r0 + i):
+                # finished: h_t = h_{t-1}, so dh (and dc) flow on; kept past the recurrent GEMM
+                memset(d, 0, GH * sizeof(floating))
+                if o.cell == CELL_GRU:
+                    memset(dhh + i * ld_ga + t * GH, 0, GH * sizeof(floating))
+                memcpy(ds + i * T * H + t * H, dh, H * sizeof(floating))
+                memcpy(dh + GH, dh, H * sizeof(floating))
+                held = True
+                continue
             if seq:
                 for j in range(H):
                     dh[j] = dh[j] + dy[i * o.n_out + t * H + j]
             memcpy(ds + i * T * H + t * H, dh, H * sizeof(floating))
-            g = ga + i * ld_ga + t * GH
-            d = di + i * ld_ga + t * GH
             if o.cell == CELL_TANH:
                 for j in range(H):
                     d[j] = dh[j] * (1 - g[j] * g[j])
@@ -304,7 +333,12 @@ cdef void rnn_backward(Op* o, floating* P, floating* Wk, Py_ssize_t r0, Py_ssize
         if t > 0:
             # dh_{t-1} = D_t W_hh (+ GRU's direct path z * dh_t, already in dh)
             gemm(c'N', c'N', <int>H, <int>c, <int>GH, <floating>1, Whh, <int>H, dhh + t * GH, <int>ld_ga,
-                 <floating>(1 if o.cell == CELL_GRU else 0), sc, <int>GH)
+                 <floating>(1 if o.cell == CELL_GRU else 0), sc, <int>(GH + H))
+            if held:
+                for i in range(c):
+                    if t >= seq_len(o, cx, r0 + i):
+                        dh = sc + i * (GH + H)
+                        memcpy(dh, dh + GH, H * sizeof(floating))
     if o.din_e >= 0:
         gemm(c'N', c'N', <int>F, <int>(c * T), <int>GH, <floating>1, P + o.w_off, <int>F, di, <int>GH,
              <floating>o.din_acc, Wk + o.din_e + r0 * o.n_in, <int>F)
