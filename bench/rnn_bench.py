@@ -21,6 +21,8 @@ import subprocess
 import sys
 import time
 
+from layers_bench import cpu_name
+
 F, T, H, N_CLASSES, LR, MOM = 32, 50, 128, 10, 0.01, 0.9
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 
@@ -86,17 +88,6 @@ def worker(lib, cell, batch, threads, n, repeats):
         times.append(time.perf_counter() - t)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"ex_s": n / statistics.median(times), "rss_mib": rss}
-
-
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 def spawn(lib, cell, batch, threads, a):

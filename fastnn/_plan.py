@@ -67,11 +67,13 @@ class Plan:
         self.embeddings = []       # (name, layer)
         self.diag = []             # (name, op index, n_params, units)
         self.n_params = 0
+        self.n_applied = 0         # parameters x the times each example applies them (steps)
         self.n_running = 0
         self.n_stats = 0
         self._col = self.n_features
         self._seen = set()
         out = self._emit(layers, "", _Buf(-1, 0, self.in_shape))
+        self.n_applied += self.n_params
         if not self.ops:
             raise ValueError("the model has no layer that computes anything (add a fn.Dense)")
         if out.op != len(self.ops) - 1:
@@ -140,6 +142,7 @@ class Plan:
             elif isinstance(layer, L.Dense):
                 offs = self._param(name + ".", layer, layer.param_shapes())
                 groups = math.prod(out_shape[:-1])
+                self.n_applied += (groups - 1) * layer.n_params()
                 k = self._new_op("dense", src, math.prod(out_shape), w_off=offs["weight"],
                                  b_off=offs.get("bias", -1), groups=groups)
                 self.dense.append([name, layer, None])
@@ -224,6 +227,7 @@ class Plan:
                              b2_off=b[1] if b else -1, cell=layer.cell, steps=T, hidden=H)
             self.ops[k]["s_col"] = self._alloc(_engine.rnn_state_width(layer.cell, T, H))
             n_par = sum(math.prod(s) for p, s in layer.param_shapes() if p.endswith(f"_l{l}"))
+            self.n_applied += (T - 1) * n_par
             self.diag.append((f"{name}.l{l}" if layer.num_layers > 1 else name, k, n_par, n_out))
             src = _Buf(k, self.ops[k]["a_col"], (H,) if n_out == H else (T, H))
             if not top and layer.dropout > 0:

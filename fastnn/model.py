@@ -406,7 +406,7 @@ class Sequential:
 
     def _threads_for(self, rows, n_threads):
         """Threads worth using for a step of ``rows`` examples; results do not depend on it."""
-        work = 6.0 * rows * self.n_params
+        work = 6.0 * rows * self._plan.n_applied
         return int(max(1, min(n_threads, work // self.MIN_FLOP_PER_THREAD)))
 
     def _check_batch(self, n, what):
