@@ -14,7 +14,7 @@ from ._config import blas_single_thread, resolve_threads
 from ._core import _engine
 from ._plan import Plan
 from .data import check_seed, check_X, rng_for
-from .losses import BinaryCrossEntropy, check_loss, reduce_loss
+from .losses import BinaryCrossEntropy, CrossEntropy, NLLLoss, check_loss, reduce_loss
 from .metrics import classification_metrics
 from .optim import OPT_NONE, check_optimizer
 from .training import TrainingDiverged
@@ -279,19 +279,38 @@ class Sequential:
             raise ValueError(f"lengths must lie in [1, {T}] (the sequences' steps), got {a.min()} .. {a.max()}")
         return np.ascontiguousarray(a, dtype=np.int64)
 
+    def _step_targets(self, y, loss, n, sample_weight, shape):
+        """Per-step class labels for an output of ``shape`` (..., C) per example: yi of shape
+        (n, steps), every step a row of C classes."""
+        steps, C = math.prod(shape[:-1]), shape[-1]
+        if not isinstance(loss, (CrossEntropy, NLLLoss)) or getattr(loss, "weight", None) is not None:
+            raise ValueError(f"the network outputs shape {shape} per example (a Dense on every step); of the "
+                             "classification losses only CrossEntropy and NLLLoss without class weights take "
+                             f"per-step labels of shape (N, {', '.join(map(str, shape[:-1]))}); otherwise end "
+                             "with fn.Flatten() and a fn.Dense")
+        a = np.asarray(y)
+        if a.shape != (n,) + tuple(shape[:-1]):
+            raise ValueError(f"y must hold one class label per example and step, shape "
+                             f"({n}, {', '.join(map(str, shape[:-1]))}), got {a.shape}")
+        yi = loss.prepare(a.reshape(-1), n * steps, C, self.dtype)[0].reshape(n, steps)
+        return yi, np.zeros((0, C), dtype=self.dtype), self._weights(None, sample_weight, n), np.zeros(0, self.dtype)
+
     def _targets(self, y, loss, n, sample_weight=None):
         shape = self._plan.out_shape
         if len(shape) > 1:
             if loss.classification:
-                raise ValueError(f"the network outputs shape {shape} per example (a Dense on every step); "
-                                 f"{type(loss).__name__} needs one row per example: end with fn.Flatten() "
-                                 "and a fn.Dense, or use fn.MSE for per-step targets")
+                return self._step_targets(y, loss, n, sample_weight, shape)
             if isinstance(y, np.ndarray) and y.ndim == len(shape) + 1 and y.shape[1:] == shape:
                 y = y.reshape(y.shape[0], -1)
         yi, yf = loss.prepare(y, n, self.n_outputs, self.dtype)
         if yf.size == 0:
             yf = np.zeros((0, self.n_outputs), dtype=self.dtype)
-        sw = loss.example_weights(yi, self.dtype)
+        sw = self._weights(loss.example_weights(yi, self.dtype), sample_weight, n)
+        pw = loss.pos_weight_array(self.n_outputs, self.dtype)
+        return yi, yf, sw, pw
+
+    def _weights(self, sw, sample_weight, n):
+        """Per-example weights: the loss's ``sw`` (or None) times ``sample_weight``; empty if none."""
         if sample_weight is not None:
             s = np.asarray(sample_weight)
             if s.dtype.kind not in "biuf":
@@ -304,8 +323,7 @@ class Sequential:
             sw = s if sw is None else np.ascontiguousarray(sw * s, dtype=self.dtype)
         if sw is None:
             sw = np.zeros(0, dtype=self.dtype)
-        pw = loss.pos_weight_array(self.n_outputs, self.dtype)
-        return yi, yf, sw, pw
+        return sw
 
     # ------------------------------------------------------------ inference
     def forward(self, X, threads=None, training=False, lengths=None):
@@ -344,6 +362,8 @@ class Sequential:
         """Output through the last loss's link: probabilities for classification losses
         (softmax / sigmoid / exp), the raw output for MSE or before any loss is known."""
         out = self.forward(X, threads, lengths=lengths)
+        if self.loss is not None and out.ndim > 2:   # per-step outputs: the link over each step's row
+            return self.loss.link(out.reshape(-1, out.shape[-1])).reshape(out.shape)
         return self.loss.link(out) if self.loss is not None else out
 
     def evaluate(self, X, y, loss=None, sample_weight=None, threads=None, lengths=None):
@@ -352,15 +372,30 @@ class Sequential:
         loss = check_loss(loss if loss is not None else self._need_loss())
         X = self._check_X(X)
         yi, yf, sw, pw = self._targets(y, loss, X.shape[0], sample_weight)
+        lengths = self._check_lengths(lengths, X.shape[0])
         out = self.forward(X, threads, lengths=lengths).reshape(X.shape[0], -1)
-        per = np.empty(X.shape[0])
-        _engine.loss_per_example(out, yi, yf, pw, loss.kernel_code(yf), per)
-        res = {"loss": reduce_loss(per, sw if sw.size else None, loss.reduction_code, self.n_outputs)}
+        n_classes = self.n_outputs
+        if yi.ndim == 2:
+            # per-step labels: torch's mean over every labelled (example, step), steps past a
+            # sequence's length left out
+            n_classes = self._plan.out_shape[-1]
+            per = np.empty(yi.size)
+            _engine.loss_per_example(out.reshape(-1, n_classes), yi.reshape(-1), yf, pw, loss.kernel_code(yf), per)
+            lens = lengths if lengths is not None else np.full(X.shape[0], yi.shape[1])
+            valid = np.arange(yi.shape[1])[None, :] < lens[:, None]
+            w = (sw if sw.size else np.ones(X.shape[0]))[:, None] * valid
+            total = float((per.reshape(yi.shape) * w).sum())
+            res = {"loss": total if loss.reduction_code == 2 else total / max(float(w.sum()), 1e-300)}
+            out, yi = out.reshape(-1, n_classes)[valid.ravel()], yi[valid]
+        else:
+            per = np.empty(X.shape[0])
+            _engine.loss_per_example(out, yi, yf, pw, loss.kernel_code(yf), per)
+            res = {"loss": reduce_loss(per, sw if sw.size else None, loss.reduction_code, n_classes)}
         if loss.classification:
             if yi.size or yf.shape[1] == 1 or not isinstance(loss, BinaryCrossEntropy):
                 truth = yi if yi.size else (yf.argmax(1) if yf.shape[1] > 1 else (yf[:, 0] > 0.5).astype(np.int64))
                 pred = out.argmax(1) if out.shape[1] > 1 else (out[:, 0] > 0).astype(np.int64)
-                res.update(classification_metrics(truth, pred, self.n_outputs))
+                res.update(classification_metrics(truth, pred, n_classes))
             else:
                 res["accuracy"] = loss.accuracy(out, yi, yf)
         return res
@@ -389,11 +424,12 @@ class Sequential:
         done = _engine.run_steps(
             ops, p.opf_table, p.phases("train", batch_size), p.tiles, p.chunk_for(batch_size), self._params,
             self._grads, state, running, np.zeros(max(p.n_stats, 1)), bool(update_running),
-            X, yi, yf, sw, pw, order, batch_size, n_steps, loss.kernel_code(yf), self.n_outputs,
+            X, np.ascontiguousarray(yi.T).reshape(-1), yf, sw, pw, order, batch_size, n_steps, loss.kernel_code(yf),
+            self.n_outputs if yi.ndim == 1 else self._plan.out_shape[-1],
             loss.reduction_code, opt.code if opt is not None else OPT_NONE,
             opt.hyper() if opt is not None else np.zeros(1), lrs,
             opt.step_count if opt is not None else 0, seed, epoch, step0,
-            self._work(batch_size), step_loss, n_threads, **kw)
+            self._work(batch_size), step_loss, n_threads, loss_steps=yi.shape[1] if yi.ndim == 2 else 1, **kw)
         if update_running:
             for _, layer in p.bn_layers:
                 if layer.track_running_stats:

@@ -60,6 +60,8 @@ def prepare(model, X, y, loss, batch_size, seed, validation_split, validation_da
     yi, yf, sw, pw = model._targets(y, loss, X.shape[0], sample_weight)
     labels = yi if yi.size else (yf.argmax(axis=1) if yf.shape[1] > 1 else
                                   (yf[:, 0] > 0.5).astype(np.int64) if loss.classification else None)
+    if yi.ndim == 2:                # per-step labels: no per-example class to stratify, weight or track
+        labels = None
     if class_weight is not None:
         if labels is None or (yf.size and yf.shape[1] > 1 and not yi.size):
             raise ValueError("class_weight needs class labels (CrossEntropy/NLLLoss with integer labels, "

@@ -315,8 +315,56 @@ def test_dense_on_every_step_matches_torch_linear(kind, rng):
     h = m.fit(X, y, loss=fn.MSE(), optimizer=fn.Adam(lr=0.01), epochs=3, batch_size=4, verbose=0)
     assert h.history["loss"][-1] < h.history["loss"][0]
     assert m.evaluate(X, y)["loss"] >= 0
-    with pytest.raises(ValueError, match="one row per example"):
-        m.evaluate(X, rng.integers(0, 2, (7, T)), loss=fn.CrossEntropy())
+    with pytest.raises(ValueError, match="per-step labels"):
+        m.evaluate(X, rng.integers(0, 2, (7, T, 2)), loss=fn.BinaryCrossEntropy())
+
+
+@pytest.mark.parametrize("kind", ["tanh", "lstm", "gru"])
+@pytest.mark.parametrize("use_lengths", [False, True])
+def test_per_step_cross_entropy_matches_torch_over_labelled_steps(kind, use_lengths, rng):
+    torch = pytest.importorskip("torch")
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    T, C, N = 6, 4, 9
+    m = fn.Sequential(_cell(kind, return_sequences=True), fn.Dense(H, C), input_shape=(T, F), dtype="float64",
+                      seed=0)
+    X, y = rng.normal(size=(N, T, F)), rng.integers(0, C, (N, T))
+    lens = rng.integers(1, T + 1, N) if use_lengths else np.full(N, T)
+    kw = {"lengths": lens} if use_lengths else {}
+    L, grads = m.loss_and_grad(X, y, fn.CrossEntropy(), threads=2, **kw)
+    tm = fn.io.to_torch(m)
+    packed = pack_padded_sequence(torch.tensor(X), torch.tensor(lens), batch_first=True, enforce_sorted=False)
+    o = pad_packed_sequence(type(tm[0]).__mro__[2].forward(tm[0], packed)[0], batch_first=True, total_length=T)[0]
+    yt = torch.tensor(y).clone()
+    yt[torch.arange(T)[None, :] >= torch.tensor(lens)[:, None]] = -100       # torch's ignore_index
+    tl = torch.nn.functional.cross_entropy(tm[1](o).reshape(-1, C), yt.reshape(-1))
+    tl.backward()
+    assert abs(L - tl.item()) <= 1e-12 * L
+    assert abs(m.evaluate(X, y, loss=fn.CrossEntropy(), **kw)["loss"] - tl.item()) <= 1e-12 * L
+    for (k, p), g in zip(tm.named_parameters(), grads):
+        assert np.abs(g - p.grad.numpy()).max() <= 1e-9 * np.abs(p.grad.numpy()).max(), k
+    m.loss = fn.CrossEntropy()                  # predict's link: a softmax over every step's row
+    np.testing.assert_allclose(m.predict(X, **kw).sum(axis=-1), 1.0, rtol=1e-12)
+
+
+def test_per_step_labels_train_bit_identically_and_are_checked(rng):
+    X, y = rng.normal(size=(37, 6, F)), rng.integers(0, 3, (37, 6))
+    lens = rng.integers(1, 7, 37)
+    states = []
+    for threads in (1, 2, 3):
+        m = fn.Sequential(fn.GRU(F, H, return_sequences=True), fn.Dense(H, 3), input_shape=(6, F), seed=1)
+        h = m.fit(X, y, loss=fn.CrossEntropy(), optimizer=fn.Adam(lr=0.02), epochs=3, batch_size=8, threads=threads,
+                  lengths=lens)
+        states.append(m.state_dict())
+    assert h.history["loss"][-1] < h.history["loss"][0]
+    for other in states[1:]:
+        for k in states[0]:
+            np.testing.assert_array_equal(states[0][k], other[k], err_msg=k)
+    assert 0 <= m.evaluate(X, y, lengths=lens)["accuracy"] <= 1
+    with pytest.raises(ValueError, match=r"shape \(37, 6\)"):
+        m.evaluate(X, y[:, :3])
+    with pytest.raises(ValueError, match="class weights"):
+        m.evaluate(X, y, loss=fn.CrossEntropy(weight=[1, 2, 3]))
 
 
 # ---------------------------------------------------------------- lengths

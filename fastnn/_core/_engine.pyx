@@ -253,6 +253,8 @@ cdef struct Ctx:
     double* exl
     int64_t* predp
     const int64_t* lens       # sequence length of every example (recurrent layers), or NULL
+    Py_ssize_t steps          # > 1: per-step class labels (loss_steps), yi step-major
+    Py_ssize_t n_ex           # ... over this many examples
 
 
 include "recurrent.pxi"
@@ -384,7 +386,9 @@ cdef void chunk_task(Net* net, Phase* ph, Ctx* cx, Py_ssize_t ci, floating* tag)
         op_tail(&net.ops[ph.pro], cx, Wk, P, r0, c, ci)
     for k in range(ph.f0, ph.f1):
         op_forward(&net.ops[k], cx, Wk, P, r0, c, ci)
-    if ph.loss:
+    if ph.loss and cx.steps > 1:
+        loss_steps(cx, Wk + last.ad_e + r0 * last.n_out, Wk + last.d_e + r0 * last.n_out, c, r0)
+    elif ph.loss:
         loss_rows(&cx.lr, Wk + last.ad_e + r0 * last.n_out, Wk + last.d_e + r0 * last.n_out, c,
                   cx.ordp + cx.b0 + r0, <int64_t*>cx.yi, <floating*>cx.yf, <floating*>cx.sw,
                   <floating*>cx.pw, cx.inv_norm, cx.exl + r0, cx.predp)
@@ -646,7 +650,7 @@ def run_steps(const int64_t[:, ::1] ops, const double[:, ::1] opsf, const int64_
               floating[::1] work, double[::1] step_loss, int n_threads,
               double l2=0.0, bint l2_bias=False, double clip_value=0.0, double clip_norm=0.0,
               double[::1] grad_norms=None, int64_t[::1] pred=None, dict diag=None,
-              const int64_t[::1] lengths=None):
+              const int64_t[::1] lengths=None, Py_ssize_t loss_steps=1):
     """Run n_steps mini-batch steps over examples X[order] (batch b holds
     order[b*batch_size : (b+1)*batch_size]). Each step runs the plan's phases (forward, loss,
     backward), the gradient tiles into ``grads``, and (opt_code != 0) the update of ``params``
@@ -661,7 +665,9 @@ def run_steps(const int64_t[:, ::1] ops, const double[:, ::1] opsf, const int64_
     predicted class of every example seen. ``diag`` (arrays made by the caller:
     act_acc, active, tile_acc, scratch, and floats sat_sigmoid, sat_tanh) accumulates
     per-layer statistics; see fastnn/diagnostics.py. ``lengths[example]``: the length of its
-    sequence (recurrent layers; checked by the caller to lie in [1, T]).
+    sequence (recurrent layers; checked by the caller to lie in [1, T]). ``loss_steps`` > 1: the
+    output holds that many rows of n_classes per example and yi their labels, step-major
+    (yi[s * n + e], n = yi's length / loss_steps); an example's loss is the mean over its steps.
     Returns the number of steps completed; a step whose loss is not finite stops
     the run before its update (its loss is still written to step_loss).
     """
@@ -750,6 +756,8 @@ def run_steps(const int64_t[:, ::1] ops, const double[:, ::1] opsf, const int64_
     cx.exl = exl
     cx.predp = &pred[0] if pred is not None and pred.shape[0] > 0 else NULL
     cx.lens = &lengths[0] if lengths is not None and lengths.shape[0] > 0 else NULL
+    cx.steps = loss_steps
+    cx.n_ex = yi.shape[0] // loss_steps
     orun.n_par = n_par
     orun.s0, orun.s1, orun.s2 = <void*>S0, <void*>S1, <void*>S2
     orun.eps = opt_eps(opt_code, hpp) if hpp != NULL else 0
@@ -774,6 +782,8 @@ def run_steps(const int64_t[:, ::1] ops, const double[:, ::1] opsf, const int64_
                         norm = bsz
                     if reduction == 1:
                         norm = norm * n_classes
+                    if cx.steps > 1:
+                        norm = steps_norm(&cx, swp, b0, bsz)
                 # a batch whose weights are all zero contributes nothing
                 inv_norm = 1.0 / norm if norm > 0 else 0.0
                 cx.inv_norm = inv_norm
@@ -873,6 +883,7 @@ def forward_rows(const int64_t[:, ::1] ops, const double[:, ::1] opsf, const int
     cx.dg = NULL
     cx.full = False
     cx.lens = &lengths[0] if lengths is not None and lengths.shape[0] > 0 else NULL
+    cx.steps = 1
     try:
         with nogil:
             for k in range(net.n_ops):

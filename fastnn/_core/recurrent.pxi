@@ -141,6 +141,41 @@ cdef inline Py_ssize_t seq_len(Op* o, Ctx* cx, Py_ssize_t r) noexcept nogil:
     return <Py_ssize_t>cx.lens[cx.ordp[cx.b0 + r]]
 
 
+cdef void loss_steps(Ctx* cx, floating* O, floating* D, Py_ssize_t c, Py_ssize_t r0) noexcept nogil:
+    """Per-step class labels: rows [r0, r0+c) hold cx.steps outputs of C classes each; example e's
+    label at step s is yi[s * cx.n_ex + e] (step-major). An example's loss is the sum over its
+    steps (those within its length); the batch's normaliser counts steps (steps_norm), so the
+    mean is torch's over every labelled step. Steps past a length get a zero delta."""
+    cdef Py_ssize_t i, s, C = cx.lr.n_classes, S = cx.steps, row, n
+    cdef Py_ssize_t* idx = cx.ordp + cx.b0 + r0
+    cdef double l
+    cdef double tot
+    for i in range(c):
+        tot = 0
+        n = S if cx.lens == NULL else <Py_ssize_t>cx.lens[idx[i]]
+        for s in range(S):
+            row = (i * S + s) * C
+            if s >= n:
+                memset(D + row, 0, C * sizeof(floating))
+                continue
+            loss_rows(&cx.lr, O + row, D + row, 1, idx + i, <int64_t*>cx.yi + s * cx.n_ex, <floating*>NULL,
+                      <floating*>cx.sw, <floating*>NULL, cx.inv_norm, &l, NULL)
+            tot += l
+        cx.exl[r0 + i] = tot
+
+
+cdef double steps_norm(Ctx* cx, floating* sw, Py_ssize_t b0, Py_ssize_t bsz) noexcept nogil:
+    """The mean's normaliser for per-step labels: the labelled steps of the batch's examples
+    (each times its weight)."""
+    cdef Py_ssize_t i, e
+    cdef double norm = 0, n
+    for i in range(bsz):
+        e = cx.ordp[b0 + i]
+        n = cx.steps if cx.lens == NULL else <double>cx.lens[e]
+        norm += n * (sw[e] if sw != NULL else 1.0)
+    return norm
+
+
 cdef void rnn_forward(Op* o, Ctx* cx, floating* P, floating* Wk, Py_ssize_t r0, Py_ssize_t c) noexcept nogil:
     """Rows [r0, r0+c): the sequences through the layer, states saved for backward. Past its
     length (cx.lens) a sequence keeps its state and outputs zeros, as torch's packed sequences."""
