@@ -75,14 +75,15 @@ class Sequential:
     """A stack of layers trained by mini-batch backpropagation in the compiled core.
 
     Any layer may follow any other where the shapes fit: Dense, BatchNorm1d, LayerNorm,
-    Residual blocks, activations, Dropout, Flatten, Identity.
+    Residual blocks, activations, Dropout, Flatten, Identity, the recurrent RNN, LSTM and GRU,
+    and (first) Embedding.
 
     Args:
         *layers: the layers, in order (or one list of them).
         dtype: ``"float32"`` (default) or ``"float64"``.
         seed: seeds initialisation and, unless ``fit`` gets its own, shuffling and dropout.
         input_shape: the per-example input shape; by default the first Dense, BatchNorm1d or
-            LayerNorm implies it.
+            LayerNorm implies it (recurrent models and Embedding need it: ``(T, F)``, ``(T,)``).
     """
 
     def __init__(self, *layers, dtype="float32", seed=None, input_shape=None):
