@@ -64,14 +64,18 @@ class Plan:
         self.buffers = []          # (name, layer, attr, offset, shape): running statistics
         self.bn_layers = []        # (name, layer)
         self.dense = []            # (name, layer, activation that follows or None)
+        self.recurrent = []        # (name, layer)
+        self.embeddings = []       # (name, layer)
         self.diag = []             # (name, op index, n_params, units)
         self.n_params = 0
+        self.n_applied = 0         # parameters x the times each example applies them (steps)
         self.n_running = 0
         self.n_stats = 0
         self.scratch = 0           # conv backward's column buffer, elements per chunk
         self._col = self.n_features
         self._seen = set()
         out = self._emit(layers, "", _Buf(-1, 0, self.in_shape))
+        self.n_applied += self.n_params
         if not self.ops:
             raise ValueError("the model has no layer that computes anything (add a fn.Dense)")
         if out.op != len(self.ops) - 1:
@@ -141,10 +145,12 @@ class Plan:
                 src = _Buf(src.op, src.col, out_shape)
             elif isinstance(layer, L.Dense):
                 offs = self._param(name + ".", layer, layer.param_shapes())
-                k = self._new_op("dense", src, layer.out_features, w_off=offs["weight"],
-                                 b_off=offs.get("bias", -1))
+                groups = math.prod(out_shape[:-1])
+                self.n_applied += (groups - 1) * layer.n_params()
+                k = self._new_op("dense", src, math.prod(out_shape), w_off=offs["weight"],
+                                 b_off=offs.get("bias", -1), groups=groups)
                 self.dense.append([name, layer, None])
-                self.diag.append((name, k, layer.n_params(), layer.out_features))
+                self.diag.append((name, k, layer.n_params(), math.prod(out_shape)))
                 src = _Buf(k, self.ops[k]["a_col"], out_shape)
             elif isinstance(layer, (L._Activation, L.Dropout, L.Dropout2d)):
                 src = self._activation(name, layer, src)
@@ -198,6 +204,18 @@ class Plan:
                 src = _Buf(k, self.ops[k]["a_col"], out_shape)
             elif isinstance(layer, L.Residual):
                 src = self._residual(name, layer, src)
+            elif isinstance(layer, L.Embedding):
+                if src.op != -1 or src.col != 0:
+                    raise ValueError(f"layer {name} (Embedding) reads token ids: it must be the model's first layer")
+                offs = self._param(name + ".", layer, layer.param_shapes())
+                pad = -1 if layer.padding_idx is None else layer.padding_idx
+                k = self._new_op("emb", src, math.prod(out_shape), w_off=offs["weight"], steps=src.width,
+                                 hidden=layer.embedding_dim, cell=pad, vocab=layer.num_embeddings)
+                self.embeddings.append((name, layer))
+                self.diag.append((name, k, layer.n_params(), math.prod(out_shape)))
+                src = _Buf(k, self.ops[k]["a_col"], out_shape)
+            elif isinstance(layer, L._Recurrent):
+                src = self._recurrent(name, layer, src)
             else:
                 raise TypeError(f"layer {name} ({layer!r}) is not supported by Sequential")
         return src
@@ -222,6 +240,27 @@ class Plan:
         prod["ad_col"] = self._alloc(prod["n_out"])
         return _Buf(src.op if fusable else len(self.ops) - 1, prod["ad_col"], src.shape)
 
+    def _recurrent(self, name, layer, src):
+        """One op per layer of the stack; the layers below the top output every step (with
+        inverted dropout between layers in training)."""
+        offs = self._param(name + ".", layer, layer.param_shapes())
+        T, H = src.shape[0], layer.hidden_size
+        self.recurrent.append((name, layer))
+        for l in range(layer.num_layers):
+            top = l == layer.num_layers - 1
+            n_out = H if top and not layer.return_sequences else T * H
+            w_ih, w_hh, *b = (offs[p] for p in layer.layer_params(l))
+            k = self._new_op("rnn", src, n_out, w_off=w_ih, w2_off=w_hh, b_off=b[0] if b else -1,
+                             b2_off=b[1] if b else -1, cell=layer.cell, steps=T, hidden=H)
+            self.ops[k]["s_col"] = self._alloc(_engine.rnn_state_width(layer.cell, T, H))
+            n_par = sum(math.prod(s) for p, s in layer.param_shapes() if p.endswith(f"_l{l}"))
+            self.n_applied += (T - 1) * n_par
+            self.diag.append((f"{name}.l{l}" if layer.num_layers > 1 else name, k, n_par, n_out))
+            src = _Buf(k, self.ops[k]["a_col"], (H,) if n_out == H else (T, H))
+            if not top and layer.dropout > 0:
+                src = self._activation(name, L.Dropout(layer.dropout), src)
+        return src
+
     def _residual(self, name, layer, src):
         src.readers += 1                          # the skip reads it: nothing may fuse into it
         f_out = self._emit(layer.layers, f"{name}.layers.", src)
@@ -233,9 +272,10 @@ class Plan:
             except ValueError as e:
                 raise ValueError(f"layer {name} ({type(layer).__name__}) projection: {e}") from None
             offs = self._param(f"{name}.projection.", p, p.param_shapes())
-            k = self._new_op("dense", src, p.out_features, w_off=offs["weight"], b_off=offs.get("bias", -1))
+            k = self._new_op("dense", src, math.prod(p_shape), w_off=offs["weight"], b_off=offs.get("bias", -1),
+                             groups=math.prod(p_shape[:-1]))
             self.dense.append([f"{name}.projection", p, None])
-            self.diag.append((f"{name}.projection", k, p.n_params(), p.out_features))
+            self.diag.append((f"{name}.projection", k, p.n_params(), math.prod(p_shape)))
             skip = _Buf(k, self.ops[k]["a_col"], p_shape)
         if f_out.shape != skip.shape:
             raise ValueError(f"layer {name} (Residual): its layers map shape {src.shape} to {f_out.shape}, "
@@ -288,13 +328,14 @@ class Plan:
 
     # ------------------------------------------------------------ tiles and phases
     def _make_tiles(self):
+        self.max_span = 0          # the longest parameter span of a tile beyond a row of an op's in/out
         tiles = []
         for k, op in enumerate(self.ops):
             if op["kind"] == OP["dense"]:
-                n = op["n_out"]
+                n = op["n_out"] // op["groups"]
                 rb = min(TILE_ROWS, max(16, n // 2))
                 for r0 in range(0, n, rb):
-                    tiles.append((k, r0, min(rb, n - r0), op["n_in"]))
+                    tiles.append((k, r0, min(rb, n - r0), op["n_in"] // op["groups"]))
             elif op["kind"] == OP["conv"]:
                 og = op["g3"] // op["g12"]            # a tile never straddles two groups
                 rb = min(TILE_ROWS, max(16, og // 2))
@@ -302,6 +343,19 @@ class Plan:
                 for g0 in range(0, op["g3"], og):
                     for r0 in range(g0, g0 + og, rb):
                         tiles.append((k, r0, min(rb, g0 + og - r0), k_len * op["g13"] * op["g14"]))
+            elif op["kind"] == OP["emb"]:
+                n = op["vocab"]
+                rb = max(16, -(-n // 8))
+                for r0 in range(0, n, rb):
+                    tiles.append((k, r0, min(rb, n - r0), op["hidden"]))
+            elif op["kind"] == OP["rnn"]:
+                # rows of the gates: weight_ih, weight_hh and both biases, summed over batch x steps
+                n = 4 * op["hidden"] if op["cell"] == L.CELL_LSTM else (
+                    3 * op["hidden"] if op["cell"] == L.CELL_GRU else op["hidden"])
+                rb = min(TILE_ROWS, max(16, n // 2))
+                for r0 in range(0, n, rb):
+                    tiles.append((k, r0, min(rb, n - r0), op["n_in"] // op["steps"] + op["hidden"]))
+                self.max_span = max(self.max_span, rb)
             elif op["kind"] in (OP["bn"], OP["ln"]) and (op["w_off"] >= 0 or op["b_off"] >= 0):
                 n = op["n_out"] // op["groups"]
                 for r0 in range(0, n, NORM_TILE):
@@ -315,7 +369,8 @@ class Plan:
         WIDE_MIN_OUT+ outputs at small batches (where chunks are short and re-pack the weights
         for few rows), and layers of WIDE_BIG_WEIGHTS+ weights at any batch."""
         op = self.ops[k]
-        if op["kind"] != OP["dense"] or op["act"] == L.ACT_SOFTMAX or op["n_out"] < WIDE_MIN_OUT:
+        if (op["kind"] != OP["dense"] or op["act"] == L.ACT_SOFTMAX or op["n_out"] < WIDE_MIN_OUT
+                or op["groups"] != 1):
             return False
         weights = op["n_in"] * op["n_out"]
         return weights >= WIDE_BIG_WEIGHTS or (weights >= WIDE_MIN_WEIGHTS and batch_size <= WIDE_MAX_BATCH)

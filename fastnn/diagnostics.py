@@ -74,8 +74,8 @@ class Diagnostics(Callback):
         n_layers = len(plan.diag)
         self.n_units = int(plan.n_units)
         # the longest contiguous span a tile updates: a row of W, or a block of biases/features
-        stride = int(max(max(op["n_in"], op["n_out"], op["g0"] // max(op["g12"], 1) * op["g4"] * op["g5"])
-                         for op in plan.ops))
+        stride = int(max(max(max(op["n_in"], op["n_out"], op["g0"] // max(op["g12"], 1) * op["g4"] * op["g5"])
+                             for op in plan.ops), plan.max_span))
         n_tiles = plan.tiles.shape[0]
         t = self.saturation_threshold
         self.buffers = {
@@ -173,6 +173,35 @@ class Diagnostics(Callback):
                 self._warn(("dead", k), f"{v:.0%} of layer {self.layer_names[k]}'s ReLU units are dead (never "
                                         "positive this epoch); lower the learning rate, use He "
                                         "initialisation or LeakyReLU")
+
+
+def gradient_norms_through_time(model, X, y, loss=None, sample_weight=None, threads=None, lengths=None):
+    """The norm of the loss's gradient with respect to each recurrent layer's hidden state at every
+    step, ``{layer name: array of T}``: entry t is ‖∂L/∂h_t‖ over the batch (the square root of
+    the sum over examples of ‖∂L/∂h_t‖²), L the mean loss of (X, y) as one batch, as
+    ``loss_and_grad`` computes it. A stacked layer's levels are named ``"name.l0"``, ``"name.l1"``...
+
+    Vanishing gradients through time show as norms that fall by orders of magnitude from the
+    last step back to the first; exploding gradients as norms that grow."""
+    from ._core import _engine
+    from ._plan import OP
+
+    loss = loss if loss is not None else model._need_loss()
+    Xc = model._check_X(X)
+    model.loss_and_grad(Xc, y, loss, sample_weight=sample_weight, threads=threads, lengths=lengths)
+    n, plan, work = Xc.shape[0], model._plan, model._work_buf
+    out = {}
+    for name, k, _, _ in plan.diag:
+        op = plan.ops[k]
+        if op["kind"] != OP["rnn"]:
+            continue
+        T, H = op["steps"], op["hidden"]
+        start = n * (op["s_col"] + _engine.rnn_block_offsets(op["cell"], T, H)["DS"])
+        dh = work[start:start + n * T * H].reshape(n, T, H).astype(np.float64)
+        out[name] = np.sqrt((dh * dh).sum(axis=(0, 2)))
+    if not out:
+        raise ValueError("the model has no recurrent layer (fn.RNN, fn.LSTM, fn.GRU)")
+    return out
 
 
 class DiagnosticWarning(UserWarning):

@@ -107,6 +107,11 @@ for _pool in ("MaxPool1d", "MaxPool2d", "AvgPool1d", "AvgPool2d"):
 for _pool in ("AdaptiveAvgPool1d", "AdaptiveAvgPool2d"):
     _LAYER_ARGS[_pool] = {"output_size": _SIZES}
 _LAYER_ARGS["BatchNorm2d"] = _LAYER_ARGS["BatchNorm1d"]
+_RECURRENT_ARGS = {"input_size": _POS_INT, "hidden_size": _POS_INT, "num_layers": _POS_INT, "bias": _BOOL,
+                   "dropout": _NUM, "return_sequences": _BOOL}
+_LAYER_ARGS.update(RNN={**_RECURRENT_ARGS, "nonlinearity": _STR}, LSTM=_RECURRENT_ARGS, GRU=_RECURRENT_ARGS,
+                   Embedding={"num_embeddings": _POS_INT, "embedding_dim": _POS_INT,
+                              "padding_idx": (lambda v: v is None or _is_int(v), "ints or null")})
 # every other layer type (Identity, Flatten, the activations) takes no arguments
 _LAYER_ARGS = {name: _LAYER_ARGS.get(name, {}) for name in L.LAYER_TYPES}
 _LOSSES = {c.__name__: c for c in (LS.MSE, LS.BinaryCrossEntropy, LS.CrossEntropy, LS.NLLLoss, LS.KLDiv)}
@@ -689,9 +694,51 @@ def torch_residual_class():
     return TorchResidual
 
 
+@functools.cache
+def torch_recurrent_classes():
+    """``{"RNN": TorchRNN, "LSTM": TorchLSTM, "GRU": TorchGRU}``: torch's ``nn.RNN/LSTM/GRU`` with
+    ``batch_first=True`` whose forward returns one tensor as ``fn.RNN/LSTM/GRU`` do: the last
+    step's hidden state ``(N, H)`` of the top layer, or every step's ``(N, T, H)`` with
+    ``return_sequences=True``. Subclasses of torch's modules (``TorchRecurrent`` is their common
+    base), so parameters and state-dict keys are torch's; also ``fastnn.io.TorchLSTM`` etc.
+    ``"Embedding"``: ``TorchEmbedding``, an ``nn.Embedding`` that takes float token ids."""
+    nn = _torch().nn
+
+    class TorchRecurrent(nn.Module):
+        """Mixin: the recurrent module's output sequence, or its last step."""
+
+        def __init__(self, *args, return_sequences=False, **kw):
+            super().__init__(*args, batch_first=True, **kw)
+            self.return_sequences = bool(return_sequences)
+
+        def forward(self, x):
+            out = super().forward(x)[0]
+            return out if self.return_sequences else out[:, -1]
+
+        def extra_repr(self):
+            return super().extra_repr() + (", return_sequences=True" if self.return_sequences else "")
+
+    class TorchEmbedding(nn.Embedding):
+        """``nn.Embedding`` taking token ids of any dtype (fastnn passes them as floats)."""
+
+        def forward(self, x):
+            return super().forward(x.long())
+
+    out = {"TorchRecurrent": TorchRecurrent, "Embedding": TorchEmbedding}
+    for base in (nn.RNN, nn.LSTM, nn.GRU):
+        cls = type("Torch" + base.__name__, (TorchRecurrent, base), {"__doc__": f"``nn.{base.__name__}`` "
+                   "(batch first) returning the last step's hidden state, or every step's."})
+        out[base.__name__] = cls
+    for cls in out.values():
+        cls.__module__, cls.__qualname__ = __name__, cls.__name__        # pickles by name
+    return out
+
+
 def __getattr__(name):
     if name == "TorchResidual":
         return torch_residual_class()
+    if name in ("TorchRecurrent", "TorchRNN", "TorchLSTM", "TorchGRU", "TorchEmbedding"):
+        return torch_recurrent_classes()[name.removeprefix("Torch") if name != "TorchRecurrent" else name]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -699,7 +746,8 @@ def to_torch(model):
     """The equivalent ``torch.nn.Sequential`` with copies of the weights and running statistics,
     in the model's dtype.
 
-    Module names equal layer names (a Residual becomes a ``TorchResidual``), so the state dicts
+    Module names equal layer names (a Residual becomes a ``TorchResidual``, an RNN/LSTM/GRU a
+    ``TorchRNN``/``TorchLSTM``/``TorchGRU``: see ``torch_recurrent_classes``), so the state dicts
     have the same keys. The module is in training mode, as torch builds it; call ``.eval()`` for
     inference. Classic-mode dropout has no torch equivalent and raises ValueError.
     """
@@ -743,6 +791,14 @@ def _torch_module(layer, name):
         return torch_residual_class()(
             [_torch_module(child, f"{name}.layers.{j}") for j, child in enumerate(layer.layers)],
             None if layer.projection is None else _torch_module(layer.projection, f"{name}.projection"))
+    if t in (L.RNN, L.LSTM, L.GRU):
+        kw = {"nonlinearity": layer.nonlinearity} if t is L.RNN else {}
+        return torch_recurrent_classes()[t.__name__](layer.input_size, layer.hidden_size, layer.num_layers,
+                                                     bias=layer.use_bias, dropout=layer.dropout,
+                                                     return_sequences=layer.return_sequences, **kw)
+    if t is L.Embedding:
+        return torch_recurrent_classes()["Embedding"](layer.num_embeddings, layer.embedding_dim,
+                                                      padding_idx=layer.padding_idx)
     if t is L.LeakyReLU:
         return nn.LeakyReLU(layer.negative_slope)
     if t is L.Softmax:
@@ -760,7 +816,8 @@ def _torch_module(layer, name):
 
 _FROM_TORCH = ("Linear, Conv1d, Conv2d, MaxPool1d/2d, AvgPool1d/2d, AdaptiveAvgPool1d/2d, BatchNorm1d, "
                "BatchNorm2d, LayerNorm, Flatten(start_dim=1), Identity, Sigmoid, Tanh, ReLU, LeakyReLU, "
-               "Softmax(dim=1), Dropout, Dropout2d and fastnn.io.TorchResidual")
+               "Softmax(dim=1), Dropout, Dropout2d, fastnn.io.TorchResidual and fastnn.io.TorchRNN, TorchLSTM, "
+               "TorchGRU (unidirectional, no projections), Embedding (no max_norm) and TorchEmbedding")
 
 
 def from_torch(module, dtype=None, input_shape=None):
@@ -821,6 +878,14 @@ def _fastnn_layer(m, name):
             return L.Residual(*(_fastnn_layer(c, f"{name}.layers.{j}") for j, c in enumerate(m.layers)),
                               projection=None if m.projection is None
                               else _fastnn_layer(m.projection, f"{name}.projection"))
+        rec = torch_recurrent_classes()
+        if t in (rec["RNN"], rec["LSTM"], rec["GRU"]) and m.proj_size == 0 and not m.bidirectional:
+            kw = {"nonlinearity": m.nonlinearity} if t is rec["RNN"] else {}
+            return getattr(L, t.__name__.removeprefix("Torch"))(
+                m.input_size, m.hidden_size, m.num_layers, bias=m.bias, dropout=m.dropout,
+                return_sequences=m.return_sequences, **kw)
+        if t in (nn.Embedding, rec["Embedding"]) and m.max_norm is None:
+            return L.Embedding(m.num_embeddings, m.embedding_dim, padding_idx=m.padding_idx)
         if t is nn.Flatten and m.start_dim == 1 and m.end_dim == -1:
             return L.Flatten()
         if t in (nn.Identity, nn.Sigmoid, nn.Tanh, nn.ReLU):

@@ -14,7 +14,7 @@ from ._config import blas_single_thread, resolve_threads
 from ._core import _engine
 from ._plan import Plan
 from .data import check_seed, check_X, rng_for
-from .losses import BinaryCrossEntropy, check_loss, reduce_loss
+from .losses import BinaryCrossEntropy, CrossEntropy, NLLLoss, check_loss, reduce_loss
 from .metrics import classification_metrics
 from .optim import OPT_NONE, check_optimizer
 from .training import TrainingDiverged
@@ -64,6 +64,8 @@ def _infer_input_shape(layers):
         if isinstance(layer, L.Residual):
             return _infer_input_shape(layer.layers) or (
                 (layer.projection.in_features,) if layer.projection is not None else None)
+        if isinstance(layer, (L._Recurrent, L.Embedding)):
+            return None
         if not isinstance(layer, (L._Activation, L.Dropout, L.Identity)):
             return None             # a convolution, pooling, Flatten: the data will tell
     return None
@@ -73,14 +75,15 @@ class Sequential:
     """A stack of layers trained by mini-batch backpropagation in the compiled core.
 
     Any layer may follow any other where the shapes fit: Dense, BatchNorm1d, LayerNorm,
-    Residual blocks, activations, Dropout, Flatten, Identity.
+    Residual blocks, activations, Dropout, Flatten, Identity, the recurrent RNN, LSTM and GRU,
+    and (first) Embedding.
 
     Args:
         *layers: the layers, in order (or one list of them).
         dtype: ``"float32"`` (default) or ``"float64"``.
         seed: seeds initialisation and, unless ``fit`` gets its own, shuffling and dropout.
         input_shape: the per-example input shape; by default the first Dense, BatchNorm1d or
-            LayerNorm implies it.
+            LayerNorm implies it (recurrent models and Embedding need it: ``(T, F)``, ``(T,)``).
     """
 
     def __init__(self, *layers, dtype="float32", seed=None, input_shape=None):
@@ -156,6 +159,17 @@ class Sequential:
             d.weight[...] = W
             if d.use_bias:
                 d.bias[...] = b
+        for k, (_, layer) in enumerate(self._plan.embeddings):
+            # torch's nn.Embedding: N(0, 1), the padding row zero
+            layer.weight[...] = rng_for(seed, 0xE3B, k).standard_normal(layer.weight.shape)
+            if layer.padding_idx is not None:
+                layer.weight[layer.padding_idx] = 0
+        for k, (_, layer) in enumerate(self._plan.recurrent):
+            # torch's RNNBase.reset_parameters: every parameter U(-1/sqrt(hidden), 1/sqrt(hidden))
+            init_rng = rng_for(seed, 0x2EC0, k)
+            a = 1.0 / math.sqrt(layer.hidden_size)
+            for pname, shape in layer.param_shapes():
+                getattr(layer, pname)[...] = init_rng.uniform(-a, a, size=shape)
         for _, layer, attr, _, _ in self._plan.params:
             if isinstance(layer, (L.BatchNorm1d, L.LayerNorm)):
                 getattr(layer, attr)[...] = 1 if attr == "weight" else 0
@@ -260,13 +274,68 @@ class Sequential:
             self._build(tuple(shape[1:]))
         if isinstance(X, np.ndarray) and X.ndim > 2 and X.shape[1:] == self.input_shape:
             X = X.reshape(X.shape[0], -1)
-        return check_X(X, self.n_features, self.dtype, name=name, stream=True)
+        X = check_X(X, self.n_features, self.dtype, name=name, stream=not self._plan.embeddings)
+        if self._plan.embeddings:
+            n = self._plan.embeddings[0][1].num_embeddings
+            bad = (X < 0) | (X >= n) | (X != np.floor(X))
+            if bad.any():
+                v = float(X[bad].flat[0])
+                raise ValueError(f"{name} holds token ids for the Embedding: whole numbers in [0, {n}); "
+                                 f"got {v!r}")
+            if self.dtype == np.float32 and n > 2 ** 24:
+                raise ValueError(f"Embedding with {n} rows: float32 inputs hold token ids exactly only "
+                                 "below 2**24; use dtype='float64'")
+        return X
+
+    def _check_lengths(self, lengths, n):
+        """``lengths`` as an int64 array of n sequence lengths in [1, T], or None."""
+        if lengths is None:
+            return None
+        rec = [op for op in self._plan.ops if op["kind"] == _engine.OP_KINDS["rnn"]]
+        if not rec:
+            raise ValueError("lengths= is for models with a recurrent layer (fn.RNN, fn.LSTM, fn.GRU)")
+        T = rec[0]["steps"]
+        a = np.asarray(lengths)
+        if a.dtype.kind not in "iu" and not (a.dtype.kind == "f" and np.all(a == np.floor(a))):
+            raise TypeError(f"lengths must hold whole numbers, got dtype {a.dtype}")
+        if a.shape != (n,):
+            raise ValueError(f"lengths must have shape ({n},), one per example, got {a.shape}")
+        if n and (a.min() < 1 or a.max() > T):
+            raise ValueError(f"lengths must lie in [1, {T}] (the sequences' steps), got {a.min()} .. {a.max()}")
+        return np.ascontiguousarray(a, dtype=np.int64)
+
+    def _step_targets(self, y, loss, n, sample_weight, shape):
+        """Per-step class labels for an output of ``shape`` (..., C) per example: yi of shape
+        (n, steps), every step a row of C classes."""
+        steps, C = math.prod(shape[:-1]), shape[-1]
+        if not isinstance(loss, (CrossEntropy, NLLLoss)) or getattr(loss, "weight", None) is not None:
+            raise ValueError(f"the network outputs shape {shape} per example (a Dense on every step); of the "
+                             "classification losses only CrossEntropy and NLLLoss without class weights take "
+                             f"per-step labels of shape (N, {', '.join(map(str, shape[:-1]))}); otherwise end "
+                             "with fn.Flatten() and a fn.Dense")
+        a = np.asarray(y)
+        if a.shape != (n,) + tuple(shape[:-1]):
+            raise ValueError(f"y must hold one class label per example and step, shape "
+                             f"({n}, {', '.join(map(str, shape[:-1]))}), got {a.shape}")
+        yi = loss.prepare(a.reshape(-1), n * steps, C, self.dtype)[0].reshape(n, steps)
+        return yi, np.zeros((0, C), dtype=self.dtype), self._weights(None, sample_weight, n), np.zeros(0, self.dtype)
 
     def _targets(self, y, loss, n, sample_weight=None):
+        shape = self._plan.out_shape
+        if len(shape) > 1:
+            if loss.classification:
+                return self._step_targets(y, loss, n, sample_weight, shape)
+            if isinstance(y, np.ndarray) and y.ndim == len(shape) + 1 and y.shape[1:] == shape:
+                y = y.reshape(y.shape[0], -1)
         yi, yf = loss.prepare(y, n, self.n_outputs, self.dtype)
         if yf.size == 0:
             yf = np.zeros((0, self.n_outputs), dtype=self.dtype)
-        sw = loss.example_weights(yi, self.dtype)
+        sw = self._weights(loss.example_weights(yi, self.dtype), sample_weight, n)
+        pw = loss.pos_weight_array(self.n_outputs, self.dtype)
+        return yi, yf, sw, pw
+
+    def _weights(self, sw, sample_weight, n):
+        """Per-example weights: the loss's ``sw`` (or None) times ``sample_weight``; empty if none."""
         if sample_weight is not None:
             s = np.asarray(sample_weight)
             if s.dtype.kind not in "biuf":
@@ -279,20 +348,21 @@ class Sequential:
             sw = s if sw is None else np.ascontiguousarray(sw * s, dtype=self.dtype)
         if sw is None:
             sw = np.zeros(0, dtype=self.dtype)
-        pw = loss.pos_weight_array(self.n_outputs, self.dtype)
-        return yi, yf, sw, pw
+        return sw
 
     # ------------------------------------------------------------ inference
-    def forward(self, X, threads=None, training=False):
-        """Raw network output (logits) for X, shape ``(N, n_outputs)`` (``(N, *shape)`` for a network
-        whose output examples have more dimensions).
+    def forward(self, X, threads=None, training=False, lengths=None):
+        """Raw network output (logits) for X, shape ``(N, n_outputs)``, or ``(N, *shape)`` for a
+        network whose output has several dimensions per example (a Dense on every step).
 
         Inference mode (dropout off, BatchNorm with its running statistics) unless
         ``training=True``: then dropout draws the masks the next training step would (keyed by
         the model's seed and step counters) and BatchNorm normalises by the statistics of all of
-        X as one batch (running statistics unchanged)."""
+        X as one batch (running statistics unchanged). ``lengths``: each sequence's length (models
+        with recurrent layers): its steps past that keep the state and output zeros."""
         X = self._check_X(X)
         n = X.shape[0]
+        lengths = self._check_lengths(lengths, n)
         p = self._plan
         mode = "train_forward" if training else "infer"
         if training and p.has_bn and n < 2:
@@ -308,25 +378,40 @@ class Sequential:
             _engine.forward_rows(p.op_table, p.opf_table, p.phases(mode), p.chunk, self._params,
                                  self._running, stats, X, out, work, rows,
                                  self._threads_for(rows // 3, resolve_threads(threads)), bool(training),
-                                 self.seed, self.epochs_trained, self.steps_trained)
-        # examples come out as rows; a network ending in, e.g., a convolution gives them their shape
-        return out if len(p.out_shape) == 1 else out.reshape((n,) + p.out_shape)
+                                 self.seed, self.epochs_trained, self.steps_trained, lengths=lengths)
+        return out.reshape((n,) + p.out_shape) if len(p.out_shape) > 1 else out
 
     __call__ = forward
 
-    def predict(self, X, threads=None):
+    def predict(self, X, threads=None, lengths=None):
         """Output through the last loss's link: probabilities for classification losses
         (softmax / sigmoid / exp), the raw output for MSE or before any loss is known."""
-        out = self.forward(X, threads)
-        return self.loss.link(out.reshape(out.shape[0], -1)).reshape(out.shape) if self.loss is not None else out
+        out = self.forward(X, threads, lengths=lengths)
+        if self.loss is not None and out.ndim > 2:   # per-step outputs: the link over each step's row
+            return self.loss.link(out.reshape(-1, out.shape[-1])).reshape(out.shape)
+        return self.loss.link(out) if self.loss is not None else out
 
-    def evaluate(self, X, y, loss=None, sample_weight=None, threads=None):
+    def evaluate(self, X, y, loss=None, sample_weight=None, threads=None, lengths=None):
         """``{"loss": ...}``, plus ``accuracy``, ``balanced_accuracy`` and ``f1_macro`` for
         classification losses (elementwise accuracy alone for multi-label BCE), over all of X."""
         loss = check_loss(loss if loss is not None else self._need_loss())
         X = self._check_X(X)
         yi, yf, sw, pw = self._targets(y, loss, X.shape[0], sample_weight)
-        return self._scores(self.forward(X, threads).reshape(X.shape[0], -1), yi, yf, sw, pw, loss)
+        lengths = self._check_lengths(lengths, X.shape[0])
+        out = self.forward(X, threads, lengths=lengths).reshape(X.shape[0], -1)
+        if yi.ndim == 2:
+            # per-step labels: torch's mean over every labelled (example, step), steps past a
+            # sequence's length left out
+            n_classes = self._plan.out_shape[-1]
+            per = np.empty(yi.size)
+            _engine.loss_per_example(out.reshape(-1, n_classes), yi.reshape(-1), yf, pw, loss.kernel_code(yf), per)
+            lens = lengths if lengths is not None else np.full(X.shape[0], yi.shape[1])
+            valid = np.arange(yi.shape[1])[None, :] < lens[:, None]
+            w = (sw if sw.size else np.ones(X.shape[0]))[:, None] * valid
+            total = float((per.reshape(yi.shape) * w).sum())
+            res = {"loss": total if loss.reduction_code == 2 else total / max(float(w.sum()), 1e-300)}
+            return self._metrics(res, out.reshape(-1, n_classes)[valid.ravel()], yi[valid], yf, loss, n_classes)
+        return self._scores(out, yi, yf, sw, pw, loss)
 
     def _scores(self, out, yi, yf, sw, pw, loss):
         """``evaluate``'s numbers from the network's outputs ``out`` (one row per example) for
@@ -334,11 +419,15 @@ class Sequential:
         per = np.empty(out.shape[0])
         _engine.loss_per_example(out, yi, yf, pw, loss.kernel_code(yf), per)
         res = {"loss": reduce_loss(per, sw if sw.size else None, loss.reduction_code, self.n_outputs)}
+        return self._metrics(res, out, yi, yf, loss, self.n_outputs)
+
+    def _metrics(self, res, out, yi, yf, loss, n_classes):
+        """``res`` with the classification metrics of ``out`` against the targets added."""
         if loss.classification:
             if yi.size or yf.shape[1] == 1 or not isinstance(loss, BinaryCrossEntropy):
                 truth = yi if yi.size else (yf.argmax(1) if yf.shape[1] > 1 else (yf[:, 0] > 0.5).astype(np.int64))
                 pred = out.argmax(1) if out.shape[1] > 1 else (out[:, 0] > 0).astype(np.int64)
-                res.update(classification_metrics(truth, pred, self.n_outputs))
+                res.update(classification_metrics(truth, pred, n_classes))
             else:
                 res["accuracy"] = loss.accuracy(out, yi, yf)
         return res
@@ -367,12 +456,14 @@ class Sequential:
         done = _engine.run_steps(
             ops, p.opf_table, p.phases("train", batch_size), p.tiles, p.chunk_for(batch_size), self._params,
             self._grads, state, running, np.zeros(max(p.n_stats, 1)), bool(update_running),
-            X, yi, yf, sw, pw, order, batch_size, n_steps, loss.kernel_code(yf), self.n_outputs,
+            X, np.ascontiguousarray(yi.T).reshape(-1), yf, sw, pw, order, batch_size, n_steps, loss.kernel_code(yf),
+            self.n_outputs if yi.ndim == 1 else self._plan.out_shape[-1],
             loss.reduction_code, opt.code if opt is not None else OPT_NONE,
             opt.hyper() if opt is not None else np.zeros(1), lrs,
             opt.step_count if opt is not None else 0, seed, epoch, step0,
             self._work(batch_size), step_loss, n_threads,
-            scratch=self._scratch(batch_size), scratch_stride=p.scratch, **kw)
+            scratch=self._scratch(batch_size), scratch_stride=p.scratch,
+            loss_steps=yi.shape[1] if yi.ndim == 2 else 1, **kw)
         if update_running:
             for _, layer in p.bn_layers:
                 if layer.track_running_stats:
@@ -385,7 +476,7 @@ class Sequential:
 
     def _threads_for(self, rows, n_threads):
         """Threads worth using for a step of ``rows`` examples; results do not depend on it."""
-        work = 6.0 * rows * self.n_params
+        work = 6.0 * rows * self._plan.n_applied
         return int(max(1, min(n_threads, work // self.MIN_FLOP_PER_THREAD)))
 
     def _check_batch(self, n, what):
@@ -393,12 +484,12 @@ class Sequential:
             raise ValueError(f"{what}: BatchNorm in training mode needs at least 2 examples per batch, "
                              f"got {n}")
 
-    def loss_and_grad(self, X, y, loss, sample_weight=None, l2=0.0, l2_bias=False, threads=None):
+    def loss_and_grad(self, X, y, loss, sample_weight=None, l2=0.0, l2_bias=False, threads=None, lengths=None):
         """Loss of the whole of X as one batch and its gradient (mean over the batch, as the
         loss reduces), as a list shaped like ``parameters()``. Training mode: BatchNorm uses the
         batch's statistics and dropout the model's fixed training mask. With ``l2`` the loss
-        includes β‖W‖² (Dense weights) and the gradient 2βW. Nothing of the model changes, its
-        running statistics included."""
+        includes β‖W‖² (Dense weights) and the gradient 2βW. ``lengths``: each sequence's length
+        (recurrent layers). Nothing of the model changes, its running statistics included."""
         loss = check_loss(loss)
         l2 = _nonneg(l2, "l2")
         X = self._check_X(X)
@@ -409,7 +500,7 @@ class Sequential:
         with blas_single_thread():
             self._run(X, yi, yf, sw, pw, loss, np.arange(n, dtype=np.intp), n, 1, None, np.zeros(1),
                       self.seed, 0, 0, resolve_threads(threads), step_loss, update_running=False,
-                      l2=l2, l2_bias=bool(l2_bias))
+                      l2=l2, l2_bias=bool(l2_bias), lengths=self._check_lengths(lengths, n))
         value = float(step_loss[0]) + (self.l2_penalty(l2, l2_bias) if l2 > 0 else 0.0)
         return value, [g.copy() for g in self.grads]
 
@@ -439,7 +530,7 @@ class Sequential:
             threads=None, verbose=0, validation_split=0.0, validation_data=None, sample_weight=None,
             class_weight=None, l2=0.0, l2_bias=False, schedule=None, clip_norm=None, clip_value=None,
             diagnostics=None, callbacks=None, checkpoint=None, checkpoint_every=1, drop_last=False,
-            comm=None):
+            comm=None, lengths=None):
         """Train by mini-batch backpropagation; returns a ``History``.
 
         Args:
@@ -478,6 +569,9 @@ class Sequential:
             comm: an mpi4py communicator (e.g. ``MPI.COMM_WORLD``) to train data-parallel across
                 its ranks, each given the same arguments; ``batch_size`` stays the global batch.
                 See ``fastnn.distributed`` (needs ``pip install "fastnn[mpi]"``).
+            lengths: ``(N,)`` sequence lengths (models with recurrent layers): steps past an
+                example's length leave its state unchanged (as torch's packed sequences); not
+                with validation_split / validation_data.
         """
         from .training import fit
 
@@ -487,7 +581,7 @@ class Sequential:
                    sample_weight=sample_weight, class_weight=class_weight, l2=l2, l2_bias=l2_bias,
                    schedule=schedule, clip_norm=clip_norm, clip_value=clip_value, diagnostics=diagnostics,
                    callbacks=callbacks, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
-                   drop_last=drop_last, comm=comm)
+                   drop_last=drop_last, comm=comm, lengths=lengths)
 
     def l2_penalty(self, l2, bias=False):
         """β‖W‖² over the Dense weights (and biases with ``bias``), in float64."""

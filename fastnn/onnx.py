@@ -20,6 +20,7 @@ import math
 import numpy as np
 
 from . import layers as L
+from ._core import _engine
 
 __all__ = ["export", "register", "GraphBuilder", "DEFAULT_OPSET", "MIN_OPSET"]
 
@@ -285,6 +286,9 @@ def to_model_proto(model, opset=None, *, standardize=None, metadata=None):
         raise TypeError(f"model must be a fastnn.Sequential, got {type(model).__name__}")
     opset = _check_opset(onnx, opset)
     exporters = [_exporter(layer, i) for i, layer in enumerate(model.layers)]   # fail before building
+    if any(op["kind"] == _engine.OP_KINDS["dense"] and op["groups"] != 1 for op in model._plan.ops):
+        raise NotImplementedError("ONNX export of a Dense on several rows per example (e.g. every step of a "
+                                  "sequence) is not supported; export models whose Dense layers see 1-D input")
     g = GraphBuilder(onnx, model.dtype)
     x = "input"
     if standardize is not None:

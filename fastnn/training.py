@@ -62,6 +62,8 @@ def prepare(model, X, y, loss, batch_size, seed, validation_split, validation_da
     yi, yf, sw, pw = model._targets(y, loss, X.shape[0], sample_weight)
     labels = yi if yi.size else (yf.argmax(axis=1) if yf.shape[1] > 1 else
                                   (yf[:, 0] > 0.5).astype(np.int64) if loss.classification else None)
+    if yi.ndim == 2:                # per-step labels: no per-example class to stratify, weight or track
+        labels = None
     if class_weight is not None:
         if labels is None or (yf.size and yf.shape[1] > 1 and not yi.size):
             raise ValueError("class_weight needs class labels (CrossEntropy/NLLLoss with integer labels, "
@@ -308,7 +310,7 @@ def make_fit(model, X, y, loss=None, optimizer=None, epochs=1, batch_size=32, sh
              threads=None, verbose=0, validation_split=0.0, validation_data=None, sample_weight=None,
              class_weight=None, l2=0.0, l2_bias=False, schedule=None, clip_norm=None, clip_value=None,
              diagnostics=None, callbacks=None, checkpoint=None, checkpoint_every=1, drop_last=False,
-             fit_class=Fit, **fit_kw):
+             lengths=None, fit_class=Fit, **fit_kw):
     """Check the arguments and prepare the data of a fit; returns the ``Fit`` to run."""
     from .model import _nonneg
     from .schedules import ReduceOnPlateau, Schedule
@@ -329,6 +331,13 @@ def make_fit(model, X, y, loss=None, optimizer=None, epochs=1, batch_size=32, sh
         raise TypeError(f"schedule must be a fn.schedules schedule, got {schedule!r}")
     data = prepare(model, X, y, loss, batch_size, seed, validation_split, validation_data, sample_weight,
                    class_weight, bool(drop_last))
-    return fit_class(model, loss, opt, data, epochs, shuffle, seed, n_threads, int(verbose), l2, l2_bias,
-                     schedule, clip_norm, clip_value, diagnostics, callbacks, checkpoint, checkpoint_every,
-                     **fit_kw)
+    if lengths is not None:
+        if data.val is not None:
+            raise ValueError("lengths= does not combine with validation_split or validation_data; "
+                             "evaluate the validation set with model.evaluate(..., lengths=)")
+        lengths = model._check_lengths(lengths, data.n)
+    run = fit_class(model, loss, opt, data, epochs, shuffle, seed, n_threads, int(verbose), l2, l2_bias,
+                    schedule, clip_norm, clip_value, diagnostics, callbacks, checkpoint, checkpoint_every, **fit_kw)
+    if lengths is not None:
+        run.run_kw["lengths"] = lengths
+    return run

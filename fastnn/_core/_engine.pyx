@@ -37,7 +37,8 @@ threads. GEMMs are single-threaded BLAS calls (``scipy.linalg.cython_blas``) mad
 parallel loops; the Python side holds BLAS to one thread. Random numbers (dropout masks) come
 from a counter-based hash keyed by (seed, epoch, step, op, example, unit).
 
-The families live in .pxi files (common, activation, loss, optim, dense, norm): a new layer family
+The families live in .pxi files (common, activation, loss, optim, dense, norm, recurrent,
+embedding): a new layer family
 is a new file plus its op code here and in the planner.
 """
 
@@ -88,6 +89,8 @@ cdef enum:
     OP_ADD = 4           # residual join: out = in + in2
     OP_CONV = 5
     OP_POOL = 6
+    OP_RNN = 7           # one layer of a recurrent stack (recurrent.pxi)
+    OP_EMB = 8           # token ids -> table rows (embedding.pxi)
 
 # phase kinds
 cdef enum:
@@ -101,14 +104,15 @@ cdef enum:
     UPDATE_BLOCK = 16384     # optimizer work unit (elements); fixed, so updates are thread-count invariant
 
 OP_KINDS = {"dense": OP_DENSE, "act": OP_ACT, "bn": OP_BN, "ln": OP_LN, "add": OP_ADD, "conv": OP_CONV,
-            "pool": OP_POOL}
+            "pool": OP_POOL, "rnn": OP_RNN, "emb": OP_EMB}
 N_GEOM = 17
 PHASE_KINDS = {"chunk": PH_CHUNK, "bn_fwd": PH_BN_FWD, "bn_bwd": PH_BN_BWD, "wide_fwd": PH_WIDE_FWD,
                "wide_bwd": PH_WIDE_BWD}
 # columns of the op table (int64) and of its float table
 OP_FIELDS = ("kind", "n_in", "n_out", "w_off", "b_off", "act", "drop", "in_col", "in2_col", "a_col",
              "ad_col", "d_col", "din_col", "din2_col", "din_acc", "din2_acc", "s_col", "s_off", "r_off",
-             "groups", "key", "diag", "unit_off", "nbt", "dper") + tuple(f"g{i}" for i in range(17))
+             "groups", "key", "diag", "unit_off", "nbt", "dper") + tuple(f"g{i}" for i in range(17)) + (
+             "cell", "steps", "hidden", "w2_off", "b2_off")
 OPF_FIELDS = ("act_param", "drop_p", "eps", "momentum")
 PHASE_FIELDS = ("kind", "op", "unit", "gather", "pro", "f0", "f1", "loss", "b0", "b1", "epi")
 TILE_FIELDS = ("op", "r0", "nr")
@@ -143,6 +147,11 @@ cdef struct Op:
     int64_t nbt               # BatchNorm: batches tracked before this run (momentum=None)
     Py_ssize_t dper           # dropout: consecutive units sharing one draw (a channel for Dropout2d)
     Py_ssize_t g[17]          # convolution / pooling geometry (see conv.pxi)
+    # recurrent layers: cell, time steps, hidden size, weight_hh / bias_hh offsets, block offsets;
+    # Embedding: cell is the padding row (-1 none), steps the tokens per example, hidden the row size
+    int cell
+    Py_ssize_t steps, hidden, w2_off, b2_off
+    Py_ssize_t ga_e, hs_e, cs_e, hn_e, di_e, dh_e, sc_e, ds_e
 
 
 cdef struct Phase:
@@ -254,6 +263,13 @@ cdef struct Ctx:
     double inv_norm
     double* exl
     int64_t* predp
+    const int64_t* lens       # sequence length of every example (recurrent layers), or NULL
+    Py_ssize_t steps          # > 1: per-step class labels (loss_steps), yi step-major
+    Py_ssize_t n_ex           # ... over this many examples
+
+
+include "recurrent.pxi"
+include "embedding.pxi"
 
 
 cdef inline void op_tail(Op* o, Ctx* cx, floating* Wk, floating* P, Py_ssize_t r0, Py_ssize_t c,
@@ -261,8 +277,9 @@ cdef inline void op_tail(Op* o, Ctx* cx, floating* Wk, floating* P, Py_ssize_t r
     """Bias (Dense), activation, diagnostics and dropout over the op's output rows."""
     cdef floating* a = Wk + o.a_e + r0 * o.n_out
     cdef floating* bias = (P + o.b_off) if (o.kind == OP_DENSE and o.b_off >= 0) else <floating*>NULL
+    cdef Py_ssize_t g = o.groups if o.kind == OP_DENSE else 1      # a Dense's rows per example
     if bias != NULL or o.act != ACT_IDENTITY:
-        act_forward_rows(a, c, o.n_out, bias, o.act, o.act_param)
+        act_forward_rows(a, c * g, o.n_out // g, bias, o.act, o.act_param)
     if cx.dg != NULL and o.diag >= 0:
         diag_activations(cx.dg, o, a, c, o.n_out, o.n_out, 0, slot, cx.full)
     if o.drop != DROP_NONE:
@@ -305,11 +322,12 @@ cdef void op_head_block(Op* o, Ctx* cx, floating* Wk, Py_ssize_t j0, Py_ssize_t 
 cdef inline void op_head(Op* o, Ctx* cx, floating* Wk, Py_ssize_t r0, Py_ssize_t c) noexcept nogil:
     """In place: the op's output delta through dropout and activation."""
     cdef floating* d = Wk + o.d_e + r0 * o.n_out
+    cdef Py_ssize_t g = o.groups if o.kind == OP_DENSE else 1
     if o.drop != DROP_NONE:
         dropout_backward_rows(d, c, o.n_out, o.drop, o.drop_p,
                               dropout_key(cx.seed, cx.epoch, cx.step, <uint64_t>o.key), cx.pos0 + r0, 0, o.dper)
     if o.act != ACT_IDENTITY:
-        act_backward_rows(d, Wk + o.a_e + r0 * o.n_out, c, o.n_out, o.act, o.act_param)
+        act_backward_rows(d, Wk + o.a_e + r0 * o.n_out, c * g, o.n_out // g, o.act, o.act_param)
 
 
 cdef inline void put_delta(floating* dst, floating* src, Py_ssize_t n, int acc) noexcept nogil:
@@ -335,6 +353,10 @@ cdef void op_forward(Op* o, Ctx* cx, floating* Wk, floating* P, Py_ssize_t r0, P
         bn_normalize(o, P, Wk + o.in_e + r0 * n, a, cx.st, c, 0, n // o.groups)
     elif o.kind == OP_LN:
         ln_forward(o, P, Wk, r0, c)
+    elif o.kind == OP_RNN:
+        rnn_forward(o, cx, P, Wk, r0, c)
+    elif o.kind == OP_EMB:
+        emb_forward(o, P, Wk, r0, c)
     elif o.kind == OP_ADD:
         x = Wk + o.in_e + r0 * n
         x2 = Wk + o.in2_e + r0 * n
@@ -359,6 +381,8 @@ cdef void op_backward(Op* o, Ctx* cx, floating* Wk, floating* P, Py_ssize_t r0, 
         pool_backward(o, Wk, r0, c)
     elif o.kind == OP_LN:
         ln_backward(o, P, Wk, r0, c)
+    elif o.kind == OP_RNN:
+        rnn_backward(o, cx, P, Wk, r0, c)
     elif o.kind == OP_ACT or o.kind == OP_ADD:
         if o.din_e >= 0:
             put_delta(Wk + o.din_e + r0 * o.n_in, Wk + o.d_e + r0 * n, c * n, o.din_acc)
@@ -440,7 +464,9 @@ cdef void chunk_task(Net* net, Phase* ph, Ctx* cx, Py_ssize_t ci, floating* tag)
         op_tail(&net.ops[ph.pro], cx, Wk, P, r0, c, ci)
     for k in range(ph.f0, ph.f1):
         op_forward(&net.ops[k], cx, Wk, P, r0, c, ci)
-    if ph.loss:
+    if ph.loss and cx.steps > 1:
+        loss_steps(cx, Wk + last.ad_e + r0 * last.n_out, Wk + last.d_e + r0 * last.n_out, c, r0)
+    elif ph.loss:
         loss_rows(&cx.lr, Wk + last.ad_e + r0 * last.n_out, Wk + last.d_e + r0 * last.n_out, c,
                   cx.ordp + cx.b0 + r0, <int64_t*>cx.yi, <floating*>cx.yf, <floating*>cx.sw,
                   <floating*>cx.pw, cx.inv_norm, cx.exl + r0, cx.predp)
@@ -520,7 +546,16 @@ cdef struct GradOpts:
 
 cdef inline bint tile_span(Op* o, Tile* T, Py_ssize_t i, Py_ssize_t* off, Py_ssize_t* n, bint* weight) noexcept nogil:
     """The i-th contiguous parameter span of a tile; False past the last."""
-    cdef Py_ssize_t row = o.n_in
+    if o.kind == OP_RNN:
+        return rnn_tile_span(o, T, i, off, n, weight)
+    if o.kind == OP_EMB:           # rows of the table
+        if i < T.nr:
+            off[0] = o.w_off + (T.r0 + i) * o.hidden
+            n[0] = o.hidden
+            weight[0] = True
+            return True
+        return False
+    cdef Py_ssize_t row = o.n_in // o.groups
     if o.kind == OP_CONV:
         row = (o.g[0] // o.g[12]) * o.g[4] * o.g[5]
     if o.kind == OP_DENSE or o.kind == OP_CONV:
@@ -563,6 +598,10 @@ cdef void grad_tile(Net* net, Tile* T, floating* Wk, floating* P, floating* G, P
         conv_grad(o, T, Wk, G, B)
     elif o.kind == OP_LN:
         ln_grad(o, T, Wk, G, B)
+    elif o.kind == OP_RNN:
+        rnn_grad(o, T, Wk, G, B)
+    elif o.kind == OP_EMB:
+        emb_grad(o, T, Wk, G, B)
     if go.l2 > 0 or go.clip_value > 0:
         while tile_span(o, T, i, &off, &n, &w):
             if (o.kind == OP_DENSE or o.kind == OP_CONV) and (w or go.l2_bias):
@@ -656,6 +695,13 @@ cdef Net* net_new(const int64_t[:, ::1] ops, const double[:, ::1] opsf, const in
         net.ops[k].dper = ops[k, 24]
         for t in range(N_GEOM):
             net.ops[k].g[t] = ops[k, 25 + t]
+        net.ops[k].cell = <int>ops[k, 42]
+        net.ops[k].steps = ops[k, 43]
+        net.ops[k].hidden = ops[k, 44]
+        net.ops[k].w2_off = ops[k, 45]
+        net.ops[k].b2_off = ops[k, 46]
+        if net.ops[k].kind == OP_RNN:
+            rnn_setup(&net.ops[k], B)
         net.ops[k].act_param = opsf[k, 0]
         net.ops[k].drop_p = opsf[k, 1]
         net.ops[k].eps = opsf[k, 2]
@@ -702,7 +748,8 @@ def run_steps(const int64_t[:, ::1] ops, const double[:, ::1] opsf, const int64_
               double l2=0.0, bint l2_bias=False, double clip_value=0.0, double clip_norm=0.0,
               double[::1] grad_norms=None, int64_t[::1] pred=None, dict diag=None,
               floating[::1] scratch=None, Py_ssize_t scratch_stride=0,
-              Py_ssize_t pos0=0, double norm_of_step=0.0):
+              Py_ssize_t pos0=0, double norm_of_step=0.0,
+              const int64_t[::1] lengths=None, Py_ssize_t loss_steps=1):
     """Run n_steps mini-batch steps over examples X[order] (batch b holds
     order[b*batch_size : (b+1)*batch_size]). Each step runs the plan's phases (forward, loss,
     backward), the gradient tiles into ``grads``, and (opt_code != 0) the update of ``params``
@@ -717,7 +764,10 @@ def run_steps(const int64_t[:, ::1] ops, const double[:, ::1] opsf, const int64_
     predicted class of every example seen. ``diag`` (arrays made by the caller:
     act_acc, active, tile_acc, scratch, and floats sat_sigmoid, sat_tanh) accumulates
     per-layer statistics; see fastnn/diagnostics.py. ``scratch`` holds ``scratch_stride``
-    elements per chunk (convolutions' backward).
+    elements per chunk (convolutions' backward). ``lengths[example]``: the length of its
+    sequence (recurrent layers; checked by the caller to lie in [1, T]). ``loss_steps`` > 1: the
+    output holds that many rows of n_classes per example and yi their labels, step-major
+    (yi[s * n + e], n = yi's length / loss_steps); an example's loss is the mean over its steps.
     Returns the number of steps completed; a step whose loss is not finite stops
     the run before its update (its loss is still written to step_loss).
 
@@ -822,6 +872,9 @@ def run_steps(const int64_t[:, ::1] ops, const double[:, ::1] opsf, const int64_
     cx.pw = <void*>&pos_weight[0] if pos_weight.shape[0] > 0 else NULL
     cx.exl = exl
     cx.predp = &pred[0] if pred is not None and pred.shape[0] > 0 else NULL
+    cx.lens = &lengths[0] if lengths is not None and lengths.shape[0] > 0 else NULL
+    cx.steps = loss_steps
+    cx.n_ex = yi.shape[0] // loss_steps
     orun.n_par = n_par
     orun.s0, orun.s1, orun.s2 = <void*>S0, <void*>S1, <void*>S2
     orun.eps = opt_eps(opt_code, hpp) if hpp != NULL else 0
@@ -848,6 +901,8 @@ def run_steps(const int64_t[:, ::1] ops, const double[:, ::1] opsf, const int64_
                         norm = bsz
                     if reduction == 1:
                         norm = norm * n_classes
+                    if cx.steps > 1:
+                        norm = steps_norm(&cx, swp, b0, bsz)
                 # a batch whose weights are all zero contributes nothing
                 inv_norm = 1.0 / norm if norm > 0 else 0.0
                 cx.inv_norm = inv_norm
@@ -918,10 +973,12 @@ def run_steps(const int64_t[:, ::1] ops, const double[:, ::1] opsf, const int64_
 def forward_rows(const int64_t[:, ::1] ops, const double[:, ::1] opsf, const int64_t[:, ::1] phases,
                  Py_ssize_t chunk, floating[::1] params, floating[::1] running, double[::1] stats,
                  object X, floating[:, ::1] out, floating[::1] work, Py_ssize_t batch_size,
-                 int n_threads, bint training=False, uint64_t seed=0, uint64_t epoch=0, uint64_t step=0):
+                 int n_threads, bint training=False, uint64_t seed=0, uint64_t epoch=0, uint64_t step=0,
+                 const int64_t[::1] lengths=None):
     """out <- network(X), in batches of batch_size rows, through the forward phases given.
     Dropout is in inference mode unless ``training``; then row i of X draws the mask of
-    example i of step ``step``. BatchNorm ops inside chunk phases use the running statistics."""
+    example i of step ``step``. BatchNorm ops inside chunk phases use the running statistics.
+    ``lengths[i]``: the length of row i's sequence (recurrent layers)."""
     cdef int xcode = 0
     cdef Py_ssize_t N = 0, x_cols = 0
     cdef void* xptr = raw_rows(X, &xcode, &N, &x_cols)
@@ -948,6 +1005,8 @@ def forward_rows(const int64_t[:, ::1] ops, const double[:, ::1] opsf, const int
     cx.step = step
     cx.dg = NULL
     cx.full = False
+    cx.lens = &lengths[0] if lengths is not None and lengths.shape[0] > 0 else NULL
+    cx.steps = 1
     try:
         with nogil:
             for k in range(net.n_ops):

@@ -1,19 +1,23 @@
 # Dense: y = x W^T + b. Per chunk of examples (narrow layers) or per block of output neurons over
 # the whole batch (wide layers: W is packed once per step, not once per chunk). The bias and the
-# activation are the op's tail (see _engine.pyx), the input delta its backward.
+# activation are the op's tail (see _engine.pyx), the input delta its backward. A Dense on
+# per-example input (..., in_features) has ``groups`` rows per example (one per leading index, e.g. a
+# time step): n_in and n_out are per example, the matrix products run over c * groups rows.
 
 cdef inline void dense_forward(Op* o, floating* P, floating* Wk, Py_ssize_t r0, Py_ssize_t c) noexcept nogil:
     """Rows [r0, r0+c) of Z = In W^T."""
-    gemm(c'T', c'N', <int>o.n_out, <int>c, <int>o.n_in, <floating>1, P + o.w_off, <int>o.n_in,
-         Wk + o.in_e + r0 * o.n_in, <int>o.n_in, <floating>0, Wk + o.a_e + r0 * o.n_out, <int>o.n_out)
+    cdef Py_ssize_t K = o.n_in // o.groups, N = o.n_out // o.groups
+    gemm(c'T', c'N', <int>N, <int>(c * o.groups), <int>K, <floating>1, P + o.w_off, <int>K,
+         Wk + o.in_e + r0 * o.n_in, <int>K, <floating>0, Wk + o.a_e + r0 * o.n_out, <int>N)
 
 
 cdef inline void dense_backward(Op* o, floating* P, floating* Wk, Py_ssize_t r0, Py_ssize_t c) noexcept nogil:
     """Rows [r0, r0+c) of dIn (=|+=) D W."""
     if o.din_e < 0:
         return
-    gemm(c'N', c'N', <int>o.n_in, <int>c, <int>o.n_out, <floating>1, P + o.w_off, <int>o.n_in,
-         Wk + o.d_e + r0 * o.n_out, <int>o.n_out, <floating>o.din_acc, Wk + o.din_e + r0 * o.n_in, <int>o.n_in)
+    cdef Py_ssize_t K = o.n_in // o.groups, N = o.n_out // o.groups
+    gemm(c'N', c'N', <int>K, <int>(c * o.groups), <int>N, <floating>1, P + o.w_off, <int>K,
+         Wk + o.d_e + r0 * o.n_out, <int>N, <floating>o.din_acc, Wk + o.din_e + r0 * o.n_in, <int>K)
 
 
 cdef inline void dense_wide_forward(Op* o, floating* P, floating* Wk, Py_ssize_t B, Py_ssize_t j0,
@@ -34,13 +38,13 @@ cdef void dense_grad(Op* o, Tile* T, floating* Wk, floating* G, Py_ssize_t B) no
     """dW[rows] = D[:, rows]^T In; db[rows] = sum_i D[i, rows], summed in example order."""
     cdef floating* D = Wk + o.d_e
     cdef floating* db
-    cdef Py_ssize_t i, j
-    gemm(c'N', c'T', <int>o.n_in, <int>T.nr, <int>B, <floating>1, Wk + o.in_e, <int>o.n_in,
-         D + T.r0, <int>o.n_out, <floating>0, G + o.w_off + T.r0 * o.n_in, <int>o.n_in)
+    cdef Py_ssize_t i, j, K = o.n_in // o.groups, N = o.n_out // o.groups
+    gemm(c'N', c'T', <int>K, <int>T.nr, <int>(B * o.groups), <floating>1, Wk + o.in_e, <int>K,
+         D + T.r0, <int>N, <floating>0, G + o.w_off + T.r0 * K, <int>K)
     if o.b_off >= 0:
         db = G + o.b_off + T.r0
         for j in range(T.nr):
             db[j] = 0
-        for i in range(B):
+        for i in range(B * o.groups):
             for j in range(T.nr):
-                db[j] = db[j] + D[i * o.n_out + T.r0 + j]
+                db[j] = db[j] + D[i * N + T.r0 + j]

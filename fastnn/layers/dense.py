@@ -16,7 +16,8 @@ class Dense(Layer):
         init: ``"xavier"``, ``"he"``, ``"lecun"``, ``"torch"`` or ``"zeros"``; by default chosen
             from the activation that follows (He for ReLU/LeakyReLU, Xavier otherwise).
 
-    Shape: input ``(N, in_features)``, output ``(N, out_features)``.
+    Shape: input ``(N, *, in_features)``, output ``(N, *, out_features)``: like torch's Linear it
+    acts on the last dimension, e.g. on every step of a recurrent layer's ``(N, T, H)`` output.
 
     Attributes:
         weight: ``(out_features, in_features)`` view into the model's parameters.
@@ -42,11 +43,12 @@ class Dense(Layer):
         return out
 
     def output_shape(self, in_shape):
-        if tuple(in_shape) != (self.in_features,):
+        in_shape = tuple(in_shape)
+        if not in_shape or in_shape[-1] != self.in_features:
             raise ValueError(f"Dense expects {self.in_features} input features per example, "
-                             f"got shape {tuple(in_shape)}" +
+                             f"got shape {in_shape}" +
                              ("; put fn.Flatten() before it" if len(in_shape) > 1 else ""))
-        return (self.out_features,)
+        return in_shape[:-1] + (self.out_features,)
 
     def n_params(self):
         return self.out_features * (self.in_features + (1 if self.use_bias else 0))

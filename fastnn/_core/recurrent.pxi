@@ -1,0 +1,468 @@
+# Recurrent layers (RNN tanh/relu, LSTM, GRU), one op per layer of a stack, PyTorch's equations and
+# gate order. A chunk of sequences runs its whole time loop on one thread: the input projections of
+# all steps as one GEMM, then one recurrent GEMM per step; backward through time runs on the same
+# chunk and keeps, for every step, the gate deltas, so the weight gradients are tiles of rows
+# (weight_ih, weight_hh and both biases) summed over examples and steps in a fixed order.
+#
+# Per-example blocks of the work buffer (each B rows), from the op's s_col, widths in elements:
+#   GA  T*GH      gates after their nonlinearity (RNN: h_t)
+#   HS  T*H       h_{t-1} at slot t (slot 0 = 0); the last state is in the output
+#   CS  T*H       LSTM: c_t
+#   HN  T*H       GRU: W_hn h_{t-1} + b_hn
+#   DI  T*GH      deltas of the gate pre-activations (input side)
+#   DH  T*GH      GRU: the same on the recurrent side (differs in n: times r)
+#   SC  GH+H      scratch: GRU's recurrent projection of a step; dh (and LSTM's dc) in backward, and
+#                 (the last H) the dh of a finished sequence kept across the recurrent GEMM
+#   DS  T*H       dL/dh_t of every step (the diagnostics' gradient norm through time)
+
+cdef enum:
+    CELL_TANH = 0
+    CELL_RELU = 1
+    CELL_LSTM = 2
+    CELL_GRU = 3
+
+
+cdef extern from *:
+    """
+    /* float32 sigmoid and tanh over rows, branch-free so they vectorize (libm's scalar tanhf and
+       expf were half of an LSTM step): expf by Cephes' range reduction and degree-5 polynomial
+       (about 1 ulp), tanh by its odd polynomial below 0.625 and (1 - e) / (1 + e), e = exp(-2|x|),
+       above. IEEE operations only with contraction off, so every clone gives the same bits. */
+    static inline float fastnn_expf_poly(float x) {
+        float n, r, p;
+        union { int i; float f; } s;
+        x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+        n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;   /* round to nearest */
+        r = x - n * 0.693359375f;
+        r = r - n * -2.12194440e-4f;
+        p = 1.9875691500E-4f;
+        p = p * r + 1.3981999507E-3f;
+        p = p * r + 8.3334519073E-3f;
+        p = p * r + 4.1665795894E-2f;
+        p = p * r + 1.6666665459E-1f;
+        p = p * r + 5.0000001201E-1f;
+        p = p * (r * r) + r + 1.0f;
+        s.i = ((int)n + 127) << 23;
+        return p * s.f;
+    }
+    FASTNN_CLONES static void fastnn_sigmoid_rowf(float* x, Py_ssize_t n) {
+        Py_ssize_t i;
+        #pragma omp simd
+        for (i = 0; i < n; i++) x[i] = 1.0f / (1.0f + fastnn_expf_poly(-x[i]));
+    }
+    FASTNN_CLONES static void fastnn_tanh_rowf(const float* x, float* y, Py_ssize_t n) {
+        Py_ssize_t i;
+        #pragma omp simd
+        for (i = 0; i < n; i++) {
+            float v = x[i], a = v < 0 ? -v : v, z = v * v, e, big, small;
+            e = fastnn_expf_poly(-2.0f * a);
+            big = (1.0f - e) / (1.0f + e);
+            big = v < 0 ? -big : big;
+            small = -5.70498872745E-3f;
+            small = small * z + 2.06390887954E-2f;
+            small = small * z - 5.37397155531E-2f;
+            small = small * z + 1.33314422036E-1f;
+            small = small * z - 3.33332819422E-1f;
+            small = small * z * v + v;
+            y[i] = a < 0.625f ? small : big;
+        }
+    }
+    """
+    void fastnn_sigmoid_rowf(float* x, Py_ssize_t n) nogil
+    void fastnn_tanh_rowf(const float* x, float* y, Py_ssize_t n) nogil
+
+
+cdef inline void sigmoid_row(floating* x, Py_ssize_t n) noexcept nogil:
+    """x <- sigmoid(x) in place."""
+    cdef Py_ssize_t i
+    if floating is float:
+        fastnn_sigmoid_rowf(x, n)
+    else:
+        for i in range(n):
+            x[i] = sigmoid(x[i])
+
+
+cdef inline void tanh_row(floating* x, floating* y, Py_ssize_t n) noexcept nogil:
+    """y <- tanh(x) (y may be x)."""
+    cdef Py_ssize_t i
+    if floating is float:
+        fastnn_tanh_rowf(x, y, n)
+    else:
+        for i in range(n):
+            y[i] = tanh(x[i])
+
+
+cdef inline Py_ssize_t rnn_gates(int cell) noexcept nogil:
+    if cell == CELL_LSTM:
+        return 4
+    if cell == CELL_GRU:
+        return 3
+    return 1
+
+
+cdef void rnn_layout(int cell, Py_ssize_t T, Py_ssize_t H, Py_ssize_t* cols) noexcept nogil:
+    """Per-example column offsets of the blocks GA, HS, CS, HN, DI, DH, SC, DS from the op's s_col
+    into cols[0..7], and the total width into cols[8]."""
+    cdef Py_ssize_t gh = rnn_gates(cell) * H
+    cols[0] = 0                                                   # GA
+    cols[1] = T * gh                                              # HS
+    cols[2] = cols[1] + T * H                                     # CS
+    cols[3] = cols[2] + (T * H if cell == CELL_LSTM else 0)       # HN
+    cols[4] = cols[3] + (T * H if cell == CELL_GRU else 0)        # DI
+    cols[5] = cols[4] + T * gh if cell == CELL_GRU else cols[4]   # DH (GRU; else DI itself)
+    cols[6] = cols[4] + T * gh * (2 if cell == CELL_GRU else 1)   # SC
+    cols[7] = cols[6] + gh + H                                    # DS
+    cols[8] = cols[7] + T * H
+
+
+def rnn_state_width(int cell, Py_ssize_t T, Py_ssize_t H):
+    """Per-example work-buffer columns an op of this cell needs for its saved states and deltas."""
+    cdef Py_ssize_t cols[9]
+    rnn_layout(cell, T, H, cols)
+    return cols[8]
+
+
+def rnn_block_offsets(int cell, Py_ssize_t T, Py_ssize_t H):
+    """Per-example column offsets of the blocks, from the op's s_col, by name."""
+    cdef Py_ssize_t cols[9]
+    rnn_layout(cell, T, H, cols)
+    return {name: cols[i] for i, name in enumerate(("GA", "HS", "CS", "HN", "DI", "DH", "SC", "DS"))}
+
+
+cdef void rnn_setup(Op* o, Py_ssize_t B) noexcept nogil:
+    """Element offsets of the op's blocks (o.s_e is the first)."""
+    cdef Py_ssize_t cols[9]
+    rnn_layout(o.cell, o.steps, o.hidden, cols)
+    o.ga_e = o.s_e + B * cols[0]
+    o.hs_e = o.s_e + B * cols[1]
+    o.cs_e = o.s_e + B * cols[2]
+    o.hn_e = o.s_e + B * cols[3]
+    o.di_e = o.s_e + B * cols[4]
+    o.dh_e = o.s_e + B * cols[5]
+    o.sc_e = o.s_e + B * cols[6]
+    o.ds_e = o.s_e + B * cols[7]
+
+
+cdef inline Py_ssize_t seq_len(Op* o, Ctx* cx, Py_ssize_t r) noexcept nogil:
+    """The length of row r's sequence: cx.lens of its example, else every step."""
+    if cx.lens == NULL:
+        return o.steps
+    return <Py_ssize_t>cx.lens[cx.ordp[cx.b0 + r]]
+
+
+cdef enum:
+    # Gate rows per recurrent GEMM of one step: a step multiplies few rows (a chunk of sequences),
+    # where OpenBLAS's cost is packing W_hh on every call; in blocks of 256 gate rows its
+    # unpacked small-matrix kernel takes them (measured: an LSTM epoch at batch 32, 1.13x faster).
+    STEP_ROWS = 256
+
+
+cdef inline void step_gemm(Py_ssize_t GH, Py_ssize_t c, Py_ssize_t H, floating* W, floating* h, Py_ssize_t ldh,
+                           int beta, floating* out, Py_ssize_t ldo) noexcept nogil:
+    """out[c x GH] (=|+=) h[c x H] W^T, in blocks of STEP_ROWS gate rows."""
+    cdef Py_ssize_t j0 = 0, nb
+    while j0 < GH:
+        nb = STEP_ROWS if j0 + STEP_ROWS <= GH else GH - j0
+        gemm(c'T', c'N', <int>nb, <int>c, <int>H, <floating>1, W + j0 * H, <int>H, h, <int>ldh,
+             <floating>beta, out + j0, <int>ldo)
+        j0 += nb
+
+
+cdef inline void step_gemm_back(Py_ssize_t H, Py_ssize_t c, Py_ssize_t GH, floating* W, floating* d,
+                                Py_ssize_t ldd, int beta, floating* out, Py_ssize_t ldo) noexcept nogil:
+    """out[c x H] (=|+=) d[c x GH] W, summed over blocks of STEP_ROWS gate rows in order."""
+    cdef Py_ssize_t j0 = 0, nb
+    while j0 < GH:
+        nb = STEP_ROWS if j0 + STEP_ROWS <= GH else GH - j0
+        gemm(c'N', c'N', <int>H, <int>c, <int>nb, <floating>1, W + j0 * H, <int>H, d + j0, <int>ldd,
+             <floating>(beta if j0 == 0 else 1), out, <int>ldo)
+        j0 += nb
+
+
+cdef void loss_steps(Ctx* cx, floating* O, floating* D, Py_ssize_t c, Py_ssize_t r0) noexcept nogil:
+    """Per-step class labels: rows [r0, r0+c) hold cx.steps outputs of C classes each; example e's
+    label at step s is yi[s * cx.n_ex + e] (step-major). An example's loss is the sum over its
+    steps (those within its length); the batch's normaliser counts steps (steps_norm), so the
+    mean is torch's over every labelled step. Steps past a length get a zero delta."""
+    cdef Py_ssize_t i, s, C = cx.lr.n_classes, S = cx.steps, row, n
+    cdef Py_ssize_t* idx = cx.ordp + cx.b0 + r0
+    cdef double l
+    cdef double tot
+    for i in range(c):
+        tot = 0
+        n = S if cx.lens == NULL else <Py_ssize_t>cx.lens[idx[i]]
+        for s in range(S):
+            row = (i * S + s) * C
+            if s >= n:
+                memset(D + row, 0, C * sizeof(floating))
+                continue
+            loss_rows(&cx.lr, O + row, D + row, 1, idx + i, <int64_t*>cx.yi + s * cx.n_ex, <floating*>NULL,
+                      <floating*>cx.sw, <floating*>NULL, cx.inv_norm, &l, NULL)
+            tot += l
+        cx.exl[r0 + i] = tot
+
+
+cdef double steps_norm(Ctx* cx, floating* sw, Py_ssize_t b0, Py_ssize_t bsz) noexcept nogil:
+    """The mean's normaliser for per-step labels: the labelled steps of the batch's examples
+    (each times its weight)."""
+    cdef Py_ssize_t i, e
+    cdef double norm = 0, n
+    for i in range(bsz):
+        e = cx.ordp[b0 + i]
+        n = cx.steps if cx.lens == NULL else <double>cx.lens[e]
+        norm += n * (sw[e] if sw != NULL else 1.0)
+    return norm
+
+
+cdef void rnn_forward(Op* o, Ctx* cx, floating* P, floating* Wk, Py_ssize_t r0, Py_ssize_t c) noexcept nogil:
+    """Rows [r0, r0+c): the sequences through the layer, states saved for backward. Past its
+    length (cx.lens) a sequence keeps its state and outputs zeros, as torch's packed sequences."""
+    cdef Py_ssize_t T = o.steps, H = o.hidden, G = rnn_gates(o.cell)
+    cdef Py_ssize_t GH = G * H, F = o.n_in // T, i, j, t, ld_ga = T * GH, ld_hs = T * H
+    cdef floating* x = Wk + o.in_e + r0 * o.n_in
+    cdef floating* ga = Wk + o.ga_e + r0 * ld_ga
+    cdef floating* hs = Wk + o.hs_e + r0 * ld_hs
+    cdef floating* cs = Wk + o.cs_e + r0 * T * H
+    cdef floating* hn = Wk + o.hn_e + r0 * T * H
+    cdef floating* sc = Wk + o.sc_e + r0 * (GH + H)
+    cdef floating* out = Wk + o.a_e + r0 * o.n_out
+    cdef floating* Whh = P + o.w2_off
+    cdef floating* bih = (P + o.b_off) if o.b_off >= 0 else <floating*>NULL
+    cdef floating* bhh = (P + o.b2_off) if o.b2_off >= 0 else <floating*>NULL
+    cdef floating* g
+    cdef floating* hp
+    cdef floating* hq
+    cdef floating* s
+    cdef floating* cp
+    cdef floating* cq
+    cdef floating* v
+    # every step's input projection in one GEMM, then the biases (GRU: b_hn acts inside r*(...))
+    gemm(c'T', c'N', <int>GH, <int>(c * T), <int>F, <floating>1, P + o.w_off, <int>F, x, <int>F,
+         <floating>0, ga, <int>GH)
+    if bih != NULL:
+        for i in range(c * T):
+            g = ga + i * GH
+            for j in range(GH):
+                g[j] = g[j] + bih[j]
+            for j in range(2 * H if o.cell == CELL_GRU else GH):
+                g[j] = g[j] + bhh[j]
+    for i in range(c):
+        memset(hs + i * ld_hs, 0, H * sizeof(floating))
+    for t in range(T):
+        if o.cell != CELL_GRU:
+            if t > 0:
+                step_gemm(GH, c, H, Whh, hs + t * H, ld_hs, 1, ga + t * GH, ld_ga)
+        elif t > 0:
+            step_gemm(GH, c, H, Whh, hs + t * H, ld_hs, 0, sc, GH + H)
+        else:
+            memset(sc, 0, c * (GH + H) * sizeof(floating))
+        for i in range(c):
+            g = ga + i * ld_ga + t * GH
+            hp = hs + i * ld_hs + t * H
+            # h_t: the next slot, or for the last step the output
+            hq = hp + H if t + 1 < T else out + i * o.n_out + (t * H if o.n_out == T * H else 0)
+            if t >= seq_len(o, cx, r0 + i):        # finished: the state stays, the output is zero
+                memcpy(hq, hp, H * sizeof(floating))
+                if o.cell == CELL_LSTM:
+                    cq = cs + i * T * H + t * H
+                    memcpy(cq, cq - H, H * sizeof(floating))
+                if o.n_out == T * H:
+                    memset(out + i * o.n_out + t * H, 0, H * sizeof(floating))
+                continue
+            if o.cell == CELL_TANH:
+                tanh_row(g, g, H)
+                memcpy(hq, g, H * sizeof(floating))
+            elif o.cell == CELL_RELU:
+                for j in range(H):
+                    g[j] = g[j] if g[j] > 0 else 0
+                    hq[j] = g[j]
+            elif o.cell == CELL_LSTM:
+                cq = cs + i * T * H + t * H
+                cp = cq - H
+                sigmoid_row(g, 2 * H)
+                tanh_row(g + 2 * H, g + 2 * H, H)
+                sigmoid_row(g + 3 * H, H)
+                for j in range(H):
+                    cq[j] = g[j] * g[2 * H + j]
+                if t > 0:
+                    for j in range(H):
+                        cq[j] = cq[j] + g[H + j] * cp[j]
+                tanh_row(cq, hq, H)
+                for j in range(H):
+                    hq[j] = g[3 * H + j] * hq[j]
+            else:
+                s = sc + i * (GH + H)
+                for j in range(2 * H):
+                    g[j] = g[j] + s[j]
+                sigmoid_row(g, 2 * H)
+                v = hn + i * T * H + t * H
+                for j in range(H):
+                    v[j] = s[2 * H + j] + (bhh[2 * H + j] if bhh != NULL else 0)
+                    g[2 * H + j] = g[2 * H + j] + g[j] * v[j]
+                tanh_row(g + 2 * H, g + 2 * H, H)
+                for j in range(H):
+                    hq[j] = (1 - g[H + j]) * g[2 * H + j] + g[H + j] * hp[j]
+            if o.n_out == T * H and t + 1 < T:
+                memcpy(out + i * o.n_out + t * H, hq, H * sizeof(floating))
+
+
+cdef void rnn_backward(Op* o, Ctx* cx, floating* P, floating* Wk, Py_ssize_t r0, Py_ssize_t c) noexcept nogil:
+    """Rows [r0, r0+c): backward through time; gate deltas of every step kept for the tiles,
+    the input delta (=|+=) into dIn. Past a sequence's length its deltas are zero and dh, dc
+    pass through unchanged."""
+    cdef Py_ssize_t T = o.steps, H = o.hidden, G = rnn_gates(o.cell)
+    cdef Py_ssize_t GH = G * H, F = o.n_in // T, i, j, t, ld_ga = T * GH, ld_hs = T * H
+    cdef bint seq = o.n_out == T * H
+    cdef floating* dy = Wk + o.d_e + r0 * o.n_out
+    cdef floating* ga = Wk + o.ga_e + r0 * ld_ga
+    cdef floating* hs = Wk + o.hs_e + r0 * ld_hs
+    cdef floating* cs = Wk + o.cs_e + r0 * T * H
+    cdef floating* hn = Wk + o.hn_e + r0 * T * H
+    cdef floating* di = Wk + o.di_e + r0 * ld_ga
+    cdef floating* dhh = Wk + o.dh_e + r0 * ld_ga
+    cdef floating* sc = Wk + o.sc_e + r0 * (GH + H)
+    cdef floating* ds = Wk + o.ds_e + r0 * T * H
+    cdef floating* Whh = P + o.w2_off
+    cdef floating* g
+    cdef floating* d
+    cdef floating* d2
+    cdef floating* dh
+    cdef floating* dc
+    cdef floating* hp
+    cdef floating* cq
+    cdef floating* cp
+    cdef floating* tcr
+    cdef floating tc, dcv, ig, fg, gg, og, r, z, n, dn, da
+    cdef bint held = False
+    for i in range(c):
+        dh = sc + i * (GH + H)
+        if seq:
+            memset(dh, 0, H * sizeof(floating))
+        else:
+            memcpy(dh, dy + i * o.n_out, H * sizeof(floating))
+        if o.cell == CELL_LSTM:
+            memset(dh + H, 0, H * sizeof(floating))
+    for t in range(T - 1, -1, -1):
+        held = False
+        for i in range(c):
+            dh = sc + i * (GH + H)
+            g = ga + i * ld_ga + t * GH
+            d = di + i * ld_ga + t * GH
+            if t >= seq_len(o, cx, r0 + i):
+                # finished: h_t = h_{t-1}, so dh (and dc) flow on; kept past the recurrent GEMM
+                memset(d, 0, GH * sizeof(floating))
+                if o.cell == CELL_GRU:
+                    memset(dhh + i * ld_ga + t * GH, 0, GH * sizeof(floating))
+                memcpy(ds + i * T * H + t * H, dh, H * sizeof(floating))
+                memcpy(dh + GH, dh, H * sizeof(floating))
+                held = True
+                continue
+            if seq:
+                for j in range(H):
+                    dh[j] = dh[j] + dy[i * o.n_out + t * H + j]
+            memcpy(ds + i * T * H + t * H, dh, H * sizeof(floating))
+            if o.cell == CELL_TANH:
+                for j in range(H):
+                    d[j] = dh[j] * (1 - g[j] * g[j])
+            elif o.cell == CELL_RELU:
+                for j in range(H):
+                    d[j] = dh[j] if g[j] > 0 else 0
+            elif o.cell == CELL_LSTM:
+                dc = dh + H
+                tcr = dh + 2 * H
+                cq = cs + i * T * H + t * H
+                cp = cq - H
+                tanh_row(cq, tcr, H)
+                for j in range(H):
+                    ig = g[j]
+                    fg = g[H + j]
+                    gg = g[2 * H + j]
+                    og = g[3 * H + j]
+                    tc = tcr[j]
+                    dcv = dc[j] + dh[j] * og * (1 - tc * tc)
+                    d[j] = dcv * gg * ig * (1 - ig)
+                    d[H + j] = (dcv * cp[j] * fg * (1 - fg)) if t > 0 else 0
+                    d[2 * H + j] = dcv * ig * (1 - gg * gg)
+                    d[3 * H + j] = dh[j] * tc * og * (1 - og)
+                    dc[j] = dcv * fg
+            else:
+                hp = hs + i * ld_hs + t * H
+                d2 = dhh + i * ld_ga + t * GH
+                for j in range(H):
+                    r = g[j]
+                    z = g[H + j]
+                    n = g[2 * H + j]
+                    dn = dh[j] * (1 - z)
+                    da = dn * (1 - n * n)
+                    d[2 * H + j] = da
+                    d2[2 * H + j] = da * r
+                    d[j] = da * hn[i * T * H + t * H + j] * r * (1 - r)
+                    d[H + j] = dh[j] * (hp[j] - n) * z * (1 - z)
+                    d2[j] = d[j]
+                    d2[H + j] = d[H + j]
+                    dh[j] = dh[j] * z
+        if t > 0:
+            # dh_{t-1} = D_t W_hh (+ GRU's direct path z * dh_t, already in dh)
+            step_gemm_back(H, c, GH, Whh, dhh + t * GH, ld_ga, 1 if o.cell == CELL_GRU else 0, sc, GH + H)
+            if held:
+                for i in range(c):
+                    if t >= seq_len(o, cx, r0 + i):
+                        dh = sc + i * (GH + H)
+                        memcpy(dh, dh + GH, H * sizeof(floating))
+    if o.din_e >= 0:
+        gemm(c'N', c'N', <int>F, <int>(c * T), <int>GH, <floating>1, P + o.w_off, <int>F, di, <int>GH,
+             <floating>o.din_acc, Wk + o.din_e + r0 * o.n_in, <int>F)
+
+
+cdef void rnn_grad(Op* o, Tile* Tl, floating* Wk, floating* G, Py_ssize_t B) noexcept nogil:
+    """Rows [r0, r0+nr) of dW_ih = sum D_t^T x_t, dW_hh = sum D_t^T h_{t-1} and the biases' sums,
+    over examples (in order) and steps."""
+    cdef Py_ssize_t T = o.steps, H = o.hidden, GH = rnn_gates(o.cell) * o.hidden, F = o.n_in // T
+    cdef Py_ssize_t i, j, r0 = Tl.r0, nr = Tl.nr
+    cdef floating* di = Wk + o.di_e
+    cdef floating* dhh = Wk + o.dh_e
+    cdef floating* hs = Wk + o.hs_e
+    cdef floating* gb
+    cdef floating* row
+    gemm(c'N', c'T', <int>F, <int>nr, <int>(B * T), <floating>1, Wk + o.in_e, <int>F, di + r0, <int>GH,
+         <floating>0, G + o.w_off + r0 * F, <int>F)
+    gemm(c'N', c'T', <int>H, <int>nr, <int>(B * T), <floating>1, hs, <int>H, dhh + r0, <int>GH,
+         <floating>0, G + o.w2_off + r0 * H, <int>H)
+    if o.b_off >= 0:
+        gb = G + o.b_off + r0
+        for j in range(nr):
+            gb[j] = 0
+        for i in range(B * T):
+            row = di + i * GH + r0
+            for j in range(nr):
+                gb[j] = gb[j] + row[j]
+        gb = G + o.b2_off + r0
+        for j in range(nr):
+            gb[j] = 0
+        for i in range(B * T):
+            row = dhh + i * GH + r0
+            for j in range(nr):
+                gb[j] = gb[j] + row[j]
+
+
+cdef inline bint rnn_tile_span(Op* o, Tile* Tl, Py_ssize_t i, Py_ssize_t* off, Py_ssize_t* n,
+                               bint* weight) noexcept nogil:
+    """Spans of a tile of gate rows [r0, r0+nr): each row of weight_ih, each row of weight_hh,
+    then bias_ih and bias_hh."""
+    cdef Py_ssize_t F = o.n_in // o.steps
+    if i < Tl.nr:
+        off[0] = o.w_off + (Tl.r0 + i) * F
+        n[0] = F
+        weight[0] = True
+        return True
+    if i < 2 * Tl.nr:
+        off[0] = o.w2_off + (Tl.r0 + i - Tl.nr) * o.hidden
+        n[0] = o.hidden
+        weight[0] = True
+        return True
+    if o.b_off < 0 or i > 2 * Tl.nr + 1:
+        return False
+    off[0] = (o.b_off if i == 2 * Tl.nr else o.b2_off) + Tl.r0
+    n[0] = Tl.nr
+    weight[0] = False
+    return True

@@ -1,0 +1,432 @@
+"""RNN (tanh, relu), LSTM and GRU: finite differences, PyTorch autograd (when installed), float32
+against float64, odd sizes, thread-count invariance, shape errors, model files and torch interop."""
+import numpy as np
+import pytest
+
+import fastnn as fn
+
+F, H = 3, 5
+
+
+def _cell(kind, **kw):
+    if kind == "relu":
+        return fn.RNN(F, H, nonlinearity="relu", **kw)
+    return {"tanh": fn.RNN, "lstm": fn.LSTM, "gru": fn.GRU}[kind](F, H, **kw)
+
+
+def _model(kind, dtype="float64", T=4, layers=1, seq=False, bias=True, seed=1, n_out=2):
+    rec = _cell(kind, num_layers=layers, return_sequences=seq, bias=bias)
+    head = [fn.Flatten(), fn.Dense(T * H, n_out)] if seq else [fn.Dense(H, n_out)]
+    return fn.Sequential(rec, *head, dtype=dtype, seed=seed, input_shape=(T, F))
+
+
+CASES = [(k, layers, seq) for k in ("tanh", "relu", "lstm", "gru") for layers in (1, 2) for seq in (False, True)]
+
+
+def _data(rng, n=6, T=4, n_out=2):
+    return rng.normal(size=(n, T, F)), rng.normal(size=(n, n_out))
+
+
+@pytest.mark.parametrize("kind,layers,seq", CASES)
+def test_gradients_match_finite_differences(kind, layers, seq, rng):
+    m = _model(kind, layers=layers, seq=seq)
+    X, y = _data(rng)
+    loss = fn.MSE()
+    _, grads = m.loss_and_grad(X, y, loss, threads=2)
+    h = 1e-6
+    for (pname, p), g in zip(m.named_parameters(), grads):
+        flat, gf = p.reshape(-1), g.reshape(-1)
+        for idx in rng.choice(flat.size, size=min(5, flat.size), replace=False):
+            old = flat[idx]
+            flat[idx] = old + h
+            lp, _ = m.loss_and_grad(X, y, loss, threads=1)
+            flat[idx] = old - h
+            lm, _ = m.loss_and_grad(X, y, loss, threads=1)
+            flat[idx] = old
+            fd = (lp - lm) / (2 * h)
+            assert abs(fd - gf[idx]) <= 1e-6 * max(1.0, abs(fd)), (pname, idx, fd, gf[idx])
+
+
+@pytest.mark.parametrize("kind,layers,seq", CASES)
+def test_gradients_match_torch(kind, layers, seq, rng, bias=True):
+    torch = pytest.importorskip("torch")
+    m = _model(kind, layers=layers, seq=seq, bias=bias, T=6)
+    X, y = _data(rng, n=7, T=6)
+    L, grads = m.loss_and_grad(X, y, fn.MSE())
+    tm = fn.io.to_torch(m)
+    out = tm(torch.tensor(X))
+    tl = ((out - torch.tensor(y)) ** 2).mean()
+    tl.backward()
+    assert abs(L - tl.item()) <= 1e-12 * abs(L)
+    np.testing.assert_allclose(m.forward(X), out.detach().numpy(), rtol=1e-12, atol=1e-14)
+    tp = dict(tm.named_parameters())
+    assert [k for k, _ in m.named_parameters()] == list(tp)
+    for (k, _), g in zip(m.named_parameters(), grads):
+        t = tp[k].grad.numpy()
+        assert np.abs(g - t).max() <= 1e-9 * np.abs(t).max(), k
+
+
+def test_gradients_without_bias_match_torch(rng):
+    for kind in ("tanh", "lstm", "gru"):
+        test_gradients_match_torch(kind, 2, True, rng, bias=False)
+
+
+def test_parameters_follow_torch_names_shapes_and_init():
+    m = fn.Sequential(fn.LSTM(7, 16, num_layers=2), fn.Dense(16, 1), input_shape=(3, 7), seed=0)
+    shapes = {k: v.shape for k, v in m.named_parameters()}
+    assert shapes == {"0.weight_ih_l0": (64, 7), "0.weight_hh_l0": (64, 16), "0.bias_ih_l0": (64,),
+                      "0.bias_hh_l0": (64,), "0.weight_ih_l1": (64, 16), "0.weight_hh_l1": (64, 16),
+                      "0.bias_ih_l1": (64,), "0.bias_hh_l1": (64,), "1.weight": (1, 16), "1.bias": (1,)}
+    w = np.concatenate([v.ravel() for k, v in m.named_parameters() if k.startswith("0.")])
+    assert np.abs(w).max() <= 0.25 and w.std() > 0.1        # U(-1/sqrt(16), 1/sqrt(16))
+    assert fn.GRU(2, 3).n_params() == 2 * 9 + 2 * 9 + 9 * 3 + 0 and fn.RNN(2, 3, bias=False).n_params() == 15
+
+
+@pytest.mark.parametrize("kind", ["tanh", "lstm", "gru"])
+def test_float32_agrees_with_float64(kind, rng):
+    X, y = _data(rng, n=9, T=11)
+    X = 2 * X
+    _, g64 = _model(kind, "float64", T=11, layers=2).loss_and_grad(X, y, fn.MSE())
+    _, g32 = _model(kind, "float32", T=11, layers=2).loss_and_grad(X, y, fn.MSE())
+    for a, b in zip(g32, g64):
+        np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-5 * max(1.0, np.abs(b).max()))
+
+
+def test_float32_sigmoid_and_tanh_are_accurate_everywhere():
+    x = np.concatenate([np.linspace(-100, 100, 400001), [0.0, -0.0, 1e-30, -1e-30, 0.6249, 0.6251]])
+    m = fn.Sequential(fn.RNN(1, 1, bias=False), input_shape=(1, 1), dtype="float32")
+    m.layers[0].weight_ih_l0[...] = 1
+    t = m.forward(x.astype(np.float32).reshape(-1, 1, 1)).ravel().astype(np.float64)
+    ref = np.tanh(x.astype(np.float32).astype(np.float64))
+    assert np.all(np.abs(t - ref) <= 4e-7 * np.maximum(np.abs(ref), 1e-30) + 1e-45)
+
+
+@pytest.mark.parametrize("n,T", [(1, 1), (97, 1), (1, 37), (97, 37)])
+def test_odd_sizes_match_a_numpy_reference(n, T, rng):
+    m = fn.Sequential(fn.GRU(F, H, return_sequences=True), fn.Flatten(), fn.Dense(T * H, 2), input_shape=(T, F),
+                      dtype="float64", seed=2)
+    X = rng.normal(size=(n, T, F))
+    g = m.layers[0]
+    h = np.zeros((n, H))
+    hs = []
+    sig = lambda v: 1 / (1 + np.exp(-v))
+    for t in range(T):
+        gi = X[:, t] @ g.weight_ih_l0.T + g.bias_ih_l0
+        gh = h @ g.weight_hh_l0.T + g.bias_hh_l0
+        r, z = sig(gi[:, :H] + gh[:, :H]), sig(gi[:, H:2 * H] + gh[:, H:2 * H])
+        nn_ = np.tanh(gi[:, 2 * H:] + r * gh[:, 2 * H:])
+        h = (1 - z) * nn_ + z * h
+        hs.append(h)
+    ref = np.stack(hs, 1).reshape(n, -1) @ m.layers[2].weight.T + m.layers[2].bias
+    np.testing.assert_allclose(m.forward(X), ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("kind", ["tanh", "lstm", "gru"])
+def test_training_is_bit_identical_on_any_thread_count(kind, dtype, rng):
+    X = rng.normal(size=(53, 7, F))
+    y = rng.integers(0, 3, 53)
+    results = []
+    for threads in (1, 2, 3):
+        m = fn.Sequential(_cell(kind, num_layers=2, dropout=0.2), fn.Dense(H, 3), input_shape=(7, F),
+                          dtype=dtype, seed=5)
+        m.fit(X, y, loss=fn.CrossEntropy(), optimizer=fn.SGD(lr=0.1, momentum=0.9), epochs=2, batch_size=16,
+              threads=threads)
+        m.fit(X, y, loss=fn.CrossEntropy(), optimizer=fn.Adam(lr=1e-2), epochs=1, batch_size=40,
+              threads=threads, clip_norm=0.5)
+        results.append(m.state_dict())
+    for other in results[1:]:
+        for k in results[0]:
+            np.testing.assert_array_equal(results[0][k], other[k], err_msg=k)
+
+
+def test_bad_shapes_and_arguments_raise_naming_the_layer():
+    with pytest.raises(ValueError, match=r"layer 0 .*LSTM expects per-example input \(T, 3\).*\(4, 2\)"):
+        fn.Sequential(fn.LSTM(3, 5), fn.Dense(5, 1), input_shape=(4, 2))
+    with pytest.raises(ValueError, match=r"LSTM expects.*\(12,\)"):
+        fn.Sequential(fn.LSTM(3, 5), fn.Dense(5, 1), input_shape=(12,))
+    deferred = fn.Sequential(fn.GRU(3, 5), fn.Dense(5, 1))      # the first data fixes T
+    with pytest.raises(ValueError, match="input_shape"):
+        deferred.named_parameters()
+    deferred.forward(np.zeros((2, 6, 3)))
+    assert deferred.input_shape == (6, 3)
+    with pytest.raises(ValueError, match="nonlinearity"):
+        fn.RNN(3, 5, nonlinearity="sigmoid")
+    with pytest.raises(ValueError, match="dropout"):
+        fn.GRU(3, 5, dropout=1.0)
+    with pytest.raises(TypeError, match="hidden_size"):
+        fn.LSTM(3, 2.5)
+    m = fn.Sequential(fn.GRU(3, 5), fn.Dense(5, 1), input_shape=(4, 3))
+    with pytest.raises(ValueError):
+        m.forward(np.zeros((2, 4, 2)))
+
+
+@pytest.mark.parametrize("kind", ["relu", "lstm", "gru"])
+def test_save_load_round_trip(kind, tmp_path, rng):
+    m = fn.Sequential(_cell(kind, num_layers=2, dropout=0.1, return_sequences=True), fn.Flatten(),
+                      fn.Dense(4 * H, 2), input_shape=(4, F), seed=3)
+    X = rng.normal(size=(5, 4, F))
+    m.save(tmp_path / "m.fnn")
+    m2 = fn.io.load_model(tmp_path / "m.fnn")
+    assert repr(m2.layers[0]) == repr(m.layers[0])
+    np.testing.assert_array_equal(m2.forward(X), m.forward(X))
+
+
+def test_to_torch_and_from_torch(rng):
+    torch = pytest.importorskip("torch")
+    for kind in ("relu", "lstm", "gru"):
+        for seq in (False, True):
+            m = fn.Sequential(_cell(kind, num_layers=2, return_sequences=seq), *([fn.Flatten()] if seq else []),
+                              fn.Dense(4 * H if seq else H, 2), input_shape=(4, F), dtype="float64", seed=4)
+            X = rng.normal(size=(5, 4, F))
+            tm = fn.io.to_torch(m)
+            assert isinstance(tm[0], (torch.nn.RNN, torch.nn.LSTM, torch.nn.GRU)) and tm[0].batch_first
+            assert isinstance(tm[0], fn.io.TorchRecurrent)
+            np.testing.assert_allclose(tm(torch.tensor(X)).detach().numpy(), m.forward(X), rtol=1e-12, atol=1e-14)
+            back = fn.io.from_torch(tm, input_shape=(4, F))
+            assert repr(back.layers[0]) == repr(m.layers[0])
+            np.testing.assert_array_equal(back.forward(X), m.forward(X))
+    # a plain nn.LSTM state dict loads the layer's parameters
+    m = fn.Sequential(fn.LSTM(F, H, num_layers=2), fn.Dense(H, 1), input_shape=(4, F), dtype="float64")
+    lstm = torch.nn.LSTM(F, H, num_layers=2, batch_first=True).double()
+    lstm.load_state_dict({k.split(".", 1)[1]: torch.tensor(v) for k, v in m.state_dict().items()
+                          if k.startswith("0.")})
+    X = rng.normal(size=(3, 4, F))
+    last = lstm(torch.tensor(X))[0][:, -1].detach().numpy()
+    np.testing.assert_allclose(last @ m.layers[1].weight.T + m.layers[1].bias, m.forward(X), rtol=1e-12)
+
+
+def test_following_activation_fuses_and_matches_torch(rng):
+    torch = pytest.importorskip("torch")
+    m = fn.Sequential(fn.GRU(F, H), fn.Tanh(), fn.Dense(H, 2), input_shape=(4, F), dtype="float64", seed=2)
+    X, y = _data(rng, n=5)
+    L, grads = m.loss_and_grad(X, y, fn.MSE())
+    tm = fn.io.to_torch(m)
+    tl = ((tm(torch.tensor(X)) - torch.tensor(y)) ** 2).mean()
+    tl.backward()
+    for (k, p), g in zip(tm.named_parameters(), grads):
+        assert np.abs(g - p.grad.numpy()).max() <= 1e-9 * np.abs(p.grad.numpy()).max(), k
+
+
+# ---------------------------------------------------------------- Embedding
+@pytest.mark.parametrize("pad", [None, 3])
+def test_embedding_gradients_match_torch_and_finite_differences(pad, rng):
+    torch = pytest.importorskip("torch")
+    V, D, T = 11, 4, 6
+    m = fn.Sequential(fn.Embedding(V, D, padding_idx=pad), fn.LSTM(D, H), fn.Dense(H, 3), input_shape=(T,),
+                      dtype="float64", seed=0)
+    if pad is not None:
+        assert not m.layers[0].weight[pad].any()
+    X = rng.integers(0, V, (9, T))
+    X[0, :3] = 3
+    y = rng.integers(0, 3, 9)
+    L, grads = m.loss_and_grad(X, y, fn.CrossEntropy(), threads=2)
+    tm = fn.io.to_torch(m)
+    tl = torch.nn.functional.cross_entropy(tm(torch.tensor(X)), torch.tensor(y))
+    tl.backward()
+    assert abs(L - tl.item()) <= 1e-12 * L
+    for (k, p), g in zip(tm.named_parameters(), grads):
+        assert np.abs(g - p.grad.numpy()).max() <= 1e-9 * np.abs(p.grad.numpy()).max(), k
+    W, gW = m.layers[0].weight, grads[0]
+    h = 1e-6
+    if pad is not None:          # torch's rule: the padding row is used in forward, never trained
+        assert not gW[pad].any()
+    for r, c in [(r, c) for r, c in [(3, 1), (int(X[1, 2]), 0), (int(X[5, 5]), 3)] if r != pad]:
+        old = W[r, c]
+        W[r, c] = old + h
+        lp, _ = m.loss_and_grad(X, y, fn.CrossEntropy())
+        W[r, c] = old - h
+        lm, _ = m.loss_and_grad(X, y, fn.CrossEntropy())
+        W[r, c] = old
+        assert abs((lp - lm) / (2 * h) - gW[r, c]) <= 1e-6 * max(1.0, abs(gW[r, c]))
+    back = fn.io.from_torch(tm, input_shape=(T,))
+    np.testing.assert_array_equal(back.forward(X), m.forward(X))
+
+
+def test_embedding_training_is_thread_invariant_and_checks_token_ids(rng, tmp_path):
+    X = rng.integers(0, 50, (61, 9)).astype(np.float32)
+    y = rng.integers(0, 2, 61)
+    states = []
+    for threads in (1, 2, 3):
+        m = fn.Sequential(fn.Embedding(50, 6, padding_idx=0), fn.GRU(6, 7), fn.Dense(7, 2), input_shape=(9,), seed=1)
+        m.fit(X, y, loss=fn.CrossEntropy(), optimizer=fn.Adam(lr=0.01), epochs=2, batch_size=16, threads=threads)
+        states.append(m.state_dict())
+    for other in states[1:]:
+        for k in states[0]:
+            np.testing.assert_array_equal(states[0][k], other[k], err_msg=k)
+    assert not states[0]["0.weight"][0].any()
+    m.save(tmp_path / "e.fnn")
+    np.testing.assert_array_equal(fn.io.load_model(tmp_path / "e.fnn").forward(X), m.forward(X))
+    for bad in (50, -1, 2.5):
+        Xb = X.copy()
+        Xb[3, 4] = bad
+        with pytest.raises(ValueError, match=r"token ids.*\[0, 50\)"):
+            m.predict(Xb)
+    with pytest.raises(ValueError, match="first layer"):
+        fn.Sequential(fn.Dense(4, 4), fn.Embedding(5, 2), input_shape=(4,))
+    with pytest.raises(ValueError, match="padding_idx"):
+        fn.Embedding(5, 2, padding_idx=5)
+
+
+# ---------------------------------------------------------------- gradient norms through time
+@pytest.mark.parametrize("kind", ["tanh", "lstm", "gru"])
+def test_gradient_norms_through_time_match_an_unrolled_torch_loop(kind, rng):
+    torch = pytest.importorskip("torch")
+    T = 9
+    m = fn.Sequential(_cell(kind), fn.Dense(H, 1), input_shape=(T, F), dtype="float64", seed=3)
+    X, y = rng.normal(size=(8, T, F)), rng.normal(size=(8, 1))
+    norms = fn.gradient_norms_through_time(m, X, y, fn.MSE())
+    cell = {"tanh": torch.nn.RNNCell, "lstm": torch.nn.LSTMCell, "gru": torch.nn.GRUCell}[kind](F, H).double()
+    cell.load_state_dict({k.split(".")[1][:-3]: torch.tensor(v) for k, v in m.state_dict().items()
+                          if k.startswith("0.")})
+    h = torch.zeros(8, H, dtype=torch.float64)
+    c = torch.zeros(8, H, dtype=torch.float64)
+    hs = []
+    for t in range(T):
+        if kind == "lstm":
+            h, c = cell(torch.tensor(X[:, t]), (h, c))
+        else:
+            h = cell(torch.tensor(X[:, t]), h)
+        h.retain_grad()
+        hs.append(h)
+    out = h @ torch.tensor(m.layers[1].weight).T + torch.tensor(m.layers[1].bias)
+    ((out - torch.tensor(y)) ** 2).mean().backward()
+    ref = np.array([float(v.grad.norm()) for v in hs])
+    np.testing.assert_allclose(norms["0"], ref, rtol=1e-10)
+    with pytest.raises(ValueError, match="no recurrent layer"):
+        fn.gradient_norms_through_time(fn.Sequential(fn.Dense(2, 1)), np.zeros((2, 2)), np.zeros((2, 1)), fn.MSE())
+
+
+# ---------------------------------------------------------------- a Dense on every step
+@pytest.mark.parametrize("kind", ["tanh", "lstm", "gru"])
+def test_dense_on_every_step_matches_torch_linear(kind, rng):
+    torch = pytest.importorskip("torch")
+    T = 5
+    m = fn.Sequential(_cell(kind, return_sequences=True, num_layers=2), fn.Dense(H, 4), fn.Tanh(), fn.Dense(4, 2),
+                      input_shape=(T, F), dtype="float64", seed=2)
+    X, y = rng.normal(size=(7, T, F)), rng.normal(size=(7, T, 2))
+    L, grads = m.loss_and_grad(X, y, fn.MSE(), threads=2)
+    tm = fn.io.to_torch(m)
+    out = tm(torch.tensor(X))
+    tl = ((out - torch.tensor(y)) ** 2).mean()
+    tl.backward()
+    assert m.forward(X).shape == (7, T, 2)
+    np.testing.assert_allclose(m.forward(X), out.detach().numpy(), rtol=1e-12, atol=1e-14)
+    assert abs(L - tl.item()) <= 1e-12 * L
+    for (k, p), g in zip(tm.named_parameters(), grads):
+        assert np.abs(g - p.grad.numpy()).max() <= 1e-9 * np.abs(p.grad.numpy()).max(), k
+    h = m.fit(X, y, loss=fn.MSE(), optimizer=fn.Adam(lr=0.01), epochs=3, batch_size=4, verbose=0)
+    assert h.history["loss"][-1] < h.history["loss"][0]
+    assert m.evaluate(X, y)["loss"] >= 0
+    with pytest.raises(ValueError, match="per-step labels"):
+        m.evaluate(X, rng.integers(0, 2, (7, T, 2)), loss=fn.BinaryCrossEntropy())
+
+
+@pytest.mark.parametrize("kind", ["tanh", "lstm", "gru"])
+@pytest.mark.parametrize("use_lengths", [False, True])
+def test_per_step_cross_entropy_matches_torch_over_labelled_steps(kind, use_lengths, rng):
+    torch = pytest.importorskip("torch")
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    T, C, N = 6, 4, 9
+    m = fn.Sequential(_cell(kind, return_sequences=True), fn.Dense(H, C), input_shape=(T, F), dtype="float64",
+                      seed=0)
+    X, y = rng.normal(size=(N, T, F)), rng.integers(0, C, (N, T))
+    lens = rng.integers(1, T + 1, N) if use_lengths else np.full(N, T)
+    kw = {"lengths": lens} if use_lengths else {}
+    L, grads = m.loss_and_grad(X, y, fn.CrossEntropy(), threads=2, **kw)
+    tm = fn.io.to_torch(m)
+    packed = pack_padded_sequence(torch.tensor(X), torch.tensor(lens), batch_first=True, enforce_sorted=False)
+    o = pad_packed_sequence(type(tm[0]).__mro__[2].forward(tm[0], packed)[0], batch_first=True, total_length=T)[0]
+    yt = torch.tensor(y).clone()
+    yt[torch.arange(T)[None, :] >= torch.tensor(lens)[:, None]] = -100       # torch's ignore_index
+    tl = torch.nn.functional.cross_entropy(tm[1](o).reshape(-1, C), yt.reshape(-1))
+    tl.backward()
+    assert abs(L - tl.item()) <= 1e-12 * L
+    assert abs(m.evaluate(X, y, loss=fn.CrossEntropy(), **kw)["loss"] - tl.item()) <= 1e-12 * L
+    for (k, p), g in zip(tm.named_parameters(), grads):
+        assert np.abs(g - p.grad.numpy()).max() <= 1e-9 * np.abs(p.grad.numpy()).max(), k
+    m.loss = fn.CrossEntropy()                  # predict's link: a softmax over every step's row
+    np.testing.assert_allclose(m.predict(X, **kw).sum(axis=-1), 1.0, rtol=1e-12)
+
+
+def test_per_step_labels_train_bit_identically_and_are_checked(rng):
+    X, y = rng.normal(size=(37, 6, F)), rng.integers(0, 3, (37, 6))
+    lens = rng.integers(1, 7, 37)
+    states = []
+    for threads in (1, 2, 3):
+        m = fn.Sequential(fn.GRU(F, H, return_sequences=True), fn.Dense(H, 3), input_shape=(6, F), seed=1)
+        h = m.fit(X, y, loss=fn.CrossEntropy(), optimizer=fn.Adam(lr=0.02), epochs=3, batch_size=8, threads=threads,
+                  lengths=lens)
+        states.append(m.state_dict())
+    assert h.history["loss"][-1] < h.history["loss"][0]
+    for other in states[1:]:
+        for k in states[0]:
+            np.testing.assert_array_equal(states[0][k], other[k], err_msg=k)
+    assert 0 <= m.evaluate(X, y, lengths=lens)["accuracy"] <= 1
+    with pytest.raises(ValueError, match=r"shape \(37, 6\)"):
+        m.evaluate(X, y[:, :3])
+    with pytest.raises(ValueError, match="class weights"):
+        m.evaluate(X, y, loss=fn.CrossEntropy(weight=[1, 2, 3]))
+
+
+# ---------------------------------------------------------------- lengths
+@pytest.mark.parametrize("kind,layers,seq", [(k, 2, s) for k in ("tanh", "relu", "lstm", "gru") for s in (False, True)])
+def test_lengths_match_torch_packed_sequences(kind, layers, seq, rng):
+    torch = pytest.importorskip("torch")
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    T, N = 7, 9
+    m = _model(kind, T=T, layers=layers, seq=seq)
+    X, y = rng.normal(size=(N, T, F)), rng.normal(size=(N, 2))
+    lens = rng.integers(1, T + 1, N)
+    lens[0] = T
+    lens[1] = 1
+    L, grads = m.loss_and_grad(X, y, fn.MSE(), lengths=lens, threads=2)
+    tm = fn.io.to_torch(m)
+    rec = tm[0]
+    packed = pack_padded_sequence(torch.tensor(X), torch.tensor(lens), batch_first=True, enforce_sorted=False)
+    out, hid = type(rec).__mro__[2].forward(rec, packed)          # torch's own nn.RNN/LSTM/GRU forward
+    if seq:
+        z = tm[2](tm[1](pad_packed_sequence(out, batch_first=True, total_length=T)[0]))
+    else:
+        z = tm[1]((hid[0] if kind == "lstm" else hid)[-1])
+    tl = ((z - torch.tensor(y)) ** 2).mean()
+    tl.backward()
+    assert abs(L - tl.item()) <= 1e-12 * L
+    np.testing.assert_allclose(m.forward(X, lengths=lens), z.detach().numpy(), rtol=1e-12, atol=1e-14)
+    for (k, p), g in zip(tm.named_parameters(), grads):
+        assert np.abs(g - p.grad.numpy()).max() <= 1e-9 * np.abs(p.grad.numpy()).max(), k
+    # full lengths change nothing
+    np.testing.assert_array_equal(m.forward(X, lengths=np.full(N, T)), m.forward(X))
+
+
+def test_lengths_in_fit_are_thread_invariant_and_checked(rng):
+    X = rng.normal(size=(45, 8, F))
+    y = rng.integers(0, 3, 45)
+    lens = rng.integers(1, 9, 45)
+    states = []
+    for threads in (1, 2, 3):
+        m = fn.Sequential(fn.LSTM(F, H), fn.Dense(H, 3), input_shape=(8, F), seed=2)
+        m.fit(X, y, loss=fn.CrossEntropy(), optimizer=fn.Adam(lr=0.01), epochs=2, batch_size=16, threads=threads,
+              lengths=lens)
+        states.append(m.state_dict())
+    for other in states[1:]:
+        for k in states[0]:
+            np.testing.assert_array_equal(states[0][k], other[k], err_msg=k)
+    assert 0 <= m.evaluate(X, y, lengths=lens)["accuracy"] <= 1
+    assert m.predict(X, lengths=lens).shape == (45, 3)
+    # padding past an example's length does not matter
+    X2 = X.copy()
+    X2[np.arange(8)[None, :] >= lens[:, None]] = 99.0
+    np.testing.assert_array_equal(m.forward(X2, lengths=lens), m.forward(X, lengths=lens))
+    with pytest.raises(ValueError, match=r"lengths must lie in \[1, 8\]"):
+        m.forward(X, lengths=np.full(45, 9))
+    with pytest.raises(ValueError, match=r"shape \(45,\)"):
+        m.forward(X, lengths=lens[:3])
+    with pytest.raises(TypeError, match="whole numbers"):
+        m.forward(X, lengths=lens + 0.5)
+    with pytest.raises(ValueError, match="validation"):
+        m.fit(X, y, lengths=lens, validation_split=0.2)
+    with pytest.raises(ValueError, match="recurrent layer"):
+        fn.Sequential(fn.Dense(2, 1)).forward(np.zeros((2, 2)), lengths=[1, 1])
