@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 
-from layers_bench import cpu_name
+from fastnn.bench import cpu_name
 
 F, T, H, N_CLASSES, LR, MOM = 32, 50, 128, 10, 0.01, 0.9
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
