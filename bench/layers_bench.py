@@ -12,6 +12,8 @@ examples shuffled every epoch):
 - ``cnn1d``: 1x40: conv 25@5 pad 2, ReLU, conv 25@3 pad 1, ReLU, conv 25@3 pad 1, ReLU, flatten, 10
 - ``cifar``: 3x32x32: [conv 3x3 32 pad 1, BatchNorm2d, ReLU, maxpool 2], [64, same],
   [conv 128, BN, ReLU], global average pool, 10
+- ``lstm``, ``gru``, ``rnn``: 50 steps of 32 features, one recurrent layer of hidden size 128, the last
+  step's hidden state -> Dense -> 10
 
 Every (library, model, batch, threads) run is its own process; the libraries are interleaved
 round by round; torch gets its better thread setting (1 or 2). Prints ex/s, the ratio, and peak
@@ -29,11 +31,16 @@ import sys
 import time
 
 D_IN, D_H, N_CLASSES, LR, MOM = 784, 256, 10, 0.01, 0.9
-SHAPES = {"bn": (D_IN,), "res": (D_IN,), "lenet": (1, 28, 28), "cnn1d": (1, 40), "cifar": (3, 32, 32)}
+T_STEPS, F_SEQ, H_SEQ = 50, 32, 128
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+SHAPES = {"bn": (D_IN,), "res": (D_IN,), "lenet": (1, 28, 28), "cnn1d": (1, 40), "cifar": (3, 32, 32),
+          **{cell: (T_STEPS, F_SEQ) for cell in GATES}}
 # multiply-adds per example (forward), for GFLOP/s
 MACS = {"lenet": 6 * 25 * 784 + 16 * 150 * 100 + 400 * 120 + 120 * 84 + 84 * 10,
         "cnn1d": 25 * 5 * 40 + 25 * 75 * 40 * 2 + 1000 * 10,
-        "cifar": 32 * 27 * 1024 + 64 * 288 * 256 + 128 * 576 * 64 + 128 * 10}
+        "cifar": 32 * 27 * 1024 + 64 * 288 * 256 + 128 * 576 * 64 + 128 * 10,
+        # the recurrent matrix products: T (F + H) G H per example
+        **{cell: T_STEPS * (F_SEQ + H_SEQ) * g * H_SEQ for cell, g in GATES.items()}}
 
 
 def data(n, kind="bn"):
@@ -53,6 +60,9 @@ def fastnn_model(kind):
     if kind == "bn":
         return fn.Sequential(fn.Dense(D_IN, D_H), fn.BatchNorm1d(D_H), fn.ReLU(), fn.Dense(D_H, D_H),
                              fn.BatchNorm1d(D_H), fn.ReLU(), fn.Dense(D_H, N_CLASSES), seed=0)
+    if kind in GATES:
+        cls = {"lstm": fn.LSTM, "gru": fn.GRU, "rnn": fn.RNN}[kind]
+        return fn.Sequential(cls(F_SEQ, H_SEQ), fn.Dense(H_SEQ, N_CLASSES), input_shape=SHAPES[kind], seed=0)
     if kind == "lenet":
         return fn.Sequential(fn.Conv2d(1, 6, 5, padding=2), fn.ReLU(), fn.MaxPool2d(2), fn.Conv2d(6, 16, 5), fn.ReLU(),
                              fn.MaxPool2d(2), fn.Flatten(), fn.Dense(400, 120), fn.ReLU(), fn.Dense(120, 84),
@@ -76,6 +86,17 @@ def torch_model(kind):
     if kind == "bn":
         return nn.Sequential(nn.Linear(D_IN, D_H), nn.BatchNorm1d(D_H), nn.ReLU(), nn.Linear(D_H, D_H),
                              nn.BatchNorm1d(D_H), nn.ReLU(), nn.Linear(D_H, N_CLASSES))
+    if kind in GATES:
+        class Net(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.rec = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[kind](F_SEQ, H_SEQ, batch_first=True)
+                self.fc = nn.Linear(H_SEQ, N_CLASSES)
+
+            def forward(self, x):
+                return self.fc(self.rec(x)[0][:, -1])
+
+        return Net()
     if kind == "lenet":
         return nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 16, 5), nn.ReLU(),
                              nn.MaxPool2d(2), nn.Flatten(), nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84),
@@ -146,12 +167,12 @@ def spawn(lib, kind, batch, threads, a):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def main():
+def main(default_models=("bn", "res"), default_n=20000):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", nargs="+", default=["bn", "res"], choices=sorted(SHAPES))
+    p.add_argument("--models", "--cells", nargs="+", default=list(default_models), choices=sorted(SHAPES))
     p.add_argument("--batch", type=int, nargs="+", default=[32, 128])
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--n", type=int, default=20000)
+    p.add_argument("--n", type=int, default=default_n)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
