@@ -128,3 +128,20 @@ def loss_and_grad(spec, X, y, name, **kw):
         grads[2 * l + 1] = delta.sum(axis=0) if b is not None else None
         g = delta @ W
     return L, [x for x in grads if x is not None]
+
+
+def check_finite_differences(model, X, y, loss, rng, per_param=5, h=1e-6, tol=1e-6):
+    """Assert that ``model.loss_and_grad`` (2 threads) agrees with central differences (1 thread) on
+    ``per_param`` random entries of every parameter: |fd - g| <= tol * max(1, |fd|)."""
+    _, grads = model.loss_and_grad(X, y, loss, threads=2)
+    for (pname, p), g in zip(model.named_parameters(), grads):
+        flat, gf = p.reshape(-1), g.reshape(-1)
+        for idx in rng.choice(flat.size, size=min(per_param, flat.size), replace=False):
+            old = flat[idx]
+            flat[idx] = old + h
+            lp, _ = model.loss_and_grad(X, y, loss, threads=1)
+            flat[idx] = old - h
+            lm, _ = model.loss_and_grad(X, y, loss, threads=1)
+            flat[idx] = old
+            fd = (lp - lm) / (2 * h)
+            assert abs(fd - gf[idx]) <= tol * max(1.0, abs(fd)), (pname, idx, fd, gf[idx])

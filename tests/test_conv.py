@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import fastnn as fn
+from reference import check_finite_differences
 
 
 def _cases():
@@ -81,20 +82,7 @@ def test_pools_match_naive_reference(rng):
 def test_gradients_match_finite_differences(name, rng):
     m = _model(name)
     X, y = _data(rng, m.input_shape)
-    loss = fn.CrossEntropy()
-    _, grads = m.loss_and_grad(X, y, loss)
-    h = 1e-6
-    for (pname, p), g in zip(m.named_parameters(), grads):
-        flat, gf = p.reshape(-1), g.reshape(-1)
-        for idx in rng.choice(flat.size, size=min(5, flat.size), replace=False):
-            old = flat[idx]
-            flat[idx] = old + h
-            lp, _ = m.loss_and_grad(X, y, loss)
-            flat[idx] = old - h
-            lm, _ = m.loss_and_grad(X, y, loss)
-            flat[idx] = old
-            fd = (lp - lm) / (2 * h)
-            assert abs(fd - gf[idx]) <= 1e-6 * max(1.0, abs(fd)), (name, pname, idx, fd, gf[idx])
+    check_finite_differences(m, X, y, fn.CrossEntropy(), rng)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

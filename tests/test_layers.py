@@ -6,6 +6,7 @@ import pytest
 
 import fastnn as fn
 from fastnn import _plan
+from reference import check_finite_differences
 
 
 def _randomize(model, rng, scale=0.5):
@@ -50,21 +51,7 @@ def test_gradients_match_finite_differences(name, rng):
     m = MODELS[name]("float64", 0.3)
     _randomize(m, rng)
     X, y = _data(rng)
-    loss = fn.CrossEntropy()
-    _, grads = m.loss_and_grad(X, y, loss, threads=2)
-    h = 1e-6
-    for (pname, p), g in zip(m.named_parameters(), grads):
-        flat = p.reshape(-1)
-        gf = g.reshape(-1)
-        for idx in rng.choice(flat.size, size=min(6, flat.size), replace=False):
-            old = flat[idx]
-            flat[idx] = old + h
-            lp, _ = m.loss_and_grad(X, y, loss, threads=1)
-            flat[idx] = old - h
-            lm, _ = m.loss_and_grad(X, y, loss, threads=1)
-            flat[idx] = old
-            fd = (lp - lm) / (2 * h)
-            assert abs(fd - gf[idx]) <= 1e-6 * max(1.0, abs(fd)), (name, pname, idx, fd, gf[idx])
+    check_finite_differences(m, X, y, fn.CrossEntropy(), rng, per_param=6)
 
 
 # ---------------------------------------------------------------- NumPy float64 reference

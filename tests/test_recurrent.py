@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import fastnn as fn
+from reference import check_finite_differences
 
 F, H = 3, 5
 
@@ -31,20 +32,7 @@ def _data(rng, n=6, T=4, n_out=2):
 def test_gradients_match_finite_differences(kind, layers, seq, rng):
     m = _model(kind, layers=layers, seq=seq)
     X, y = _data(rng)
-    loss = fn.MSE()
-    _, grads = m.loss_and_grad(X, y, loss, threads=2)
-    h = 1e-6
-    for (pname, p), g in zip(m.named_parameters(), grads):
-        flat, gf = p.reshape(-1), g.reshape(-1)
-        for idx in rng.choice(flat.size, size=min(5, flat.size), replace=False):
-            old = flat[idx]
-            flat[idx] = old + h
-            lp, _ = m.loss_and_grad(X, y, loss, threads=1)
-            flat[idx] = old - h
-            lm, _ = m.loss_and_grad(X, y, loss, threads=1)
-            flat[idx] = old
-            fd = (lp - lm) / (2 * h)
-            assert abs(fd - gf[idx]) <= 1e-6 * max(1.0, abs(fd)), (pname, idx, fd, gf[idx])
+    check_finite_differences(m, X, y, fn.MSE(), rng)
 
 
 @pytest.mark.parametrize("kind,layers,seq", CASES)
