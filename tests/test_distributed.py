@@ -167,9 +167,10 @@ def test_cli_distributed_prints_once_and_saves_the_one_process_model(tmp_path):
     np.testing.assert_allclose(a._params, b._params, rtol=1e-12, atol=1e-14)
 
 
-def test_import_fastnn_does_not_import_mpi4py():
+def test_import_fastnn_does_not_import_mpi4py(tmp_path):
     code = "import sys, fastnn, fastnn.distributed; assert 'mpi4py' not in sys.modules"
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    # outside the source tree, so the installed (compiled) package is imported
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60, cwd=tmp_path)
 
 
 def test_example_runs_under_mpiexec(tmp_path):
