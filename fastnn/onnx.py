@@ -85,6 +85,14 @@ class GraphBuilder:
 # ---------------------------------------------------------------- exporters, one per layer kind
 @register(L.Dense)
 def _dense(layer, g, x, name):
+    if g.shape is not None and len(g.shape) > 1:     # on every row of an example (every step)
+        rows = g.node("Reshape", [x, g.constant(f"{name}.rows", [0, -1, layer.in_features], np.int64)],
+                      f"{name}.split")
+        y = g.node("MatMul", [rows, g.constant(f"{name}.weight", np.ascontiguousarray(layer.weight.T))],
+                   f"{name}.matmul")
+        if layer.bias is not None:
+            y = g.node("Add", [y, g.constant(f"{name}.bias", layer.bias)], f"{name}.bias_add")
+        return _rows(g, y, name)
     # Gemm with transB=1 is x @ weight.T + bias with PyTorch's (out, in) weight layout
     inputs = [x, g.constant(f"{name}.weight", layer.weight)]
     if layer.bias is not None:
@@ -248,6 +256,53 @@ def _adaptive_pool(layer, g, x, name):
     return _rows(g, y, name)
 
 
+# ONNX's gate order against torch's: LSTM i, o, f, c from i, f, g, o; GRU z, r, h from r, z, n
+_GATES = {L.LSTM: ("LSTM", [0, 3, 1, 2]), L.GRU: ("GRU", [1, 0, 2]), L.RNN: ("RNN", [0])}
+
+
+@register(L.RNN, L.LSTM, L.GRU)
+def _recurrent(layer, g, x, name):
+    op, order = _GATES[type(layer)]
+    H, T = layer.hidden_size, g.shape[0]
+    onnx = g.onnx
+
+    def gates(a):                   # rows of a torch parameter in ONNX's gate order, with a direction axis
+        return np.concatenate([a[k * H:(k + 1) * H] for k in order])[None]
+
+    seq = g.node("Reshape", [x, g.constant(f"{name}.shape", [0, T, g.shape[1]], np.int64)], f"{name}.unflatten")
+    seq = g.node("Transpose", [seq], f"{name}.time_major", perm=[1, 0, 2])       # (T, N, F)
+    for lay in range(layer.num_layers):
+        p = f"{name}.l{lay}"
+        inputs = [seq, g.constant(f"{p}.W", gates(getattr(layer, f"weight_ih_l{lay}"))),
+                  g.constant(f"{p}.R", gates(getattr(layer, f"weight_hh_l{lay}")))]
+        if layer.use_bias:
+            inputs.append(g.constant(f"{p}.B", np.concatenate([gates(getattr(layer, f"bias_ih_l{lay}")),
+                                                                gates(getattr(layer, f"bias_hh_l{lay}"))], axis=1)))
+        attrs = {"hidden_size": H}
+        if op == "GRU":
+            attrs["linear_before_reset"] = 1       # torch applies r after W_hn h + b_hn
+        if op == "RNN":
+            attrs["activations"] = ["Relu" if layer.nonlinearity == "relu" else "Tanh"]
+        y, yh = g._fresh(f"{p}.Y"), g._fresh(f"{p}.Y_h")
+        outs = [y, yh] + ([g._fresh(f"{p}.Y_c")] if op == "LSTM" else [])
+        g.nodes.append(onnx.helper.make_node(op, inputs, outs, name=g._fresh(f"{p}.{op.lower()}"), **attrs))
+        seq = g.node("Squeeze", [y, g.constant(f"{p}.dir", [1], np.int64)], f"{p}.squeeze")   # (T, N, H)
+    if layer.return_sequences:
+        y = g.node("Transpose", [seq], f"{name}.batch_major", perm=[1, 0, 2])
+        return _rows(g, y, name)
+    return g.node("Squeeze", [yh, g.constant(f"{name}.dir", [0], np.int64)], f"{name}.last")   # (N, H)
+
+
+@register(L.Embedding)
+def _embedding(layer, g, x, name):
+    ids = g.node("Cast", [x], f"{name}.ids", to=onnx_int64(g))
+    return _rows(g, g.node("Gather", [g.constant(f"{name}.weight", layer.weight), ids], f"{name}.gather"), name)
+
+
+def onnx_int64(g):
+    return g.onnx.TensorProto.INT64
+
+
 @register(L.Dropout2d)
 def _dropout2d(layer, g, x, name):
     return x
@@ -286,9 +341,6 @@ def to_model_proto(model, opset=None, *, standardize=None, metadata=None):
         raise TypeError(f"model must be a fastnn.Sequential, got {type(model).__name__}")
     opset = _check_opset(onnx, opset)
     exporters = [_exporter(layer, i) for i, layer in enumerate(model.layers)]   # fail before building
-    if any(op["kind"] == _engine.OP_KINDS["dense"] and op["groups"] != 1 for op in model._plan.ops):
-        raise NotImplementedError("ONNX export of a Dense on several rows per example (e.g. every step of a "
-                                  "sequence) is not supported; export models whose Dense layers see 1-D input")
     g = GraphBuilder(onnx, model.dtype)
     x = "input"
     if standardize is not None:

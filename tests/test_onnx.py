@@ -206,3 +206,30 @@ def test_adaptive_pool_without_an_onnx_form_is_named(tmp_path):
     model = fn.Sequential(fn.AdaptiveAvgPool2d((2, 2)), fn.Flatten(), fn.Dense(8, 2), input_shape=(2, 5, 5), seed=0)
     with pytest.raises(NotImplementedError, match=r"layer 0 \(AdaptiveAvgPool2d\)"):
         model.to_onnx(tmp_path / "x.onnx")
+
+
+def _recurrent_models(dtype):
+    return [fn.Sequential(fn.LSTM(3, 5), fn.Dense(5, 2), input_shape=(7, 3), dtype=dtype, seed=0),
+            fn.Sequential(fn.GRU(3, 4, num_layers=2, return_sequences=True), fn.Dense(4, 2), input_shape=(6, 3),
+                          dtype=dtype, seed=1),
+            fn.Sequential(fn.RNN(3, 4, nonlinearity="relu", bias=False), fn.Tanh(), fn.Dense(4, 2),
+                          input_shape=(5, 3), dtype=dtype, seed=2),
+            fn.Sequential(fn.Embedding(11, 4, padding_idx=0), fn.LSTM(4, 6, return_sequences=True), fn.Flatten(),
+                          fn.Dense(36, 2), input_shape=(6,), dtype=dtype, seed=3)]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_recurrent_layers_export(tmp_path, rng, dtype):
+    for k, model in enumerate(_recurrent_models(dtype)):
+        emb = isinstance(model.layers[0], fn.Embedding)
+        X = (rng.integers(0, 11, size=(13,) + model.input_shape) if emb else
+             rng.normal(size=(13,) + model.input_shape)).astype(dtype)
+        y = rng.integers(0, 2, (13,) + (model._plan.out_shape[:-1] if len(model._plan.out_shape) > 1 else ()))
+        model.fit(X, y, loss=fn.CrossEntropy(), optimizer=fn.SGD(lr=0.1), epochs=1, batch_size=4)
+        path = tmp_path / f"r{k}.onnx"
+        model.to_onnx(path)
+        onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+        if dtype == "float64":
+            continue                # onnxruntime's recurrent kernels are float32 only; the graph is checked
+        np.testing.assert_allclose(_run(path, X.reshape(len(X), -1)), model.forward(X).reshape(len(X), -1),
+                                   rtol=1e-5, atol=1e-6)
