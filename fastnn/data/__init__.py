@@ -3,6 +3,8 @@ import sys
 
 import numpy as np
 
+from .._core import _engine
+
 _MASK64 = (1 << 64) - 1
 
 
@@ -24,8 +26,7 @@ def _is_frame(X):
 
 
 #: element types the compiled core reads directly, converting each row as it gathers it
-STREAM_DTYPES = tuple(np.dtype(t) for t in (np.float32, np.float64, np.uint8, np.int8, np.uint16, np.int16,
-                                             np.int32, np.int64))
+STREAM_DTYPES = tuple(_engine.X_CODES)
 
 
 def check_X(X, n_features, dtype, name="X", stream=False):
