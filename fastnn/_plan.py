@@ -171,9 +171,10 @@ class Plan:
                 geo = layer.geometry(src.shape)
                 k = self._new_op("pool", src, math.prod(out_shape), **{f"g{i}": v for i, v in enumerate(geo)})
                 if geo[15] == 0:            # max: each output's argmax, for backward
-                    if geo[1] * geo[2] >= 1 << 24:      # kept as a float: exact below 2**24
+                    # argmax kept as a float (exact below 2**24); positions as C ints in the kernel
+                    if geo[1] * geo[2] >= 1 << 24 or geo[0] * geo[1] * geo[2] >= 1 << 31:
                         raise ValueError(f"layer {name} ({layer!r}): max pooling over planes of 2**24 or more "
-                                         "values is not supported")
+                                         "values (or inputs of 2**31) is not supported")
                     self.ops[k]["s_col"] = self._alloc(math.prod(out_shape))
                 src = _Buf(k, self.ops[k]["a_col"], out_shape)
             elif isinstance(layer, L.BatchNorm1d):

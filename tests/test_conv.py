@@ -77,6 +77,51 @@ def test_pools_match_naive_reference(rng):
     np.testing.assert_allclose(ad.forward(X), ref, rtol=1e-13)
 
 
+def _maxpool_ref(z, k, s, p):
+    """Max over each window (padding never wins) and the first maximum's flat position per plane."""
+    N, C, H, W = z.shape
+    Ho, Wo = (H + 2 * p - k) // s + 1, (W + 2 * p - k) // s + 1
+    y, pos = np.empty((N, C, Ho, Wo)), np.empty((N, C, Ho, Wo), dtype=np.int64)
+    for n in range(N):
+        for c in range(C):
+            for i in range(Ho):
+                for j in range(Wo):
+                    r0, c0 = i * s - p, j * s - p
+                    cells = [(r, q) for r in range(max(r0, 0), min(r0 + k, H)) for q in range(max(c0, 0), min(c0 + k, W))]
+                    vals = [z[n, c, r, q] for r, q in cells]
+                    nan = [t for t, v in enumerate(vals) if v != v]
+                    best = nan[0] if nan else int(np.argmax(vals))      # first maximum; a NaN wins
+                    y[n, c, i, j] = vals[best]
+                    pos[n, c, i, j] = cells[best][0] * W + cells[best][1]
+    return y, pos
+
+
+@pytest.mark.parametrize("k,s,p", [(2, 2, 0), (3, 2, 1), (3, 1, 0)])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_max_pool_ties_route_to_the_first_maximum(k, s, p, dtype, rng):
+    # z = x0 + x1 ties often while x0, x1 differ, so the filter gradient shows which tied input won
+    N, H, W = 5, 7, 9
+    X = rng.integers(0, 3, size=(N, 2, H, W)).astype(dtype)
+    z = X.astype(np.float64).sum(axis=1, keepdims=True)
+    y, pos = _maxpool_ref(z, k, s, p)
+    m = fn.Sequential(fn.Conv2d(2, 1, 1), fn.MaxPool2d(k, stride=s, padding=p), fn.Flatten(),
+                      fn.Dense(y[0].size, 3), input_shape=(2, H, W), dtype=dtype, seed=0)
+    m.layers[0].weight[...] = 1.0
+    m.layers[0].bias[...] = 0.0
+    V, c = m.layers[3].weight.astype(np.float64), m.layers[3].bias.astype(np.float64)
+    T = rng.normal(size=(N, 3))
+    L, grads = m.loss_and_grad(X, T.astype(dtype), fn.MSE())
+    out = y.reshape(N, -1) @ V.T + c
+    dy = ((2 * (out - T) / out.size) @ V).reshape(y.shape)
+    dz = np.zeros(z.shape)
+    for idx in np.ndindex(y.shape):
+        dz[idx[0], idx[1]].flat[pos[idx]] += dy[idx]
+    dW = np.array([(dz[:, 0] * X[:, ci]).sum() for ci in range(2)])
+    tol = 1e-5 if dtype == "float32" else 1e-12
+    np.testing.assert_allclose(m.forward(X), out, rtol=tol, atol=tol)
+    np.testing.assert_allclose(grads[0].ravel(), dW, rtol=tol, atol=tol)
+
+
 # ---------------------------------------------------------------- gradients
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_gradients_match_finite_differences(name, rng):

@@ -10,6 +10,29 @@ cdef enum:
     POOL_MAX = 0
     POOL_AVG = 1
     POOL_ADAPTIVE = 2
+    POOL_LANES = 64         # outputs of a row pooled together (stack buffers)
+
+
+cdef extern from *:
+    """
+    /* One window element (offset off) for n max-pool outputs whose windows start at base[i]: m, a
+       hold each output's running maximum and its position; the first maximum wins and a NaN wins
+       over numbers (PyTorch's rule). Selects over lanes (gathers), so the compiler vectorizes it
+       however short the output rows are. */
+    #define FASTNN_MAXPOS(T, NAME) \
+    static void NAME(const T* restrict x, const int* restrict base, int off, int n, T* restrict m, \
+                     int* restrict a) { \
+        for (int i = 0; i < n; i++) { \
+            int q = base[i] + off; \
+            T v = x[q], c = m[i]; \
+            int u = (v > c) | ((v != v) & (c == c)); \
+            m[i] = u ? v : c; \
+            a[i] = u ? q : a[i]; } }
+    FASTNN_MAXPOS(float, fastnn_maxpos_f)
+    FASTNN_MAXPOS(double, fastnn_maxpos_d)
+    """
+    void fastnn_maxpos_f(const float* x, const int* base, int off, int n, float* m, int* a) noexcept nogil
+    void fastnn_maxpos_d(const double* x, const int* base, int off, int n, double* m, int* a) noexcept nogil
 
 
 cdef inline void valid_range(Py_ssize_t n_out, Py_ssize_t size, Py_ssize_t stride, Py_ssize_t off,
@@ -188,28 +211,52 @@ cdef void pool_forward(Op* o, floating* Wk, Py_ssize_t r0, Py_ssize_t c) noexcep
     cdef Py_ssize_t kh = g[4], kw = g[5], sh = g[6], sw = g[7], base, q
     cdef bint inside = g[15] == POOL_MAX and g[8] == 0 and g[9] == 0
     cdef int u
+    cdef Py_ssize_t o0, nw, n_o, i
+    cdef floating mb[POOL_LANES]
+    cdef int ab[POOL_LANES]
+    cdef int bb[POOL_LANES]
+    cdef int pb[POOL_LANES]
     for e in range(r0, r0 + c):
+        if inside:          # no padding: every window lies inside the input
+            # the example's outputs (channel, row, column) in blocks of POOL_LANES lanes; each window
+            # element in row-major order over a block: the comparisons of one window at a time
+            x = Wk + o.in_e + e * o.n_in
+            y = Wk + o.a_e + e * o.n_out
+            arg = Wk + o.s_e + e * o.n_out
+            n_o = C * Ho * Wo
+            ch = oh = ow = 0
+            o0 = 0
+            while o0 < n_o:
+                nw = n_o - o0 if n_o - o0 < POOL_LANES else POOL_LANES
+                for i in range(nw):
+                    pb[i] = <int>(ch * H * W)
+                    bb[i] = <int>(ch * H * W + oh * sh * W + ow * sw)
+                    mb[i] = x[bb[i]]
+                    ab[i] = bb[i]
+                    ow += 1
+                    if ow == Wo:
+                        ow = 0
+                        oh += 1
+                        if oh == Ho:
+                            oh = 0
+                            ch += 1
+                for ih in range(kh):
+                    for iw in range(kw):
+                        if ih == 0 and iw == 0:
+                            continue
+                        if floating is float:
+                            fastnn_maxpos_f(x, bb, <int>(ih * W + iw), <int>nw, mb, ab)
+                        else:
+                            fastnn_maxpos_d(x, bb, <int>(ih * W + iw), <int>nw, mb, ab)
+                for i in range(nw):
+                    y[o0 + i] = mb[i]
+                    arg[o0 + i] = <floating>(ab[i] - pb[i])
+                o0 += nw
+            continue
         for ch in range(C):
             x = Wk + o.in_e + e * o.n_in + ch * H * W
             y = Wk + o.a_e + e * o.n_out + ch * Ho * Wo
             arg = Wk + o.s_e + e * o.n_out + ch * Ho * Wo
-            if inside:          # no padding: every window lies inside the input
-                for oh in range(Ho):
-                    for ow in range(Wo):
-                        base = oh * sh * W + ow * sw
-                        am = base
-                        m = x[base]
-                        for ih in range(kh):
-                            for iw in range(kw):
-                                q = base + ih * W + iw
-                                v = x[q]
-                                # selects, not branches: which element wins is data-dependent
-                                u = (v > m) | ((v != v) & (m == m))
-                                m = v if u else m
-                                am = q if u else am
-                        y[oh * Wo + ow] = m
-                        arg[oh * Wo + ow] = <floating>am
-                continue
             for oh in range(Ho):
                 for ow in range(Wo):
                     pool_window(g, oh, ow, &h0, &h1, &w0, &w1)
