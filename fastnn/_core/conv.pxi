@@ -72,8 +72,9 @@ cdef void im2col(floating* x, floating* col, Py_ssize_t* g, Py_ssize_t c0, Py_ss
                     src = xc + ih * W + off
                     for ow in range(w_lo):
                         dst[oh * Wo + ow] = 0
-                    if sw == 1:
-                        memcpy(dst + oh * Wo + w_lo, src + w_lo, (w_hi - w_lo) * sizeof(floating))
+                    if sw == 1:         # rows are short: a loop, not a memcpy call
+                        for ow in range(w_lo, w_hi):
+                            dst[oh * Wo + ow] = src[ow]
                     else:
                         for ow in range(w_lo, w_hi):
                             dst[oh * Wo + ow] = src[ow * sw]
@@ -176,8 +177,7 @@ cdef void conv_grad(Op* o, Tile* T, floating* Wk, floating* G_, Py_ssize_t B) no
             dout = Wk + o.d_e + e * o.n_out + T.r0 * L
             for j in range(T.nr):
                 s = 0
-                for l in range(L):
-                    s += dout[j * L + l]
+                red_sum(dout + j * L, L, &s)
                 db[j] = db[j] + <floating>s
 
 
