@@ -33,6 +33,7 @@ WIDE_BIG_WEIGHTS = 512 * 512
 BN_UNIT = 32            # features per BatchNorm work unit
 WIDE_UNIT = 128         # neurons (forward) or input features (backward) per wide-Dense work unit
 NORM_TILE = 64          # features per norm-parameter gradient tile
+CONV_SUB_ELEMS = 1 << 14     # a convolution's columns per sub-block of examples, at most (measured: larger is slower)
 TILE_ROWS = 128         # most rows of dW per gradient tile
 
 
@@ -159,10 +160,22 @@ class Plan:
                 geo = layer.geometry(src.shape)
                 k = self._new_op("conv", src, math.prod(out_shape), w_off=offs["weight"], b_off=offs.get("bias", -1),
                                  **{f"g{i}": v for i, v in enumerate(geo)})
-                # the im2col columns of every example, kept for the filter gradient
+                # the im2col columns of every example, kept for backward
                 self.ops[k]["s_col"] = self._alloc(layer.in_channels * geo[4] * geo[5] * geo[13] * geo[14])
-                cg = layer.in_channels // layer.groups
-                self.scratch = max(self.scratch, cg * geo[4] * geo[5] * geo[13] * geo[14])
+                k_len = layer.in_channels // layer.groups * geo[4] * geo[5]
+                L_out = geo[13] * geo[14]
+                # examples per sub-block: the most (a power of 2, at most 16, so that it divides every
+                # chunk) whose columns of one group fit in CONV_SUB_ELEMS
+                sub = 1
+                while sub < 16 and 2 * sub * k_len * L_out <= CONV_SUB_ELEMS:
+                    sub *= 2
+                self.ops[k]["sub"] = sub
+                # each sub-block's partial filter and bias gradient, at its first row
+                self.ops[k]["p_col"] = self._alloc(layer.out_channels * (k_len + 1))
+                # per chunk: the gathered output delta (also the forward GEMM's result), then the
+                # column delta, of one group and sub-block
+                og = layer.out_channels // layer.groups
+                self.scratch = max(self.scratch, (og + k_len) * sub * L_out)
                 self.dense.append([name, layer, None])
                 self.diag.append((name, k, layer.n_params(), math.prod(out_shape)))
                 src = _Buf(k, self.ops[k]["a_col"], out_shape)

@@ -252,10 +252,10 @@ class Sequential:
             self._work_buf = np.empty(size, dtype=self.dtype)
         return self._work_buf
 
-    def _scratch(self, batch_size):
-        """Per-chunk scratch of the convolutions' backward (empty without them)."""
+    def _scratch(self, batch_size, chunk=None):
+        """Per-chunk scratch of the convolutions (empty without them)."""
         p = self._plan
-        size = p.scratch * -(-batch_size // p.chunk_for(batch_size))
+        size = p.scratch * -(-batch_size // (chunk or p.chunk_for(batch_size)))
         if getattr(self, "_scratch_buf", None) is None or self._scratch_buf.size < max(size, 1):
             self._scratch_buf = np.empty(max(size, 1), dtype=self.dtype)
         return self._scratch_buf
@@ -378,7 +378,8 @@ class Sequential:
             _engine.forward_rows(p.op_table, p.opf_table, p.phases(mode), p.chunk, self._params,
                                  self._running, stats, X, out, work, rows,
                                  self._threads_for(rows // 3, resolve_threads(threads)), bool(training),
-                                 self.seed, self.epochs_trained, self.steps_trained, lengths=lengths)
+                                 self.seed, self.epochs_trained, self.steps_trained, lengths=lengths,
+                                 scratch=self._scratch(rows, p.chunk), scratch_stride=p.scratch)
         return out.reshape((n,) + p.out_shape) if len(p.out_shape) > 1 else out
 
     __call__ = forward

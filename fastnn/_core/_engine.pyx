@@ -112,7 +112,7 @@ PHASE_KINDS = {"chunk": PH_CHUNK, "bn_fwd": PH_BN_FWD, "bn_bwd": PH_BN_BWD, "wid
 OP_FIELDS = ("kind", "n_in", "n_out", "w_off", "b_off", "act", "drop", "in_col", "in2_col", "a_col",
              "ad_col", "d_col", "din_col", "din2_col", "din_acc", "din2_acc", "s_col", "s_off", "r_off",
              "groups", "key", "diag", "unit_off", "nbt", "dper") + tuple(f"g{i}" for i in range(17)) + (
-             "cell", "steps", "hidden", "w2_off", "b2_off")
+             "cell", "steps", "hidden", "w2_off", "b2_off", "sub", "p_col")
 OPF_FIELDS = ("act_param", "drop_p", "eps", "momentum")
 PHASE_FIELDS = ("kind", "op", "unit", "gather", "pro", "f0", "f1", "loss", "b0", "b1", "epi")
 TILE_FIELDS = ("op", "r0", "nr")
@@ -151,6 +151,8 @@ cdef struct Op:
     # Embedding: cell is the padding row (-1 none), steps the tokens per example, hidden the row size
     int cell
     Py_ssize_t steps, hidden, w2_off, b2_off
+    Py_ssize_t sub            # convolution: examples per sub-block
+    Py_ssize_t p_e            # convolution: partial filter/bias gradients, at each sub-block's first row
     Py_ssize_t ga_e, hs_e, cs_e, hn_e, di_e, dh_e, sc_e, ds_e
 
 
@@ -363,7 +365,7 @@ cdef void op_forward(Op* o, Ctx* cx, floating* Wk, floating* P, Py_ssize_t r0, P
         for i in range(c * n):
             a[i] = x[i] + x2[i]
     elif o.kind == OP_CONV:
-        conv_forward(o, P, Wk, r0, c)
+        conv_forward(o, P, Wk, r0, c, <floating*>cx.scratch + slot * cx.scratch_stride)
     elif o.kind == OP_POOL:
         pool_forward(o, Wk, r0, c)
     op_tail(o, cx, Wk, P, r0, c, slot)
@@ -595,7 +597,7 @@ cdef void grad_tile(Net* net, Tile* T, floating* Wk, floating* P, floating* G, P
     if o.kind == OP_DENSE:
         dense_grad(o, T, Wk, G, B)
     elif o.kind == OP_CONV:
-        conv_grad(o, T, Wk, G, B)
+        conv_grad(o, T, Wk, G, B, net.chunk)
     elif o.kind == OP_LN:
         ln_grad(o, T, Wk, G, B)
     elif o.kind == OP_RNN:
@@ -700,6 +702,8 @@ cdef Net* net_new(const int64_t[:, ::1] ops, const double[:, ::1] opsf, const in
         net.ops[k].hidden = ops[k, 44]
         net.ops[k].w2_off = ops[k, 45]
         net.ops[k].b2_off = ops[k, 46]
+        net.ops[k].sub = ops[k, 47]
+        net.ops[k].p_e = B * ops[k, 48] if ops[k, 48] >= 0 else -1
         if net.ops[k].kind == OP_RNN:
             rnn_setup(&net.ops[k], B)
         net.ops[k].act_param = opsf[k, 0]
@@ -974,11 +978,15 @@ def forward_rows(const int64_t[:, ::1] ops, const double[:, ::1] opsf, const int
                  Py_ssize_t chunk, floating[::1] params, floating[::1] running, double[::1] stats,
                  object X, floating[:, ::1] out, floating[::1] work, Py_ssize_t batch_size,
                  int n_threads, bint training=False, uint64_t seed=0, uint64_t epoch=0, uint64_t step=0,
-                 const int64_t[::1] lengths=None):
+                 const int64_t[::1] lengths=None, floating[::1] scratch=None, Py_ssize_t scratch_stride=0):
     """out <- network(X), in batches of batch_size rows, through the forward phases given.
     Dropout is in inference mode unless ``training``; then row i of X draws the mask of
     example i of step ``step``. BatchNorm ops inside chunk phases use the running statistics.
-    ``lengths[i]``: the length of row i's sequence (recurrent layers)."""
+    ``lengths[i]``: the length of row i's sequence (recurrent layers). ``scratch``:
+    ``scratch_stride`` elements per chunk (convolutions)."""
+    if scratch_stride > 0 and (scratch is None or
+                               scratch.shape[0] < scratch_stride * ((batch_size + chunk - 1) // chunk)):
+        raise ValueError("scratch is too small for this plan")
     cdef int xcode = 0
     cdef Py_ssize_t N = 0, x_cols = 0
     cdef void* xptr = raw_rows(X, &xcode, &N, &x_cols)
@@ -996,8 +1004,8 @@ def forward_rows(const int64_t[:, ::1] ops, const double[:, ::1] opsf, const int
     cx.xcode = xcode
     cx.R = <void*>&running[0] if running.shape[0] > 0 else NULL
     cx.st = &stats[0] if stats.shape[0] > 0 else NULL
-    cx.scratch = NULL
-    cx.scratch_stride = 0
+    cx.scratch = <void*>&scratch[0] if scratch_stride > 0 else NULL
+    cx.scratch_stride = scratch_stride
     cx.ordp = &ident[0]
     cx.training = training
     cx.seed = seed

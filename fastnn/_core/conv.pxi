@@ -1,7 +1,13 @@
-# Convolution and pooling over examples laid out (C, H, W) (1-D as H = 1), per example of a chunk.
-# Conv: im2col into the op's column block (kept for the filter gradient), one GEMM per group;
-# backward: a GEMM into the chunk's scratch, then col2im added into the input delta. Filter
-# gradients are tiles of output channels summed over the examples in order.
+# Convolution and pooling over examples laid out (C, H, W) (1-D as H = 1).
+# A convolution works on sub-blocks of ``o.sub`` consecutive examples of a chunk (a number from the
+# shapes only, so that a sub-block's columns fit in cache): im2col writes the sub-block's columns
+# side by side ([group][k][example, position], kept for backward), one GEMM per group multiplies
+# them all, and the result is scattered into each example's (channel, position) rows. Backward
+# gathers the sub-block's output delta the same way, forms the sub-block's filter and bias
+# gradient with one GEMM (into the op's partial block, at the sub-block's first row) and the
+# column delta with another, then col2im adds it into each input delta. The gradient tiles sum
+# the partials sub-block by sub-block in batch order: the same sum on any thread count, and the
+# filter gradient is formed in parallel over chunks, while the columns are in cache.
 #
 # geometry (Op.g): 0 Cin, 1 H, 2 W, 3 Cout, 4 kh, 5 kw, 6 sh, 7 sw, 8 ph, 9 pw, 10 dh, 11 dw,
 # 12 groups, 13 Hout, 14 Wout, 15 pool mode (0 max, 1 avg, 2 adaptive avg), 16 count_include_pad
@@ -49,8 +55,10 @@ cdef inline void valid_range(Py_ssize_t n_out, Py_ssize_t size, Py_ssize_t strid
     hi[0] = b
 
 
-cdef void im2col(floating* x, floating* col, Py_ssize_t* g, Py_ssize_t c0, Py_ssize_t nc) noexcept nogil:
-    """col[(c*kh + i)*kw + j, oh*Wout + ow] = x[c0 + c, oh*sh - ph + i*dh, ow*sw - pw + j*dw] (0 outside)."""
+cdef void im2col(floating* x, floating* col, Py_ssize_t ld, Py_ssize_t* g, Py_ssize_t c0,
+                 Py_ssize_t nc) noexcept nogil:
+    """col[((c*kh + i)*kw + j) * ld + oh*Wout + ow] = x[c0 + c, oh*sh - ph + i*dh, ow*sw - pw + j*dw]
+    (0 outside)."""
     cdef Py_ssize_t H = g[1], W = g[2], kh = g[4], kw = g[5], sh = g[6], sw = g[7], ph = g[8], pw = g[9]
     cdef Py_ssize_t dh = g[10], dw = g[11], Ho = g[13], Wo = g[14], L = Ho * Wo
     cdef Py_ssize_t c, i, j, oh, ow, ih, w_lo, w_hi, off
@@ -61,7 +69,7 @@ cdef void im2col(floating* x, floating* col, Py_ssize_t* g, Py_ssize_t c0, Py_ss
         xc = x + (c0 + c) * H * W
         for i in range(kh):
             for j in range(kw):
-                dst = col + ((c * kh + i) * kw + j) * L
+                dst = col + ((c * kh + i) * kw + j) * ld
                 off = j * dw - pw
                 valid_range(Wo, W, sw, off, &w_lo, &w_hi)
                 for oh in range(Ho):
@@ -82,7 +90,8 @@ cdef void im2col(floating* x, floating* col, Py_ssize_t* g, Py_ssize_t c0, Py_ss
                         dst[oh * Wo + ow] = 0
 
 
-cdef void col2im_add(floating* col, floating* dx, Py_ssize_t* g, Py_ssize_t c0, Py_ssize_t nc) noexcept nogil:
+cdef void col2im_add(floating* col, Py_ssize_t ld, floating* dx, Py_ssize_t* g, Py_ssize_t c0,
+                     Py_ssize_t nc) noexcept nogil:
     """dx[c0 + c, ...] += the entries of col that im2col read from there."""
     cdef Py_ssize_t H = g[1], W = g[2], kh = g[4], kw = g[5], sh = g[6], sw = g[7], ph = g[8], pw = g[9]
     cdef Py_ssize_t dh = g[10], dw = g[11], Ho = g[13], Wo = g[14], L = Ho * Wo
@@ -94,7 +103,7 @@ cdef void col2im_add(floating* col, floating* dx, Py_ssize_t* g, Py_ssize_t c0, 
         dxc = dx + (c0 + c) * H * W
         for i in range(kh):
             for j in range(kw):
-                src = col + ((c * kh + i) * kw + j) * L
+                src = col + ((c * kh + i) * kw + j) * ld
                 off = j * dw - pw
                 valid_range(Wo, W, sw, off, &w_lo, &w_hi)
                 for oh in range(Ho):
@@ -110,75 +119,109 @@ cdef void col2im_add(floating* col, floating* dx, Py_ssize_t* g, Py_ssize_t c0, 
                             dst[ow * sw] = dst[ow * sw] + src[oh * Wo + ow]
 
 
-cdef void conv_forward(Op* o, floating* P, floating* Wk, Py_ssize_t r0, Py_ssize_t c) noexcept nogil:
-    """Rows [r0, r0+c): out[co, l] = sum_k W[co, k] col[k, l] + bias[co], group by group."""
+cdef void conv_forward(Op* o, floating* P, floating* Wk, Py_ssize_t r0, Py_ssize_t c,
+                       floating* tmp) noexcept nogil:
+    """Rows [r0, r0+c), a sub-block of examples at a time: out[e, co, l] = sum_k W[co, k] col[k, (e, l)]
+    + bias[co], one GEMM per group into ``tmp`` (out channels x the sub-block's positions)."""
     cdef Py_ssize_t* g = o.g
     cdef Py_ssize_t G = g[12], Cg = g[0] // G, Og = g[3] // G, K = Cg * g[4] * g[5], L = g[13] * g[14]
-    cdef Py_ssize_t e, gi, co, l
-    cdef floating* x
-    cdef floating* col
+    cdef Py_ssize_t j0 = 0, nb, e0, M, gi, j, co, l
+    cdef floating* colg
     cdef floating* out
+    cdef floating* src
     cdef floating b
-    for e in range(r0, r0 + c):
-        x = Wk + o.in_e + e * o.n_in
-        out = Wk + o.a_e + e * o.n_out
+    while j0 < c:
+        nb = c - j0 if c - j0 < o.sub else o.sub
+        e0 = r0 + j0
+        M = nb * L
         for gi in range(G):
-            col = Wk + o.s_e + e * G * K * L + gi * K * L
-            im2col(x, col, g, gi * Cg, Cg)
-            gemm(c'N', c'N', <int>L, <int>Og, <int>K, <floating>1, col, <int>L, P + o.w_off + gi * Og * K,
-                 <int>K, <floating>0, out + gi * Og * L, <int>L)
-        if o.b_off >= 0:
-            for co in range(g[3]):
-                b = P[o.b_off + co]
-                for l in range(L):
-                    out[co * L + l] = out[co * L + l] + b
+            colg = Wk + o.s_e + e0 * G * K * L + gi * K * M
+            for j in range(nb):
+                im2col(Wk + o.in_e + (e0 + j) * o.n_in, colg + j * L, M, g, gi * Cg, Cg)
+            gemm(c'N', c'N', <int>M, <int>Og, <int>K, <floating>1, colg, <int>M, P + o.w_off + gi * Og * K,
+                 <int>K, <floating>0, tmp, <int>M)
+            for j in range(nb):
+                for co in range(Og):
+                    out = Wk + o.a_e + (e0 + j) * o.n_out + (gi * Og + co) * L
+                    src = tmp + co * M + j * L
+                    b = P[o.b_off + gi * Og + co] if o.b_off >= 0 else 0
+                    for l in range(L):
+                        out[l] = src[l] + b
+        j0 += nb
 
 
 cdef void conv_backward(Op* o, floating* P, floating* Wk, Py_ssize_t r0, Py_ssize_t c,
                         floating* scratch) noexcept nogil:
-    """Rows [r0, r0+c): dcol = W^T dout per group (in scratch), col2im into the input delta."""
-    if o.din_e < 0:
-        return
+    """Rows [r0, r0+c), a sub-block at a time: the sub-block's filter and bias gradient (into the
+    partial block at its first row) and, when the input needs it, dcol = W^T dout per group, col2im
+    into the input delta. ``scratch``: the gathered delta, then the column delta."""
     cdef Py_ssize_t* g = o.g
     cdef Py_ssize_t G = g[12], Cg = g[0] // G, Og = g[3] // G, K = Cg * g[4] * g[5], L = g[13] * g[14]
-    cdef Py_ssize_t e, gi, i
-    cdef floating* dout
+    cdef Py_ssize_t Cout = g[3], j0 = 0, nb, e0, M, gi, j, co, i
+    cdef floating* colg
+    cdef floating* part
     cdef floating* dx
-    for e in range(r0, r0 + c):
-        dout = Wk + o.d_e + e * o.n_out
-        dx = Wk + o.din_e + e * o.n_in
-        if not o.din_acc:
-            for i in range(o.n_in):
-                dx[i] = 0
-        for gi in range(G):
-            gemm(c'N', c'T', <int>L, <int>K, <int>Og, <floating>1, dout + gi * Og * L, <int>L,
-                 P + o.w_off + gi * Og * K, <int>K, <floating>0, scratch, <int>L)
-            col2im_add(scratch, dx, g, gi * Cg, Cg)
-
-
-cdef void conv_grad(Op* o, Tile* T, floating* Wk, floating* G_, Py_ssize_t B) noexcept nogil:
-    """Filters [r0, r0+nr) (one group): dW = sum_e dout_e col_e^T, db = sum_e sum_l dout_e, in example
-    order."""
-    cdef Py_ssize_t* g = o.g
-    cdef Py_ssize_t G = g[12], Og = g[3] // G, K = (g[0] // G) * g[4] * g[5], L = g[13] * g[14]
-    cdef Py_ssize_t gi = T.r0 // Og, e, j, l
-    cdef floating* dout
-    cdef floating* db
+    cdef floating* dcol
     cdef double s
-    for e in range(B):
-        dout = Wk + o.d_e + e * o.n_out + T.r0 * L
-        gemm(c'T', c'N', <int>K, <int>T.nr, <int>L, <floating>1, Wk + o.s_e + e * G * K * L + gi * K * L,
-             <int>L, dout, <int>L, <floating>(0 if e == 0 else 1), G_ + o.w_off + T.r0 * K, <int>K)
-    if o.b_off >= 0:
-        db = G_ + o.b_off + T.r0
-        for j in range(T.nr):
-            db[j] = 0
-        for e in range(B):
-            dout = Wk + o.d_e + e * o.n_out + T.r0 * L
-            for j in range(T.nr):
-                s = 0
-                red_sum(dout + j * L, L, &s)
-                db[j] = db[j] + <floating>s
+    while j0 < c:
+        nb = c - j0 if c - j0 < o.sub else o.sub
+        e0 = r0 + j0
+        M = nb * L
+        part = Wk + o.p_e + e0 * (Cout * K + Cout)
+        if o.din_e >= 0 and not o.din_acc:
+            for i in range(nb * o.n_in):
+                Wk[o.din_e + e0 * o.n_in + i] = 0
+        for gi in range(G):
+            colg = Wk + o.s_e + e0 * G * K * L + gi * K * M
+            for co in range(Og):
+                for j in range(nb):
+                    memcpy(scratch + co * M + j * L, Wk + o.d_e + (e0 + j) * o.n_out + (gi * Og + co) * L,
+                           L * sizeof(floating))
+            # partial[co, k] = sum over the sub-block's positions of dout[co, .] col[k, .]
+            gemm(c'T', c'N', <int>K, <int>Og, <int>M, <floating>1, colg, <int>M, scratch, <int>M,
+                 <floating>0, part + gi * Og * K, <int>K)
+            if o.b_off >= 0:
+                for co in range(Og):
+                    s = 0
+                    red_sum(scratch + co * M, M, &s)
+                    part[Cout * K + gi * Og + co] = <floating>s
+            if o.din_e >= 0:
+                dcol = scratch + Og * M
+                gemm(c'N', c'T', <int>M, <int>K, <int>Og, <floating>1, scratch, <int>M,
+                     P + o.w_off + gi * Og * K, <int>K, <floating>0, dcol, <int>M)
+                for j in range(nb):
+                    col2im_add(dcol + j * L, M, Wk + o.din_e + (e0 + j) * o.n_in, g, gi * Cg, Cg)
+        j0 += nb
+
+
+cdef void conv_grad(Op* o, Tile* T, floating* Wk, floating* G_, Py_ssize_t B, Py_ssize_t chunk) noexcept nogil:
+    """Filters [r0, r0+nr) (one group): the sum of the sub-blocks' partial gradients in batch order
+    (chunks of ``chunk`` rows, each in sub-blocks of ``o.sub``)."""
+    cdef Py_ssize_t* g = o.g
+    cdef Py_ssize_t K = (g[0] // g[12]) * g[4] * g[5], Cout = g[3], pw = Cout * K + Cout
+    cdef Py_ssize_t ci = 0, cc, j0, i, n = T.nr * K
+    cdef floating* dw = G_ + o.w_off + T.r0 * K
+    cdef floating* db = G_ + o.b_off + T.r0
+    cdef floating* part
+    cdef bint first = True
+    while ci < B:
+        cc = B - ci if B - ci < chunk else chunk
+        j0 = 0
+        while j0 < cc:
+            part = Wk + o.p_e + (ci + j0) * pw
+            if first:
+                memcpy(dw, part + T.r0 * K, n * sizeof(floating))
+                if o.b_off >= 0:
+                    memcpy(db, part + Cout * K + T.r0, T.nr * sizeof(floating))
+                first = False
+            else:
+                for i in range(n):
+                    dw[i] = dw[i] + part[T.r0 * K + i]
+                if o.b_off >= 0:
+                    for i in range(T.nr):
+                        db[i] = db[i] + part[Cout * K + T.r0 + i]
+            j0 += o.sub
+        ci += chunk
 
 
 cdef inline void pool_window(Py_ssize_t* g, Py_ssize_t oh, Py_ssize_t ow, Py_ssize_t* h0, Py_ssize_t* h1,
