@@ -246,7 +246,7 @@ cdef struct Ctx:
     void* R
     double* st
     int xcode                 # X's element type (X_CODES): rows are converted as they are gathered
-    void* scratch             # per chunk: conv backward's column buffer
+    void* scratch             # per chunk: convolutions' columns, a recurrent layer's W_hh transposed
     Py_ssize_t scratch_stride
     Py_ssize_t* ordp
     Py_ssize_t b0             # first position of the batch in ordp
@@ -356,7 +356,7 @@ cdef void op_forward(Op* o, Ctx* cx, floating* Wk, floating* P, Py_ssize_t r0, P
     elif o.kind == OP_LN:
         ln_forward(o, P, Wk, r0, c)
     elif o.kind == OP_RNN:
-        rnn_forward(o, cx, P, Wk, r0, c)
+        rnn_forward(o, cx, P, Wk, r0, c, <floating*>cx.scratch + slot * cx.scratch_stride)
     elif o.kind == OP_EMB:
         emb_forward(o, P, Wk, r0, c)
     elif o.kind == OP_ADD:
