@@ -367,7 +367,8 @@ class Plan:
                 # rows of the gates: weight_ih, weight_hh and both biases, summed over batch x steps
                 n = 4 * op["hidden"] if op["cell"] == L.CELL_LSTM else (
                     3 * op["hidden"] if op["cell"] == L.CELL_GRU else op["hidden"])
-                rb = min(TILE_ROWS, max(16, n // 2))
+                # halves: each tile packs every step's inputs and states again for its GEMMs
+                rb = max(16, -(-n // 2))
                 for r0 in range(0, n, rb):
                     tiles.append((k, r0, min(rb, n - r0), op["n_in"] // op["steps"] + op["hidden"]))
                 self.max_span = max(self.max_span, rb)

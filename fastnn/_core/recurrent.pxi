@@ -167,8 +167,8 @@ cdef void transpose_into(floating* W, Py_ssize_t rows, Py_ssize_t cols, floating
         j1 = j0 + 32 if j0 + 32 <= rows else rows
         for k0 in range(0, cols, 32):
             k1 = k0 + 32 if k0 + 32 <= cols else cols
-            for j in range(j0, j1):
-                for k in range(k0, k1):
+            for k in range(k0, k1):         # contiguous stores: a row-sized store stride thrashes L1 sets
+                for j in range(j0, j1):
                     Wt[k * rows + j] = W[j * cols + k]
 
 
@@ -253,6 +253,7 @@ cdef void rnn_forward(Op* o, Ctx* cx, floating* P, floating* Wk, Py_ssize_t r0, 
     cdef floating* cp
     cdef floating* cq
     cdef floating* v
+    cdef floating one = 1
     # every step's input projection in one GEMM, then the biases (GRU: b_hn acts inside r*(...))
     gemm(c'T', c'N', <int>GH, <int>(c * T), <int>F, <floating>1, P + o.w_off, <int>F, x, <int>F,
          <floating>0, ga, <int>GH)
@@ -320,7 +321,7 @@ cdef void rnn_forward(Op* o, Ctx* cx, floating* P, floating* Wk, Py_ssize_t r0, 
                     g[2 * H + j] = g[2 * H + j] + g[j] * v[j]
                 tanh_row(g + 2 * H, g + 2 * H, H)
                 for j in range(H):
-                    hq[j] = (1 - g[H + j]) * g[2 * H + j] + g[H + j] * hp[j]
+                    hq[j] = (one - g[H + j]) * g[2 * H + j] + g[H + j] * hp[j]
             if o.n_out == T * H and t + 1 < T:
                 memcpy(out + i * o.n_out + t * H, hq, H * sizeof(floating))
 
@@ -353,6 +354,8 @@ cdef void rnn_backward(Op* o, Ctx* cx, floating* P, floating* Wk, Py_ssize_t r0,
     cdef floating* tcr
     cdef floating tc, dcv, ig, fg, gg, og, r, z, n, dn, da
     cdef bint held = False
+    # a typed one: a bare 1 is the C double 1.0, which would take float32 arithmetic to double, scalar
+    cdef floating one = 1
     for i in range(c):
         dh = sc + i * (GH + H)
         if seq:
@@ -382,7 +385,7 @@ cdef void rnn_backward(Op* o, Ctx* cx, floating* P, floating* Wk, Py_ssize_t r0,
             memcpy(ds + i * T * H + t * H, dh, H * sizeof(floating))
             if o.cell == CELL_TANH:
                 for j in range(H):
-                    d[j] = dh[j] * (1 - g[j] * g[j])
+                    d[j] = dh[j] * (one - g[j] * g[j])
             elif o.cell == CELL_RELU:
                 for j in range(H):
                     d[j] = dh[j] if g[j] > 0 else 0
@@ -398,11 +401,11 @@ cdef void rnn_backward(Op* o, Ctx* cx, floating* P, floating* Wk, Py_ssize_t r0,
                     gg = g[2 * H + j]
                     og = g[3 * H + j]
                     tc = tcr[j]
-                    dcv = dc[j] + dh[j] * og * (1 - tc * tc)
-                    d[j] = dcv * gg * ig * (1 - ig)
-                    d[H + j] = (dcv * cp[j] * fg * (1 - fg)) if t > 0 else 0
-                    d[2 * H + j] = dcv * ig * (1 - gg * gg)
-                    d[3 * H + j] = dh[j] * tc * og * (1 - og)
+                    dcv = dc[j] + dh[j] * og * (one - tc * tc)
+                    d[j] = dcv * gg * ig * (one - ig)
+                    d[H + j] = (dcv * cp[j] * fg * (one - fg)) if t > 0 else 0
+                    d[2 * H + j] = dcv * ig * (one - gg * gg)
+                    d[3 * H + j] = dh[j] * tc * og * (one - og)
                     dc[j] = dcv * fg
             else:
                 hp = hs + i * ld_hs + t * H
@@ -411,12 +414,12 @@ cdef void rnn_backward(Op* o, Ctx* cx, floating* P, floating* Wk, Py_ssize_t r0,
                     r = g[j]
                     z = g[H + j]
                     n = g[2 * H + j]
-                    dn = dh[j] * (1 - z)
-                    da = dn * (1 - n * n)
+                    dn = dh[j] * (one - z)
+                    da = dn * (one - n * n)
                     d[2 * H + j] = da
                     d2[2 * H + j] = da * r
-                    d[j] = da * hn[i * T * H + t * H + j] * r * (1 - r)
-                    d[H + j] = dh[j] * (hp[j] - n) * z * (1 - z)
+                    d[j] = da * hn[i * T * H + t * H + j] * r * (one - r)
+                    d[H + j] = dh[j] * (hp[j] - n) * z * (one - z)
                     d2[j] = d[j]
                     d2[H + j] = d[H + j]
                     dh[j] = dh[j] * z
