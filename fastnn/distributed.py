@@ -121,9 +121,7 @@ class DistributedFit(Fit):
             self.callbacks = [cb for cb in self.callbacks if not isinstance(cb, Checkpoint)]
         self.history.params["ranks"] = self.size
         m = self.model
-        self._l2_spans = [(off, math.prod(shape)) for _, layer, attr, off, shape in m._plan.params
-                          if any(layer is d for _, d, _ in m._plan.dense)
-                          and (attr == "weight" or self.l2_bias)]
+        self._l2_spans = m._l2_spans(self.l2_bias)
 
     # ------------------------------------------------------------ start
     def signature(self):

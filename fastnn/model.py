@@ -488,7 +488,7 @@ class Sequential:
         """Loss of the whole of X as one batch and its gradient (mean over the batch, as the
         loss reduces), as a list shaped like ``parameters()``. Training mode: BatchNorm uses the
         batch's statistics and dropout the model's fixed training mask. With ``l2`` the loss
-        includes β‖W‖² (Dense weights) and the gradient 2βW. ``lengths``: each sequence's length
+        includes β‖W‖² (the weights ``l2_penalty`` covers) and the gradient 2βW. ``lengths``: each sequence's length
         (recurrent layers). Nothing of the model changes, its running statistics included."""
         loss = check_loss(loss)
         l2 = _nonneg(l2, "l2")
@@ -552,9 +552,10 @@ class Sequential:
             sample_weight: per-example weights; the loss becomes sum w l / sum w.
             class_weight: ``"balanced"`` (n / (C n_c)) or ``{class: weight}``; multiplies
                 ``sample_weight``.
-            l2: β of the L2 penalty β‖W‖² over all Dense weights (biases too with ``l2_bias``;
-                norm layers' parameters are not penalised), fused into the compiled step;
-                History's ``loss`` is the data loss, ``l2_penalty`` β‖W‖².
+            l2: β of the L2 penalty β‖W‖² over the weights of Dense, convolutional and
+                recurrent layers and the Embedding table (biases too with ``l2_bias``; norm
+                layers' parameters and the Embedding's padding row are not penalised), fused
+                into the compiled step; History's ``loss`` is the data loss, ``l2_penalty`` β‖W‖².
             schedule: a ``fn.schedules`` schedule of the step (or ``ReduceOnPlateau``).
             clip_norm: rescale each step's whole gradient to at most this L2 norm.
             clip_value: clamp each gradient entry to [-clip_value, clip_value].
@@ -584,13 +585,30 @@ class Sequential:
                    drop_last=drop_last, comm=comm, lengths=lengths)
 
     def l2_penalty(self, l2, bias=False):
-        """β‖W‖² over the Dense weights (and biases with ``bias``), in float64."""
-        tot = 0.0
-        for _, d, _ in self._plan.dense:
-            tot += float(np.sum(np.square(d.weight, dtype=np.float64)))
-            if bias and d.bias is not None:
-                tot += float(np.sum(np.square(d.bias, dtype=np.float64)))
-        return l2 * tot
+        """β‖W‖² over the weights of Dense, convolutional and recurrent layers and the Embedding
+        table (its padding row left out), and their biases with ``bias``, in float64."""
+        P = self._params
+        return l2 * sum(float(np.sum(np.square(P[off:off + n], dtype=np.float64)))
+                        for off, n in self._l2_spans(bias))
+
+    def _l2_spans(self, bias=False):
+        """(offset, size) spans of the flat buffer that ``fit(l2=)`` penalises, as the core does:
+        Dense, conv and recurrent weights (biases with ``bias``) and the Embedding table except
+        its padding row (never trained, as in torch); norm layers' parameters are not."""
+        p = self._plan
+        covered = [d for _, d, _ in p.dense] + [r for _, r in p.recurrent]
+        spans = []
+        for _, layer, attr, off, shape in p.params:
+            n = math.prod(shape)
+            if isinstance(layer, L.Embedding):
+                pad, D = layer.padding_idx, layer.embedding_dim
+                if pad is None:
+                    spans.append((off, n))
+                else:
+                    spans += [(off, pad * D), (off + (pad + 1) * D, n - (pad + 1) * D)]
+            elif any(layer is c for c in covered) and (attr.startswith("weight") or bias):
+                spans.append((off, n))
+        return [(o, n) for o, n in spans if n > 0]
 
     # ------------------------------------------------------------ persistence and interop
     def save(self, path, include_optimizer=False):

@@ -418,3 +418,49 @@ def test_lengths_in_fit_are_thread_invariant_and_checked(rng):
         m.fit(X, y, lengths=lens, validation_split=0.2)
     with pytest.raises(ValueError, match="recurrent layer"):
         fn.Sequential(fn.Dense(2, 1)).forward(np.zeros((2, 2)), lengths=[1, 1])
+
+
+def _lens(rng, N, T):
+    lens = rng.integers(1, T + 1, N)
+    lens[0], lens[1] = T, 1
+    return lens
+
+
+# ---------------------------------------------------------------- L2 on recurrent weights and embeddings
+@pytest.mark.parametrize("kind", ["tanh", "lstm", "gru"])
+@pytest.mark.parametrize("l2_bias", [False, True])
+def test_l2_covers_recurrent_weights_and_the_embedding_table(kind, l2_bias, rng):
+    V, D, T = 9, 4, 5
+    rec = {"tanh": fn.RNN, "lstm": fn.LSTM, "gru": fn.GRU}[kind](D, H, num_layers=2, return_sequences=True)
+    m = fn.Sequential(fn.Embedding(V, D, padding_idx=2), rec, fn.Dense(H, 3), input_shape=(T,), dtype="float64",
+                      seed=1)
+    m.layers[0].weight[2] = 0.7         # a non-zero padding row: used, but never trained nor penalised
+    X, y, lens = rng.integers(0, V, (8, T)), rng.integers(0, 3, (8, T)), _lens(rng, 8, T)
+    X[0, :2] = 2
+    L0, g0 = m.loss_and_grad(X, y, fn.CrossEntropy(), lengths=lens)
+    L1, g1 = m.loss_and_grad(X, y, fn.CrossEntropy(), l2=0.3, l2_bias=l2_bias, lengths=lens, threads=2)
+    pen = 0.0
+    for (k, p), a, b in zip(m.named_parameters(), g0, g1):
+        covered = k.split(".")[-1].startswith("weight") or l2_bias
+        keep = np.ones_like(p)
+        if k == "0.weight":
+            keep[2] = 0
+        np.testing.assert_allclose(b, a + (0.6 * p * keep if covered else 0), rtol=1e-12, atol=1e-15, err_msg=k)
+        pen += 0.3 * np.sum((p * keep) ** 2) if covered else 0.0
+    assert not g1[0][2].any()
+    assert m.l2_penalty(0.3, l2_bias) == pytest.approx(pen, rel=1e-12)
+    assert L1 == pytest.approx(L0 + pen, rel=1e-12)
+
+
+def test_l2_in_fit_is_weight_decay_on_recurrent_weights_and_the_embedding(rng):
+    """Without biases or a padding row every parameter is a weight: fit(l2=b) with SGD is SGD with
+    weight_decay=2b."""
+    X, y, lens = rng.integers(0, 9, (30, 5)), rng.integers(0, 3, 30), _lens(rng, 30, 5)
+    mk = lambda: fn.Sequential(fn.Embedding(9, 4), fn.GRU(4, H, bias=False, num_layers=2), fn.Dense(H, 3, bias=False),
+                               input_shape=(5,), dtype="float64", seed=0)
+    a, b = mk(), mk()
+    h = a.fit(X, y, loss=fn.CrossEntropy(), optimizer=fn.SGD(lr=0.1), epochs=2, batch_size=8, l2=0.01, lengths=lens)
+    b.fit(X, y, loss=fn.CrossEntropy(), optimizer=fn.SGD(lr=0.1, weight_decay=0.02), epochs=2, batch_size=8,
+          lengths=lens)
+    np.testing.assert_allclose(a._params, b._params, rtol=1e-12)
+    assert h.history["l2_penalty"][-1] == pytest.approx(0.01 * np.sum(a._params ** 2), rel=1e-12)

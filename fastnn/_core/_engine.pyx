@@ -539,8 +539,9 @@ cdef void run_phases(Net* net, Ctx* cx, int n_threads, bint update, floating* ta
 
 # ---------------------------------------------------------------- gradient tiles
 cdef struct GradOpts:
-    double l2            # > 0: the loss has l2 * ||W||^2, so dW += 2 l2 W (Dense weights)
-    bint l2_bias         # ... and the Dense biases too
+    double l2            # > 0: the loss has l2 * ||W||^2, so dW += 2 l2 W (Dense, conv, recurrent
+                         # and Embedding weights)
+    bint l2_bias         # ... and their biases too
     double clip_value    # > 0: clamp every gradient entry to [-clip_value, clip_value]
 
 
@@ -584,6 +585,17 @@ cdef inline bint tile_span(Op* o, Tile* T, Py_ssize_t i, Py_ssize_t* off, Py_ssi
     return False
 
 
+cdef inline bint l2_covers(Op* o, Py_ssize_t off, bint weight, bint l2_bias) noexcept nogil:
+    """Whether the L2 term covers a span: weights (and, with l2_bias, biases) of Dense, conv and
+    recurrent layers and the Embedding's table, except its padding row, which torch never trains
+    (Model.l2_spans lists the same)."""
+    if o.kind == OP_EMB:
+        return o.cell < 0 or off != o.w_off + o.cell * o.hidden
+    if o.kind == OP_DENSE or o.kind == OP_CONV or o.kind == OP_RNN:
+        return weight or l2_bias
+    return False
+
+
 cdef void grad_tile(Net* net, Tile* T, floating* Wk, floating* P, floating* G, Py_ssize_t B,
                     OptRun* opt, GradOpts* go, Diag* dg, Py_ssize_t ti) noexcept nogil:
     """The tile's gradient (summed over the batch in example order), the L2 term and value
@@ -604,7 +616,7 @@ cdef void grad_tile(Net* net, Tile* T, floating* Wk, floating* P, floating* G, P
         emb_grad(o, T, Wk, G, B)
     if go.l2 > 0 or go.clip_value > 0:
         while tile_span(o, T, i, &off, &n, &w):
-            if (o.kind == OP_DENSE or o.kind == OP_CONV) and (w or go.l2_bias):
+            if l2_covers(o, off, w, go.l2_bias):
                 grad_post(G + off, P + off, n, go.l2, go.clip_value)
             else:
                 grad_post(G + off, P + off, n, 0.0, go.clip_value)
@@ -757,8 +769,8 @@ def run_steps(const int64_t[:, ::1] ops, const double[:, ::1] opsf, const int64_
     statistics (in ``running``) move with every step.
 
     reduction: 0 mean over examples, 1 mean over elements, 2 sum.
-    l2 adds l2 * ||W||^2 to the loss (Dense weights; biases too with l2_bias) through its
-    gradient; clip_value clamps gradient entries; clip_norm rescales the whole gradient
+    l2 adds l2 * ||W||^2 to the loss (Dense, conv, recurrent and Embedding weights, the padding
+    row left out; biases too with l2_bias) through its gradient; clip_value clamps gradient entries; clip_norm rescales the whole gradient
     to at most that global L2 norm (torch.nn.utils.clip_grad_norm_'s rule), and
     grad_norms[s] receives step s's norm (before clipping). pred[example] receives the
     predicted class of every example seen. ``diag`` (arrays made by the caller:
