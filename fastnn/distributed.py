@@ -133,6 +133,7 @@ class DistributedFit(Fit):
             "data X": _sample_crc(d.X),
             "targets": (_sample_crc(d.yi), _sample_crc(d.yf)),
             "sample weights": _sample_crc(d.sw),
+            "lengths": _sample_crc(d.lengths),
             "validation data": None if d.val is None else tuple(_sample_crc(v) for v in d.val),
             "fit arguments": (d.batch_size, d.n_steps, self.epochs, self.shuffle, self.seed, self.l2,
                               self.l2_bias, self.run_kw["clip_value"], self.run_kw["clip_norm"],
@@ -224,6 +225,10 @@ class DistributedFit(Fit):
 
         red, ncls = self.loss.reduction_code, m.n_outputs
         sw = d.sw.astype(np.float64) if d.sw.size else None
+        lengths = self.run_kw.get("lengths")
+        steps = m._loss_steps(self.loss, d.yi, lengths)
+        if steps > 1:
+            ncls = m._plan.out_shape[-1]
         mine = []
         part = np.empty(1)
         status = np.empty(2)
@@ -237,6 +242,8 @@ class DistributedFit(Fit):
                 # the global normaliser, summed in example order as the core sums it
                 if red == 2:
                     norm = 1.0
+                elif steps > 1:
+                    norm = _steps_norm(order[b0:b0 + size], sw, lengths, steps) * (ncls if red == 1 else 1)
                 else:
                     norm = float(np.cumsum(sw[order[b0:b0 + size]])[-1]) if sw is not None else float(size)
                     norm *= ncls if red == 1 else 1
@@ -245,7 +252,7 @@ class DistributedFit(Fit):
                     mine.append(idx)
                     m._run(d.X, d.yi, d.yf, d.sw, d.pw, self.loss, idx, hi - lo, 1, None, np.zeros(1),
                            self.seed, ep, m.steps_trained, self.n_threads, part, pred=self.pred,
-                           pos0=lo - b0, norm_of_step=norm if norm > 0 else 0.0)
+                           pos0=lo - b0, norm_of_step=norm if norm > 0 else 0.0, lengths=lengths)
                 else:
                     m._grads.fill(0)
             except Exception as e:      # noqa: BLE001 - re-raised on every rank
@@ -277,9 +284,26 @@ class DistributedFit(Fit):
         if self.track:
             idx = np.concatenate(mine) if mine else np.zeros(0, dtype=np.intp)
             contrib = np.zeros_like(self.pred)
-            contrib[idx] = self.pred[idx]
+            if d.yi.ndim == 2:      # per-step predictions, step-major
+                T = d.yi.shape[1]
+                contrib.reshape(T, d.n)[:, idx] = self.pred.reshape(T, d.n)[:, idx]
+            else:
+                contrib[idx] = self.pred[idx]
             comm.Allreduce(MPI.IN_PLACE, contrib)
             self.pred[...] = contrib
+
+
+def _steps_norm(idx, sw, lengths, steps):
+    """The core's normaliser of a per-step loss (steps_norm) for examples ``idx``: their real
+    steps, each times its weight, summed in example then step order."""
+    lens = lengths[idx] if lengths is not None else np.full(idx.size, steps)
+    if sw is None:
+        vals = lens.astype(np.float64)
+    elif sw.ndim == 2:
+        vals = np.concatenate([sw[e, :k] for e, k in zip(idx, lens)])
+    else:
+        vals = lens * sw[idx]
+    return float(np.cumsum(vals)[-1]) if vals.size else 0.0
 
 
 def threads_per_rank(comm):

@@ -43,6 +43,7 @@ class FitData:
     batch_size: int
     n_steps: int
     sizes: np.ndarray = field(repr=False)
+    lengths: object = None    # sequence lengths of the training examples, or None
 
     @property
     def n(self):
@@ -56,15 +57,22 @@ def _pos_int(v, name, minimum=1):
 
 
 def prepare(model, X, y, loss, batch_size, seed, validation_split, validation_data, sample_weight,
-            class_weight, drop_last):
+            class_weight, drop_last, lengths=None):
     """Check and convert the data of a fit; nothing is trained."""
     X = model._check_X(X)
     yi, yf, sw, pw = model._targets(y, loss, X.shape[0], sample_weight)
+    lengths = model._check_lengths(lengths, X.shape[0])
+    model._loss_steps(loss, yi, lengths)     # a per-step loss with lengths needs outputs (T, C)
     labels = yi if yi.size else (yf.argmax(axis=1) if yf.shape[1] > 1 else
                                   (yf[:, 0] > 0.5).astype(np.int64) if loss.classification else None)
-    if yi.ndim == 2:                # per-step labels: no per-example class to stratify, weight or track
+    if yi.ndim == 2:                # per-step labels: no per-example class to stratify or track
         labels = None
-    if class_weight is not None:
+    if class_weight is not None and yi.ndim == 2:
+        # every step weighted by its class; "balanced" counts the steps that carry a loss
+        real = yi if lengths is None else yi[np.arange(yi.shape[1])[None, :] < lengths[:, None]]
+        cw = class_weights(class_weight, real.reshape(-1), model._plan.out_shape[-1]).astype(model.dtype)[yi]
+        sw = cw if sw.size == 0 else np.ascontiguousarray((sw if sw.ndim == 2 else sw[:, None]) * cw)
+    elif class_weight is not None:
         if labels is None or (yf.size and yf.shape[1] > 1 and not yi.size):
             raise ValueError("class_weight needs class labels (CrossEntropy/NLLLoss with integer labels, "
                              "or BinaryCrossEntropy with one output)")
@@ -75,6 +83,9 @@ def prepare(model, X, y, loss, batch_size, seed, validation_split, validation_da
     val = None
     if validation_data is not None and validation_split:
         raise ValueError("pass validation_data or validation_split, not both")
+    if lengths is not None and (validation_split or validation_data is not None):
+        raise ValueError("lengths= does not combine with validation_split or validation_data; "
+                         "evaluate the validation set with model.evaluate(..., lengths=)")
     if validation_split:
         vs = float(validation_split)
         if not 0.0 < vs < 1.0:
@@ -120,7 +131,7 @@ def prepare(model, X, y, loss, batch_size, seed, validation_split, validation_da
                          "drop_last=True (skip the incomplete last batch of each epoch) or a batch_size "
                          "that does not leave 1 over" if n > 1 else
                          "BatchNorm needs at least 2 examples per training batch; got 1 example")
-    return FitData(X, yi, yf, sw, pw, labels, val, bs, n_steps, sizes)
+    return FitData(X, yi, yf, sw, pw, labels, val, bs, n_steps, sizes, lengths)
 
 
 class Fit:
@@ -147,10 +158,14 @@ class Fit:
         self.history = History()
         self.history.params = {"epochs": epochs, "batch_size": data.batch_size, "n_samples": data.n,
                                "threads": n_threads, "seed": seed}
-        self.track = data.labels is not None and (data.yi.size or data.yf.shape[1] > 1 or loss.classification)
-        self.pred = np.zeros(data.n if self.track else 0, dtype=np.int64)
+        self.track = data.yi.ndim == 2 or (data.labels is not None and (
+            data.yi.size or data.yf.shape[1] > 1 or loss.classification))
+        # per-step labels: a prediction per (step, example), step-major as the labels go to the core
+        self.pred = np.zeros(data.yi.size if data.yi.ndim == 2 else data.n if self.track else 0, dtype=np.int64)
         self.run_kw = dict(l2=l2, l2_bias=bool(l2_bias), clip_value=clip_value, clip_norm=clip_norm,
                            pred=self.pred)
+        if data.lengths is not None:
+            self.run_kw["lengths"] = data.lengths
         self.diag = None
         if diagnostics is not None and diagnostics is not False:
             from .diagnostics import KEYS, Diagnostics
@@ -219,8 +234,7 @@ class Fit:
                 self.history.diagnostics[k].append(v)
         logs = {"loss": float(np.dot(step_loss, d.sizes) / seen)}
         if self.track:
-            idx = order[:seen]
-            logs.update(classification_metrics(d.labels[idx], self.pred[idx], m.n_outputs))
+            logs.update(self._train_metrics(order[:seen]))
         if self.l2 > 0:
             logs["l2_penalty"] = m.l2_penalty(self.l2, self.l2_bias)
         if d.val is not None:
@@ -234,6 +248,20 @@ class Fit:
         if self.verbose:
             print(_epoch_line(ep, self.epochs, logs), file=sys.stderr, flush=True)
         return logs
+
+    def _train_metrics(self, idx):
+        """Classification metrics of the predictions made while training on examples ``idx``;
+        per-step labels count the steps within the examples' lengths."""
+        d = self.data
+        if d.yi.ndim == 2:
+            T = d.yi.shape[1]
+            pred = self.pred.reshape(T, d.n).T[idx]
+            truth = d.yi[idx]
+            if d.lengths is not None:
+                real = np.arange(T)[None, :] < d.lengths[idx][:, None]
+                pred, truth = pred[real], truth[real]
+            return classification_metrics(truth.reshape(-1), pred.reshape(-1), self.model._plan.out_shape[-1])
+        return classification_metrics(d.labels[idx], self.pred[idx], self.model.n_outputs)
 
     def _validate(self):
         """``evaluate`` on the validation data."""
@@ -330,14 +358,6 @@ def make_fit(model, X, y, loss=None, optimizer=None, epochs=1, batch_size=32, sh
     if schedule is not None and not isinstance(schedule, (Schedule, ReduceOnPlateau)):
         raise TypeError(f"schedule must be a fn.schedules schedule, got {schedule!r}")
     data = prepare(model, X, y, loss, batch_size, seed, validation_split, validation_data, sample_weight,
-                   class_weight, bool(drop_last))
-    if lengths is not None:
-        if data.val is not None:
-            raise ValueError("lengths= does not combine with validation_split or validation_data; "
-                             "evaluate the validation set with model.evaluate(..., lengths=)")
-        lengths = model._check_lengths(lengths, data.n)
-    run = fit_class(model, loss, opt, data, epochs, shuffle, seed, n_threads, int(verbose), l2, l2_bias,
-                    schedule, clip_norm, clip_value, diagnostics, callbacks, checkpoint, checkpoint_every, **fit_kw)
-    if lengths is not None:
-        run.run_kw["lengths"] = lengths
-    return run
+                   class_weight, bool(drop_last), lengths)
+    return fit_class(model, loss, opt, data, epochs, shuffle, seed, n_threads, int(verbose), l2, l2_bias,
+                     schedule, clip_norm, clip_value, diagnostics, callbacks, checkpoint, checkpoint_every, **fit_kw)

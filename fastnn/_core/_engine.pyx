@@ -264,8 +264,9 @@ cdef struct Ctx:
     double* exl
     int64_t* predp
     const int64_t* lens       # sequence length of every example (recurrent layers), or NULL
-    Py_ssize_t steps          # > 1: per-step class labels (loss_steps), yi step-major
+    Py_ssize_t steps          # > 1: a loss per step (loss_steps): class labels (yi step-major) or MSE
     Py_ssize_t n_ex           # ... over this many examples
+    void* ssw                 # ... per-step weights (step-major, as yi), or NULL
 
 
 include "recurrent.pxi"
@@ -761,7 +762,8 @@ def run_steps(const int64_t[:, ::1] ops, const double[:, ::1] opsf, const int64_
               double[::1] grad_norms=None, int64_t[::1] pred=None, dict diag=None,
               floating[::1] scratch=None, Py_ssize_t scratch_stride=0,
               Py_ssize_t pos0=0, double norm_of_step=0.0,
-              const int64_t[::1] lengths=None, Py_ssize_t loss_steps=1):
+              const int64_t[::1] lengths=None, Py_ssize_t loss_steps=1,
+              const floating[::1] step_weight=None):
     """Run n_steps mini-batch steps over examples X[order] (batch b holds
     order[b*batch_size : (b+1)*batch_size]). Each step runs the plan's phases (forward, loss,
     backward), the gradient tiles into ``grads``, and (opt_code != 0) the update of ``params``
@@ -778,8 +780,11 @@ def run_steps(const int64_t[:, ::1] ops, const double[:, ::1] opsf, const int64_
     per-layer statistics; see fastnn/diagnostics.py. ``scratch`` holds ``scratch_stride``
     elements per chunk (convolutions' backward). ``lengths[example]``: the length of its
     sequence (recurrent layers; checked by the caller to lie in [1, T]). ``loss_steps`` > 1: the
-    output holds that many rows of n_classes per example and yi their labels, step-major
-    (yi[s * n + e], n = yi's length / loss_steps); an example's loss is the mean over its steps.
+    output holds that many rows of n_classes per example, and yi their labels, step-major
+    (yi[s * n + e], n = X's rows), or (MSE) yf their targets, example-major; the mean is over the
+    real steps (steps past ``lengths`` carry no loss), times n_classes for MSE.
+    ``step_weight`` (with loss_steps > 1, sw then empty): a weight per step, step-major as yi;
+    the mean becomes sum w l / sum w over the real steps (torch's class-weighted mean).
     Returns the number of steps completed; a step whose loss is not finite stops
     the run before its update (its loss is still written to step_loss).
 
@@ -886,7 +891,20 @@ def run_steps(const int64_t[:, ::1] ops, const double[:, ::1] opsf, const int64_
     cx.predp = &pred[0] if pred is not None and pred.shape[0] > 0 else NULL
     cx.lens = &lengths[0] if lengths is not None and lengths.shape[0] > 0 else NULL
     cx.steps = loss_steps
-    cx.n_ex = yi.shape[0] // loss_steps
+    cx.n_ex = x_rows
+    cx.ssw = NULL
+    if step_weight is not None and step_weight.shape[0] > 0:
+        if loss_steps < 2 or step_weight.shape[0] != x_rows * loss_steps or sw.shape[0] > 0:
+            free(exl)
+            free(blk_sq)
+            net_free(net)
+            raise ValueError("step_weight needs loss_steps > 1, one weight per example and step, and no sw")
+        cx.ssw = <void*>&step_weight[0]
+    if loss_steps > 1 and yi.shape[0] > 0 and yi.shape[0] != x_rows * loss_steps:
+        free(exl)
+        free(blk_sq)
+        net_free(net)
+        raise ValueError("per-step labels need one label per example and step")
     orun.n_par = n_par
     orun.s0, orun.s1, orun.s2 = <void*>S0, <void*>S1, <void*>S2
     orun.eps = opt_eps(opt_code, hpp) if hpp != NULL else 0
@@ -915,6 +933,8 @@ def run_steps(const int64_t[:, ::1] ops, const double[:, ::1] opsf, const int64_
                         norm = norm * n_classes
                     if cx.steps > 1:
                         norm = steps_norm(&cx, swp, b0, bsz)
+                        if reduction == 1:
+                            norm = norm * n_classes
                 # a batch whose weights are all zero contributes nothing
                 inv_norm = 1.0 / norm if norm > 0 else 0.0
                 cx.inv_norm = inv_norm
@@ -1019,6 +1039,7 @@ def forward_rows(const int64_t[:, ::1] ops, const double[:, ::1] opsf, const int
     cx.full = False
     cx.lens = &lengths[0] if lengths is not None and lengths.shape[0] > 0 else NULL
     cx.steps = 1
+    cx.ssw = NULL
     try:
         with nogil:
             for k in range(net.n_ops):
