@@ -197,7 +197,7 @@ class DistributedFit(Fit):
         """``evaluate`` on the validation data, each rank computing the outputs of a share of its
         rows; the outputs are gathered, so every rank scores all of them alike."""
         MPI, m, comm = self._MPI, self.model, self.comm
-        Xv, yv, swv = self.data.val
+        Xv, yv, swv, lv = self.data.val
         X = m._check_X(Xv)
         yi, yf, sw, pw = m._targets(yv, self.loss, X.shape[0], swv)
         n, k = X.shape[0], m.n_outputs
@@ -206,14 +206,15 @@ class DistributedFit(Fit):
         local, err = np.empty((0, k), dtype=m.dtype), None
         try:
             if hi > lo:
-                local = m.forward(X[lo:hi], self.n_threads).reshape(hi - lo, k)
+                local = m.forward(X[lo:hi], self.n_threads,
+                                  lengths=lv[lo:hi] if lv is not None else None).reshape(hi - lo, k)
         except Exception as e:      # noqa: BLE001 - re-raised on every rank by agree
             err = e
         agree(comm, err, "computing the validation outputs")
         out = np.empty((n, k), dtype=m.dtype)
         counts = [(b - a) * k for a, b in zip(bounds[:-1], bounds[1:])]
         comm.Allgatherv(local, [out, counts, [a * k for a in bounds[:-1]], MPI.FLOAT if out.dtype == np.float32 else MPI.DOUBLE])
-        return m._scores(out, yi, yf, sw, pw, self.loss)
+        return m._scores(out, yi, yf, sw, pw, self.loss, lv)
 
     def _steps(self, order, lrs, ep, step_loss):
         MPI = self._MPI

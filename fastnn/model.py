@@ -575,7 +575,7 @@ class Sequential:
             threads=None, verbose=0, validation_split=0.0, validation_data=None, sample_weight=None,
             class_weight=None, l2=0.0, l2_bias=False, schedule=None, clip_norm=None, clip_value=None,
             diagnostics=None, callbacks=None, checkpoint=None, checkpoint_every=1, drop_last=False,
-            comm=None, lengths=None):
+            comm=None, lengths=None, validation_lengths=None):
         """Train by mini-batch backpropagation; returns a ``History``.
 
         Args:
@@ -592,7 +592,8 @@ class Sequential:
                 bit-for-bit the same for any value.
             verbose: 0 silent, 1 a progress bar per epoch and a summary line, 2 one line per epoch.
             validation_split: fraction of (X, y) held out for validation, stratified by class for
-                classification losses, drawn from ``seed``.
+                classification losses, drawn from ``seed`` (``lengths`` and weights are split
+                with it).
             validation_data: ``(X_val, y_val)`` or ``(X_val, y_val, sample_weight)``.
             sample_weight: per-example weights; the loss becomes sum w l / sum w. With per-step
                 labels also ``(N, T)``, a weight per step.
@@ -619,7 +620,9 @@ class Sequential:
                 See ``fastnn.distributed`` (needs ``pip install "fastnn[mpi]"``).
             lengths: ``(N,)`` sequence lengths (models with recurrent layers): steps past an
                 example's length leave its state unchanged (as torch's packed sequences) and
-                carry no loss in a per-step loss; not with validation_split / validation_data.
+                carry no loss in a per-step loss.
+            validation_lengths: ``(N_val,)`` lengths of ``validation_data``'s sequences; needed
+                with ``lengths`` and ``validation_data`` (``validation_split`` splits ``lengths``).
         """
         from .training import fit
 
@@ -629,7 +632,7 @@ class Sequential:
                    sample_weight=sample_weight, class_weight=class_weight, l2=l2, l2_bias=l2_bias,
                    schedule=schedule, clip_norm=clip_norm, clip_value=clip_value, diagnostics=diagnostics,
                    callbacks=callbacks, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
-                   drop_last=drop_last, comm=comm, lengths=lengths)
+                   drop_last=drop_last, comm=comm, lengths=lengths, validation_lengths=validation_lengths)
 
     def l2_penalty(self, l2, bias=False):
         """β‖W‖² over the weights of Dense, convolutional and recurrent layers and the Embedding

@@ -39,7 +39,7 @@ class FitData:
     sw: np.ndarray
     pw: np.ndarray
     labels: object            # class labels (metrics, class weights), or None
-    val: object               # (X_val, y_val, sample_weight) or None
+    val: object               # (X_val, y_val, sample_weight, lengths) or None
     batch_size: int
     n_steps: int
     sizes: np.ndarray = field(repr=False)
@@ -57,7 +57,7 @@ def _pos_int(v, name, minimum=1):
 
 
 def prepare(model, X, y, loss, batch_size, seed, validation_split, validation_data, sample_weight,
-            class_weight, drop_last, lengths=None):
+            class_weight, drop_last, lengths=None, validation_lengths=None):
     """Check and convert the data of a fit; nothing is trained."""
     X = model._check_X(X)
     yi, yf, sw, pw = model._targets(y, loss, X.shape[0], sample_weight)
@@ -83,9 +83,10 @@ def prepare(model, X, y, loss, batch_size, seed, validation_split, validation_da
     val = None
     if validation_data is not None and validation_split:
         raise ValueError("pass validation_data or validation_split, not both")
-    if lengths is not None and (validation_split or validation_data is not None):
-        raise ValueError("lengths= does not combine with validation_split or validation_data; "
-                         "evaluate the validation set with model.evaluate(..., lengths=)")
+    if validation_lengths is not None and validation_data is None:
+        raise ValueError("validation_lengths= gives the lengths of validation_data's sequences; pass "
+                         "validation_data=(X_val, y_val) with it" + (" (validation_split splits lengths= "
+                                                                      "itself)" if validation_split else ""))
     if validation_split:
         vs = float(validation_split)
         if not 0.0 < vs < 1.0:
@@ -93,17 +94,28 @@ def prepare(model, X, y, loss, batch_size, seed, validation_split, validation_da
         tr, va = split_indices(labels if loss.classification else None, X.shape[0], vs, seed)
         if tr.size == 0 or va.size == 0:
             raise ValueError(f"validation_split={vs} leaves no training or no validation examples")
-        val = (X[va], yi[va] if yi.size else yf[va], sw[va] if sw.size else None)
+        val = (X[va], yi[va] if yi.size else yf[va], sw[va] if sw.size else None,
+               lengths[va] if lengths is not None else None)
         X = np.ascontiguousarray(X[tr])
         yi = yi[tr] if yi.size else yi
         yf = np.ascontiguousarray(yf[tr]) if yf.size else yf
         sw = np.ascontiguousarray(sw[tr]) if sw.size else sw
         labels = labels[tr] if labels is not None else None
+        lengths = lengths[tr] if lengths is not None else None
     elif validation_data is not None:
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
-            raise ValueError("validation_data must be (X_val, y_val) or (X_val, y_val, sample_weight)")
+            raise ValueError("validation_data must be (X_val, y_val) or (X_val, y_val, sample_weight); "
+                             "sequence lengths go to validation_lengths=")
         Xv = model._check_X(validation_data[0], name="validation_data X")
-        val = (Xv, validation_data[1], validation_data[2] if len(validation_data) == 3 else None)
+        if lengths is not None and validation_lengths is None:
+            raise ValueError("fit(lengths=) with validation_data needs validation_lengths=, the lengths of the "
+                             f"{Xv.shape[0]} validation sequences (np.full({Xv.shape[0]}, T) if all are "
+                             "full length)")
+        try:
+            lv = model._check_lengths(validation_lengths, Xv.shape[0])
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"validation_lengths: {e}") from None
+        val = (Xv, validation_data[1], validation_data[2] if len(validation_data) == 3 else None, lv)
         model._targets(val[1], loss, Xv.shape[0], val[2])   # fail now, not after an epoch
     if (labels is not None and class_weight is None and sample_weight is None
             and getattr(loss, "weight", None) is None and getattr(loss, "pos_weight", None) is None):
@@ -266,7 +278,7 @@ class Fit:
     def _validate(self):
         """``evaluate`` on the validation data."""
         d = self.data
-        return self.model.evaluate(d.val[0], d.val[1], self.loss, d.val[2], self.n_threads)
+        return self.model.evaluate(d.val[0], d.val[1], self.loss, d.val[2], self.n_threads, lengths=d.val[3])
 
     def _steps(self, order, lrs, ep, step_loss):
         # One core call per epoch; with a progress bar, one per ~2% of the epoch. The split does not
@@ -338,7 +350,7 @@ def make_fit(model, X, y, loss=None, optimizer=None, epochs=1, batch_size=32, sh
              threads=None, verbose=0, validation_split=0.0, validation_data=None, sample_weight=None,
              class_weight=None, l2=0.0, l2_bias=False, schedule=None, clip_norm=None, clip_value=None,
              diagnostics=None, callbacks=None, checkpoint=None, checkpoint_every=1, drop_last=False,
-             lengths=None, fit_class=Fit, **fit_kw):
+             lengths=None, validation_lengths=None, fit_class=Fit, **fit_kw):
     """Check the arguments and prepare the data of a fit; returns the ``Fit`` to run."""
     from .model import _nonneg
     from .schedules import ReduceOnPlateau, Schedule
@@ -358,6 +370,6 @@ def make_fit(model, X, y, loss=None, optimizer=None, epochs=1, batch_size=32, sh
     if schedule is not None and not isinstance(schedule, (Schedule, ReduceOnPlateau)):
         raise TypeError(f"schedule must be a fn.schedules schedule, got {schedule!r}")
     data = prepare(model, X, y, loss, batch_size, seed, validation_split, validation_data, sample_weight,
-                   class_weight, bool(drop_last), lengths)
+                   class_weight, bool(drop_last), lengths, validation_lengths)
     return fit_class(model, loss, opt, data, epochs, shuffle, seed, n_threads, int(verbose), l2, l2_bias,
                      schedule, clip_norm, clip_value, diagnostics, callbacks, checkpoint, checkpoint_every, **fit_kw)

@@ -61,10 +61,10 @@ def fit_args(case, out):
         kw.update(optimizer=fn.Adam(lr=1e-2), epochs=2, lengths=lens, l2=1e-3)
         if case == "recurrent":
             y = rng.integers(0, 3, (203, 6))
-            kw.update(class_weight="balanced")
+            kw.update(class_weight="balanced", validation_split=0.2)
         else:
             y = rng.normal(size=(203, 6, 2))
-            kw.update(loss=fn.MSE(), sample_weight=w)
+            kw.update(loss=fn.MSE(), sample_weight=w, validation_data=(X[:50], y[:50]), validation_lengths=lens[:50])
     elif case == "diverge":
         model = mlp()
         kw.update(optimizer=fn.SGD(lr=1e200), epochs=1)

@@ -416,8 +416,8 @@ def test_lengths_in_fit_are_thread_invariant_and_checked(rng):
         m.forward(X, lengths=lens[:3])
     with pytest.raises(TypeError, match="whole numbers"):
         m.forward(X, lengths=lens + 0.5)
-    with pytest.raises(ValueError, match="validation"):
-        m.fit(X, y, lengths=lens, validation_split=0.2)
+    with pytest.raises(ValueError, match="validation_lengths"):
+        m.fit(X, y, lengths=lens, validation_data=(X, y))
     with pytest.raises(ValueError, match="recurrent layer"):
         fn.Sequential(fn.Dense(2, 1)).forward(np.zeros((2, 2)), lengths=[1, 1])
 
@@ -586,7 +586,7 @@ def test_per_step_features_train_bit_identically_on_any_thread_count(rng, monkey
     runs = []
     for threads in (1, 2, 3):
         out = []
-        for y, kw in ((ycls, dict(loss=fn.CrossEntropy(), class_weight="balanced")),
+        for y, kw in ((ycls, dict(loss=fn.CrossEntropy(), class_weight="balanced", validation_split=0.2)),
                       (yreg, dict(loss=fn.MSE(), sample_weight=w))):
             m = fn.Sequential(fn.LSTM(F, H, return_sequences=True, num_layers=2, dropout=0.1), fn.Dense(H, C),
                               input_shape=(T, F), seed=7)
@@ -599,6 +599,58 @@ def test_per_step_features_train_bit_identically_on_any_thread_count(rng, monkey
         for (pa, ha), (pb, hb) in zip(runs[0], other):
             np.testing.assert_array_equal(pa, pb)
             assert ha == hb
+
+
+# ---------------------------------------------------------------- validation with lengths
+def test_validation_split_splits_lengths_and_scores_as_evaluate(rng):
+    from fastnn.data import split_indices
+
+    T, C, N = 7, 3, 60
+    X, lens = rng.normal(size=(N, T, F)), _lens(rng, N, T)
+    cases = [("steps", fn.CrossEntropy(), rng.integers(0, C, (N, T)), ("loss", "accuracy", "balanced_accuracy")),
+             ("mse", fn.MSE(), rng.normal(size=(N, T, C)), ("loss",)),
+             ("last", fn.CrossEntropy(), rng.integers(0, C, N), ("loss", "accuracy", "f1_macro"))]
+    for name, loss, y, keys in cases:
+        def mk():
+            if name == "last":
+                return fn.Sequential(fn.GRU(F, H), fn.Dense(H, C), input_shape=(T, F), seed=3, dtype="float64")
+            return _seq_model("gru", C, T, seed=3)
+        kw = dict(loss=loss, epochs=2, batch_size=8, seed=4)
+        a = mk()
+        h = a.fit(X, y, lengths=lens, validation_split=0.25, optimizer=fn.SGD(lr=0.05, momentum=0.9), **kw)
+        tr, va = split_indices(y if name == "last" else None, N, 0.25, 4)
+        ev = a.evaluate(X[va], y[va], lengths=lens[va])
+        for k in keys:
+            assert h.history["val_" + k][-1] == ev[k], (name, k)
+        b = mk()                          # training saw the other examples, with their lengths
+        b.fit(X[tr], y[tr], lengths=lens[tr], optimizer=fn.SGD(lr=0.05, momentum=0.9), **kw)
+        np.testing.assert_array_equal(a._params, b._params)
+
+
+def test_validation_data_takes_validation_lengths(rng):
+    T, C, N = 6, 3, 30
+    X, y, lens = rng.normal(size=(N, T, F)), rng.integers(0, C, (N, T)), _lens(rng, N, T)
+    Xv, yv, lv, wv = rng.normal(size=(12, T, F)), rng.integers(0, C, (12, T)), _lens(rng, 12, T), rng.random(12)
+    m = _seq_model("lstm", C, T)
+    kw = dict(loss=fn.CrossEntropy(), epochs=2, batch_size=8)
+    h = m.fit(X, y, lengths=lens, validation_data=(Xv, yv), validation_lengths=lv, **kw)
+    ev = m.evaluate(Xv, yv, lengths=lv)
+    assert h.history["val_loss"][-1] == ev["loss"] and h.history["val_accuracy"][-1] == ev["accuracy"]
+    h = m.fit(X, y, lengths=lens, validation_data=(Xv, yv, wv), validation_lengths=lv, **kw)
+    assert h.history["val_loss"][-1] == m.evaluate(Xv, yv, sample_weight=wv, lengths=lv)["loss"]
+    # full-length training, packed validation
+    h = m.fit(X, y, validation_data=(Xv, yv), validation_lengths=lv, **kw)
+    assert h.history["val_loss"][-1] == m.evaluate(Xv, yv, lengths=lv)["loss"]
+    with pytest.raises(ValueError, match=r"needs validation_lengths=, the lengths of the 12 validation"):
+        m.fit(X, y, lengths=lens, validation_data=(Xv, yv), **kw)
+    with pytest.raises(ValueError, match=r"validation_lengths: lengths must have shape \(12,\)"):
+        m.fit(X, y, lengths=lens, validation_data=(Xv, yv), validation_lengths=lv[:5], **kw)
+    with pytest.raises(ValueError, match=r"validation_lengths: lengths must lie in \[1, 6\]"):
+        m.fit(X, y, lengths=lens, validation_data=(Xv, yv), validation_lengths=lv + 6, **kw)
+    with pytest.raises(ValueError, match="validation_split splits lengths= itself"):
+        m.fit(X, y, lengths=lens, validation_split=0.2, validation_lengths=lv, **kw)
+    with pytest.raises(ValueError, match="sequence lengths go to validation_lengths="):
+        m.fit(X, y, lengths=lens, validation_data=(Xv, yv, wv, lv), **kw)
 
 
 # ---------------------------------------------------------------- training accuracy over real steps
