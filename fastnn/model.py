@@ -533,8 +533,9 @@ class Sequential:
         """Loss of the whole of X as one batch and its gradient (mean over the batch, as the
         loss reduces), as a list shaped like ``parameters()``. Training mode: BatchNorm uses the
         batch's statistics and dropout the model's fixed training mask. With ``l2`` the loss
-        includes β‖W‖² (the weights ``l2_penalty`` covers) and the gradient 2βW. ``lengths``: each sequence's length
-        (recurrent layers). Nothing of the model changes, its running statistics included."""
+        includes β‖W‖² (the weights ``l2_penalty`` covers) and the gradient 2βW. ``lengths``: each
+        sequence's length (recurrent layers). Nothing of the model changes, its running statistics
+        included."""
         loss = check_loss(loss)
         l2 = _nonneg(l2, "l2")
         X = self._check_X(X)

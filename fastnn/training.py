@@ -1,7 +1,7 @@
 """``fit``: prepare the data once, then run epochs (one core call each) and callbacks.
 
-``prepare`` checks and converts everything a fit needs (targets, weights, the validation split,
-class weights, drop_last) into a ``FitData``; ``Fit`` then runs the epochs: per epoch the
+``prepare`` checks and converts everything a fit needs (targets, weights, sequence lengths, the
+validation split, class weights, drop_last) into a ``FitData``; ``Fit`` then runs the epochs: per epoch the
 order, the learning rates of its steps, one call into the compiled core (or one per ~2% of the
 epoch with a progress bar), the metrics, validation and the callbacks. A distributed fit
 (``comm=``, fastnn/distributed.py) makes one core call per step instead: every step ends in an
