@@ -121,9 +121,7 @@ class DistributedFit(Fit):
             self.callbacks = [cb for cb in self.callbacks if not isinstance(cb, Checkpoint)]
         self.history.params["ranks"] = self.size
         m = self.model
-        self._l2_spans = [(off, math.prod(shape)) for _, layer, attr, off, shape in m._plan.params
-                          if any(layer is d for _, d, _ in m._plan.dense)
-                          and (attr == "weight" or self.l2_bias)]
+        self._l2_spans = m._l2_spans(self.l2_bias)
 
     # ------------------------------------------------------------ start
     def signature(self):
@@ -135,6 +133,7 @@ class DistributedFit(Fit):
             "data X": _sample_crc(d.X),
             "targets": (_sample_crc(d.yi), _sample_crc(d.yf)),
             "sample weights": _sample_crc(d.sw),
+            "lengths": _sample_crc(d.lengths),
             "validation data": None if d.val is None else tuple(_sample_crc(v) for v in d.val),
             "fit arguments": (d.batch_size, d.n_steps, self.epochs, self.shuffle, self.seed, self.l2,
                               self.l2_bias, self.run_kw["clip_value"], self.run_kw["clip_norm"],
@@ -198,7 +197,7 @@ class DistributedFit(Fit):
         """``evaluate`` on the validation data, each rank computing the outputs of a share of its
         rows; the outputs are gathered, so every rank scores all of them alike."""
         MPI, m, comm = self._MPI, self.model, self.comm
-        Xv, yv, swv = self.data.val
+        Xv, yv, swv, lv = self.data.val
         X = m._check_X(Xv)
         yi, yf, sw, pw = m._targets(yv, self.loss, X.shape[0], swv)
         n, k = X.shape[0], m.n_outputs
@@ -207,14 +206,15 @@ class DistributedFit(Fit):
         local, err = np.empty((0, k), dtype=m.dtype), None
         try:
             if hi > lo:
-                local = m.forward(X[lo:hi], self.n_threads).reshape(hi - lo, k)
+                local = m.forward(X[lo:hi], self.n_threads,
+                                  lengths=lv[lo:hi] if lv is not None else None).reshape(hi - lo, k)
         except Exception as e:      # noqa: BLE001 - re-raised on every rank by agree
             err = e
         agree(comm, err, "computing the validation outputs")
         out = np.empty((n, k), dtype=m.dtype)
         counts = [(b - a) * k for a, b in zip(bounds[:-1], bounds[1:])]
         comm.Allgatherv(local, [out, counts, [a * k for a in bounds[:-1]], MPI.FLOAT if out.dtype == np.float32 else MPI.DOUBLE])
-        return m._scores(out, yi, yf, sw, pw, self.loss)
+        return m._scores(out, yi, yf, sw, pw, self.loss, lv)
 
     def _steps(self, order, lrs, ep, step_loss):
         MPI = self._MPI
@@ -226,6 +226,10 @@ class DistributedFit(Fit):
 
         red, ncls = self.loss.reduction_code, m.n_outputs
         sw = d.sw.astype(np.float64) if d.sw.size else None
+        lengths = self.run_kw.get("lengths")
+        steps = m._loss_steps(self.loss, d.yi, lengths)
+        if steps > 1:
+            ncls = m._plan.out_shape[-1]
         mine = []
         part = np.empty(1)
         status = np.empty(2)
@@ -239,6 +243,8 @@ class DistributedFit(Fit):
                 # the global normaliser, summed in example order as the core sums it
                 if red == 2:
                     norm = 1.0
+                elif steps > 1:
+                    norm = _steps_norm(order[b0:b0 + size], sw, lengths, steps) * (ncls if red == 1 else 1)
                 else:
                     norm = float(np.cumsum(sw[order[b0:b0 + size]])[-1]) if sw is not None else float(size)
                     norm *= ncls if red == 1 else 1
@@ -247,7 +253,7 @@ class DistributedFit(Fit):
                     mine.append(idx)
                     m._run(d.X, d.yi, d.yf, d.sw, d.pw, self.loss, idx, hi - lo, 1, None, np.zeros(1),
                            self.seed, ep, m.steps_trained, self.n_threads, part, pred=self.pred,
-                           pos0=lo - b0, norm_of_step=norm if norm > 0 else 0.0)
+                           pos0=lo - b0, norm_of_step=norm if norm > 0 else 0.0, lengths=lengths)
                 else:
                     m._grads.fill(0)
             except Exception as e:      # noqa: BLE001 - re-raised on every rank
@@ -279,9 +285,26 @@ class DistributedFit(Fit):
         if self.track:
             idx = np.concatenate(mine) if mine else np.zeros(0, dtype=np.intp)
             contrib = np.zeros_like(self.pred)
-            contrib[idx] = self.pred[idx]
+            if d.yi.ndim == 2:      # per-step predictions, step-major
+                T = d.yi.shape[1]
+                contrib.reshape(T, d.n)[:, idx] = self.pred.reshape(T, d.n)[:, idx]
+            else:
+                contrib[idx] = self.pred[idx]
             comm.Allreduce(MPI.IN_PLACE, contrib)
             self.pred[...] = contrib
+
+
+def _steps_norm(idx, sw, lengths, steps):
+    """The core's normaliser of a per-step loss (steps_norm) for examples ``idx``: their real
+    steps, each times its weight, summed in example then step order."""
+    lens = lengths[idx] if lengths is not None else np.full(idx.size, steps)
+    if sw is None:
+        vals = lens.astype(np.float64)
+    elif sw.ndim == 2:
+        vals = np.concatenate([sw[e, :k] for e, k in zip(idx, lens)])
+    else:
+        vals = lens * sw[idx]
+    return float(np.cumsum(vals)[-1]) if vals.size else 0.0
 
 
 def threads_per_rank(comm):

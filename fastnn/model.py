@@ -306,19 +306,35 @@ class Sequential:
 
     def _step_targets(self, y, loss, n, sample_weight, shape):
         """Per-step class labels for an output of ``shape`` (..., C) per example: yi of shape
-        (n, steps), every step a row of C classes."""
+        (n, steps), every step a row of C classes. The weights are per example (n,), or per step
+        (n, steps) when the loss has class weights or ``sample_weight`` is (n, steps)."""
         steps, C = math.prod(shape[:-1]), shape[-1]
-        if not isinstance(loss, (CrossEntropy, NLLLoss)) or getattr(loss, "weight", None) is not None:
+        step_dims = ", ".join(map(str, shape[:-1]))
+        if not isinstance(loss, (CrossEntropy, NLLLoss)):
             raise ValueError(f"the network outputs shape {shape} per example (a Dense on every step); of the "
-                             "classification losses only CrossEntropy and NLLLoss without class weights take "
-                             f"per-step labels of shape (N, {', '.join(map(str, shape[:-1]))}); otherwise end "
-                             "with fn.Flatten() and a fn.Dense")
+                             "classification losses only CrossEntropy and NLLLoss take per-step labels of shape "
+                             f"(N, {step_dims}); otherwise end with fn.Flatten() and a fn.Dense")
         a = np.asarray(y)
         if a.shape != (n,) + tuple(shape[:-1]):
             raise ValueError(f"y must hold one class label per example and step, shape "
-                             f"({n}, {', '.join(map(str, shape[:-1]))}), got {a.shape}")
+                             f"({n}, {step_dims}), got {a.shape}")
         yi = loss.prepare(a.reshape(-1), n * steps, C, self.dtype)[0].reshape(n, steps)
-        return yi, np.zeros((0, C), dtype=self.dtype), self._weights(None, sample_weight, n), np.zeros(0, self.dtype)
+        cw = loss.example_weights(yi.reshape(-1), self.dtype)     # the loss's class weight of every step
+        s = None if sample_weight is None else np.asarray(sample_weight)
+        if s is not None and s.ndim > 1 and s.size != n:
+            # one weight per step (Keras's temporal sample weights)
+            if s.shape != (n,) + tuple(shape[:-1]):
+                raise ValueError(f"sample_weight with per-step labels is (N,) per example or (N, {step_dims}) "
+                                 f"per step, got shape {s.shape}")
+            sw = self._weights(None, s.reshape(-1), n * steps).reshape(n, steps)
+            if cw is not None:
+                sw = np.ascontiguousarray(cw.reshape(n, steps) * sw)
+        else:
+            sw = self._weights(None, sample_weight, n)
+            if cw is not None:
+                cw = cw.reshape(n, steps)
+                sw = cw if sw.size == 0 else np.ascontiguousarray(cw * sw[:, None])
+        return yi, np.zeros((0, C), dtype=self.dtype), sw, np.zeros(0, self.dtype)
 
     def _targets(self, y, loss, n, sample_weight=None):
         shape = self._plan.out_shape
@@ -394,33 +410,58 @@ class Sequential:
 
     def evaluate(self, X, y, loss=None, sample_weight=None, threads=None, lengths=None):
         """``{"loss": ...}``, plus ``accuracy``, ``balanced_accuracy`` and ``f1_macro`` for
-        classification losses (elementwise accuracy alone for multi-label BCE), over all of X."""
+        classification losses (elementwise accuracy alone for multi-label BCE), over all of X.
+        Per-step outputs count the steps within ``lengths`` only."""
         loss = check_loss(loss if loss is not None else self._need_loss())
         X = self._check_X(X)
         yi, yf, sw, pw = self._targets(y, loss, X.shape[0], sample_weight)
         lengths = self._check_lengths(lengths, X.shape[0])
         out = self.forward(X, threads, lengths=lengths).reshape(X.shape[0], -1)
-        if yi.ndim == 2:
-            # per-step labels: torch's mean over every labelled (example, step), steps past a
-            # sequence's length left out
-            n_classes = self._plan.out_shape[-1]
-            per = np.empty(yi.size)
-            _engine.loss_per_example(out.reshape(-1, n_classes), yi.reshape(-1), yf, pw, loss.kernel_code(yf), per)
-            lens = lengths if lengths is not None else np.full(X.shape[0], yi.shape[1])
-            valid = np.arange(yi.shape[1])[None, :] < lens[:, None]
-            w = (sw if sw.size else np.ones(X.shape[0]))[:, None] * valid
-            total = float((per.reshape(yi.shape) * w).sum())
-            res = {"loss": total if loss.reduction_code == 2 else total / max(float(w.sum()), 1e-300)}
-            return self._metrics(res, out.reshape(-1, n_classes)[valid.ravel()], yi[valid], yf, loss, n_classes)
-        return self._scores(out, yi, yf, sw, pw, loss)
+        return self._scores(out, yi, yf, sw, pw, loss, lengths)
 
-    def _scores(self, out, yi, yf, sw, pw, loss):
+    def _scores(self, out, yi, yf, sw, pw, loss, lengths=None):
         """``evaluate``'s numbers from the network's outputs ``out`` (one row per example) for
-        the prepared targets."""
+        the prepared targets; with per-step losses, over the steps within ``lengths``."""
+        steps = self._loss_steps(loss, yi, lengths)
+        if steps > 1:
+            # a loss per step: torch's mean over every real (example, step), steps past a
+            # sequence's length left out (for MSE over real steps x outputs)
+            n, C = out.shape[0], self._plan.out_shape[-1]
+            lens = lengths if lengths is not None else np.full(n, steps)
+            valid = np.arange(steps)[None, :] < lens[:, None]
+            rows = out.reshape(-1, C)
+            if yi.ndim == 2:
+                per = np.empty(yi.size)
+                _engine.loss_per_example(rows, yi.reshape(-1), yf, pw, loss.kernel_code(yf), per)
+            else:
+                diff = rows.astype(np.float64) - yf.reshape(-1, C)
+                per = np.sum(diff * diff, axis=1)
+            w = sw if sw.ndim == 2 else (sw[:, None] if sw.size else np.ones((n, 1)))
+            w = w * valid
+            total = float((per.reshape(n, steps) * w).sum())
+            norm = float(w.sum()) * (C if loss.reduction_code == 1 else 1)
+            res = {"loss": total if loss.reduction_code == 2 else total / max(norm, 1e-300)}
+            if yi.ndim != 2:
+                return res
+            return self._metrics(res, rows[valid.ravel()], yi[valid], yf, loss, C)
         per = np.empty(out.shape[0])
         _engine.loss_per_example(out, yi, yf, pw, loss.kernel_code(yf), per)
         res = {"loss": reduce_loss(per, sw if sw.size else None, loss.reduction_code, self.n_outputs)}
         return self._metrics(res, out, yi, yf, loss, self.n_outputs)
+
+    def _loss_steps(self, loss, yi, lengths):
+        """Steps with a loss of their own per example: those of per-step class labels, or of a
+        per-step MSE given ``lengths``; 1 otherwise (one loss row per example)."""
+        shape = self._plan.out_shape
+        if len(shape) < 2 or (yi.ndim != 2 and (lengths is None or loss.classification)):
+            return 1
+        if lengths is not None:
+            T = next(op["steps"] for op in self._plan.ops if op["kind"] == _engine.OP_KINDS["rnn"])
+            if len(shape) != 2 or shape[0] != T:
+                raise ValueError(f"lengths= with an output of shape {shape} per example: steps past a length "
+                                 f"are left out of a per-step loss only for outputs (T, C) = ({T}, C), a Dense "
+                                 "on every step of the recurrent layer")
+        return math.prod(shape[:-1])
 
     def _metrics(self, res, out, yi, yf, loss, n_classes):
         """``res`` with the classification metrics of ``out`` against the targets added."""
@@ -454,17 +495,21 @@ class Sequential:
             for (_, layer), k in zip(p.bn_layers, (k for k, op in enumerate(p.ops) if op["kind"] == 2)):
                 ops[k, nbt] = layer.num_batches_tracked
         running = self._running if update_running else self._running.copy()
+        steps = self._loss_steps(loss, yi, kw.get("lengths"))
+        step_weight = None
+        if sw.ndim == 2:        # per-step weights go step-major, as the labels
+            step_weight, sw = np.ascontiguousarray(sw.T).reshape(-1), sw[:0, 0]
         done = _engine.run_steps(
             ops, p.opf_table, p.phases("train", batch_size), p.tiles, p.chunk_for(batch_size), self._params,
             self._grads, state, running, np.zeros(max(p.n_stats, 1)), bool(update_running),
             X, np.ascontiguousarray(yi.T).reshape(-1), yf, sw, pw, order, batch_size, n_steps, loss.kernel_code(yf),
-            self.n_outputs if yi.ndim == 1 else self._plan.out_shape[-1],
+            self.n_outputs if steps == 1 else self._plan.out_shape[-1],
             loss.reduction_code, opt.code if opt is not None else OPT_NONE,
             opt.hyper() if opt is not None else np.zeros(1), lrs,
             opt.step_count if opt is not None else 0, seed, epoch, step0,
             self._work(batch_size), step_loss, n_threads,
             scratch=self._scratch(batch_size), scratch_stride=p.scratch,
-            loss_steps=yi.shape[1] if yi.ndim == 2 else 1, **kw)
+            loss_steps=steps, step_weight=step_weight, **kw)
         if update_running:
             for _, layer in p.bn_layers:
                 if layer.track_running_stats:
@@ -489,8 +534,9 @@ class Sequential:
         """Loss of the whole of X as one batch and its gradient (mean over the batch, as the
         loss reduces), as a list shaped like ``parameters()``. Training mode: BatchNorm uses the
         batch's statistics and dropout the model's fixed training mask. With ``l2`` the loss
-        includes β‖W‖² (Dense weights) and the gradient 2βW. ``lengths``: each sequence's length
-        (recurrent layers). Nothing of the model changes, its running statistics included."""
+        includes β‖W‖² (the weights ``l2_penalty`` covers) and the gradient 2βW. ``lengths``: each
+        sequence's length (recurrent layers). Nothing of the model changes, its running statistics
+        included."""
         loss = check_loss(loss)
         l2 = _nonneg(l2, "l2")
         X = self._check_X(X)
@@ -531,7 +577,7 @@ class Sequential:
             threads=None, verbose=0, validation_split=0.0, validation_data=None, sample_weight=None,
             class_weight=None, l2=0.0, l2_bias=False, schedule=None, clip_norm=None, clip_value=None,
             diagnostics=None, callbacks=None, checkpoint=None, checkpoint_every=1, drop_last=False,
-            comm=None, lengths=None):
+            comm=None, lengths=None, validation_lengths=None):
         """Train by mini-batch backpropagation; returns a ``History``.
 
         Args:
@@ -548,14 +594,18 @@ class Sequential:
                 bit-for-bit the same for any value.
             verbose: 0 silent, 1 a progress bar per epoch and a summary line, 2 one line per epoch.
             validation_split: fraction of (X, y) held out for validation, stratified by class for
-                classification losses, drawn from ``seed``.
+                classification losses, drawn from ``seed`` (``lengths`` and weights are split
+                with it).
             validation_data: ``(X_val, y_val)`` or ``(X_val, y_val, sample_weight)``.
-            sample_weight: per-example weights; the loss becomes sum w l / sum w.
+            sample_weight: per-example weights; the loss becomes sum w l / sum w. With per-step
+                labels also ``(N, T)``, a weight per step.
             class_weight: ``"balanced"`` (n / (C n_c)) or ``{class: weight}``; multiplies
-                ``sample_weight``.
-            l2: β of the L2 penalty β‖W‖² over all Dense weights (biases too with ``l2_bias``;
-                norm layers' parameters are not penalised), fused into the compiled step;
-                History's ``loss`` is the data loss, ``l2_penalty`` β‖W‖².
+                ``sample_weight``. With per-step labels every step is weighted by its class
+                (``"balanced"`` counts the steps within ``lengths``).
+            l2: β of the L2 penalty β‖W‖² over the weights of Dense, convolutional and
+                recurrent layers and the Embedding table (biases too with ``l2_bias``; norm
+                layers' parameters and the Embedding's padding row are not penalised), fused
+                into the compiled step; History's ``loss`` is the data loss, ``l2_penalty`` β‖W‖².
             schedule: a ``fn.schedules`` schedule of the step (or ``ReduceOnPlateau``).
             clip_norm: rescale each step's whole gradient to at most this L2 norm.
             clip_value: clamp each gradient entry to [-clip_value, clip_value].
@@ -571,8 +621,10 @@ class Sequential:
                 its ranks, each given the same arguments; ``batch_size`` stays the global batch.
                 See ``fastnn.distributed`` (needs ``pip install "fastnn[mpi]"``).
             lengths: ``(N,)`` sequence lengths (models with recurrent layers): steps past an
-                example's length leave its state unchanged (as torch's packed sequences); not
-                with validation_split / validation_data.
+                example's length leave its state unchanged (as torch's packed sequences) and
+                carry no loss in a per-step loss.
+            validation_lengths: ``(N_val,)`` lengths of ``validation_data``'s sequences; needed
+                with ``lengths`` and ``validation_data`` (``validation_split`` splits ``lengths``).
         """
         from .training import fit
 
@@ -582,16 +634,33 @@ class Sequential:
                    sample_weight=sample_weight, class_weight=class_weight, l2=l2, l2_bias=l2_bias,
                    schedule=schedule, clip_norm=clip_norm, clip_value=clip_value, diagnostics=diagnostics,
                    callbacks=callbacks, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
-                   drop_last=drop_last, comm=comm, lengths=lengths)
+                   drop_last=drop_last, comm=comm, lengths=lengths, validation_lengths=validation_lengths)
 
     def l2_penalty(self, l2, bias=False):
-        """β‖W‖² over the Dense weights (and biases with ``bias``), in float64."""
-        tot = 0.0
-        for _, d, _ in self._plan.dense:
-            tot += float(np.sum(np.square(d.weight, dtype=np.float64)))
-            if bias and d.bias is not None:
-                tot += float(np.sum(np.square(d.bias, dtype=np.float64)))
-        return l2 * tot
+        """β‖W‖² over the weights of Dense, convolutional and recurrent layers and the Embedding
+        table (its padding row left out), and their biases with ``bias``, in float64."""
+        P = self._params
+        return l2 * sum(float(np.sum(np.square(P[off:off + n], dtype=np.float64)))
+                        for off, n in self._l2_spans(bias))
+
+    def _l2_spans(self, bias=False):
+        """(offset, size) spans of the flat buffer that ``fit(l2=)`` penalises, as the core does:
+        Dense, conv and recurrent weights (biases with ``bias``) and the Embedding table except
+        its padding row (never trained, as in torch); norm layers' parameters are not."""
+        p = self._plan
+        covered = [d for _, d, _ in p.dense] + [r for _, r in p.recurrent]
+        spans = []
+        for _, layer, attr, off, shape in p.params:
+            n = math.prod(shape)
+            if isinstance(layer, L.Embedding):
+                pad, D = layer.padding_idx, layer.embedding_dim
+                if pad is None:
+                    spans.append((off, n))
+                else:
+                    spans += [(off, pad * D), (off + (pad + 1) * D, n - (pad + 1) * D)]
+            elif any(layer is c for c in covered) and (attr.startswith("weight") or bias):
+                spans.append((off, n))
+        return [(o, n) for o, n in spans if n > 0]
 
     # ------------------------------------------------------------ persistence and interop
     def save(self, path, include_optimizer=False):

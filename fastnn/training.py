@@ -1,7 +1,7 @@
 """``fit``: prepare the data once, then run epochs (one core call each) and callbacks.
 
-``prepare`` checks and converts everything a fit needs (targets, weights, the validation split,
-class weights, drop_last) into a ``FitData``; ``Fit`` then runs the epochs: per epoch the
+``prepare`` checks and converts everything a fit needs (targets, weights, sequence lengths, the
+validation split, class weights, drop_last) into a ``FitData``; ``Fit`` then runs the epochs: per epoch the
 order, the learning rates of its steps, one call into the compiled core (or one per ~2% of the
 epoch with a progress bar), the metrics, validation and the callbacks. A distributed fit
 (``comm=``, fastnn/distributed.py) makes one core call per step instead: every step ends in an
@@ -39,10 +39,11 @@ class FitData:
     sw: np.ndarray
     pw: np.ndarray
     labels: object            # class labels (metrics, class weights), or None
-    val: object               # (X_val, y_val, sample_weight) or None
+    val: object               # (X_val, y_val, sample_weight, lengths) or None
     batch_size: int
     n_steps: int
     sizes: np.ndarray = field(repr=False)
+    lengths: object = None    # sequence lengths of the training examples, or None
 
     @property
     def n(self):
@@ -56,15 +57,22 @@ def _pos_int(v, name, minimum=1):
 
 
 def prepare(model, X, y, loss, batch_size, seed, validation_split, validation_data, sample_weight,
-            class_weight, drop_last):
+            class_weight, drop_last, lengths=None, validation_lengths=None):
     """Check and convert the data of a fit; nothing is trained."""
     X = model._check_X(X)
     yi, yf, sw, pw = model._targets(y, loss, X.shape[0], sample_weight)
+    lengths = model._check_lengths(lengths, X.shape[0])
+    model._loss_steps(loss, yi, lengths)     # a per-step loss with lengths needs outputs (T, C)
     labels = yi if yi.size else (yf.argmax(axis=1) if yf.shape[1] > 1 else
                                   (yf[:, 0] > 0.5).astype(np.int64) if loss.classification else None)
-    if yi.ndim == 2:                # per-step labels: no per-example class to stratify, weight or track
+    if yi.ndim == 2:                # per-step labels: no per-example class to stratify or track
         labels = None
-    if class_weight is not None:
+    if class_weight is not None and yi.ndim == 2:
+        # every step weighted by its class; "balanced" counts the steps that carry a loss
+        real = yi if lengths is None else yi[np.arange(yi.shape[1])[None, :] < lengths[:, None]]
+        cw = class_weights(class_weight, real.reshape(-1), model._plan.out_shape[-1]).astype(model.dtype)[yi]
+        sw = cw if sw.size == 0 else np.ascontiguousarray((sw if sw.ndim == 2 else sw[:, None]) * cw)
+    elif class_weight is not None:
         if labels is None or (yf.size and yf.shape[1] > 1 and not yi.size):
             raise ValueError("class_weight needs class labels (CrossEntropy/NLLLoss with integer labels, "
                              "or BinaryCrossEntropy with one output)")
@@ -75,6 +83,10 @@ def prepare(model, X, y, loss, batch_size, seed, validation_split, validation_da
     val = None
     if validation_data is not None and validation_split:
         raise ValueError("pass validation_data or validation_split, not both")
+    if validation_lengths is not None and validation_data is None:
+        raise ValueError("validation_lengths= gives the lengths of validation_data's sequences; pass "
+                         "validation_data=(X_val, y_val) with it" + (" (validation_split splits lengths= "
+                                                                      "itself)" if validation_split else ""))
     if validation_split:
         vs = float(validation_split)
         if not 0.0 < vs < 1.0:
@@ -82,17 +94,28 @@ def prepare(model, X, y, loss, batch_size, seed, validation_split, validation_da
         tr, va = split_indices(labels if loss.classification else None, X.shape[0], vs, seed)
         if tr.size == 0 or va.size == 0:
             raise ValueError(f"validation_split={vs} leaves no training or no validation examples")
-        val = (X[va], yi[va] if yi.size else yf[va], sw[va] if sw.size else None)
+        val = (X[va], yi[va] if yi.size else yf[va], sw[va] if sw.size else None,
+               lengths[va] if lengths is not None else None)
         X = np.ascontiguousarray(X[tr])
         yi = yi[tr] if yi.size else yi
         yf = np.ascontiguousarray(yf[tr]) if yf.size else yf
         sw = np.ascontiguousarray(sw[tr]) if sw.size else sw
         labels = labels[tr] if labels is not None else None
+        lengths = lengths[tr] if lengths is not None else None
     elif validation_data is not None:
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
-            raise ValueError("validation_data must be (X_val, y_val) or (X_val, y_val, sample_weight)")
+            raise ValueError("validation_data must be (X_val, y_val) or (X_val, y_val, sample_weight); "
+                             "sequence lengths go to validation_lengths=")
         Xv = model._check_X(validation_data[0], name="validation_data X")
-        val = (Xv, validation_data[1], validation_data[2] if len(validation_data) == 3 else None)
+        if lengths is not None and validation_lengths is None:
+            raise ValueError("fit(lengths=) with validation_data needs validation_lengths=, the lengths of the "
+                             f"{Xv.shape[0]} validation sequences (np.full({Xv.shape[0]}, T) if all are "
+                             "full length)")
+        try:
+            lv = model._check_lengths(validation_lengths, Xv.shape[0])
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"validation_lengths: {e}") from None
+        val = (Xv, validation_data[1], validation_data[2] if len(validation_data) == 3 else None, lv)
         model._targets(val[1], loss, Xv.shape[0], val[2])   # fail now, not after an epoch
     if (labels is not None and class_weight is None and sample_weight is None
             and getattr(loss, "weight", None) is None and getattr(loss, "pos_weight", None) is None):
@@ -120,7 +143,7 @@ def prepare(model, X, y, loss, batch_size, seed, validation_split, validation_da
                          "drop_last=True (skip the incomplete last batch of each epoch) or a batch_size "
                          "that does not leave 1 over" if n > 1 else
                          "BatchNorm needs at least 2 examples per training batch; got 1 example")
-    return FitData(X, yi, yf, sw, pw, labels, val, bs, n_steps, sizes)
+    return FitData(X, yi, yf, sw, pw, labels, val, bs, n_steps, sizes, lengths)
 
 
 class Fit:
@@ -147,10 +170,14 @@ class Fit:
         self.history = History()
         self.history.params = {"epochs": epochs, "batch_size": data.batch_size, "n_samples": data.n,
                                "threads": n_threads, "seed": seed}
-        self.track = data.labels is not None and (data.yi.size or data.yf.shape[1] > 1 or loss.classification)
-        self.pred = np.zeros(data.n if self.track else 0, dtype=np.int64)
+        self.track = data.yi.ndim == 2 or (data.labels is not None and (
+            data.yi.size or data.yf.shape[1] > 1 or loss.classification))
+        # per-step labels: a prediction per (step, example), step-major as the labels go to the core
+        self.pred = np.zeros(data.yi.size if data.yi.ndim == 2 else data.n if self.track else 0, dtype=np.int64)
         self.run_kw = dict(l2=l2, l2_bias=bool(l2_bias), clip_value=clip_value, clip_norm=clip_norm,
                            pred=self.pred)
+        if data.lengths is not None:
+            self.run_kw["lengths"] = data.lengths
         self.diag = None
         if diagnostics is not None and diagnostics is not False:
             from .diagnostics import KEYS, Diagnostics
@@ -219,8 +246,7 @@ class Fit:
                 self.history.diagnostics[k].append(v)
         logs = {"loss": float(np.dot(step_loss, d.sizes) / seen)}
         if self.track:
-            idx = order[:seen]
-            logs.update(classification_metrics(d.labels[idx], self.pred[idx], m.n_outputs))
+            logs.update(self._train_metrics(order[:seen]))
         if self.l2 > 0:
             logs["l2_penalty"] = m.l2_penalty(self.l2, self.l2_bias)
         if d.val is not None:
@@ -235,10 +261,24 @@ class Fit:
             print(_epoch_line(ep, self.epochs, logs), file=sys.stderr, flush=True)
         return logs
 
+    def _train_metrics(self, idx):
+        """Classification metrics of the predictions made while training on examples ``idx``;
+        per-step labels count the steps within the examples' lengths."""
+        d = self.data
+        if d.yi.ndim == 2:
+            T = d.yi.shape[1]
+            pred = self.pred.reshape(T, d.n).T[idx]
+            truth = d.yi[idx]
+            if d.lengths is not None:
+                real = np.arange(T)[None, :] < d.lengths[idx][:, None]
+                pred, truth = pred[real], truth[real]
+            return classification_metrics(truth.reshape(-1), pred.reshape(-1), self.model._plan.out_shape[-1])
+        return classification_metrics(d.labels[idx], self.pred[idx], self.model.n_outputs)
+
     def _validate(self):
         """``evaluate`` on the validation data."""
         d = self.data
-        return self.model.evaluate(d.val[0], d.val[1], self.loss, d.val[2], self.n_threads)
+        return self.model.evaluate(d.val[0], d.val[1], self.loss, d.val[2], self.n_threads, lengths=d.val[3])
 
     def _steps(self, order, lrs, ep, step_loss):
         # One core call per epoch; with a progress bar, one per ~2% of the epoch. The split does not
@@ -310,7 +350,7 @@ def make_fit(model, X, y, loss=None, optimizer=None, epochs=1, batch_size=32, sh
              threads=None, verbose=0, validation_split=0.0, validation_data=None, sample_weight=None,
              class_weight=None, l2=0.0, l2_bias=False, schedule=None, clip_norm=None, clip_value=None,
              diagnostics=None, callbacks=None, checkpoint=None, checkpoint_every=1, drop_last=False,
-             lengths=None, fit_class=Fit, **fit_kw):
+             lengths=None, validation_lengths=None, fit_class=Fit, **fit_kw):
     """Check the arguments and prepare the data of a fit; returns the ``Fit`` to run."""
     from .model import _nonneg
     from .schedules import ReduceOnPlateau, Schedule
@@ -330,14 +370,6 @@ def make_fit(model, X, y, loss=None, optimizer=None, epochs=1, batch_size=32, sh
     if schedule is not None and not isinstance(schedule, (Schedule, ReduceOnPlateau)):
         raise TypeError(f"schedule must be a fn.schedules schedule, got {schedule!r}")
     data = prepare(model, X, y, loss, batch_size, seed, validation_split, validation_data, sample_weight,
-                   class_weight, bool(drop_last))
-    if lengths is not None:
-        if data.val is not None:
-            raise ValueError("lengths= does not combine with validation_split or validation_data; "
-                             "evaluate the validation set with model.evaluate(..., lengths=)")
-        lengths = model._check_lengths(lengths, data.n)
-    run = fit_class(model, loss, opt, data, epochs, shuffle, seed, n_threads, int(verbose), l2, l2_bias,
-                    schedule, clip_norm, clip_value, diagnostics, callbacks, checkpoint, checkpoint_every, **fit_kw)
-    if lengths is not None:
-        run.run_kw["lengths"] = lengths
-    return run
+                   class_weight, bool(drop_last), lengths, validation_lengths)
+    return fit_class(model, loss, opt, data, epochs, shuffle, seed, n_threads, int(verbose), l2, l2_bias,
+                     schedule, clip_norm, clip_value, diagnostics, callbacks, checkpoint, checkpoint_every, **fit_kw)

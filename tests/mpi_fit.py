@@ -52,6 +52,19 @@ def fit_args(case, out):
         model = fn.load(os.path.join(out, "resume.start.safetensors"))
         kw.update(epochs=2, batch_size=32)
         del kw["loss"]
+    elif case in ("recurrent", "recurrent_mse"):     # per-step losses over sequences of several lengths
+        rng = np.random.default_rng(7)
+        X, lens = rng.normal(size=(203, 6, 3)), rng.integers(1, 7, 203)
+        C = 3 if case == "recurrent" else 2
+        model = fn.Sequential(fn.GRU(3, 8, return_sequences=True), fn.Dense(8, C), input_shape=(6, 3),
+                              dtype="float64", seed=2)
+        kw.update(optimizer=fn.Adam(lr=1e-2), epochs=2, lengths=lens, l2=1e-3)
+        if case == "recurrent":
+            y = rng.integers(0, 3, (203, 6))
+            kw.update(class_weight="balanced", validation_split=0.2)
+        else:
+            y = rng.normal(size=(203, 6, 2))
+            kw.update(loss=fn.MSE(), sample_weight=w, validation_data=(X[:50], y[:50]), validation_lengths=lens[:50])
     elif case == "diverge":
         model = mlp()
         kw.update(optimizer=fn.SGD(lr=1e200), epochs=1)

@@ -19,7 +19,7 @@ MPIEXEC = shutil.which("mpiexec") or shutil.which(os.path.join(os.path.dirname(s
 pytestmark = pytest.mark.skipif(MPIEXEC is None, reason="mpiexec not found (pip install mpich)")
 
 CASES = ["full", "float32", "sgd", "sgd_again", "idle_rank", "conv", "diverge", "mismatch", "fails_on_one",
-         "batchnorm", "batchnorm2d", "resume"]
+         "batchnorm", "batchnorm2d", "resume", "recurrent", "recurrent_mse"]
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def single(case, out):
 
 def test_every_rank_ends_with_the_same_weights_and_history(results):
     _, res = results
-    for case in ("full", "float32", "sgd", "idle_rank", "conv", "resume"):
+    for case in ("full", "float32", "sgd", "idle_rank", "conv", "resume", "recurrent", "recurrent_mse"):
         r0, r1 = res[case]
         assert "error" not in r0, r0.get("error")
         np.testing.assert_array_equal(r0["params"], r1["params"])
@@ -61,7 +61,7 @@ def test_the_same_run_gives_the_same_bits(results):
     np.testing.assert_array_equal(res["sgd"][0]["params"], res["sgd_again"][0]["params"])
 
 
-@pytest.mark.parametrize("case", ["full", "sgd", "idle_rank", "conv", "resume"])
+@pytest.mark.parametrize("case", ["full", "sgd", "idle_rank", "conv", "resume", "recurrent", "recurrent_mse"])
 def test_float64_matches_one_process_to_rounding(results, case):
     out, res = results
     model, hist = single(case, out)

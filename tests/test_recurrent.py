@@ -354,8 +354,10 @@ def test_per_step_labels_train_bit_identically_and_are_checked(rng):
     assert 0 <= m.evaluate(X, y, lengths=lens)["accuracy"] <= 1
     with pytest.raises(ValueError, match=r"shape \(37, 6\)"):
         m.evaluate(X, y[:, :3])
-    with pytest.raises(ValueError, match="class weights"):
-        m.evaluate(X, y, loss=fn.CrossEntropy(weight=[1, 2, 3]))
+    with pytest.raises(ValueError, match=r"weight has 2 entries"):
+        m.evaluate(X, y, loss=fn.CrossEntropy(weight=[1, 2]))
+    with pytest.raises(ValueError, match=r"sample_weight with per-step labels .*\(N, 6\)"):
+        m.evaluate(X, y, sample_weight=np.ones((37, 5)))
 
 
 # ---------------------------------------------------------------- lengths
@@ -414,7 +416,302 @@ def test_lengths_in_fit_are_thread_invariant_and_checked(rng):
         m.forward(X, lengths=lens[:3])
     with pytest.raises(TypeError, match="whole numbers"):
         m.forward(X, lengths=lens + 0.5)
-    with pytest.raises(ValueError, match="validation"):
-        m.fit(X, y, lengths=lens, validation_split=0.2)
+    with pytest.raises(ValueError, match="validation_lengths"):
+        m.fit(X, y, lengths=lens, validation_data=(X, y))
     with pytest.raises(ValueError, match="recurrent layer"):
         fn.Sequential(fn.Dense(2, 1)).forward(np.zeros((2, 2)), lengths=[1, 1])
+
+
+# ---------------------------------------------------------------- per-step losses with lengths, weights
+def _seq_model(kind="lstm", C=2, T=6, seed=0, dtype="float64", **kw):
+    return fn.Sequential(_cell(kind, return_sequences=True, **kw), fn.Dense(H, C), input_shape=(T, F), dtype=dtype,
+                         seed=seed)
+
+
+def _real(lens, T):
+    """(N, T) mask of the steps within each sequence's length."""
+    return np.arange(T)[None, :] < np.asarray(lens)[:, None]
+
+
+def _lens(rng, N, T):
+    lens = rng.integers(1, T + 1, N)
+    lens[0], lens[1] = T, 1
+    return lens
+
+
+def _torch_steps(torch, m, X, lens):
+    """torch's outputs of a (recurrent, Dense) model on packed sequences, padded back to (N, T, C)."""
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    tm = fn.io.to_torch(m)
+    packed = pack_padded_sequence(torch.tensor(X), torch.tensor(lens), batch_first=True, enforce_sorted=False)
+    o = pad_packed_sequence(type(tm[0]).__mro__[2].forward(tm[0], packed)[0], batch_first=True,
+                            total_length=X.shape[1])[0]
+    return tm, tm[1](o)
+
+
+def _log_softmax(z):
+    z = z - z.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+@pytest.mark.parametrize("kind", ["tanh", "lstm", "gru"])
+def test_per_step_mse_with_lengths_leaves_padded_steps_out(kind, rng):
+    T, C, N = 6, 2, 9
+    m = _seq_model(kind, C, T)
+    X, y = rng.normal(size=(N, T, F)), rng.normal(size=(N, T, C))
+    lens, w = _lens(rng, N, T), rng.uniform(0.5, 2.0, N)
+    real = _real(lens, T)
+    se = ((m.forward(X, lengths=lens) - y) ** 2).sum(axis=-1)
+    for sw in (None, w):
+        ws = (np.ones(N) if sw is None else sw)[:, None] * real
+        ref = (se * ws).sum() / (C * ws.sum())           # the mean over real steps x outputs
+        L, _ = m.loss_and_grad(X, y, fn.MSE(), sample_weight=sw, lengths=lens, threads=2)
+        assert abs(L - ref) <= 1e-12 * ref
+        assert abs(m.evaluate(X, y, fn.MSE(), sample_weight=sw, lengths=lens)["loss"] - ref) <= 1e-12 * ref
+    Ls, _ = m.loss_and_grad(X, y, fn.MSE(reduction="sum"), lengths=lens)
+    assert abs(Ls - (se * real).sum()) <= 1e-12 * Ls
+    # targets at padded steps change nothing, bit for bit
+    L, g = m.loss_and_grad(X, y, fn.MSE(), lengths=lens)
+    L2, g2 = m.loss_and_grad(X, np.where(real[..., None], y, 1e3), fn.MSE(), lengths=lens)
+    assert L == L2
+    for a, b in zip(g, g2):
+        np.testing.assert_array_equal(a, b)
+    # full lengths: every step counts, the same gradient as without lengths
+    Lf, gf = m.loss_and_grad(X, y, fn.MSE(), lengths=np.full(N, T))
+    L0, g0 = m.loss_and_grad(X, y, fn.MSE())
+    assert abs(Lf - L0) <= 1e-14 * L0
+    for a, b in zip(gf, g0):
+        np.testing.assert_array_equal(a, b)
+    # central finite differences of the masked loss
+    P, h = m._params, 1e-6
+    flat = np.concatenate([v.ravel() for v in g])
+    for i in rng.choice(P.size, 12, replace=False):
+        old = P[i]
+        P[i] = old + h
+        lp, _ = m.loss_and_grad(X, y, fn.MSE(), lengths=lens)
+        P[i] = old - h
+        lm, _ = m.loss_and_grad(X, y, fn.MSE(), lengths=lens)
+        P[i] = old
+        assert abs((lp - lm) / (2 * h) - flat[i]) <= 1e-6 * max(1.0, np.abs(flat).max())
+
+
+@pytest.mark.parametrize("kind", ["tanh", "lstm", "gru"])
+def test_per_step_mse_with_lengths_matches_torch_masked_mean(kind, rng):
+    torch = pytest.importorskip("torch")
+    T, C, N = 7, 3, 10
+    m = _seq_model(kind, C, T, num_layers=2)
+    X, y = rng.normal(size=(N, T, F)), rng.normal(size=(N, T, C))
+    lens, w = _lens(rng, N, T), rng.uniform(0.5, 2.0, N)
+    L, grads = m.loss_and_grad(X, y, fn.MSE(), sample_weight=w, lengths=lens, threads=2)
+    tm, z = _torch_steps(torch, m, X, lens)
+    mask = torch.tensor(_real(lens, T)[..., None] * w[:, None, None])
+    tl = (mask * (z - torch.tensor(y)) ** 2).sum() / (mask.sum() * C)
+    tl.backward()
+    assert abs(L - tl.item()) <= 1e-12 * L
+    for (k, p), g in zip(tm.named_parameters(), grads):
+        assert np.abs(g - p.grad.numpy()).max() <= 1e-9 * np.abs(p.grad.numpy()).max(), k
+
+
+@pytest.mark.parametrize("loss_cls", [fn.CrossEntropy, fn.NLLLoss])
+def test_per_step_class_weights_match_torch_weighted_mean(loss_cls, rng):
+    T, C, N = 6, 4, 11
+    m = _seq_model("lstm", C, T)
+    X, y = rng.normal(size=(N, T, F)), rng.integers(0, C, (N, T))
+    lens, cw, s = _lens(rng, N, T), np.array([0.5, 2.0, 1.0, 3.0]), rng.uniform(0.5, 2.0, N)
+    real = _real(lens, T)
+    out = m.forward(X, lengths=lens)
+    lp = _log_softmax(out) if loss_cls is fn.CrossEntropy else out
+    per = -np.take_along_axis(lp, y[..., None], axis=-1)[..., 0]
+    for sw in (None, s):
+        # NumPy: sum w l / sum w over the real steps, w = the step's class weight x its example's weight
+        wt = cw[y] * real * (1.0 if sw is None else sw[:, None])
+        ref = (wt * per).sum() / wt.sum()
+        L, _ = m.loss_and_grad(X, y, loss_cls(weight=cw), sample_weight=sw, lengths=lens, threads=2)
+        assert abs(L - ref) <= 1e-12 * abs(ref)
+        ev = m.evaluate(X, y, loss_cls(weight=cw), sample_weight=sw, lengths=lens)
+        assert abs(ev["loss"] - ref) <= 1e-12 * abs(ref)
+    torch = pytest.importorskip("torch")
+    L, grads = m.loss_and_grad(X, y, loss_cls(weight=cw), lengths=lens, threads=2)
+    tm, z = _torch_steps(torch, m, X, lens)
+    yt = torch.tensor(np.where(real, y, -100))           # torch's ignore_index at the padded steps
+    f = torch.nn.functional.cross_entropy if loss_cls is fn.CrossEntropy else torch.nn.functional.nll_loss
+    tl = f(z.reshape(-1, C), yt.reshape(-1), weight=torch.tensor(cw))
+    tl.backward()
+    assert abs(L - tl.item()) <= 1e-12 * abs(L)
+    for (k, p), g in zip(tm.named_parameters(), grads):
+        assert np.abs(g - p.grad.numpy()).max() <= 1e-9 * np.abs(p.grad.numpy()).max(), k
+
+
+def test_per_step_class_weight_in_fit_is_step_weights_and_the_loss_weight(rng):
+    from fastnn.data import class_weights
+
+    T, C, N = 5, 3, 40
+    X, y = rng.normal(size=(N, T, F)), rng.integers(0, C, (N, T))
+    y[:, :2] = 0                                         # imbalanced: class 0 in the first steps
+    lens = _lens(rng, N, T)
+    real = _real(lens, T)
+    cw = np.array([0.3, 2.0, 1.5])
+    kw = dict(optimizer=fn.Adam(lr=0.01), epochs=2, batch_size=8, lengths=lens)
+
+    def fit(**k):
+        m = _seq_model("gru", C, T, dtype="float32", seed=2)
+        k = {**kw, **k}
+        k["optimizer"] = fn.Adam(lr=0.01)
+        h = m.fit(X, y, **{"loss": fn.CrossEntropy(), **k})
+        return m._params.copy(), h.history["loss"]
+
+    a = fit(class_weight={0: 0.3, 1: 2.0, 2: 1.5})
+    for other in (fit(sample_weight=cw[y]), fit(loss=fn.CrossEntropy(weight=cw))):
+        np.testing.assert_array_equal(a[0], other[0])
+        assert a[1] == other[1]
+    # "balanced" counts the real steps only: n_real / (C n_c)
+    counts = np.bincount(y[real], minlength=C)
+    bal = real.sum() / (C * counts)
+    np.testing.assert_allclose(class_weights("balanced", y[real], C), bal, rtol=1e-15)
+    np.testing.assert_array_equal(fit(class_weight="balanced")[0], fit(sample_weight=bal[y])[0])
+    # and multiplies per-example weights (a product in the model's float32)
+    s = rng.uniform(0.5, 2.0, N).astype(np.float32)
+    np.testing.assert_array_equal(fit(class_weight="balanced", sample_weight=s)[0],
+                                  fit(sample_weight=s[:, None] * bal.astype(np.float32)[y])[0])
+    with pytest.raises(ValueError, match="class index"):
+        fit(class_weight={3: 1.0})
+
+
+def test_per_step_features_train_bit_identically_on_any_thread_count(rng, monkeypatch):
+    monkeypatch.setattr(fn.Sequential, "MIN_FLOP_PER_THREAD", 1e-9)   # tiny steps still use every thread
+    T, C, N = 6, 3, 45
+    X, lens = rng.normal(size=(N, T, F)), _lens(rng, N, T)
+    ycls, yreg, w = rng.integers(0, C, (N, T)), rng.normal(size=(N, T, C)), rng.uniform(0.5, 2.0, N)
+    runs = []
+    for threads in (1, 2, 3):
+        out = []
+        for y, kw in ((ycls, dict(loss=fn.CrossEntropy(), class_weight="balanced", validation_split=0.2)),
+                      (yreg, dict(loss=fn.MSE(), sample_weight=w))):
+            m = fn.Sequential(fn.LSTM(F, H, return_sequences=True, num_layers=2, dropout=0.1), fn.Dense(H, C),
+                              input_shape=(T, F), seed=7)
+            h = m.fit(X, y, optimizer=fn.Adam(lr=0.01), epochs=2, batch_size=20, threads=threads, lengths=lens,
+                      l2=1e-3, l2_bias=True, **kw)
+            h.history.pop("time")
+            out.append((m._params.copy(), h.history))
+        runs.append(out)
+    for other in runs[1:]:
+        for (pa, ha), (pb, hb) in zip(runs[0], other):
+            np.testing.assert_array_equal(pa, pb)
+            assert ha == hb
+
+
+# ---------------------------------------------------------------- validation with lengths
+def test_validation_split_splits_lengths_and_scores_as_evaluate(rng):
+    from fastnn.data import split_indices
+
+    T, C, N = 7, 3, 60
+    X, lens = rng.normal(size=(N, T, F)), _lens(rng, N, T)
+    cases = [("steps", fn.CrossEntropy(), rng.integers(0, C, (N, T)), ("loss", "accuracy", "balanced_accuracy")),
+             ("mse", fn.MSE(), rng.normal(size=(N, T, C)), ("loss",)),
+             ("last", fn.CrossEntropy(), rng.integers(0, C, N), ("loss", "accuracy", "f1_macro"))]
+    for name, loss, y, keys in cases:
+        def mk():
+            if name == "last":
+                return fn.Sequential(fn.GRU(F, H), fn.Dense(H, C), input_shape=(T, F), seed=3, dtype="float64")
+            return _seq_model("gru", C, T, seed=3)
+        kw = dict(loss=loss, epochs=2, batch_size=8, seed=4)
+        a = mk()
+        h = a.fit(X, y, lengths=lens, validation_split=0.25, optimizer=fn.SGD(lr=0.05, momentum=0.9), **kw)
+        tr, va = split_indices(y if name == "last" else None, N, 0.25, 4)
+        ev = a.evaluate(X[va], y[va], lengths=lens[va])
+        for k in keys:
+            assert h.history["val_" + k][-1] == ev[k], (name, k)
+        b = mk()                          # training saw the other examples, with their lengths
+        b.fit(X[tr], y[tr], lengths=lens[tr], optimizer=fn.SGD(lr=0.05, momentum=0.9), **kw)
+        np.testing.assert_array_equal(a._params, b._params)
+
+
+def test_validation_data_takes_validation_lengths(rng):
+    T, C, N = 6, 3, 30
+    X, y, lens = rng.normal(size=(N, T, F)), rng.integers(0, C, (N, T)), _lens(rng, N, T)
+    Xv, yv, lv, wv = rng.normal(size=(12, T, F)), rng.integers(0, C, (12, T)), _lens(rng, 12, T), rng.random(12)
+    m = _seq_model("lstm", C, T)
+    kw = dict(loss=fn.CrossEntropy(), epochs=2, batch_size=8)
+    h = m.fit(X, y, lengths=lens, validation_data=(Xv, yv), validation_lengths=lv, **kw)
+    ev = m.evaluate(Xv, yv, lengths=lv)
+    assert h.history["val_loss"][-1] == ev["loss"] and h.history["val_accuracy"][-1] == ev["accuracy"]
+    h = m.fit(X, y, lengths=lens, validation_data=(Xv, yv, wv), validation_lengths=lv, **kw)
+    assert h.history["val_loss"][-1] == m.evaluate(Xv, yv, sample_weight=wv, lengths=lv)["loss"]
+    # full-length training, packed validation
+    h = m.fit(X, y, validation_data=(Xv, yv), validation_lengths=lv, **kw)
+    assert h.history["val_loss"][-1] == m.evaluate(Xv, yv, lengths=lv)["loss"]
+    with pytest.raises(ValueError, match=r"needs validation_lengths=, the lengths of the 12 validation"):
+        m.fit(X, y, lengths=lens, validation_data=(Xv, yv), **kw)
+    with pytest.raises(ValueError, match=r"validation_lengths: lengths must have shape \(12,\)"):
+        m.fit(X, y, lengths=lens, validation_data=(Xv, yv), validation_lengths=lv[:5], **kw)
+    with pytest.raises(ValueError, match=r"validation_lengths: lengths must lie in \[1, 6\]"):
+        m.fit(X, y, lengths=lens, validation_data=(Xv, yv), validation_lengths=lv + 6, **kw)
+    with pytest.raises(ValueError, match="validation_split splits lengths= itself"):
+        m.fit(X, y, lengths=lens, validation_split=0.2, validation_lengths=lv, **kw)
+    with pytest.raises(ValueError, match="sequence lengths go to validation_lengths="):
+        m.fit(X, y, lengths=lens, validation_data=(Xv, yv, wv, lv), **kw)
+
+
+# ---------------------------------------------------------------- training accuracy over real steps
+def test_training_accuracy_of_per_step_labels_counts_real_steps(rng):
+    T, C, N = 6, 3, 40
+    m = _seq_model("gru", C, T, seed=5)
+    X, y, lens = rng.normal(size=(N, T, F)), rng.integers(0, C, (N, T)), _lens(rng, N, T)
+    real = _real(lens, T)
+    pred = m.forward(X, lengths=lens).argmax(axis=-1)
+
+    def history(y, lengths=lens):
+        # lr 0 keeps the weights, so the predictions made while training are forward's
+        return m.fit(X, y, loss=fn.CrossEntropy(), optimizer=fn.SGD(lr=0.0), epochs=1, batch_size=7,
+                     lengths=lengths).history
+
+    h = history(y)
+    right = pred[real] == y[real]
+    assert h["accuracy"][0] == right.sum() / right.size
+    recall = [np.mean(right[y[real] == c]) for c in range(C) if np.any(y[real] == c)]
+    assert h["balanced_accuracy"][0] == pytest.approx(np.mean(recall), rel=1e-14)
+    # what stands at the padded steps does not count
+    for pad in (pred, (pred + 1) % C):
+        assert history(np.where(real, y, pad))["accuracy"][0] == h["accuracy"][0]
+    assert history(y, None)["accuracy"][0] == np.mean(m.forward(X).argmax(axis=-1) == y)
+
+
+# ---------------------------------------------------------------- L2 on recurrent weights and embeddings
+@pytest.mark.parametrize("kind", ["tanh", "lstm", "gru"])
+@pytest.mark.parametrize("l2_bias", [False, True])
+def test_l2_covers_recurrent_weights_and_the_embedding_table(kind, l2_bias, rng):
+    V, D, T = 9, 4, 5
+    rec = {"tanh": fn.RNN, "lstm": fn.LSTM, "gru": fn.GRU}[kind](D, H, num_layers=2, return_sequences=True)
+    m = fn.Sequential(fn.Embedding(V, D, padding_idx=2), rec, fn.Dense(H, 3), input_shape=(T,), dtype="float64",
+                      seed=1)
+    m.layers[0].weight[2] = 0.7         # a non-zero padding row: used, but never trained nor penalised
+    X, y, lens = rng.integers(0, V, (8, T)), rng.integers(0, 3, (8, T)), _lens(rng, 8, T)
+    X[0, :2] = 2
+    L0, g0 = m.loss_and_grad(X, y, fn.CrossEntropy(), lengths=lens)
+    L1, g1 = m.loss_and_grad(X, y, fn.CrossEntropy(), l2=0.3, l2_bias=l2_bias, lengths=lens, threads=2)
+    pen = 0.0
+    for (k, p), a, b in zip(m.named_parameters(), g0, g1):
+        covered = k.split(".")[-1].startswith("weight") or l2_bias
+        keep = np.ones_like(p)
+        if k == "0.weight":
+            keep[2] = 0
+        np.testing.assert_allclose(b, a + (0.6 * p * keep if covered else 0), rtol=1e-12, atol=1e-15, err_msg=k)
+        pen += 0.3 * np.sum((p * keep) ** 2) if covered else 0.0
+    assert not g1[0][2].any()
+    assert m.l2_penalty(0.3, l2_bias) == pytest.approx(pen, rel=1e-12)
+    assert L1 == pytest.approx(L0 + pen, rel=1e-12)
+
+
+def test_l2_in_fit_is_weight_decay_on_recurrent_weights_and_the_embedding(rng):
+    """Without biases or a padding row every parameter is a weight: fit(l2=b) with SGD is SGD with
+    weight_decay=2b."""
+    X, y, lens = rng.integers(0, 9, (30, 5)), rng.integers(0, 3, 30), _lens(rng, 30, 5)
+    mk = lambda: fn.Sequential(fn.Embedding(9, 4), fn.GRU(4, H, bias=False, num_layers=2), fn.Dense(H, 3, bias=False),
+                               input_shape=(5,), dtype="float64", seed=0)
+    a, b = mk(), mk()
+    h = a.fit(X, y, loss=fn.CrossEntropy(), optimizer=fn.SGD(lr=0.1), epochs=2, batch_size=8, l2=0.01, lengths=lens)
+    b.fit(X, y, loss=fn.CrossEntropy(), optimizer=fn.SGD(lr=0.1, weight_decay=0.02), epochs=2, batch_size=8,
+          lengths=lens)
+    np.testing.assert_allclose(a._params, b._params, rtol=1e-12)
+    assert h.history["l2_penalty"][-1] == pytest.approx(0.01 * np.sum(a._params ** 2), rel=1e-12)

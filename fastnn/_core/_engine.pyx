@@ -266,8 +266,9 @@ cdef struct Ctx:
     double* exl
     int64_t* predp
     const int64_t* lens       # sequence length of every example (recurrent layers), or NULL
-    Py_ssize_t steps          # > 1: per-step class labels (loss_steps), yi step-major
+    Py_ssize_t steps          # > 1: a loss per step (loss_steps): class labels (yi step-major) or MSE
     Py_ssize_t n_ex           # ... over this many examples
+    void* ssw                 # ... per-step weights (step-major, as yi), or NULL
 
 
 include "recurrent.pxi"
@@ -541,8 +542,9 @@ cdef void run_phases(Net* net, Ctx* cx, int n_threads, bint update, floating* ta
 
 # ---------------------------------------------------------------- gradient tiles
 cdef struct GradOpts:
-    double l2            # > 0: the loss has l2 * ||W||^2, so dW += 2 l2 W (Dense weights)
-    bint l2_bias         # ... and the Dense biases too
+    double l2            # > 0: the loss has l2 * ||W||^2, so dW += 2 l2 W (Dense, conv, recurrent
+                         # and Embedding weights)
+    bint l2_bias         # ... and their biases too
     double clip_value    # > 0: clamp every gradient entry to [-clip_value, clip_value]
 
 
@@ -586,6 +588,17 @@ cdef inline bint tile_span(Op* o, Tile* T, Py_ssize_t i, Py_ssize_t* off, Py_ssi
     return False
 
 
+cdef inline bint l2_covers(Op* o, Py_ssize_t off, bint weight, bint l2_bias) noexcept nogil:
+    """Whether the L2 term covers a span: weights (and, with l2_bias, biases) of Dense, conv and
+    recurrent layers and the Embedding's table, except its padding row, which torch never trains
+    (Model.l2_spans lists the same)."""
+    if o.kind == OP_EMB:
+        return o.cell < 0 or off != o.w_off + o.cell * o.hidden
+    if o.kind == OP_DENSE or o.kind == OP_CONV or o.kind == OP_RNN:
+        return weight or l2_bias
+    return False
+
+
 cdef void grad_tile(Net* net, Tile* T, floating* Wk, floating* P, floating* G, Py_ssize_t B,
                     OptRun* opt, GradOpts* go, Diag* dg, Py_ssize_t ti) noexcept nogil:
     """The tile's gradient (summed over the batch in example order), the L2 term and value
@@ -606,7 +619,7 @@ cdef void grad_tile(Net* net, Tile* T, floating* Wk, floating* P, floating* G, P
         emb_grad(o, T, Wk, G, B)
     if go.l2 > 0 or go.clip_value > 0:
         while tile_span(o, T, i, &off, &n, &w):
-            if (o.kind == OP_DENSE or o.kind == OP_CONV) and (w or go.l2_bias):
+            if l2_covers(o, off, w, go.l2_bias):
                 grad_post(G + off, P + off, n, go.l2, go.clip_value)
             else:
                 grad_post(G + off, P + off, n, 0.0, go.clip_value)
@@ -753,7 +766,8 @@ def run_steps(const int64_t[:, ::1] ops, const double[:, ::1] opsf, const int64_
               double[::1] grad_norms=None, int64_t[::1] pred=None, dict diag=None,
               floating[::1] scratch=None, Py_ssize_t scratch_stride=0,
               Py_ssize_t pos0=0, double norm_of_step=0.0,
-              const int64_t[::1] lengths=None, Py_ssize_t loss_steps=1):
+              const int64_t[::1] lengths=None, Py_ssize_t loss_steps=1,
+              const floating[::1] step_weight=None):
     """Run n_steps mini-batch steps over examples X[order] (batch b holds
     order[b*batch_size : (b+1)*batch_size]). Each step runs the plan's phases (forward, loss,
     backward), the gradient tiles into ``grads``, and (opt_code != 0) the update of ``params``
@@ -761,8 +775,8 @@ def run_steps(const int64_t[:, ::1] ops, const double[:, ::1] opsf, const int64_
     statistics (in ``running``) move with every step.
 
     reduction: 0 mean over examples, 1 mean over elements, 2 sum.
-    l2 adds l2 * ||W||^2 to the loss (Dense weights; biases too with l2_bias) through its
-    gradient; clip_value clamps gradient entries; clip_norm rescales the whole gradient
+    l2 adds l2 * ||W||^2 to the loss (Dense, conv, recurrent and Embedding weights, the padding
+    row left out; biases too with l2_bias) through its gradient; clip_value clamps gradient entries; clip_norm rescales the whole gradient
     to at most that global L2 norm (torch.nn.utils.clip_grad_norm_'s rule), and
     grad_norms[s] receives step s's norm (before clipping). pred[example] receives the
     predicted class of every example seen. ``diag`` (arrays made by the caller:
@@ -770,8 +784,11 @@ def run_steps(const int64_t[:, ::1] ops, const double[:, ::1] opsf, const int64_
     per-layer statistics; see fastnn/diagnostics.py. ``scratch`` holds ``scratch_stride``
     elements per chunk (convolutions' backward). ``lengths[example]``: the length of its
     sequence (recurrent layers; checked by the caller to lie in [1, T]). ``loss_steps`` > 1: the
-    output holds that many rows of n_classes per example and yi their labels, step-major
-    (yi[s * n + e], n = yi's length / loss_steps); an example's loss is the mean over its steps.
+    output holds that many rows of n_classes per example, and yi their labels, step-major
+    (yi[s * n + e], n = X's rows), or (MSE) yf their targets, example-major; the mean is over the
+    real steps (steps past ``lengths`` carry no loss), times n_classes for MSE.
+    ``step_weight`` (with loss_steps > 1, sw then empty): a weight per step, step-major as yi;
+    the mean becomes sum w l / sum w over the real steps (torch's class-weighted mean).
     Returns the number of steps completed; a step whose loss is not finite stops
     the run before its update (its loss is still written to step_loss).
 
@@ -878,7 +895,20 @@ def run_steps(const int64_t[:, ::1] ops, const double[:, ::1] opsf, const int64_
     cx.predp = &pred[0] if pred is not None and pred.shape[0] > 0 else NULL
     cx.lens = &lengths[0] if lengths is not None and lengths.shape[0] > 0 else NULL
     cx.steps = loss_steps
-    cx.n_ex = yi.shape[0] // loss_steps
+    cx.n_ex = x_rows
+    cx.ssw = NULL
+    if step_weight is not None and step_weight.shape[0] > 0:
+        if loss_steps < 2 or step_weight.shape[0] != x_rows * loss_steps or sw.shape[0] > 0:
+            free(exl)
+            free(blk_sq)
+            net_free(net)
+            raise ValueError("step_weight needs loss_steps > 1, one weight per example and step, and no sw")
+        cx.ssw = <void*>&step_weight[0]
+    if loss_steps > 1 and yi.shape[0] > 0 and yi.shape[0] != x_rows * loss_steps:
+        free(exl)
+        free(blk_sq)
+        net_free(net)
+        raise ValueError("per-step labels need one label per example and step")
     orun.n_par = n_par
     orun.s0, orun.s1, orun.s2 = <void*>S0, <void*>S1, <void*>S2
     orun.eps = opt_eps(opt_code, hpp) if hpp != NULL else 0
@@ -907,6 +937,8 @@ def run_steps(const int64_t[:, ::1] ops, const double[:, ::1] opsf, const int64_
                         norm = norm * n_classes
                     if cx.steps > 1:
                         norm = steps_norm(&cx, swp, b0, bsz)
+                        if reduction == 1:
+                            norm = norm * n_classes
                 # a batch whose weights are all zero contributes nothing
                 inv_norm = 1.0 / norm if norm > 0 else 0.0
                 cx.inv_norm = inv_norm
@@ -1015,6 +1047,7 @@ def forward_rows(const int64_t[:, ::1] ops, const double[:, ::1] opsf, const int
     cx.full = False
     cx.lens = &lengths[0] if lengths is not None and lengths.shape[0] > 0 else NULL
     cx.steps = 1
+    cx.ssw = NULL
     try:
         with nogil:
             for k in range(net.n_ops):

@@ -239,37 +239,59 @@ cdef inline void step_gemm_back(Py_ssize_t H, Py_ssize_t c, Py_ssize_t GH, float
 
 
 cdef void loss_steps(Ctx* cx, floating* O, floating* D, Py_ssize_t c, Py_ssize_t r0) noexcept nogil:
-    """Per-step class labels: rows [r0, r0+c) hold cx.steps outputs of C classes each; example e's
-    label at step s is yi[s * cx.n_ex + e] (step-major). An example's loss is the sum over its
-    steps (those within its length); the batch's normaliser counts steps (steps_norm), so the
-    mean is torch's over every labelled step. Steps past a length get a zero delta."""
-    cdef Py_ssize_t i, s, C = cx.lr.n_classes, S = cx.steps, row, n
+    """Per-step losses: rows [r0, r0+c) hold cx.steps outputs of C values each. Targets are class
+    labels, step-major (example e's label at step s is yi[s * cx.n_ex + e]), or, for MSE, rows of
+    yf, example-major (example e's step s is row e * steps + s). Only the steps within an example's
+    length count; the batch's normaliser counts them too (steps_norm), so the mean is torch's over
+    every labelled step (times C for MSE: over real steps x outputs). Steps past a length get a
+    zero delta. A step's weight is cx.ssw[s * n_ex + e] (per-step weights, then cx.sw is NULL),
+    else sw[e]; exl receives the example's sum over its steps, weighted by ssw only (sw is applied
+    by the caller, as for one row per example). With cx.predp, the predicted class of a step goes
+    to predp[s * n_ex + e]."""
+    cdef Py_ssize_t i, s, e, k, C = cx.lr.n_classes, S = cx.steps, row, n, ne = cx.n_ex
     cdef Py_ssize_t* idx = cx.ordp + cx.b0 + r0
-    cdef double l
-    cdef double tot
+    cdef floating* sw = <floating*>cx.sw
+    cdef floating* ssw = <floating*>cx.ssw
+    cdef bint mse = cx.lr.code == LOSS_MSE
+    cdef double l, w, tot
     for i in range(c):
         tot = 0
-        n = S if cx.lens == NULL else <Py_ssize_t>cx.lens[idx[i]]
+        e = idx[i]
+        n = S if cx.lens == NULL else <Py_ssize_t>cx.lens[e]
         for s in range(S):
             row = (i * S + s) * C
             if s >= n:
                 memset(D + row, 0, C * sizeof(floating))
                 continue
-            loss_rows(&cx.lr, O + row, D + row, 1, idx + i, <int64_t*>cx.yi + s * cx.n_ex, <floating*>NULL,
-                      <floating*>cx.sw, <floating*>NULL, cx.inv_norm, &l, NULL)
-            tot += l
+            # the weight goes into the scale passed as inv_norm (sw NULL): the same bits as
+            # loss_rows forming sw[e] * inv_norm itself
+            w = ssw[s * ne + e] if ssw != NULL else (sw[e] if sw != NULL else 1.0)
+            if mse:
+                k = e * S + s
+                loss_rows(&cx.lr, O + row, D + row, 1, &k, <int64_t*>NULL, <floating*>cx.yf, <floating*>NULL,
+                          <floating*>NULL, w * cx.inv_norm, &l, NULL)
+            else:
+                loss_rows(&cx.lr, O + row, D + row, 1, idx + i, <int64_t*>cx.yi + s * ne, <floating*>NULL,
+                          <floating*>NULL, <floating*>NULL, w * cx.inv_norm, &l,
+                          (cx.predp + s * ne) if cx.predp != NULL else NULL)
+            tot += w * l if ssw != NULL else l
         cx.exl[r0 + i] = tot
 
 
 cdef double steps_norm(Ctx* cx, floating* sw, Py_ssize_t b0, Py_ssize_t bsz) noexcept nogil:
-    """The mean's normaliser for per-step labels: the labelled steps of the batch's examples
-    (each times its weight)."""
-    cdef Py_ssize_t i, e
-    cdef double norm = 0, n
+    """The mean's normaliser for per-step losses: the real steps of the batch's examples, each
+    times its weight (per-step cx.ssw, else the example's sw), summed in example then step order."""
+    cdef Py_ssize_t i, e, s, n, ne = cx.n_ex
+    cdef floating* ssw = <floating*>cx.ssw
+    cdef double norm = 0
     for i in range(bsz):
         e = cx.ordp[b0 + i]
-        n = cx.steps if cx.lens == NULL else <double>cx.lens[e]
-        norm += n * (sw[e] if sw != NULL else 1.0)
+        n = cx.steps if cx.lens == NULL else <Py_ssize_t>cx.lens[e]
+        if ssw != NULL:
+            for s in range(n):
+                norm += ssw[s * ne + e]
+        else:
+            norm += <double>n * (sw[e] if sw != NULL else 1.0)
     return norm
 
 
