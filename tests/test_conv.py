@@ -169,6 +169,22 @@ def test_thread_count_invariance(dtype, rng):
             np.testing.assert_array_equal(states[0][k], other[k], err_msg=k)
 
 
+@pytest.mark.parametrize("n", [50, 97])
+def test_batch_gradient_is_the_mean_of_example_gradients(n, rng):
+    # several chunks per batch, each in sub-blocks of examples with a ragged last one: the filter
+    # gradients summed block by block must equal the mean of one-example gradients
+    m = fn.Sequential(fn.Conv2d(2, 4, 3, padding=1), fn.ReLU(), fn.MaxPool2d(2), fn.Conv2d(4, 3, 2, dilation=2),
+                      fn.Tanh(), fn.Flatten(), fn.Dense(6, 5), input_shape=(2, 7, 9), dtype="float64", seed=2)
+    X, y = rng.normal(size=(n, 2, 7, 9)), rng.integers(0, 5, n)
+    _, grads = m.loss_and_grad(X, y, fn.CrossEntropy())
+    mean = [np.zeros_like(g) for g in grads]
+    for i in range(n):
+        for acc, g in zip(mean, m.loss_and_grad(X[i:i + 1], y[i:i + 1], fn.CrossEntropy())[1]):
+            acc += g / n
+    for (k, _), g, ref in zip(m.named_parameters(), grads, mean):
+        np.testing.assert_allclose(g, ref, rtol=1e-11, atol=1e-13, err_msg=k)
+
+
 def test_float32_agrees_with_float64(rng):
     X, y = _data(rng, (3, 37), n=11)
     _, g64 = _model("conv1d", "float64").loss_and_grad(X, y, fn.CrossEntropy())
