@@ -164,10 +164,14 @@ class Plan:
                 self.ops[k]["s_col"] = self._alloc(layer.in_channels * geo[4] * geo[5] * geo[13] * geo[14])
                 k_len = layer.in_channels // layer.groups * geo[4] * geo[5]
                 L_out = geo[13] * geo[14]
-                # examples per sub-block: the most (a power of 2, at most 16, so that it divides every
-                # chunk) whose columns of one group fit in CONV_SUB_ELEMS
+                # examples per sub-block (a power of 2, at most 16, so that it divides every chunk): the
+                # most whose columns of one group fit in CONV_SUB_ELEMS
                 sub = 1
                 while sub < 16 and 2 * sub * k_len * L_out <= CONV_SUB_ELEMS:
+                    sub *= 2
+                # ... and enough that the partial filter gradient (out channels x k_len per
+                # sub-block, written and summed every step) is at most half the sub-block's columns
+                while sub < 16 and sub * L_out < 2 * layer.out_channels:
                     sub *= 2
                 self.ops[k]["sub"] = sub
                 # each sub-block's partial filter and bias gradient, at its first row
