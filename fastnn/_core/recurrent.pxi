@@ -77,7 +77,7 @@ cdef extern from *:
     /* The gate deltas of one example and step, as in the equations of rnn_backward, over restrict
        pointers into disjoint blocks so that the compiler vectorizes them (the same operations in
        the same order as the scalar form). */
-    #define FASTNN_LSTM_BACK(T, NAME) \
+    #define FASTNN_LSTM_BACK(T, NAME) __attribute__((noinline)) \
     static void NAME(const T* restrict g, const T* restrict tc, const T* restrict cp, \
                      T* restrict dh, T* restrict dc, T* restrict d, Py_ssize_t H, int first) { \
         for (Py_ssize_t j = 0; j < H; j++) { \
@@ -88,7 +88,7 @@ cdef extern from *:
             d[2 * H + j] = (dcv * ig) * ((T)1 - gg * gg); \
             d[3 * H + j] = ((dh[j] * t) * og) * ((T)1 - og); \
             dc[j] = dcv * fg; } }
-    #define FASTNN_GRU_BACK(T, NAME) \
+    #define FASTNN_GRU_BACK(T, NAME) __attribute__((noinline)) \
     static void NAME(const T* restrict g, const T* restrict hn, const T* restrict hp, \
                      T* restrict dh, T* restrict d, T* restrict d2, Py_ssize_t H) { \
         for (Py_ssize_t j = 0; j < H; j++) { \
