@@ -25,7 +25,7 @@ cdef extern from *:
        hold each output's running maximum and its position; the first maximum wins and a NaN wins
        over numbers (PyTorch's rule). Selects over lanes (gathers), so the compiler vectorizes it
        however short the output rows are. */
-    #define FASTNN_MAXPOS(T, NAME) \
+    #define FASTNN_MAXPOS(T, NAME) __attribute__((noinline)) \
     static void NAME(const T* restrict x, const int* restrict base, int off, int n, T* restrict m, \
                      int* restrict a) { \
         for (int i = 0; i < n; i++) { \
