@@ -494,7 +494,8 @@ class Plan:
         alone, never of the thread count."""
         chunk = int(min(self.chunk, max(16, _next_pow2(-(-batch_size // 2)))))
         # a convolutional net's rows are wide (columns, activations and deltas of every layer):
-        # shorter chunks keep a chunk's rows within CONV_CHUNK_BYTES, nearer the core's cache
+        # shorter chunks keep a chunk's rows within CONV_CHUNK_BYTES (counted at 4 bytes an element,
+        # so the plan does not depend on the dtype), nearer the core's cache
         while self.has_conv and chunk > 8 and chunk * self.row_width * 4 > CONV_CHUNK_BYTES:
             chunk //= 2
         return chunk

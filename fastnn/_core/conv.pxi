@@ -157,7 +157,7 @@ cdef void conv_backward(Op* o, floating* P, floating* Wk, Py_ssize_t r0, Py_ssiz
     into the input delta. ``scratch``: the gathered delta, then the column delta."""
     cdef Py_ssize_t* g = o.g
     cdef Py_ssize_t G = g[12], Cg = g[0] // G, Og = g[3] // G, K = Cg * g[4] * g[5], L = g[13] * g[14]
-    cdef Py_ssize_t Cout = g[3], j0 = 0, nb, e0, M, gi, j, co, i
+    cdef Py_ssize_t Cout = g[3], j0 = 0, nb, e0, M, gi, j, co
     cdef floating* colg
     cdef floating* part
     cdef floating* dx
@@ -169,8 +169,7 @@ cdef void conv_backward(Op* o, floating* P, floating* Wk, Py_ssize_t r0, Py_ssiz
         M = nb * L
         part = Wk + o.p_e + e0 * (Cout * K + Cout)
         if o.din_e >= 0 and not o.din_acc:
-            for i in range(nb * o.n_in):
-                Wk[o.din_e + e0 * o.n_in + i] = 0
+            memset(Wk + o.din_e + e0 * o.n_in, 0, nb * o.n_in * sizeof(floating))
         for gi in range(G):
             colg = Wk + o.s_e + e0 * G * K * L + gi * K * M
             for co in range(Og):
