@@ -412,19 +412,22 @@ class Plan:
                 return mode != "infer" or op["r_off"] < 0
             return mode == "train" and self.is_wide(k, batch_size)
 
-        def chunk(gather=0, pro=-1, f0=0, f1=0, loss=0, b0=0, b1=0, epi=-1):
-            return [PH["chunk"], -1, 0, gather, pro, f0, f1, loss, b0, b1, epi]
+        def chunk(gather=0, pro=-1, f0=0, f1=0, loss=0, b0=0, b1=0, epi=-1, bst=-1, bdx=-1):
+            return [PH["chunk"], -1, 0, gather, pro, f0, f1, loss, b0, b1, epi, bst, bdx]
 
         def batch(kind, k, fuse=False):
             # BatchNorm units: BN_UNIT values per example, at least one channel
             unit = max(1, BN_UNIT // self.ops[k]["groups"]) if kind.startswith("bn") else WIDE_UNIT
-            return [PH[kind], k, unit, int(fuse), -1, 0, 0, 0, 0, 0, -1]
+            return [PH[kind], k, unit, int(fuse), -1, 0, 0, 0, 0, 0, -1, -1, -1]
 
         cpl = [k for k in range(n) if coupled(k)]
-        # a batch phase runs its op's tail (forward) or, for BatchNorm, its head (backward) over its
-        # block of units, except for softmax, which needs whole rows: then the neighbouring chunk
-        # phase does it
-        fused = {k: self.ops[k]["act"] != L.ACT_SOFTMAX for k in cpl}
+        is_bn = {k: self.ops[k]["kind"] == OP["bn"] for k in cpl}
+        # a wide phase runs its op's tail over its block of units, except for softmax, which needs
+        # whole rows: then the next chunk phase does it. BatchNorm's passes over the batch all run
+        # in the chunk phases around it (norm.pxi): partials after the chunk that makes its input,
+        # normalisation and tail before the next; in backward, head and partials after the chunk
+        # that makes its delta, the input delta before the next.
+        fused = {k: not is_bn[k] and self.ops[k]["act"] != L.ACT_SOFTMAX for k in cpl}
         out = []
 
         def emit(ph):
@@ -433,24 +436,20 @@ class Plan:
 
         start, pro, gather = 0, -1, 1
         for c in cpl:
-            emit(chunk(gather, pro, start, c))
-            kind = "bn_fwd" if self.ops[c]["kind"] == OP["bn"] else "wide_fwd"
-            emit(batch(kind, c, fused[c]))
+            emit(chunk(gather, pro, start, c, bst=c if is_bn[c] else -1))
+            emit(batch("bn_fwd" if is_bn[c] else "wide_fwd", c, fused[c]))
             start, pro, gather = c + 1, (-1 if fused[c] else c), 0
         if mode != "train":
             emit(chunk(gather, pro, start, n))
         else:
-            def epi_for(c):
-                is_bn = self.ops[c]["kind"] == OP["bn"]
-                return -1 if (is_bn and fused[c]) else c
-            last = cpl[-1] if cpl else -1
-            emit(chunk(gather, pro, start, n, 1, start, n, epi_for(last) if cpl else -1))
+            emit(chunk(gather, pro, start, n, 1, start, n, cpl[-1] if cpl else -1))
             for idx in range(len(cpl) - 1, -1, -1):
                 c = cpl[idx]
                 prev = cpl[idx - 1] if idx > 0 else -1
-                epi = epi_for(prev) if prev >= 0 else -1
-                if self.ops[c]["kind"] == OP["bn"]:
-                    emit(batch("bn_bwd", c, fused[c]))
+                epi, bdx = prev, -1
+                if is_bn[c]:
+                    emit(batch("bn_bwd", c))
+                    bdx = c if self.ops[c]["din_col"] >= 0 else -1
                 elif self.ops[c]["din_col"] >= 0:
                     ph = batch("wide_bwd", c)
                     # the op just before writes nothing else: its head (whole columns of its delta,
@@ -458,7 +457,7 @@ class Plan:
                     if epi >= 0 and prev == c - 1 and self.ops[c]["src"].op == prev and fused[prev]:
                         ph[4], epi = prev, -1
                     emit(ph)
-                emit(chunk(0, -1, 0, 0, 0, prev + 1, c, epi))
+                emit(chunk(0, -1, 0, 0, 0, prev + 1, c, epi, bdx=bdx))
         table = np.array(out, dtype=np.int64).reshape(-1, len(_engine.PHASE_FIELDS))
         self._phase_cache[key] = table
         return table
@@ -473,9 +472,12 @@ class Plan:
         return op["act"] != L.ACT_IDENTITY or op["drop"] != L.DROP_NONE
 
     def _chunk_has_work(self, ph):
-        _, _, _, gather, pro, f0, f1, loss, b0, b1, epi = ph
-        return bool(gather or loss or f1 > f0 or b1 > b0 or (pro >= 0 and self._has_tail(pro))
-                    or (epi >= 0 and self._has_head(epi)))
+        _, _, _, gather, pro, f0, f1, loss, b0, b1, epi, bst, bdx = ph
+        def bn(k):
+            return self.ops[k]["kind"] == OP["bn"]
+        return bool(gather or loss or f1 > f0 or b1 > b0 or bst >= 0 or bdx >= 0
+                    or (pro >= 0 and (bn(pro) or self._has_tail(pro)))
+                    or (epi >= 0 and (bn(epi) or self._has_head(epi))))
 
     def slots(self, batch_size):
         """Work units of the widest phase of a step: chunks, or blocks of a batch-coupled op (the

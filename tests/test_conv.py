@@ -185,6 +185,31 @@ def test_batch_gradient_is_the_mean_of_example_gradients(n, rng):
         np.testing.assert_allclose(g, ref, rtol=1e-11, atol=1e-13, err_msg=k)
 
 
+def test_batchnorm2d_over_ragged_chunks_matches_numpy_reference(rng):
+    # the batch statistics are merged from per-chunk partials (norm.pxi): several chunks with a
+    # ragged last one, channel means far from zero, against one float64 pass over the whole batch
+    m = fn.Sequential(fn.Conv2d(2, 3, 3, padding=1), fn.BatchNorm2d(3, momentum=0.3), fn.ReLU(), fn.Flatten(),
+                      fn.Dense(60, 3), input_shape=(2, 5, 4), dtype="float64", seed=2)
+    c, bn, d = m.layers[0], m.layers[1], m.layers[4]
+    c.bias[...] = [300.0, -50.0, 7.0]
+    bn.weight[...] = 1 + 0.5 * rng.normal(size=3)
+    bn.bias[...] = 0.5 * rng.normal(size=3)
+    n = 97
+    X, y = rng.normal(size=(n, 2, 5, 4)), rng.integers(0, 3, n)
+    chunk = m._plan.chunk_for(n)
+    assert n // chunk >= 2 and n % chunk, chunk
+    z = _conv2d_ref(X, c.weight, c.bias, c.stride, c.padding, c.dilation, c.groups)
+    mu, var, var_u = z.mean((0, 2, 3)), z.var((0, 2, 3)), z.var((0, 2, 3), ddof=1)
+    h = (z - mu[:, None, None]) / np.sqrt(var[:, None, None] + bn.eps) * bn.weight[:, None, None] \
+        + bn.bias[:, None, None]
+    ref = np.maximum(h, 0).reshape(n, -1) @ d.weight.T + d.bias
+    np.testing.assert_allclose(m.forward(X, training=True), ref, rtol=1e-11, atol=1e-11)
+    check_finite_differences(m, X, y, fn.CrossEntropy(), rng, per_param=4)
+    m.train_step(X, y, fn.CrossEntropy(), fn.SGD(lr=0.0))
+    np.testing.assert_allclose(bn.running_mean, 0.3 * mu, rtol=1e-13)
+    np.testing.assert_allclose(bn.running_var, 0.7 + 0.3 * var_u, rtol=1e-13)
+
+
 def test_float32_agrees_with_float64(rng):
     X, y = _data(rng, (3, 37), n=11)
     _, g64 = _model("conv1d", "float64").loss_and_grad(X, y, fn.CrossEntropy())

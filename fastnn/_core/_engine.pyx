@@ -18,8 +18,11 @@ barrier after it:
   shuffled rows, the tail of a batch-coupled op before, forward ops [f0, f1), the loss, backward
   ops [b0, b1) in reverse, and the head of the batch-coupled op before them. Consecutive
   per-example ops run back to back on a chunk while it is in cache.
-- ``PH_BN_FWD`` / ``PH_BN_BWD``: BatchNorm in training, over blocks of features, each summed over
-  the batch in example order.
+- ``PH_BN_FWD`` / ``PH_BN_BWD``: BatchNorm in training, over blocks of channels: the merge, in
+  chunk order, of per-chunk partial sums that the chunk phases before it form while their rows are
+  in cache; the chunk phase after it normalises its rows (forward) or forms their input delta
+  (backward) just before its own ops read them. Each pass over a BatchNorm's rows thus touches a
+  chunk already in cache instead of sweeping the batch through memory.
 - ``PH_WIDE_FWD`` / ``PH_WIDE_BWD``: a wide Dense over the whole batch, split by output neurons
   (forward) or input features (backward), so its weights are packed once per step.
 - the gradient tiles: rows of dW (Dense) or blocks of features (norm gamma/beta), each owned by
@@ -114,7 +117,7 @@ OP_FIELDS = ("kind", "n_in", "n_out", "w_off", "b_off", "act", "drop", "in_col",
              "groups", "key", "diag", "unit_off", "nbt", "dper") + tuple(f"g{i}" for i in range(17)) + (
              "cell", "steps", "hidden", "w2_off", "b2_off", "sub", "p_col")
 OPF_FIELDS = ("act_param", "drop_p", "eps", "momentum")
-PHASE_FIELDS = ("kind", "op", "unit", "gather", "pro", "f0", "f1", "loss", "b0", "b1", "epi")
+PHASE_FIELDS = ("kind", "op", "unit", "gather", "pro", "f0", "f1", "loss", "b0", "b1", "epi", "bst", "bdx")
 TILE_FIELDS = ("op", "r0", "nr")
 
 include "common.pxi"
@@ -153,6 +156,7 @@ cdef struct Op:
     Py_ssize_t steps, hidden, w2_off, b2_off
     Py_ssize_t sub            # convolution: examples per sub-block
     Py_ssize_t p_e            # convolution: partial filter/bias gradients, at each sub-block's first row
+    Py_ssize_t pt_off         # BatchNorm in training: offset of its 2C partials in a chunk's record
     Py_ssize_t ga_e, hs_e, cs_e, hn_e, di_e, dh_e, sc_e, ds_e
 
 
@@ -160,6 +164,8 @@ cdef struct Phase:
     int kind, op
     Py_ssize_t unit
     int gather, pro, f0, f1, loss, b0, b1, epi
+    int bst, bdx              # chunk: BatchNorm op whose partials it forms after forward / whose
+                              # input delta it forms before backward (-1 none)
 
 
 cdef struct Tile:
@@ -178,6 +184,8 @@ cdef struct Net:
     Py_ssize_t chunk
     Py_ssize_t n_in0          # input features per example
     int last                  # the output op
+    double* part              # BatchNorm partials: n_part doubles per chunk
+    Py_ssize_t n_part
 
 
 include "dense.pxi"
@@ -460,13 +468,23 @@ cdef void chunk_task(Net* net, Phase* ph, Ctx* cx, Py_ssize_t ci, floating* tag)
     cdef Py_ssize_t i, n0 = net.n_in0
     cdef int k
     cdef Op* last = &net.ops[net.last]
+    if ph.bdx >= 0:
+        bn_dx(&net.ops[ph.bdx], P, Wk, cx.st, r0, c)
     if ph.gather:
         for i in range(c):
             gather_row(Wk + (r0 + i) * n0, cx.X, cx.xcode, cx.ordp[cx.b0 + r0 + i], n0)
+    cdef Op* o
     if ph.pro >= 0:
-        op_tail(&net.ops[ph.pro], cx, Wk, P, r0, c, ci)
+        o = &net.ops[ph.pro]
+        if o.kind == OP_BN:
+            bn_normalize(o, P, Wk + o.in_e + r0 * o.n_out, Wk + o.a_e + r0 * o.n_out, cx.st, c, 0,
+                         o.n_out // o.groups)
+        op_tail(o, cx, Wk, P, r0, c, ci)
     for k in range(ph.f0, ph.f1):
         op_forward(&net.ops[k], cx, Wk, P, r0, c, ci)
+    if ph.bst >= 0:
+        o = &net.ops[ph.bst]
+        bn_part_forward(o, Wk, net.part + ci * net.n_part + o.pt_off, r0, c)
     if ph.loss and cx.steps > 1:
         loss_steps(cx, Wk + last.ad_e + r0 * last.n_out, Wk + last.d_e + r0 * last.n_out, c, r0)
     elif ph.loss:
@@ -476,7 +494,10 @@ cdef void chunk_task(Net* net, Phase* ph, Ctx* cx, Py_ssize_t ci, floating* tag)
     for k in range(ph.b1 - 1, ph.b0 - 1, -1):
         op_backward(&net.ops[k], cx, Wk, P, r0, c, ci)
     if ph.epi >= 0:
-        op_head(&net.ops[ph.epi], cx, Wk, r0, c)
+        o = &net.ops[ph.epi]
+        op_head(o, cx, Wk, r0, c)
+        if o.kind == OP_BN:
+            bn_part_backward(o, Wk, cx.st, net.part + ci * net.n_part + o.pt_off, r0, c)
 
 
 cdef inline Py_ssize_t phase_width(Phase* ph, Op* o) noexcept nogil:
@@ -496,17 +517,12 @@ cdef void batch_task(Net* net, Phase* ph, Ctx* cx, Py_ssize_t u, bint update, do
     cdef Py_ssize_t n = phase_width(ph, o)
     cdef Py_ssize_t j0 = u * ph.unit
     cdef Py_ssize_t nb = ph.unit if j0 + ph.unit <= n else n - j0
-    cdef Py_ssize_t S = o.groups if (ph.kind == PH_BN_FWD or ph.kind == PH_BN_BWD) else 1
-    # ``gather`` marks a batch phase that also runs the op's tail (forward) or head (backward)
+    # ``gather`` marks a wide phase that also runs the op's tail
     if ph.kind == PH_BN_FWD:
-        bn_forward_batch(o, <floating*>cx.P, <floating*>cx.Wk, cx.st, <floating*>cx.R, cx.bsz, j0, nb,
+        bn_forward_batch(o, net.part, net.n_part, net.chunk, cx.st, <floating*>cx.R, cx.bsz, j0, nb,
                          update, factor)
-        if ph.gather:       # channels [j0, j0+nb) are units [j0 S, (j0+nb) S)
-            op_tail_block(o, cx, <floating*>cx.Wk, <floating*>cx.P, j0 * S, nb * S, u)
     elif ph.kind == PH_BN_BWD:
-        if ph.gather:
-            op_head_block(o, cx, <floating*>cx.Wk, j0 * S, nb * S)
-        bn_backward_batch(o, <floating*>cx.P, <floating*>cx.Wk, <floating*>cx.G, cx.st, cx.bsz, j0, nb)
+        bn_backward_batch(o, net.part, net.n_part, net.chunk, <floating*>cx.G, cx.st, cx.bsz, j0, nb)
     elif ph.kind == PH_WIDE_FWD:
         dense_wide_forward(o, <floating*>cx.P, <floating*>cx.Wk, cx.bsz, j0, nb)
         if ph.gather:
@@ -676,6 +692,7 @@ cdef Net* net_new(const int64_t[:, ::1] ops, const double[:, ::1] opsf, const in
     net.chunk = chunk
     net.n_in0 = n_in0
     net.last = n - 1
+    net.part = NULL
     net.ops = <Op*>malloc((n + 1) * sizeof(Op))
     net.ph = <Phase*>malloc((net.n_ph + 1) * sizeof(Phase))
     net.tiles = <Tile*>malloc((net.n_tiles + 1) * sizeof(Tile))
@@ -735,10 +752,22 @@ cdef Net* net_new(const int64_t[:, ::1] ops, const double[:, ::1] opsf, const in
         net.ph[k].b0 = <int>phases[k, 8]
         net.ph[k].b1 = <int>phases[k, 9]
         net.ph[k].epi = <int>phases[k, 10]
+        net.ph[k].bst = <int>phases[k, 11]
+        net.ph[k].bdx = <int>phases[k, 12]
     for t in range(net.n_tiles):
         net.tiles[t].op = <int>tiles[t, 0]
         net.tiles[t].r0 = tiles[t, 1]
         net.tiles[t].nr = tiles[t, 2]
+    net.n_part = 0
+    for k in range(n):
+        net.ops[k].pt_off = net.n_part
+        if net.ops[k].kind == OP_BN:
+            net.n_part += 2 * (net.ops[k].n_out // net.ops[k].groups)
+    if net.n_part > 0:
+        net.part = <double*>malloc(((B + chunk - 1) // chunk) * net.n_part * sizeof(double))
+        if net.part == NULL:
+            net_free(net)
+            raise MemoryError()
     return net
 
 
@@ -747,6 +776,7 @@ cdef void net_free(Net* net) noexcept:
         free(net.ops)
         free(net.ph)
         free(net.tiles)
+        free(net.part)
         free(net)
 
 

@@ -1,55 +1,82 @@
-# Normalization. BatchNorm in training is batch-coupled: its statistics, normalisation and
-# backward run as phases over blocks of features, each summed over the batch in example order.
+# Normalization. BatchNorm in training is batch-coupled. Its passes over the batch run inside the
+# chunk phases around it, while a chunk is in cache: the chunk that makes its input also forms
+# per-channel partials (mean and squared deviations; backward: sum dy, sum dy xhat), the
+# BatchNorm phases merge the partials over channel blocks in chunk order (the chunks are fixed by
+# the shapes, so the merge is the same on any thread count), and the next chunk phase normalises
+# its rows (forward) or forms their input delta (backward) just before its ops read them.
 # In inference it is a per-example op with the running statistics. LayerNorm is per example
 # (rows of `groups` groups of `m` features); its gamma/beta gradients are tiles over features.
 # Statistics are accumulated in double.
 
-cdef void bn_forward_batch(Op* o, floating* P, floating* Wk, double* st, floating* R, Py_ssize_t B,
-                           Py_ssize_t f0, Py_ssize_t nf, bint update, double factor) noexcept nogil:
-    """Channels [f0, f0+nf) (each S = groups values per example): batch mean and biased variance,
-    y = (x - mean) / sqrt(var + eps) * g + b; with ``update`` the running estimates move by
-    ``factor`` (unbiased variance)."""
-    cdef Py_ssize_t S = o.groups, C = o.n_out // S, n = o.n_out, i, j, s, f1 = f0 + nf
-    cdef double* mean = st + o.s_off
-    cdef double* istd = mean + C
-    cdef floating* x = Wk + o.in_e
+cdef void bn_part_forward(Op* o, floating* Wk, double* part, Py_ssize_t r0, Py_ssize_t c) noexcept nogil:
+    """Rows [r0, r0+c) of a chunk: per channel, the mean of its c*S values (part[j]) and the sum
+    of their squared deviations from it (part[C+j]), while the chunk is in cache."""
+    cdef Py_ssize_t S = o.groups, C = o.n_out // S, n = o.n_out, i, j
+    cdef double* mean = part
+    cdef double* m2 = part + C
+    cdef floating* x = Wk + o.in_e + r0 * n
     cdef floating* row
-    cdef floating* rm
-    cdef floating* rv
-    cdef double d, var, m = <double>B * S, acc
-    for j in range(f0, f1):
+    cdef double d, acc, cnt = <double>c * S
+    for j in range(C):
         mean[j] = 0
-        istd[j] = 0
-    for i in range(B):
+        m2[j] = 0
+    for i in range(c):
         row = x + i * n
         if S == 1:
-            for j in range(f0, f1):
+            for j in range(C):
                 mean[j] += row[j]
         else:
-            for j in range(f0, f1):
+            for j in range(C):
                 acc = 0
                 red_sum(row + j * S, S, &acc)
                 mean[j] += acc
-    for j in range(f0, f1):
-        mean[j] = mean[j] / m
-    for i in range(B):
+    for j in range(C):
+        mean[j] = mean[j] / cnt
+    for i in range(c):
         row = x + i * n
         if S == 1:
-            for j in range(f0, f1):
+            for j in range(C):
                 d = row[j] - mean[j]
-                istd[j] += d * d
+                m2[j] += d * d
         else:
-            for j in range(f0, f1):
-                istd[j] += red_sqdev(row + j * S, S, mean[j])
+            for j in range(C):
+                m2[j] += red_sqdev(row + j * S, S, mean[j])
+
+
+cdef void bn_forward_batch(Op* o, double* part, Py_ssize_t n_part, Py_ssize_t chunk, double* st,
+                           floating* R, Py_ssize_t B, Py_ssize_t f0, Py_ssize_t nf, bint update,
+                           double factor) noexcept nogil:
+    """Channels [f0, f0+nf): the batch mean and biased variance from the chunks' partials, merged
+    in chunk order (Chan et al.'s pairwise update, as exact as two passes over the batch), kept as
+    (mean, 1/sqrt(var + eps)); with ``update`` the running estimates move by ``factor``
+    (unbiased variance)."""
+    cdef Py_ssize_t S = o.groups, C = o.n_out // S, j, ci, f1 = f0 + nf
+    cdef Py_ssize_t n_chunks = (B + chunk - 1) // chunk
+    cdef double* mean = st + o.s_off
+    cdef double* istd = mean + C
+    cdef double* p
+    cdef floating* rm
+    cdef floating* rv
+    cdef double na, nb, nab, d, mu, m2, m = <double>B * S
     for j in range(f0, f1):
-        var = istd[j] / m
+        na = 0
+        mu = 0
+        m2 = 0
+        for ci in range(n_chunks):
+            p = part + ci * n_part + o.pt_off
+            nb = <double>((chunk if (ci + 1) * chunk <= B else B - ci * chunk) * S)
+            nab = na + nb
+            d = p[j] - mu
+            mu = mu + d * (nb / nab)
+            m2 = m2 + p[C + j] + d * d * (na * nb / nab)
+            na = nab
+        mean[j] = mu
         if update and o.r_off >= 0:
             rm = R + o.r_off
             rv = rm + C
-            rm[j] = <floating>((1.0 - factor) * rm[j] + factor * mean[j])
-            rv[j] = <floating>((1.0 - factor) * rv[j] + factor * (istd[j] / (m - 1)))
-        istd[j] = 1.0 / sqrt(var + o.eps)
-    bn_normalize(o, P, x, Wk + o.a_e, st, B, f0, nf)
+            rm[j] = <floating>((1.0 - factor) * rm[j] + factor * mu)
+            rv[j] = <floating>((1.0 - factor) * rv[j] + factor * (m2 / (m - 1)))
+        istd[j] = 1.0 / sqrt(m2 / m + o.eps)
 
 
 cdef void bn_normalize(Op* o, floating* P, floating* x, floating* y, double* st, Py_ssize_t c,
@@ -89,51 +116,84 @@ cdef void bn_eval_prepare(Op* o, floating* R, double* st) noexcept nogil:
         st[o.s_off + C + j] = 1.0 / sqrt(<double>rm[C + j] + o.eps)
 
 
-cdef void bn_backward_batch(Op* o, floating* P, floating* Wk, floating* G, double* st, Py_ssize_t B,
-                            Py_ssize_t f0, Py_ssize_t nf) noexcept nogil:
-    """Channels [f0, f0+nf): dgamma = sum dy xhat, dbeta = sum dy (into G), and
-    dx = g istd (dy - mean(dy) - xhat mean(dy xhat)) (=|+=) into the input's delta."""
-    cdef Py_ssize_t S = o.groups, C = o.n_out // S, n = o.n_out, i, j, s, q, f1 = f0 + nf
+cdef void bn_part_backward(Op* o, floating* Wk, double* st, double* part, Py_ssize_t r0,
+                           Py_ssize_t c) noexcept nogil:
+    """Rows [r0, r0+c) of a chunk, after the head: per channel, sum dy (part[j]) and
+    sum dy xhat (part[C+j]), while the chunk's deltas are in cache."""
+    cdef Py_ssize_t S = o.groups, C = o.n_out // S, n = o.n_out, i, j
     cdef double* mean = st + o.s_off
     cdef double* istd = mean + C
-    cdef double* s1 = istd + C
-    cdef double* s2 = s1 + C
-    cdef floating* x = Wk + o.in_e
-    cdef floating* dy = Wk + o.d_e
+    cdef double* s1 = part
+    cdef double* s2 = part + C
+    cdef floating* x = Wk + o.in_e + r0 * n
+    cdef floating* dy = Wk + o.d_e + r0 * n
     cdef floating* row
-    cdef floating* drow
     cdef floating* xr
-    cdef double xh, g, k, a1, a2, m = <double>B * S
-    for j in range(f0, f1):
+    cdef double a1
+    for j in range(C):
         s1[j] = 0
         s2[j] = 0
-    for i in range(B):
+    for i in range(c):
         row = dy + i * n
         xr = x + i * n
         if S == 1:
-            for j in range(f0, f1):
+            for j in range(C):
                 s1[j] += row[j]
                 s2[j] += row[j] * ((xr[j] - mean[j]) * istd[j])
         else:
-            for j in range(f0, f1):
+            for j in range(C):
                 a1 = 0
                 red_sum(row + j * S, S, &a1)
                 s1[j] += a1
                 s2[j] += red_dotdev(xr + j * S, row + j * S, S, mean[j]) * istd[j]
+
+
+cdef void bn_backward_batch(Op* o, double* part, Py_ssize_t n_part, Py_ssize_t chunk, floating* G,
+                            double* st, Py_ssize_t B, Py_ssize_t f0, Py_ssize_t nf) noexcept nogil:
+    """Channels [f0, f0+nf): dgamma = sum dy xhat and dbeta = sum dy (into G) from the chunks'
+    partials in chunk order; their means kept for bn_dx."""
+    cdef Py_ssize_t S = o.groups, C = o.n_out // S, j, ci, f1 = f0 + nf
+    cdef Py_ssize_t n_chunks = (B + chunk - 1) // chunk
+    cdef double* s1 = st + o.s_off + 2 * C
+    cdef double* s2 = s1 + C
+    cdef double* p
+    cdef double m = <double>B * S
+    for j in range(f0, f1):
+        s1[j] = 0
+        s2[j] = 0
+    for ci in range(n_chunks):
+        p = part + ci * n_part + o.pt_off
+        for j in range(f0, f1):
+            s1[j] += p[j]
+            s2[j] += p[C + j]
     if o.w_off >= 0:
         for j in range(f0, f1):
             G[o.w_off + j] = <floating>s2[j]
             G[o.b_off + j] = <floating>s1[j]
-    if o.din_e < 0:
-        return
     for j in range(f0, f1):
         s1[j] = s1[j] / m
         s2[j] = s2[j] / m
-    for i in range(B):
+
+
+cdef void bn_dx(Op* o, floating* P, floating* Wk, double* st, Py_ssize_t r0, Py_ssize_t c) noexcept nogil:
+    """Rows [r0, r0+c): dx = g istd (dy - mean(dy) - xhat mean(dy xhat)) (=|+=) into the input's
+    delta, just before the chunk's backward reads it."""
+    cdef Py_ssize_t S = o.groups, C = o.n_out // S, n = o.n_out, i, j, s, q
+    cdef double* mean = st + o.s_off
+    cdef double* istd = mean + C
+    cdef double* s1 = istd + C
+    cdef double* s2 = s1 + C
+    cdef floating* x = Wk + o.in_e + r0 * n
+    cdef floating* dy = Wk + o.d_e + r0 * n
+    cdef floating* row
+    cdef floating* drow
+    cdef floating* xr
+    cdef double xh, g, k
+    for i in range(c):
         row = dy + i * n
         xr = x + i * n
-        drow = Wk + o.din_e + i * n
-        for j in range(f0, f1):
+        drow = Wk + o.din_e + (r0 + i) * n
+        for j in range(C):
             g = istd[j] * (P[o.w_off + j] if o.w_off >= 0 else 1.0)
             for s in range(S):
                 q = j * S + s
