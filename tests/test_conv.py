@@ -63,6 +63,27 @@ def test_conv2d_forward_matches_naive_reference(rng):
     np.testing.assert_allclose(m.forward(X), ref, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("kernel, padding, dilation, hw", [
+    ((3, 5), (1, 2), (2, 1), (7, 9)),    # same width, shorter height
+    ((3, 3), (3, 1), (1, 1), (4, 6)),    # rows of padding only
+    ((1, 5), (0, 2), (1, 1), (3, 2)),    # columns of padding only (a width of 2, a reach of 5)
+])
+def test_same_width_stride_one_convolutions(kernel, padding, dilation, hw, rng):
+    # these im2col/col2im run as one shifted copy per kernel offset (conv.pxi); a 1x1 convolution
+    # before it makes its input delta (col2im) reach a gradient
+    ho = hw[0] + 2 * padding[0] - dilation[0] * (kernel[0] - 1)
+    m = fn.Sequential(fn.Conv2d(2, 3, 1), fn.Conv2d(3, 4, kernel, padding=padding, dilation=dilation), fn.Tanh(),
+                      fn.Flatten(), fn.Dense(4 * ho * hw[1], 3), input_shape=(2,) + hw, dtype="float64", seed=1)
+    X, y = rng.normal(size=(5, 2) + hw), rng.integers(0, 3, 5)
+    c1, c, d = m.layers[0], m.layers[1], m.layers[4]
+    h = _conv2d_ref(X, c1.weight, c1.bias, c1.stride, c1.padding, c1.dilation, c1.groups)
+    ref = _conv2d_ref(h, c.weight, c.bias, c.stride, c.padding, c.dilation, c.groups)
+    assert ref.shape[3] == hw[1]
+    np.testing.assert_allclose(m.forward(X), np.tanh(ref).reshape(5, -1) @ d.weight.T + d.bias, rtol=1e-12,
+                               atol=1e-12)
+    check_finite_differences(m, X, y, fn.CrossEntropy(), rng, per_param=9)
+
+
 def test_pools_match_naive_reference(rng):
     X = rng.normal(size=(2, 3, 5, 7))
     mx = fn.Sequential(fn.MaxPool2d(2, stride=2, padding=1), input_shape=(3, 5, 7), dtype="float64")

@@ -65,6 +65,8 @@ cdef void im2col(floating* x, floating* col, Py_ssize_t ld, Py_ssize_t* g, Py_ss
     cdef floating* xc
     cdef floating* dst
     cdef floating* src
+    cdef Py_ssize_t h_lo, h_hi, t0, t1
+    cdef bint flat = sh == 1 and sw == 1 and Wo == W
     for c in range(nc):
         xc = x + (c0 + c) * H * W
         for i in range(kh):
@@ -72,6 +74,26 @@ cdef void im2col(floating* x, floating* col, Py_ssize_t ld, Py_ssize_t* g, Py_ss
                 dst = col + ((c * kh + i) * kw + j) * ld
                 off = j * dw - pw
                 valid_range(Wo, W, sw, off, &w_lo, &w_hi)
+                if flat:
+                    # a 'same'-width stride-1 row block is one shifted run of the input plane:
+                    # copy it whole (the few positions it wraps into are padding, zeroed after)
+                    valid_range(Ho, H, 1, i * dh - ph, &h_lo, &h_hi)
+                    if h_lo >= h_hi or w_lo >= w_hi:
+                        memset(dst, 0, L * sizeof(floating))
+                        continue
+                    t0 = h_lo * W + w_lo
+                    t1 = (h_hi - 1) * W + w_hi
+                    off = (i * dh - ph) * W + off
+                    memset(dst, 0, t0 * sizeof(floating))
+                    for ow in range(t0, t1):
+                        dst[ow] = xc[ow + off]
+                    memset(dst + t1, 0, (L - t1) * sizeof(floating))
+                    for oh in range(h_lo, h_hi):
+                        for ow in range(w_lo):
+                            dst[oh * Wo + ow] = 0
+                        for ow in range(w_hi, Wo):
+                            dst[oh * Wo + ow] = 0
+                    continue
                 for oh in range(Ho):
                     ih = oh * sh - ph + i * dh
                     if ih < 0 or ih >= H:
@@ -99,6 +121,8 @@ cdef void col2im_add(floating* col, Py_ssize_t ld, floating* dx, Py_ssize_t* g, 
     cdef floating* dxc
     cdef floating* src
     cdef floating* dst
+    cdef Py_ssize_t h_lo, h_hi, t0, t1
+    cdef bint flat = sh == 1 and sw == 1 and Wo == W
     for c in range(nc):
         dxc = dx + (c0 + c) * H * W
         for i in range(kh):
@@ -106,6 +130,23 @@ cdef void col2im_add(floating* col, Py_ssize_t ld, floating* dx, Py_ssize_t* g, 
                 src = col + ((c * kh + i) * kw + j) * ld
                 off = j * dw - pw
                 valid_range(Wo, W, sw, off, &w_lo, &w_hi)
+                if flat:
+                    # as in im2col: one shifted run; the padding entries of the column delta (a
+                    # scratch, read once) are zeroed first, so the run adds nothing where it wraps
+                    valid_range(Ho, H, 1, i * dh - ph, &h_lo, &h_hi)
+                    if h_lo >= h_hi or w_lo >= w_hi:
+                        continue
+                    for oh in range(h_lo, h_hi):
+                        for ow in range(w_lo):
+                            src[oh * Wo + ow] = 0
+                        for ow in range(w_hi, Wo):
+                            src[oh * Wo + ow] = 0
+                    t0 = h_lo * W + w_lo
+                    t1 = (h_hi - 1) * W + w_hi
+                    off = (i * dh - ph) * W + off
+                    for ow in range(t0, t1):
+                        dxc[ow + off] = dxc[ow + off] + src[ow]
+                    continue
                 for oh in range(Ho):
                     ih = oh * sh - ph + i * dh
                     if ih < 0 or ih >= H:
