@@ -170,6 +170,29 @@ def test_bad_X(X, exc, match):
         m.forward(X)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_non_finite_X_is_found_anywhere(dtype, threads):
+    # the check runs over blocks of 65536 entries in parallel: a bad entry in any block, at a
+    # block's edges and in the ragged last block, is found on any thread count
+    from fastnn._core import _engine
+    X = np.linspace(-3e4, 3e4, 7 * 28100).astype(dtype).reshape(-1, 7)
+    assert _engine.all_finite(X, threads)
+    big = np.finfo(dtype).max
+    X[0, 0], X[-1, -1] = big, -big
+    assert _engine.all_finite(X, threads)
+    for pos in (0, 65535, 65536, 2 * 65536 + 5, X.size - 1):
+        for bad in (np.nan, np.inf, -np.inf):
+            Y = X.copy()
+            Y.flat[pos] = bad
+            assert not _engine.all_finite(Y, threads), (pos, bad)
+    m = fn.Sequential(fn.Dense(7, 2), dtype=dtype)
+    Y = X.copy()
+    Y.flat[-1] = np.nan
+    with pytest.raises(ValueError, match="X contains NaN or Inf"):
+        m.fit(Y, np.zeros(len(Y), int), loss=fn.CrossEntropy(), epochs=1, threads=threads)
+
+
 @pytest.mark.parametrize("y,exc,match", [
     (np.array([0, 1, 3, 0]), ValueError, r"outside \[0, 3\)"),
     (np.array([0, -1, 2, 0]), ValueError, r"outside \[0, 3\)"),
