@@ -186,6 +186,8 @@ def test_non_finite_X_is_found_anywhere(dtype, threads):
             Y = X.copy()
             Y.flat[pos] = bad
             assert not _engine.all_finite(Y, threads), (pos, bad)
+    X.flags.writeable = False            # read-only data (a memory map, say) is checked too
+    assert _engine.all_finite(X, threads)
     m = fn.Sequential(fn.Dense(7, 2), dtype=dtype)
     Y = X.copy()
     Y.flat[-1] = np.nan

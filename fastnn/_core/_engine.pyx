@@ -1120,8 +1120,8 @@ def all_finite(object X, int n_threads):
     blocks in parallel (the input check of every fit, so it costs a fraction of an epoch)."""
     cdef Py_ssize_t n = X.size, blk = 1 << 16, nb = (n + blk - 1) // blk, b, k
     cdef unsigned char[::1] ok = np.ones(max(nb, 1), dtype=np.uint8)
-    cdef float[::1] xf
-    cdef double[::1] xd
+    cdef const float[::1] xf
+    cdef const double[::1] xd
     if X.dtype == np.float32:
         xf = X.reshape(-1)
         with nogil:
