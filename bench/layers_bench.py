@@ -16,8 +16,10 @@ examples shuffled every epoch):
   step's hidden state -> Dense -> 10
 
 Every (library, model, batch, threads) run is its own process; the libraries are interleaved
-round by round; torch gets its better thread setting (1 or 2). Prints ex/s, the ratio, and peak
-RSS, with the CPU model.
+round by round; torch gets its better thread setting (1 or 2). JAX (when installed; the
+convolutional nets) runs the whole epoch compiled, ``jax.jit`` of a ``lax.scan`` over the steps,
+on its default threads, as in ``bench/compare.py``. Prints ex/s, the ratios, and peak RSS, with
+the CPU model.
 
     python bench/layers_bench.py --batch 32 128 --rounds 3
 """
@@ -122,8 +124,125 @@ def torch_model(kind):
                          nn.Linear(D_H, N_CLASSES))
 
 
+JAX_KINDS = ("lenet", "cnn1d", "cifar")
+
+
+def jax_epoch(kind, X, y, batch):
+    """The model's parameters and state, and a compiled epoch (params, state, key) -> (params,
+    state, mean loss): torch's layers, initialisation bounds and momentum SGD, BatchNorm2d with
+    batch statistics and running estimates."""
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    import jax
+    import jax.numpy as jnp
+    from jax import lax
+
+    keys = iter(jax.random.split(jax.random.PRNGKey(0), 64))
+
+    def uniform(shape, fan_in):
+        bound = 1.0 / fan_in ** 0.5
+        return jax.random.uniform(next(keys), shape, jnp.float32, -bound, bound)
+
+    def conv(cin, cout, k, pad, dims):
+        shape = (cout, cin) + (k,) * dims
+        return {"w": uniform(shape, cin * k ** dims), "b": uniform((cout,), cin * k ** dims), "pad": pad}
+
+    def dense(i, o):
+        return {"w": uniform((o, i), i), "b": uniform((o,), i)}
+
+    layers, dims = [], 1 if kind == "cnn1d" else 2
+    if kind == "lenet":
+        layers = [("conv", conv(1, 6, 5, 2, 2)), ("relu",), ("max",), ("conv", conv(6, 16, 5, 0, 2)), ("relu",),
+                  ("max",), ("flat",), ("dense", dense(400, 120)), ("relu",), ("dense", dense(120, 84)), ("relu",),
+                  ("dense", dense(84, N_CLASSES))]
+    elif kind == "cnn1d":
+        layers = [("conv", conv(1, 25, 5, 2, 1)), ("relu",), ("conv", conv(25, 25, 3, 1, 1)), ("relu",),
+                  ("conv", conv(25, 25, 3, 1, 1)), ("relu",), ("flat",), ("dense", dense(1000, N_CLASSES))]
+    else:
+        for i, o, pool in ((3, 32, True), (32, 64, True), (64, 128, False)):
+            layers += [("conv", conv(i, o, 3, 1, 2)), ("bn", {"g": jnp.ones(o), "b": jnp.zeros(o)}), ("relu",)]
+            layers += [("max",)] if pool else []
+        layers += [("gap",), ("dense", dense(128, N_CLASSES))]
+    params = [{k: v for k, v in (lay[1] if len(lay) > 1 else {}).items() if k != "pad"} for lay in layers]
+    state = [{"mean": jnp.zeros(len(p["g"])), "var": jnp.ones(len(p["g"]))} if lay[0] == "bn" else {}
+             for lay, p in zip(layers, params)]
+    spec = ("NCH", "OIH", "NCH") if dims == 1 else ("NCHW", "OIHW", "NCHW")
+
+    def forward(params, state, x):
+        new = []
+        for lay, p, st in zip(layers, params, state):
+            op = lay[0]
+            if op == "conv":
+                pad = lay[1]["pad"]
+                x = lax.conv_general_dilated(x, p["w"], (1,) * dims, [(pad, pad)] * dims, dimension_numbers=spec)
+                x = x + p["b"].reshape((1, -1) + (1,) * dims)
+            elif op == "bn":
+                mu, var = x.mean((0, 2, 3)), x.var((0, 2, 3))
+                m = x.shape[0] * x.shape[2] * x.shape[3]
+                x = (x - mu[:, None, None]) / jnp.sqrt(var[:, None, None] + 1e-5) * p["g"][:, None, None] \
+                    + p["b"][:, None, None]
+                st = {"mean": 0.9 * st["mean"] + 0.1 * lax.stop_gradient(mu),
+                      "var": 0.9 * st["var"] + 0.1 * lax.stop_gradient(var) * m / (m - 1)}
+            elif op == "relu":
+                x = jax.nn.relu(x)
+            elif op == "max":
+                x = lax.reduce_window(x, -jnp.inf, lax.max, (1, 1, 2, 2), (1, 1, 2, 2), "VALID")
+            elif op == "gap":
+                x = x.mean((2, 3))
+            elif op == "flat":
+                x = x.reshape(x.shape[0], -1)
+            else:
+                x = x @ p["w"].T + p["b"]
+            new.append(st)
+        return x, new
+
+    def loss_fn(params, state, xb, yb):
+        logits, state = forward(params, state, xb)
+        return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), yb[:, None], axis=1)), state
+
+    n = X.shape[0]
+    steps = n // batch
+    Xd, yd = jax.device_put(X), jax.device_put(y.astype("int32"))
+
+    @jax.jit
+    def epoch(params, velocity, state, key):
+        idx = jax.random.permutation(key, n)[:steps * batch].reshape(steps, batch)
+
+        def step(carry, bi):
+            params, velocity, state = carry
+            (loss, state), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, state, Xd[bi], yd[bi])
+            velocity = jax.tree.map(lambda v, g: MOM * v + g, velocity, grads)
+            params = jax.tree.map(lambda p, v: p - LR * v, params, velocity)
+            return (params, velocity, state), loss
+
+        (params, velocity, state), losses = lax.scan(step, (params, velocity, state), idx)
+        return params, velocity, state, losses.mean()
+
+    return params, jax.tree.map(jnp.zeros_like, params), state, epoch, steps * batch
+
+
 def worker(lib, kind, batch, threads, n, repeats):
     X, y = data(n, kind)
+    if lib == "jax":
+        import jax
+
+        params, velocity, state, run, n_used = jax_epoch(kind, X, y, batch)
+        key = jax.random.PRNGKey(1)
+        box = [params, velocity, state]
+
+        def epoch():
+            nonlocal key
+            key, k = jax.random.split(key)
+            *box[:], loss = run(*box, k)
+            jax.block_until_ready((box, loss))
+
+        epoch()                                   # warm-up: compiles
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            epoch()
+            times.append(time.perf_counter() - t)
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return {"ex_s": n_used / statistics.median(times), "rss_mib": rss}
     if lib == "fastnn":
         import fastnn as fn
 
@@ -175,6 +294,7 @@ def main(default_models=("bn", "res"), default_n=20000):
     p.add_argument("--n", type=int, default=default_n)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--no-jax", action="store_true", help="leave JAX out even where it is installed")
     p.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.worker:
@@ -183,25 +303,36 @@ def main(default_models=("bn", "res"), default_n=20000):
         return
     from fastnn.bench import cpu_name
 
-    print(f"# {cpu_name()}, fastnn {a.threads} threads, torch best of 1/{a.threads} threads, N={a.n}, "
-          f"median of {a.rounds} rounds")
-    print("| model | batch | fastnn ex/s | torch ex/s | fastnn/torch | fastnn GFLOP/s | RSS fastnn/torch MiB |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    try:
+        import jax  # noqa: F401
+        has_jax = not a.no_jax
+    except ImportError:
+        has_jax = False
+    print(f"# {cpu_name()}, fastnn {a.threads} threads, torch best of 1/{a.threads} threads, "
+          f"jax its default threads, N={a.n}, median of {a.rounds} rounds")
+    print("| model | batch | fastnn ex/s | torch ex/s | jax ex/s | fastnn/torch | fastnn/jax | fastnn GFLOP/s "
+          "| RSS fastnn/torch/jax MiB |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for kind in a.models:
         for b in a.batch:
-            fa, to = [], {1: [], a.threads: []}
+            use_jax = has_jax and kind in JAX_KINDS
+            fa, ja, to = [], [], {1: [], a.threads: []}
             for _ in range(a.rounds):
                 fa.append(spawn("fastnn", kind, b, a.threads, a))
                 for t in sorted(to):
                     to[t].append(spawn("torch", kind, b, t, a))
+                if use_jax:
+                    ja.append(spawn("jax", kind, b, a.threads, a))
             f = statistics.median(r["ex_s"] for r in fa)
             best = max(to, key=lambda t: statistics.median(r["ex_s"] for r in to[t]))
             tv = statistics.median(r["ex_s"] for r in to[best])
-            frss = max(r["rss_mib"] for r in fa)
-            trss = max(r["rss_mib"] for r in to[best])
+            jv = statistics.median(r["ex_s"] for r in ja) if ja else None
+            rss = [max(r["rss_mib"] for r in fa), max(r["rss_mib"] for r in to[best])]
+            rss += [max(r["rss_mib"] for r in ja)] if ja else []
             gf = f"{6 * MACS[kind] * f / 1e9:.1f}" if kind in MACS else "-"
-            print(f"| {kind} | {b} | {f:,.0f} | {tv:,.0f} ({best} thr) | {f / tv:.2f}x | {gf} | {frss:.0f}/{trss:.0f} |",
-                  flush=True)
+            jcol, jrat = (f"{jv:,.0f}", f"{f / jv:.2f}x") if jv else ("-", "-")
+            print(f"| {kind} | {b} | {f:,.0f} | {tv:,.0f} ({best} thr) | {jcol} | {f / tv:.2f}x | {jrat} | {gf} "
+                  f"| {'/'.join(f'{v:.0f}' for v in rss)} |", flush=True)
 
 
 if __name__ == "__main__":
