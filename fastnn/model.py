@@ -551,9 +551,10 @@ class Sequential:
         value = float(step_loss[0]) + (self.l2_penalty(l2, l2_bias) if l2 > 0 else 0.0)
         return value, [g.copy() for g in self.grads]
 
-    def train_step(self, X, y, loss, optimizer, sample_weight=None, threads=None):
+    def train_step(self, X, y, loss, optimizer, sample_weight=None, threads=None, lengths=None):
         """One mini-batch step on all of (X, y): forward, backward, update (and BatchNorm's
-        running statistics). Returns the loss."""
+        running statistics). ``lengths``: each sequence's length (recurrent layers). Returns the
+        loss."""
         loss, opt = check_loss(loss), check_optimizer(optimizer)
         X = self._check_X(X)
         yi, yf, sw, pw = self._targets(y, loss, X.shape[0], sample_weight)
@@ -563,7 +564,7 @@ class Sequential:
         with blas_single_thread():
             done = self._run(X, yi, yf, sw, pw, loss, np.arange(n, dtype=np.intp), n, 1, opt,
                              np.array([opt.lr]), self.seed, self.epochs_trained, self.steps_trained,
-                             resolve_threads(threads), step_loss)
+                             resolve_threads(threads), step_loss, lengths=self._check_lengths(lengths, n))
         if done < 1:
             raise TrainingDiverged(f"loss is {step_loss[0]} on this batch; the update was skipped. "
                                    "Lower the learning rate or check the data.", self.epochs_trained,

@@ -391,6 +391,27 @@ def test_lengths_match_torch_packed_sequences(kind, layers, seq, rng):
     np.testing.assert_array_equal(m.forward(X, lengths=np.full(N, T)), m.forward(X))
 
 
+def test_train_step_takes_lengths_as_fit_does(rng):
+    X = rng.normal(size=(21, 8, F))
+    y = rng.integers(0, 3, 21)
+    lens = rng.integers(1, 9, 21)
+
+    def model():
+        return fn.Sequential(fn.GRU(F, H), fn.Dense(H, 3), input_shape=(8, F), seed=5)
+
+    a, b, c = model(), model(), model()
+    la = a.train_step(X, y, fn.CrossEntropy(), fn.SGD(lr=0.1), lengths=lens)
+    hb = b.fit(X, y, loss=fn.CrossEntropy(), optimizer=fn.SGD(lr=0.1), epochs=1, batch_size=21, shuffle=False,
+               lengths=lens)
+    c.train_step(X, y, fn.CrossEntropy(), fn.SGD(lr=0.1))
+    for k, v in a.state_dict().items():
+        np.testing.assert_array_equal(v, b.state_dict()[k], err_msg=k)
+    assert la == hb.history["loss"][0]
+    assert not np.array_equal(a.layers[0].weight_hh_l0, c.layers[0].weight_hh_l0)
+    with pytest.raises(ValueError, match=r"lengths must lie in \[1, 8\]"):
+        a.train_step(X, y, fn.CrossEntropy(), fn.SGD(lr=0.1), lengths=np.full(21, 0))
+
+
 def test_lengths_in_fit_are_thread_invariant_and_checked(rng):
     X = rng.normal(size=(45, 8, F))
     y = rng.integers(0, 3, 45)
