@@ -507,12 +507,16 @@ cdef void rnn_grad(Op* o, Tile* Tl, floating* Wk, floating* G, Py_ssize_t B) noe
             for j in range(nr):
                 gb[j] = gb[j] + row[j]
         gb = G + o.b2_off + r0
-        for j in range(nr):
-            gb[j] = 0
-        for i in range(B * T):
-            row = dhh + i * GH + r0
+        if dhh == di:
+            # both biases act on the same pre-activations (not GRU's b_hn): the same sum, once
+            memcpy(gb, G + o.b_off + r0, nr * sizeof(floating))
+        else:
             for j in range(nr):
-                gb[j] = gb[j] + row[j]
+                gb[j] = 0
+            for i in range(B * T):
+                row = dhh + i * GH + r0
+                for j in range(nr):
+                    gb[j] = gb[j] + row[j]
 
 
 cdef inline bint rnn_tile_span(Op* o, Tile* Tl, Py_ssize_t i, Py_ssize_t* off, Py_ssize_t* n,
