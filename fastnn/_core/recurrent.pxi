@@ -8,6 +8,7 @@
 #   GA  T*GH      gates after their nonlinearity (RNN: h_t)
 #   HS  T*H       h_{t-1} at slot t (slot 0 = 0); the last state is in the output
 #   CS  T*H       LSTM: c_t
+#   TC  T*H       LSTM: tanh(c_t), from forward (backward would compute it again)
 #   HN  T*H       GRU: W_hn h_{t-1} + b_hn
 #   DI  T*GH      deltas of the gate pre-activations (input side)
 #   DH  T*GH      GRU: the same on the recurrent side (differs in n: times r)
@@ -45,31 +46,60 @@ cdef extern from *:
         s.i = ((int)n + 127) << 23;
         return p * s.f;
     }
+    static inline float fastnn_sigmoidf(float x) {
+        return 1.0f / (1.0f + fastnn_expf_poly(-x));
+    }
+    static inline float fastnn_tanhf(float v) {
+        float a = v < 0 ? -v : v, z = v * v, e, big, small;
+        e = fastnn_expf_poly(-2.0f * a);
+        big = (1.0f - e) / (1.0f + e);
+        big = v < 0 ? -big : big;
+        small = -5.70498872745E-3f;
+        small = small * z + 2.06390887954E-2f;
+        small = small * z - 5.37397155531E-2f;
+        small = small * z + 1.33314422036E-1f;
+        small = small * z - 3.33332819422E-1f;
+        small = small * z * v + v;
+        return a < 0.625f ? small : big;
+    }
     FASTNN_CLONES static void fastnn_sigmoid_rowf(float* x, Py_ssize_t n) {
         Py_ssize_t i;
         #pragma omp simd
-        for (i = 0; i < n; i++) x[i] = 1.0f / (1.0f + fastnn_expf_poly(-x[i]));
+        for (i = 0; i < n; i++) x[i] = fastnn_sigmoidf(x[i]);
     }
     FASTNN_CLONES static void fastnn_tanh_rowf(const float* x, float* y, Py_ssize_t n) {
         Py_ssize_t i;
         #pragma omp simd
-        for (i = 0; i < n; i++) {
-            float v = x[i], a = v < 0 ? -v : v, z = v * v, e, big, small;
-            e = fastnn_expf_poly(-2.0f * a);
-            big = (1.0f - e) / (1.0f + e);
-            big = v < 0 ? -big : big;
-            small = -5.70498872745E-3f;
-            small = small * z + 2.06390887954E-2f;
-            small = small * z - 5.37397155531E-2f;
-            small = small * z + 1.33314422036E-1f;
-            small = small * z - 3.33332819422E-1f;
-            small = small * z * v + v;
-            y[i] = a < 0.625f ? small : big;
+        for (i = 0; i < n; i++) y[i] = fastnn_tanhf(x[i]);
+    }
+    /* One LSTM step of one example after its recurrent GEMM, in one pass over the four gate blocks
+       (separate passes per gate and per update were a tenth of the step): the biases, the gates'
+       nonlinearities in place, c_t, tanh(c_t) (kept for backward) and h_t. */
+    #define FASTNN_LSTM_FWD_LOOP(CELL) \
+        _Pragma("omp simd") \
+        for (j = 0; j < H; j++) { \
+            float ig = fastnn_sigmoidf(g[j]), fg = fastnn_sigmoidf(g[H + j]); \
+            float gg = fastnn_tanhf(g[2 * H + j]), og = fastnn_sigmoidf(g[3 * H + j]), cv, t; \
+            cv = CELL; \
+            t = fastnn_tanhf(cv); \
+            g[j] = ig; g[H + j] = fg; g[2 * H + j] = gg; g[3 * H + j] = og; \
+            cq[j] = cv; tc[j] = t; hq[j] = og * t; }
+    FASTNN_CLONES static void fastnn_lstm_fwd_f(float* restrict g, const float* restrict bi,
+            const float* restrict bh, const float* restrict cp, float* restrict cq, float* restrict tc,
+            float* restrict hq, Py_ssize_t H, int first) {
+        Py_ssize_t j;
+        if (bi != NULL) {
+            #pragma omp simd
+            for (j = 0; j < 4 * H; j++) g[j] = (g[j] + bi[j]) + bh[j];
         }
+        if (first) { FASTNN_LSTM_FWD_LOOP(ig * gg) }
+        else { FASTNN_LSTM_FWD_LOOP(ig * gg + fg * cp[j]) }
     }
     """
     void fastnn_sigmoid_rowf(float* x, Py_ssize_t n) nogil
     void fastnn_tanh_rowf(const float* x, float* y, Py_ssize_t n) nogil
+    void fastnn_lstm_fwd_f(float* g, const float* bi, const float* bh, const float* cp, float* cq, float* tc,
+                           float* hq, Py_ssize_t H, int first) nogil
 
 
 cdef extern from *:
@@ -145,46 +175,48 @@ cdef inline Py_ssize_t rnn_gates(int cell) noexcept nogil:
 
 
 cdef void rnn_layout(int cell, Py_ssize_t T, Py_ssize_t H, Py_ssize_t* cols) noexcept nogil:
-    """Per-example column offsets of the blocks GA, HS, CS, HN, DI, DH, SC, DS from the op's s_col
-    into cols[0..7], and the total width into cols[8]."""
+    """Per-example column offsets of the blocks GA, HS, CS, TC, HN, DI, DH, SC, DS from the op's
+    s_col into cols[0..8], and the total width into cols[9]."""
     cdef Py_ssize_t gh = rnn_gates(cell) * H
     cols[0] = 0                                                   # GA
     cols[1] = T * gh                                              # HS
     cols[2] = cols[1] + T * H                                     # CS
-    cols[3] = cols[2] + (T * H if cell == CELL_LSTM else 0)       # HN
-    cols[4] = cols[3] + (T * H if cell == CELL_GRU else 0)        # DI
-    cols[5] = cols[4] + T * gh if cell == CELL_GRU else cols[4]   # DH (GRU; else DI itself)
-    cols[6] = cols[4] + T * gh * (2 if cell == CELL_GRU else 1)   # SC
-    cols[7] = cols[6] + gh + H                                    # DS
-    cols[8] = cols[7] + T * H
+    cols[3] = cols[2] + (T * H if cell == CELL_LSTM else 0)       # TC
+    cols[4] = cols[3] + (T * H if cell == CELL_LSTM else 0)       # HN
+    cols[5] = cols[4] + (T * H if cell == CELL_GRU else 0)        # DI
+    cols[6] = cols[5] + T * gh if cell == CELL_GRU else cols[5]   # DH (GRU; else DI itself)
+    cols[7] = cols[5] + T * gh * (2 if cell == CELL_GRU else 1)   # SC
+    cols[8] = cols[7] + gh + H                                    # DS
+    cols[9] = cols[8] + T * H
 
 
 def rnn_state_width(int cell, Py_ssize_t T, Py_ssize_t H):
     """Per-example work-buffer columns an op of this cell needs for its saved states and deltas."""
-    cdef Py_ssize_t cols[9]
+    cdef Py_ssize_t cols[10]
     rnn_layout(cell, T, H, cols)
-    return cols[8]
+    return cols[9]
 
 
 def rnn_block_offsets(int cell, Py_ssize_t T, Py_ssize_t H):
     """Per-example column offsets of the blocks, from the op's s_col, by name."""
-    cdef Py_ssize_t cols[9]
+    cdef Py_ssize_t cols[10]
     rnn_layout(cell, T, H, cols)
-    return {name: cols[i] for i, name in enumerate(("GA", "HS", "CS", "HN", "DI", "DH", "SC", "DS"))}
+    return {name: cols[i] for i, name in enumerate(("GA", "HS", "CS", "TC", "HN", "DI", "DH", "SC", "DS"))}
 
 
 cdef void rnn_setup(Op* o, Py_ssize_t B) noexcept nogil:
     """Element offsets of the op's blocks (o.s_e is the first)."""
-    cdef Py_ssize_t cols[9]
+    cdef Py_ssize_t cols[10]
     rnn_layout(o.cell, o.steps, o.hidden, cols)
     o.ga_e = o.s_e + B * cols[0]
     o.hs_e = o.s_e + B * cols[1]
     o.cs_e = o.s_e + B * cols[2]
-    o.hn_e = o.s_e + B * cols[3]
-    o.di_e = o.s_e + B * cols[4]
-    o.dh_e = o.s_e + B * cols[5]
-    o.sc_e = o.s_e + B * cols[6]
-    o.ds_e = o.s_e + B * cols[7]
+    o.tc_e = o.s_e + B * cols[3]
+    o.hn_e = o.s_e + B * cols[4]
+    o.di_e = o.s_e + B * cols[5]
+    o.dh_e = o.s_e + B * cols[6]
+    o.sc_e = o.s_e + B * cols[7]
+    o.ds_e = o.s_e + B * cols[8]
 
 
 cdef inline Py_ssize_t seq_len(Op* o, Ctx* cx, Py_ssize_t r) noexcept nogil:
@@ -306,6 +338,7 @@ cdef void rnn_forward(Op* o, Ctx* cx, floating* P, floating* Wk, Py_ssize_t r0, 
     cdef floating* ga = Wk + o.ga_e + r0 * ld_ga
     cdef floating* hs = Wk + o.hs_e + r0 * ld_hs
     cdef floating* cs = Wk + o.cs_e + r0 * T * H
+    cdef floating* tc = Wk + o.tc_e + r0 * T * H
     cdef floating* hn = Wk + o.hn_e + r0 * T * H
     cdef floating* sc = Wk + o.sc_e + r0 * (GH + H)
     cdef floating* out = Wk + o.a_e + r0 * o.n_out
@@ -323,7 +356,7 @@ cdef void rnn_forward(Op* o, Ctx* cx, floating* P, floating* Wk, Py_ssize_t r0, 
     # every step's input projection in one GEMM, then the biases (GRU: b_hn acts inside r*(...))
     gemm(c'T', c'N', <int>GH, <int>(c * T), <int>F, <floating>1, P + o.w_off, <int>F, x, <int>F,
          <floating>0, ga, <int>GH)
-    if bih != NULL:
+    if bih != NULL and not (floating is float and o.cell == CELL_LSTM):
         for i in range(c * T):
             g = ga + i * GH
             for j in range(GH):
@@ -352,6 +385,8 @@ cdef void rnn_forward(Op* o, Ctx* cx, floating* P, floating* Wk, Py_ssize_t r0, 
                 if o.cell == CELL_LSTM:
                     cq = cs + i * T * H + t * H
                     memcpy(cq, cq - H, H * sizeof(floating))
+                    cq = tc + i * T * H + t * H
+                    memcpy(cq, cq - H, H * sizeof(floating))
                 if o.n_out == T * H:
                     memset(out + i * o.n_out + t * H, 0, H * sizeof(floating))
                 continue
@@ -365,17 +400,21 @@ cdef void rnn_forward(Op* o, Ctx* cx, floating* P, floating* Wk, Py_ssize_t r0, 
             elif o.cell == CELL_LSTM:
                 cq = cs + i * T * H + t * H
                 cp = cq - H
-                sigmoid_row(g, 2 * H)
-                tanh_row(g + 2 * H, g + 2 * H, H)
-                sigmoid_row(g + 3 * H, H)
-                for j in range(H):
-                    cq[j] = g[j] * g[2 * H + j]
-                if t > 0:
+                v = tc + i * T * H + t * H
+                if floating is float:
+                    fastnn_lstm_fwd_f(g, bih, bhh, cp, cq, v, hq, H, t == 0)
+                else:
+                    sigmoid_row(g, 2 * H)
+                    tanh_row(g + 2 * H, g + 2 * H, H)
+                    sigmoid_row(g + 3 * H, H)
                     for j in range(H):
-                        cq[j] = cq[j] + g[H + j] * cp[j]
-                tanh_row(cq, hq, H)
-                for j in range(H):
-                    hq[j] = g[3 * H + j] * hq[j]
+                        cq[j] = g[j] * g[2 * H + j]
+                    if t > 0:
+                        for j in range(H):
+                            cq[j] = cq[j] + g[H + j] * cp[j]
+                    tanh_row(cq, v, H)
+                    for j in range(H):
+                        hq[j] = g[3 * H + j] * v[j]
             else:
                 s = sc + i * (GH + H)
                 for j in range(2 * H):
@@ -403,6 +442,7 @@ cdef void rnn_backward(Op* o, Ctx* cx, floating* P, floating* Wk, Py_ssize_t r0,
     cdef floating* ga = Wk + o.ga_e + r0 * ld_ga
     cdef floating* hs = Wk + o.hs_e + r0 * ld_hs
     cdef floating* cs = Wk + o.cs_e + r0 * T * H
+    cdef floating* tc = Wk + o.tc_e + r0 * T * H
     cdef floating* hn = Wk + o.hn_e + r0 * T * H
     cdef floating* di = Wk + o.di_e + r0 * ld_ga
     cdef floating* dhh = Wk + o.dh_e + r0 * ld_ga
@@ -456,10 +496,8 @@ cdef void rnn_backward(Op* o, Ctx* cx, floating* P, floating* Wk, Py_ssize_t r0,
                     d[j] = dh[j] if g[j] > 0 else 0
             elif o.cell == CELL_LSTM:
                 dc = dh + H
-                tcr = dh + 2 * H
-                cq = cs + i * T * H + t * H
-                cp = cq - H
-                tanh_row(cq, tcr, H)
+                tcr = tc + i * T * H + t * H
+                cp = cs + i * T * H + t * H - H
                 if floating is float:
                     fastnn_lstm_back_f(g, tcr, cp, dh, dc, d, H, t == 0)
                 else:
