@@ -10,7 +10,8 @@
 #   CS  T*H       LSTM: c_t
 #   TC  T*H       LSTM: tanh(c_t), from forward (backward would compute it again)
 #   HN  T*H       GRU: W_hn h_{t-1} + b_hn
-#   DI  T*GH      deltas of the gate pre-activations (input side)
+#   DI  T*GH      deltas of the gate pre-activations (input side); all but GRU's over GA itself, each
+#                 step's once its gates are done with (a block of their own costs cache)
 #   DH  T*GH      GRU: the same on the recurrent side (differs in n: times r)
 #   SC  GH+H      scratch: GRU's recurrent projection of a step; dh (and LSTM's dc) in backward, and
 #                 (the last H) the dh of a finished sequence kept across the recurrent GEMM
@@ -106,17 +107,19 @@ cdef extern from *:
     """
     /* The gate deltas of one example and step, as in the equations of rnn_backward, over restrict
        pointers into disjoint blocks so that the compiler vectorizes them (the same operations in
-       the same order as the scalar form). */
+       the same order as the scalar form). LSTM's replace its gates in place: an iteration reads
+       its four gates before it writes their deltas and touches no other's, hence simd. */
     #define FASTNN_LSTM_BACK(T, NAME) __attribute__((noinline)) \
-    static void NAME(const T* restrict g, const T* restrict tc, const T* restrict cp, \
-                     T* restrict dh, T* restrict dc, T* restrict d, Py_ssize_t H, int first) { \
+    static void NAME(T* restrict g, const T* restrict tc, const T* restrict cp, \
+                     T* restrict dh, T* restrict dc, Py_ssize_t H, int first) { \
+        _Pragma("omp simd") \
         for (Py_ssize_t j = 0; j < H; j++) { \
             T ig = g[j], fg = g[H + j], gg = g[2 * H + j], og = g[3 * H + j], t = tc[j]; \
             T dcv = dc[j] + ((dh[j] * og) * ((T)1 - t * t)); \
-            d[j] = ((dcv * gg) * ig) * ((T)1 - ig); \
-            d[H + j] = first ? (T)0 : ((dcv * cp[j]) * fg) * ((T)1 - fg); \
-            d[2 * H + j] = (dcv * ig) * ((T)1 - gg * gg); \
-            d[3 * H + j] = ((dh[j] * t) * og) * ((T)1 - og); \
+            g[j] = ((dcv * gg) * ig) * ((T)1 - ig); \
+            g[H + j] = first ? (T)0 : ((dcv * cp[j]) * fg) * ((T)1 - fg); \
+            g[2 * H + j] = (dcv * ig) * ((T)1 - gg * gg); \
+            g[3 * H + j] = ((dh[j] * t) * og) * ((T)1 - og); \
             dc[j] = dcv * fg; } }
     #define FASTNN_GRU_BACK(T, NAME) __attribute__((noinline)) \
     static void NAME(const T* restrict g, const T* restrict hn, const T* restrict hp, \
@@ -136,10 +139,10 @@ cdef extern from *:
     FASTNN_GRU_BACK(float, fastnn_gru_back_f)
     FASTNN_GRU_BACK(double, fastnn_gru_back_d)
     """
-    void fastnn_lstm_back_f(const float* g, const float* tc, const float* cp, float* dh, float* dc, float* d,
+    void fastnn_lstm_back_f(float* g, const float* tc, const float* cp, float* dh, float* dc,
                             Py_ssize_t H, int first) nogil
-    void fastnn_lstm_back_d(const double* g, const double* tc, const double* cp, double* dh, double* dc,
-                            double* d, Py_ssize_t H, int first) nogil
+    void fastnn_lstm_back_d(double* g, const double* tc, const double* cp, double* dh, double* dc,
+                            Py_ssize_t H, int first) nogil
     void fastnn_gru_back_f(const float* g, const float* hn, const float* hp, float* dh, float* d, float* d2,
                            Py_ssize_t H) nogil
     void fastnn_gru_back_d(const double* g, const double* hn, const double* hp, double* dh, double* d,
@@ -183,9 +186,9 @@ cdef void rnn_layout(int cell, Py_ssize_t T, Py_ssize_t H, Py_ssize_t* cols) noe
     cols[2] = cols[1] + T * H                                     # CS
     cols[3] = cols[2] + (T * H if cell == CELL_LSTM else 0)       # TC
     cols[4] = cols[3] + (T * H if cell == CELL_LSTM else 0)       # HN
-    cols[5] = cols[4] + (T * H if cell == CELL_GRU else 0)        # DI
+    cols[5] = cols[4] + T * H if cell == CELL_GRU else 0          # DI (GRU; else GA itself)
     cols[6] = cols[5] + T * gh if cell == CELL_GRU else cols[5]   # DH (GRU; else DI itself)
-    cols[7] = cols[5] + T * gh * (2 if cell == CELL_GRU else 1)   # SC
+    cols[7] = cols[6] + T * gh if cell == CELL_GRU else cols[4]   # SC
     cols[8] = cols[7] + gh + H                                    # DS
     cols[9] = cols[8] + T * H
 
@@ -499,9 +502,9 @@ cdef void rnn_backward(Op* o, Ctx* cx, floating* P, floating* Wk, Py_ssize_t r0,
                 tcr = tc + i * T * H + t * H
                 cp = cs + i * T * H + t * H - H
                 if floating is float:
-                    fastnn_lstm_back_f(g, tcr, cp, dh, dc, d, H, t == 0)
+                    fastnn_lstm_back_f(d, tcr, cp, dh, dc, H, t == 0)
                 else:
-                    fastnn_lstm_back_d(g, tcr, cp, dh, dc, d, H, t == 0)
+                    fastnn_lstm_back_d(d, tcr, cp, dh, dc, H, t == 0)
             else:
                 hp = hs + i * ld_hs + t * H
                 d2 = dhh + i * ld_ga + t * GH
