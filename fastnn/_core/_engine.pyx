@@ -153,7 +153,7 @@ cdef struct Op:
     Py_ssize_t steps, hidden, w2_off, b2_off
     Py_ssize_t sub            # convolution: examples per sub-block
     Py_ssize_t p_e            # convolution: partial filter/bias gradients, at each sub-block's first row
-    Py_ssize_t ga_e, hs_e, cs_e, tc_e, hn_e, di_e, dh_e, sc_e, ds_e
+    Py_ssize_t ga_e, xh_e, cs_e, tc_e, hn_e, di_e, dh_e, sc_e, ds_e
 
 
 cdef struct Phase:

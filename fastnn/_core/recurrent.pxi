@@ -1,12 +1,14 @@
 # Recurrent layers (RNN tanh/relu, LSTM, GRU), one op per layer of a stack, PyTorch's equations and
-# gate order. A chunk of sequences runs its whole time loop on one thread: the input projections of
-# all steps as one GEMM, then one recurrent GEMM per step; backward through time runs on the same
-# chunk and keeps, for every step, the gate deltas, so the weight gradients are tiles of rows
-# (weight_ih, weight_hh and both biases) summed over examples and steps in a fixed order.
+# gate order. A chunk of sequences runs its whole time loop on one thread: LSTM one GEMM per step
+# of [x_t, h_{t-1}] by [W_ih, W_hh], the others every step's input projection as one GEMM, then
+# one recurrent GEMM per step (GRU's n gate needs the recurrent part alone); backward through time
+# runs on the same chunk and keeps, for every step, the gate deltas, so the weight gradients are
+# tiles of rows (weight_ih, weight_hh and both biases) summed over examples and steps in a fixed
+# order (LSTM: one GEMM by [x_t, h_{t-1}] for both weights).
 #
 # Per-example blocks of the work buffer (each B rows), from the op's s_col, widths in elements:
 #   GA  T*GH      gates after their nonlinearity (RNN: h_t)
-#   HS  T*H       h_{t-1} at slot t (slot 0 = 0); the last state is in the output
+#   XH  T*(F+H)   [x_t, h_{t-1}] at slot t (h_{-1} = 0); the last state is in the output
 #   CS  T*H       LSTM: c_t
 #   TC  T*H       LSTM: tanh(c_t), from forward (backward would compute it again)
 #   HN  T*H       GRU: W_hn h_{t-1} + b_hn
@@ -177,13 +179,13 @@ cdef inline Py_ssize_t rnn_gates(int cell) noexcept nogil:
     return 1
 
 
-cdef void rnn_layout(int cell, Py_ssize_t T, Py_ssize_t H, Py_ssize_t* cols) noexcept nogil:
-    """Per-example column offsets of the blocks GA, HS, CS, TC, HN, DI, DH, SC, DS from the op's
-    s_col into cols[0..8], and the total width into cols[9]."""
+cdef void rnn_layout(int cell, Py_ssize_t T, Py_ssize_t F, Py_ssize_t H, Py_ssize_t* cols) noexcept nogil:
+    """Per-example column offsets of the blocks GA, XH, CS, TC, HN, DI, DH, SC, DS from the op's
+    s_col into cols[0..8], and the total width into cols[9] (F: input features per step)."""
     cdef Py_ssize_t gh = rnn_gates(cell) * H
     cols[0] = 0                                                   # GA
-    cols[1] = T * gh                                              # HS
-    cols[2] = cols[1] + T * H                                     # CS
+    cols[1] = T * gh                                              # XH
+    cols[2] = cols[1] + T * (F + H)                               # CS
     cols[3] = cols[2] + (T * H if cell == CELL_LSTM else 0)       # TC
     cols[4] = cols[3] + (T * H if cell == CELL_LSTM else 0)       # HN
     cols[5] = cols[4] + T * H if cell == CELL_GRU else 0          # DI (GRU; else GA itself)
@@ -193,26 +195,31 @@ cdef void rnn_layout(int cell, Py_ssize_t T, Py_ssize_t H, Py_ssize_t* cols) noe
     cols[9] = cols[8] + T * H
 
 
-def rnn_state_width(int cell, Py_ssize_t T, Py_ssize_t H):
+def rnn_state_width(int cell, Py_ssize_t T, Py_ssize_t F, Py_ssize_t H):
     """Per-example work-buffer columns an op of this cell needs for its saved states and deltas."""
     cdef Py_ssize_t cols[10]
-    rnn_layout(cell, T, H, cols)
+    rnn_layout(cell, T, F, H, cols)
     return cols[9]
 
 
-def rnn_block_offsets(int cell, Py_ssize_t T, Py_ssize_t H):
+def rnn_block_offsets(int cell, Py_ssize_t T, Py_ssize_t F, Py_ssize_t H):
     """Per-example column offsets of the blocks, from the op's s_col, by name."""
     cdef Py_ssize_t cols[10]
-    rnn_layout(cell, T, H, cols)
-    return {name: cols[i] for i, name in enumerate(("GA", "HS", "CS", "TC", "HN", "DI", "DH", "SC", "DS"))}
+    rnn_layout(cell, T, F, H, cols)
+    return {name: cols[i] for i, name in enumerate(("GA", "XH", "CS", "TC", "HN", "DI", "DH", "SC", "DS"))}
+
+
+def rnn_scratch(int cell, Py_ssize_t F, Py_ssize_t H):
+    """Per-chunk scratch elements of a layer: its weights transposed for the step GEMMs."""
+    return rnn_gates(cell) * H * (F + H if cell == CELL_LSTM else H)
 
 
 cdef void rnn_setup(Op* o, Py_ssize_t B) noexcept nogil:
     """Element offsets of the op's blocks (o.s_e is the first)."""
     cdef Py_ssize_t cols[10]
-    rnn_layout(o.cell, o.steps, o.hidden, cols)
+    rnn_layout(o.cell, o.steps, o.n_in // o.steps, o.hidden, cols)
     o.ga_e = o.s_e + B * cols[0]
-    o.hs_e = o.s_e + B * cols[1]
+    o.xh_e = o.s_e + B * cols[1]
     o.cs_e = o.s_e + B * cols[2]
     o.tc_e = o.s_e + B * cols[3]
     o.hn_e = o.s_e + B * cols[4]
@@ -230,11 +237,12 @@ cdef inline Py_ssize_t seq_len(Op* o, Ctx* cx, Py_ssize_t r) noexcept nogil:
 
 
 cdef enum:
-    # A step multiplies few rows (a chunk of sequences) by W_hh, where OpenBLAS packs the weight on
+    # A step multiplies few rows (a chunk of sequences) by the weights, where OpenBLAS packs them on
     # every call unless its unpacked small-matrix kernel takes the product: it does for an "NN"
-    # product of a few hundred thousand multiply-adds. So forward multiplies by a transposed copy of
-    # W_hh (made once per chunk) in blocks of STEP_ROWS gate rows, and backward sums blocks of
-    # STEP_ROWS_BACK gate rows (measured, H = 128, 16 rows: 86 -> 175 and 178 -> 216 GFLOP/s).
+    # product of up to a million multiply-adds. So forward multiplies by a transposed copy of
+    # [W_ih, W_hh] (but LSTM: W_hh; made once per chunk) in blocks of STEP_ROWS gate rows, and backward
+    # sums blocks of STEP_ROWS_BACK gate rows (measured, H = 128, 16 rows: 86 -> 175 and
+    # 178 -> 216 GFLOP/s).
     STEP_ROWS = 128
     STEP_ROWS_BACK = 64
 
@@ -334,12 +342,12 @@ cdef void rnn_forward(Op* o, Ctx* cx, floating* P, floating* Wk, Py_ssize_t r0, 
                       floating* Wt) noexcept nogil:
     """Rows [r0, r0+c): the sequences through the layer, states saved for backward. Past its
     length (cx.lens) a sequence keeps its state and outputs zeros, as torch's packed sequences.
-    ``Wt``: the chunk's scratch, for W_hh transposed."""
+    ``Wt``: the chunk's scratch, for the weights transposed."""
     cdef Py_ssize_t T = o.steps, H = o.hidden, G = rnn_gates(o.cell)
-    cdef Py_ssize_t GH = G * H, F = o.n_in // T, i, j, t, ld_ga = T * GH, ld_hs = T * H
+    cdef Py_ssize_t GH = G * H, F = o.n_in // T, K = F + H, i, j, t, ld_ga = T * GH, ld_xh = T * K
     cdef floating* x = Wk + o.in_e + r0 * o.n_in
     cdef floating* ga = Wk + o.ga_e + r0 * ld_ga
-    cdef floating* hs = Wk + o.hs_e + r0 * ld_hs
+    cdef floating* xh = Wk + o.xh_e + r0 * ld_xh
     cdef floating* cs = Wk + o.cs_e + r0 * T * H
     cdef floating* tc = Wk + o.tc_e + r0 * T * H
     cdef floating* hn = Wk + o.hn_e + r0 * T * H
@@ -356,33 +364,43 @@ cdef void rnn_forward(Op* o, Ctx* cx, floating* P, floating* Wk, Py_ssize_t r0, 
     cdef floating* cq
     cdef floating* v
     cdef floating one = 1
-    # every step's input projection in one GEMM, then the biases (GRU: b_hn acts inside r*(...))
-    gemm(c'T', c'N', <int>GH, <int>(c * T), <int>F, <floating>1, P + o.w_off, <int>F, x, <int>F,
-         <floating>0, ga, <int>GH)
-    if bih != NULL and not (floating is float and o.cell == CELL_LSTM):
-        for i in range(c * T):
-            g = ga + i * GH
-            for j in range(GH):
-                g[j] = g[j] + bih[j]
-            for j in range(2 * H if o.cell == CELL_GRU else GH):
-                g[j] = g[j] + bhh[j]
     for i in range(c):
-        memset(hs + i * ld_hs, 0, H * sizeof(floating))
-    if T > 1:
-        transpose_into(Whh, GH, H, Wt)
+        for t in range(T):
+            memcpy(xh + i * ld_xh + t * K, x + i * o.n_in + t * F, F * sizeof(floating))
+        memset(xh + i * ld_xh + F, 0, H * sizeof(floating))
+    if o.cell == CELL_LSTM:
+        transpose_into(P + o.w_off, GH, F, Wt)
+        if T > 1:
+            transpose_into(Whh, GH, H, Wt + F * GH)
+    else:
+        # every step's input projection in one GEMM, then the biases (GRU: b_hn acts inside r*(...))
+        gemm(c'T', c'N', <int>GH, <int>(c * T), <int>F, <floating>1, P + o.w_off, <int>F, xh, <int>K,
+             <floating>0, ga, <int>GH)
+        if bih != NULL:
+            for i in range(c * T):
+                g = ga + i * GH
+                for j in range(GH):
+                    g[j] = g[j] + bih[j]
+                for j in range(2 * H if o.cell == CELL_GRU else GH):
+                    g[j] = g[j] + bhh[j]
+        if T > 1:
+            transpose_into(Whh, GH, H, Wt)
     for t in range(T):
-        if o.cell != CELL_GRU:
+        if o.cell == CELL_LSTM:
+            # h_{-1} = 0: the first step needs only the inputs
+            step_gemm(GH, c, K if t > 0 else F, Wt, xh + t * K, ld_xh, 0, ga + t * GH, ld_ga)
+        elif o.cell != CELL_GRU:
             if t > 0:
-                step_gemm(GH, c, H, Wt, hs + t * H, ld_hs, 1, ga + t * GH, ld_ga)
+                step_gemm(GH, c, H, Wt, xh + t * K + F, ld_xh, 1, ga + t * GH, ld_ga)
         elif t > 0:
-            step_gemm(GH, c, H, Wt, hs + t * H, ld_hs, 0, sc, GH + H)
+            step_gemm(GH, c, H, Wt, xh + t * K + F, ld_xh, 0, sc, GH + H)
         else:
             memset(sc, 0, c * (GH + H) * sizeof(floating))
         for i in range(c):
             g = ga + i * ld_ga + t * GH
-            hp = hs + i * ld_hs + t * H
+            hp = xh + i * ld_xh + t * K + F
             # h_t: the next slot, or for the last step the output
-            hq = hp + H if t + 1 < T else out + i * o.n_out + (t * H if o.n_out == T * H else 0)
+            hq = hp + K if t + 1 < T else out + i * o.n_out + (t * H if o.n_out == T * H else 0)
             if t >= seq_len(o, cx, r0 + i):        # finished: the state stays, the output is zero
                 memcpy(hq, hp, H * sizeof(floating))
                 if o.cell == CELL_LSTM:
@@ -393,6 +411,9 @@ cdef void rnn_forward(Op* o, Ctx* cx, floating* P, floating* Wk, Py_ssize_t r0, 
                 if o.n_out == T * H:
                     memset(out + i * o.n_out + t * H, 0, H * sizeof(floating))
                 continue
+            if bih != NULL and floating is double and o.cell == CELL_LSTM:
+                for j in range(GH):
+                    g[j] = (g[j] + bih[j]) + bhh[j]
             if o.cell == CELL_TANH:
                 tanh_row(g, g, H)
                 memcpy(hq, g, H * sizeof(floating))
@@ -439,11 +460,11 @@ cdef void rnn_backward(Op* o, Ctx* cx, floating* P, floating* Wk, Py_ssize_t r0,
     the input delta (=|+=) into dIn. Past a sequence's length its deltas are zero and dh, dc
     pass through unchanged."""
     cdef Py_ssize_t T = o.steps, H = o.hidden, G = rnn_gates(o.cell)
-    cdef Py_ssize_t GH = G * H, F = o.n_in // T, i, j, t, ld_ga = T * GH, ld_hs = T * H
+    cdef Py_ssize_t GH = G * H, F = o.n_in // T, K = F + H, i, j, t, ld_ga = T * GH, ld_xh = T * K
     cdef bint seq = o.n_out == T * H
     cdef floating* dy = Wk + o.d_e + r0 * o.n_out
     cdef floating* ga = Wk + o.ga_e + r0 * ld_ga
-    cdef floating* hs = Wk + o.hs_e + r0 * ld_hs
+    cdef floating* xh = Wk + o.xh_e + r0 * ld_xh
     cdef floating* cs = Wk + o.cs_e + r0 * T * H
     cdef floating* tc = Wk + o.tc_e + r0 * T * H
     cdef floating* hn = Wk + o.hn_e + r0 * T * H
@@ -506,7 +527,7 @@ cdef void rnn_backward(Op* o, Ctx* cx, floating* P, floating* Wk, Py_ssize_t r0,
                 else:
                     fastnn_lstm_back_d(d, tcr, cp, dh, dc, H, t == 0)
             else:
-                hp = hs + i * ld_hs + t * H
+                hp = xh + i * ld_xh + t * K + F
                 d2 = dhh + i * ld_ga + t * GH
                 if floating is float:
                     fastnn_gru_back_f(g, hn + i * T * H + t * H, hp, dh, d, d2, H)
@@ -529,16 +550,28 @@ cdef void rnn_grad(Op* o, Tile* Tl, floating* Wk, floating* G, Py_ssize_t B) noe
     """Rows [r0, r0+nr) of dW_ih = sum D_t^T x_t, dW_hh = sum D_t^T h_{t-1} and the biases' sums,
     over examples (in order) and steps."""
     cdef Py_ssize_t T = o.steps, H = o.hidden, GH = rnn_gates(o.cell) * o.hidden, F = o.n_in // T
-    cdef Py_ssize_t i, j, r0 = Tl.r0, nr = Tl.nr
+    cdef Py_ssize_t K = F + H, i, j, r0 = Tl.r0, nr = Tl.nr
     cdef floating* di = Wk + o.di_e
     cdef floating* dhh = Wk + o.dh_e
-    cdef floating* hs = Wk + o.hs_e
+    cdef floating* xh = Wk + o.xh_e
     cdef floating* gb
     cdef floating* row
-    gemm(c'N', c'T', <int>F, <int>nr, <int>(B * T), <floating>1, Wk + o.in_e, <int>F, di + r0, <int>GH,
-         <floating>0, G + o.w_off + r0 * F, <int>F)
-    gemm(c'N', c'T', <int>H, <int>nr, <int>(B * T), <floating>1, hs, <int>H, dhh + r0, <int>GH,
-         <floating>0, G + o.w2_off + r0 * H, <int>H)
+    cdef floating* S
+    if o.cell == CELL_LSTM and GH * K <= 2 * B * T * H:
+        # both weights in one GEMM by [x_t, h_{t-1}], so the deltas are packed once, not twice,
+        # into the cell states' blocks (CS, TC: unread after backward; each tile its own rows),
+        # then split into the two weights' rows
+        S = Wk + o.cs_e + r0 * K
+        gemm(c'N', c'T', <int>K, <int>nr, <int>(B * T), <floating>1, xh, <int>K, di + r0, <int>GH,
+             <floating>0, S, <int>K)
+        for j in range(nr):
+            memcpy(G + o.w_off + (r0 + j) * F, S + j * K, F * sizeof(floating))
+            memcpy(G + o.w2_off + (r0 + j) * H, S + j * K + F, H * sizeof(floating))
+    else:
+        gemm(c'N', c'T', <int>F, <int>nr, <int>(B * T), <floating>1, xh, <int>K, di + r0, <int>GH,
+             <floating>0, G + o.w_off + r0 * F, <int>F)
+        gemm(c'N', c'T', <int>H, <int>nr, <int>(B * T), <floating>1, xh + F, <int>K, dhh + r0, <int>GH,
+             <floating>0, G + o.w2_off + r0 * H, <int>H)
     if o.b_off >= 0:
         gb = G + o.b_off + r0
         for j in range(nr):
