@@ -239,11 +239,13 @@ cdef inline Py_ssize_t seq_len(Op* o, Ctx* cx, Py_ssize_t r) noexcept nogil:
 cdef enum:
     # A step multiplies few rows (a chunk of sequences) by the weights, where OpenBLAS packs them on
     # every call unless its unpacked small-matrix kernel takes the product: it does for an "NN"
-    # product of up to a million multiply-adds. So forward multiplies by a transposed copy of
-    # [W_ih, W_hh] (but LSTM: W_hh; made once per chunk) in blocks of STEP_ROWS gate rows, and backward
-    # sums blocks of STEP_ROWS_BACK gate rows (measured, H = 128, 16 rows: 86 -> 175 and
-    # 178 -> 216 GFLOP/s).
-    STEP_ROWS = 128
+    # product of up to a million multiply-adds. So forward multiplies by a transposed copy of the
+    # weights (LSTM: [W_ih, W_hh]; else W_hh; made once per chunk) in blocks of STEP_ROWS gate rows,
+    # each block contiguous and small enough for L1 (LSTM, F = 32, H = 128, batch 32, 1 thread:
+    # 128 rows with a row's stride 6.6k ex/s, 64 rows strided 6.6k, 64 contiguous 7.1k, 32
+    # contiguous 6.9k), and backward sums blocks of STEP_ROWS_BACK gate rows (measured, H = 128,
+    # 16 rows: 86 -> 175 and 178 -> 216 GFLOP/s).
+    STEP_ROWS = 64
     STEP_ROWS_BACK = 64
 
 
@@ -259,13 +261,26 @@ cdef void transpose_into(floating* W, Py_ssize_t rows, Py_ssize_t cols, floating
                     Wt[k * rows + j] = W[j * cols + k]
 
 
-cdef inline void step_gemm(Py_ssize_t GH, Py_ssize_t c, Py_ssize_t H, floating* Wt, floating* h, Py_ssize_t ldh,
-                           int beta, floating* out, Py_ssize_t ldo) noexcept nogil:
-    """out[c x GH] (=|+=) h[c x H] W^T, given Wt = W^T (H x GH), in blocks of STEP_ROWS gate rows."""
+cdef void transpose_blocks(floating* W, Py_ssize_t rows, Py_ssize_t cols, floating* Wt, Py_ssize_t K,
+                           Py_ssize_t k0) noexcept nogil:
+    """W (rows x cols, row-major) transposed into rows k0.. of Wt, K rows of W^T for every block of
+    STEP_ROWS gate rows, each block contiguous (K x nb, column-major), so a step's GEMM reads its
+    block of weights as one run of memory rather than with a row's stride."""
+    cdef Py_ssize_t j0 = 0, nb
+    while j0 < rows:
+        nb = STEP_ROWS if j0 + STEP_ROWS <= rows else rows - j0
+        transpose_into(W + j0 * cols, nb, cols, Wt + j0 * K + k0 * nb)
+        j0 += nb
+
+
+cdef inline void step_gemm(Py_ssize_t GH, Py_ssize_t c, Py_ssize_t H, floating* Wt, Py_ssize_t K, floating* h,
+                           Py_ssize_t ldh, int beta, floating* out, Py_ssize_t ldo) noexcept nogil:
+    """out[c x GH] (=|+=) h[c x H] W^T, given W^T (the first H of K rows) from transpose_blocks,
+    in blocks of STEP_ROWS gate rows."""
     cdef Py_ssize_t j0 = 0, nb
     while j0 < GH:
         nb = STEP_ROWS if j0 + STEP_ROWS <= GH else GH - j0
-        gemm(c'N', c'N', <int>nb, <int>c, <int>H, <floating>1, Wt + j0, <int>GH, h, <int>ldh,
+        gemm(c'N', c'N', <int>nb, <int>c, <int>H, <floating>1, Wt + j0 * K, <int>nb, h, <int>ldh,
              <floating>beta, out + j0, <int>ldo)
         j0 += nb
 
@@ -369,9 +384,9 @@ cdef void rnn_forward(Op* o, Ctx* cx, floating* P, floating* Wk, Py_ssize_t r0, 
             memcpy(xh + i * ld_xh + t * K, x + i * o.n_in + t * F, F * sizeof(floating))
         memset(xh + i * ld_xh + F, 0, H * sizeof(floating))
     if o.cell == CELL_LSTM:
-        transpose_into(P + o.w_off, GH, F, Wt)
+        transpose_blocks(P + o.w_off, GH, F, Wt, K, 0)
         if T > 1:
-            transpose_into(Whh, GH, H, Wt + F * GH)
+            transpose_blocks(Whh, GH, H, Wt, K, F)
     else:
         # every step's input projection in one GEMM, then the biases (GRU: b_hn acts inside r*(...))
         gemm(c'T', c'N', <int>GH, <int>(c * T), <int>F, <floating>1, P + o.w_off, <int>F, xh, <int>K,
@@ -384,16 +399,16 @@ cdef void rnn_forward(Op* o, Ctx* cx, floating* P, floating* Wk, Py_ssize_t r0, 
                 for j in range(2 * H if o.cell == CELL_GRU else GH):
                     g[j] = g[j] + bhh[j]
         if T > 1:
-            transpose_into(Whh, GH, H, Wt)
+            transpose_blocks(Whh, GH, H, Wt, H, 0)
     for t in range(T):
         if o.cell == CELL_LSTM:
             # h_{-1} = 0: the first step needs only the inputs
-            step_gemm(GH, c, K if t > 0 else F, Wt, xh + t * K, ld_xh, 0, ga + t * GH, ld_ga)
+            step_gemm(GH, c, K if t > 0 else F, Wt, K, xh + t * K, ld_xh, 0, ga + t * GH, ld_ga)
         elif o.cell != CELL_GRU:
             if t > 0:
-                step_gemm(GH, c, H, Wt, xh + t * K + F, ld_xh, 1, ga + t * GH, ld_ga)
+                step_gemm(GH, c, H, Wt, H, xh + t * K + F, ld_xh, 1, ga + t * GH, ld_ga)
         elif t > 0:
-            step_gemm(GH, c, H, Wt, xh + t * K + F, ld_xh, 0, sc, GH + H)
+            step_gemm(GH, c, H, Wt, H, xh + t * K + F, ld_xh, 0, sc, GH + H)
         else:
             memset(sc, 0, c * (GH + H) * sizeof(floating))
         for i in range(c):
