@@ -73,7 +73,7 @@ class Plan:
         self.n_applied = 0         # parameters x the times each example applies them (steps)
         self.n_running = 0
         self.n_stats = 0
-        self.scratch = 0           # per chunk: convolutions' columns, W_hh transposed (elements)
+        self.scratch = 0           # per chunk: convolutions' columns, recurrent weights transposed (elements)
         self._col = self.n_features
         self._seen = set()
         out = self._emit(layers, "", _Buf(-1, 0, self.in_shape))

@@ -246,7 +246,7 @@ cdef struct Ctx:
     void* R
     double* st
     int xcode                 # X's element type (X_CODES): rows are converted as they are gathered
-    void* scratch             # per chunk: convolutions' columns, a recurrent layer's W_hh transposed
+    void* scratch             # per chunk: convolutions' columns, a recurrent layer's weights transposed
     Py_ssize_t scratch_stride
     Py_ssize_t* ordp
     Py_ssize_t b0             # first position of the batch in ordp
