@@ -73,7 +73,7 @@ class Plan:
         self.n_applied = 0         # parameters x the times each example applies them (steps)
         self.n_running = 0
         self.n_stats = 0
-        self.scratch = 0           # per chunk: convolutions' columns, W_hh transposed (elements)
+        self.scratch = 0           # per chunk: convolutions' columns, recurrent weights transposed (elements)
         self._col = self.n_features
         self._seen = set()
         out = self._emit(layers, "", _Buf(-1, 0, self.in_shape))
@@ -272,8 +272,9 @@ class Plan:
             w_ih, w_hh, *b = (offs[p] for p in layer.layer_params(l))
             k = self._new_op("rnn", src, n_out, w_off=w_ih, w2_off=w_hh, b_off=b[0] if b else -1,
                              b2_off=b[1] if b else -1, cell=layer.cell, steps=T, hidden=H)
-            self.ops[k]["s_col"] = self._alloc(_engine.rnn_state_width(layer.cell, T, H))
-            self.scratch = max(self.scratch, layer.gates * H * H)      # W_hh transposed, per chunk
+            F = self.ops[k]["n_in"] // T
+            self.ops[k]["s_col"] = self._alloc(_engine.rnn_state_width(layer.cell, T, F, H))
+            self.scratch = max(self.scratch, _engine.rnn_scratch(layer.cell, F, H))
             n_par = sum(math.prod(s) for p, s in layer.param_shapes() if p.endswith(f"_l{l}"))
             self.n_applied += (T - 1) * n_par
             self.diag.append((f"{name}.l{l}" if layer.num_layers > 1 else name, k, n_par, n_out))

@@ -196,7 +196,7 @@ def gradient_norms_through_time(model, X, y, loss=None, sample_weight=None, thre
         if op["kind"] != OP["rnn"]:
             continue
         T, H = op["steps"], op["hidden"]
-        start = n * (op["s_col"] + _engine.rnn_block_offsets(op["cell"], T, H)["DS"])
+        start = n * (op["s_col"] + _engine.rnn_block_offsets(op["cell"], T, op["n_in"] // T, H)["DS"])
         dh = work[start:start + n * T * H].reshape(n, T, H).astype(np.float64)
         out[name] = np.sqrt((dh * dh).sum(axis=(0, 2)))
     if not out:

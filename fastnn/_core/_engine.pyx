@@ -157,7 +157,7 @@ cdef struct Op:
     Py_ssize_t sub            # convolution: examples per sub-block
     Py_ssize_t p_e            # convolution: partial filter/bias gradients, at each sub-block's first row
     Py_ssize_t pt_off         # BatchNorm in training: offset of its 2C partials in a chunk's record
-    Py_ssize_t ga_e, hs_e, cs_e, hn_e, di_e, dh_e, sc_e, ds_e
+    Py_ssize_t ga_e, xh_e, cs_e, tc_e, hn_e, di_e, dh_e, sc_e, ds_e
 
 
 cdef struct Phase:
@@ -254,7 +254,7 @@ cdef struct Ctx:
     void* R
     double* st
     int xcode                 # X's element type (X_CODES): rows are converted as they are gathered
-    void* scratch             # per chunk: convolutions' columns, a recurrent layer's W_hh transposed
+    void* scratch             # per chunk: convolutions' columns, a recurrent layer's weights transposed
     Py_ssize_t scratch_stride
     Py_ssize_t* ordp
     Py_ssize_t b0             # first position of the batch in ordp

@@ -1,15 +1,19 @@
 # Recurrent layers (RNN tanh/relu, LSTM, GRU), one op per layer of a stack, PyTorch's equations and
-# gate order. A chunk of sequences runs its whole time loop on one thread: the input projections of
-# all steps as one GEMM, then one recurrent GEMM per step; backward through time runs on the same
-# chunk and keeps, for every step, the gate deltas, so the weight gradients are tiles of rows
-# (weight_ih, weight_hh and both biases) summed over examples and steps in a fixed order.
+# gate order. A chunk of sequences runs its whole time loop on one thread: LSTM one GEMM per step
+# of [x_t, h_{t-1}] by [W_ih, W_hh], the others every step's input projection as one GEMM, then
+# one recurrent GEMM per step (GRU's n gate needs the recurrent part alone); backward through time
+# runs on the same chunk and keeps, for every step, the gate deltas, so the weight gradients are
+# tiles of rows (weight_ih, weight_hh and both biases) summed over examples and steps in a fixed
+# order (LSTM: one GEMM by [x_t, h_{t-1}] for both weights).
 #
 # Per-example blocks of the work buffer (each B rows), from the op's s_col, widths in elements:
 #   GA  T*GH      gates after their nonlinearity (RNN: h_t)
-#   HS  T*H       h_{t-1} at slot t (slot 0 = 0); the last state is in the output
+#   XH  T*(F+H)   [x_t, h_{t-1}] at slot t (h_{-1} = 0); the last state is in the output
 #   CS  T*H       LSTM: c_t
+#   TC  T*H       LSTM: tanh(c_t), from forward (backward would compute it again)
 #   HN  T*H       GRU: W_hn h_{t-1} + b_hn
-#   DI  T*GH      deltas of the gate pre-activations (input side)
+#   DI  T*GH      deltas of the gate pre-activations (input side); all but GRU's over GA itself, each
+#                 step's once its gates are done with (a block of their own costs cache)
 #   DH  T*GH      GRU: the same on the recurrent side (differs in n: times r)
 #   SC  GH+H      scratch: GRU's recurrent projection of a step; dh (and LSTM's dc) in backward, and
 #                 (the last H) the dh of a finished sequence kept across the recurrent GEMM
@@ -45,48 +49,79 @@ cdef extern from *:
         s.i = ((int)n + 127) << 23;
         return p * s.f;
     }
+    static inline float fastnn_sigmoidf(float x) {
+        return 1.0f / (1.0f + fastnn_expf_poly(-x));
+    }
+    static inline float fastnn_tanhf(float v) {
+        float a = v < 0 ? -v : v, z = v * v, e, big, small;
+        e = fastnn_expf_poly(-2.0f * a);
+        big = (1.0f - e) / (1.0f + e);
+        big = v < 0 ? -big : big;
+        small = -5.70498872745E-3f;
+        small = small * z + 2.06390887954E-2f;
+        small = small * z - 5.37397155531E-2f;
+        small = small * z + 1.33314422036E-1f;
+        small = small * z - 3.33332819422E-1f;
+        small = small * z * v + v;
+        return a < 0.625f ? small : big;
+    }
     FASTNN_CLONES static void fastnn_sigmoid_rowf(float* x, Py_ssize_t n) {
         Py_ssize_t i;
         #pragma omp simd
-        for (i = 0; i < n; i++) x[i] = 1.0f / (1.0f + fastnn_expf_poly(-x[i]));
+        for (i = 0; i < n; i++) x[i] = fastnn_sigmoidf(x[i]);
     }
     FASTNN_CLONES static void fastnn_tanh_rowf(const float* x, float* y, Py_ssize_t n) {
         Py_ssize_t i;
         #pragma omp simd
-        for (i = 0; i < n; i++) {
-            float v = x[i], a = v < 0 ? -v : v, z = v * v, e, big, small;
-            e = fastnn_expf_poly(-2.0f * a);
-            big = (1.0f - e) / (1.0f + e);
-            big = v < 0 ? -big : big;
-            small = -5.70498872745E-3f;
-            small = small * z + 2.06390887954E-2f;
-            small = small * z - 5.37397155531E-2f;
-            small = small * z + 1.33314422036E-1f;
-            small = small * z - 3.33332819422E-1f;
-            small = small * z * v + v;
-            y[i] = a < 0.625f ? small : big;
+        for (i = 0; i < n; i++) y[i] = fastnn_tanhf(x[i]);
+    }
+    /* One LSTM step of one example after its recurrent GEMM, in one pass over the four gate blocks
+       (separate passes per gate and per update were a tenth of the step): the biases, the gates'
+       nonlinearities in place, c_t, tanh(c_t) (kept for backward) and h_t. */
+    #define FASTNN_LSTM_FWD_LOOP(CELL) \
+        _Pragma("omp simd") \
+        for (j = 0; j < H; j++) { \
+            float ig = fastnn_sigmoidf(g[j]), fg = fastnn_sigmoidf(g[H + j]); \
+            float gg = fastnn_tanhf(g[2 * H + j]), og = fastnn_sigmoidf(g[3 * H + j]), cv, t; \
+            cv = CELL; \
+            t = fastnn_tanhf(cv); \
+            g[j] = ig; g[H + j] = fg; g[2 * H + j] = gg; g[3 * H + j] = og; \
+            cq[j] = cv; tc[j] = t; hq[j] = og * t; }
+    FASTNN_CLONES static void fastnn_lstm_fwd_f(float* restrict g, const float* restrict bi,
+            const float* restrict bh, const float* restrict cp, float* restrict cq, float* restrict tc,
+            float* restrict hq, Py_ssize_t H, int first) {
+        Py_ssize_t j;
+        if (bi != NULL) {
+            #pragma omp simd
+            for (j = 0; j < 4 * H; j++) g[j] = (g[j] + bi[j]) + bh[j];
         }
+        if (first) { FASTNN_LSTM_FWD_LOOP(ig * gg) }
+        else { FASTNN_LSTM_FWD_LOOP(ig * gg + fg * cp[j]) }
     }
     """
     void fastnn_sigmoid_rowf(float* x, Py_ssize_t n) nogil
     void fastnn_tanh_rowf(const float* x, float* y, Py_ssize_t n) nogil
+    void fastnn_lstm_fwd_f(float* g, const float* bi, const float* bh, const float* cp, float* cq, float* tc,
+                           float* hq, Py_ssize_t H, int first) nogil
 
 
 cdef extern from *:
     """
     /* The gate deltas of one example and step, as in the equations of rnn_backward, over restrict
        pointers into disjoint blocks so that the compiler vectorizes them (the same operations in
-       the same order as the scalar form). */
+       the same order as the scalar form). LSTM's replace its gates in place: an iteration reads
+       its four gates before it writes their deltas and touches no other's, hence simd. */
     #define FASTNN_LSTM_BACK(T, NAME) __attribute__((noinline)) \
-    static void NAME(const T* restrict g, const T* restrict tc, const T* restrict cp, \
-                     T* restrict dh, T* restrict dc, T* restrict d, Py_ssize_t H, int first) { \
+    static void NAME(T* restrict g, const T* restrict tc, const T* restrict cp, \
+                     T* restrict dh, T* restrict dc, Py_ssize_t H, int first) { \
+        _Pragma("omp simd") \
         for (Py_ssize_t j = 0; j < H; j++) { \
             T ig = g[j], fg = g[H + j], gg = g[2 * H + j], og = g[3 * H + j], t = tc[j]; \
             T dcv = dc[j] + ((dh[j] * og) * ((T)1 - t * t)); \
-            d[j] = ((dcv * gg) * ig) * ((T)1 - ig); \
-            d[H + j] = first ? (T)0 : ((dcv * cp[j]) * fg) * ((T)1 - fg); \
-            d[2 * H + j] = (dcv * ig) * ((T)1 - gg * gg); \
-            d[3 * H + j] = ((dh[j] * t) * og) * ((T)1 - og); \
+            g[j] = ((dcv * gg) * ig) * ((T)1 - ig); \
+            g[H + j] = first ? (T)0 : ((dcv * cp[j]) * fg) * ((T)1 - fg); \
+            g[2 * H + j] = (dcv * ig) * ((T)1 - gg * gg); \
+            g[3 * H + j] = ((dh[j] * t) * og) * ((T)1 - og); \
             dc[j] = dcv * fg; } }
     #define FASTNN_GRU_BACK(T, NAME) __attribute__((noinline)) \
     static void NAME(const T* restrict g, const T* restrict hn, const T* restrict hp, \
@@ -106,10 +141,10 @@ cdef extern from *:
     FASTNN_GRU_BACK(float, fastnn_gru_back_f)
     FASTNN_GRU_BACK(double, fastnn_gru_back_d)
     """
-    void fastnn_lstm_back_f(const float* g, const float* tc, const float* cp, float* dh, float* dc, float* d,
+    void fastnn_lstm_back_f(float* g, const float* tc, const float* cp, float* dh, float* dc,
                             Py_ssize_t H, int first) nogil
-    void fastnn_lstm_back_d(const double* g, const double* tc, const double* cp, double* dh, double* dc,
-                            double* d, Py_ssize_t H, int first) nogil
+    void fastnn_lstm_back_d(double* g, const double* tc, const double* cp, double* dh, double* dc,
+                            Py_ssize_t H, int first) nogil
     void fastnn_gru_back_f(const float* g, const float* hn, const float* hp, float* dh, float* d, float* d2,
                            Py_ssize_t H) nogil
     void fastnn_gru_back_d(const double* g, const double* hn, const double* hp, double* dh, double* d,
@@ -144,47 +179,54 @@ cdef inline Py_ssize_t rnn_gates(int cell) noexcept nogil:
     return 1
 
 
-cdef void rnn_layout(int cell, Py_ssize_t T, Py_ssize_t H, Py_ssize_t* cols) noexcept nogil:
-    """Per-example column offsets of the blocks GA, HS, CS, HN, DI, DH, SC, DS from the op's s_col
-    into cols[0..7], and the total width into cols[8]."""
+cdef void rnn_layout(int cell, Py_ssize_t T, Py_ssize_t F, Py_ssize_t H, Py_ssize_t* cols) noexcept nogil:
+    """Per-example column offsets of the blocks GA, XH, CS, TC, HN, DI, DH, SC, DS from the op's
+    s_col into cols[0..8], and the total width into cols[9] (F: input features per step)."""
     cdef Py_ssize_t gh = rnn_gates(cell) * H
     cols[0] = 0                                                   # GA
-    cols[1] = T * gh                                              # HS
-    cols[2] = cols[1] + T * H                                     # CS
-    cols[3] = cols[2] + (T * H if cell == CELL_LSTM else 0)       # HN
-    cols[4] = cols[3] + (T * H if cell == CELL_GRU else 0)        # DI
-    cols[5] = cols[4] + T * gh if cell == CELL_GRU else cols[4]   # DH (GRU; else DI itself)
-    cols[6] = cols[4] + T * gh * (2 if cell == CELL_GRU else 1)   # SC
-    cols[7] = cols[6] + gh + H                                    # DS
-    cols[8] = cols[7] + T * H
+    cols[1] = T * gh                                              # XH
+    cols[2] = cols[1] + T * (F + H)                               # CS
+    cols[3] = cols[2] + (T * H if cell == CELL_LSTM else 0)       # TC
+    cols[4] = cols[3] + (T * H if cell == CELL_LSTM else 0)       # HN
+    cols[5] = cols[4] + T * H if cell == CELL_GRU else 0          # DI (GRU; else GA itself)
+    cols[6] = cols[5] + T * gh if cell == CELL_GRU else cols[5]   # DH (GRU; else DI itself)
+    cols[7] = cols[6] + T * gh if cell == CELL_GRU else cols[4]   # SC
+    cols[8] = cols[7] + gh + H                                    # DS
+    cols[9] = cols[8] + T * H
 
 
-def rnn_state_width(int cell, Py_ssize_t T, Py_ssize_t H):
+def rnn_state_width(int cell, Py_ssize_t T, Py_ssize_t F, Py_ssize_t H):
     """Per-example work-buffer columns an op of this cell needs for its saved states and deltas."""
-    cdef Py_ssize_t cols[9]
-    rnn_layout(cell, T, H, cols)
-    return cols[8]
+    cdef Py_ssize_t cols[10]
+    rnn_layout(cell, T, F, H, cols)
+    return cols[9]
 
 
-def rnn_block_offsets(int cell, Py_ssize_t T, Py_ssize_t H):
+def rnn_block_offsets(int cell, Py_ssize_t T, Py_ssize_t F, Py_ssize_t H):
     """Per-example column offsets of the blocks, from the op's s_col, by name."""
-    cdef Py_ssize_t cols[9]
-    rnn_layout(cell, T, H, cols)
-    return {name: cols[i] for i, name in enumerate(("GA", "HS", "CS", "HN", "DI", "DH", "SC", "DS"))}
+    cdef Py_ssize_t cols[10]
+    rnn_layout(cell, T, F, H, cols)
+    return {name: cols[i] for i, name in enumerate(("GA", "XH", "CS", "TC", "HN", "DI", "DH", "SC", "DS"))}
+
+
+def rnn_scratch(int cell, Py_ssize_t F, Py_ssize_t H):
+    """Per-chunk scratch elements of a layer: its weights transposed for the step GEMMs."""
+    return rnn_gates(cell) * H * (F + H if cell == CELL_LSTM else H)
 
 
 cdef void rnn_setup(Op* o, Py_ssize_t B) noexcept nogil:
     """Element offsets of the op's blocks (o.s_e is the first)."""
-    cdef Py_ssize_t cols[9]
-    rnn_layout(o.cell, o.steps, o.hidden, cols)
+    cdef Py_ssize_t cols[10]
+    rnn_layout(o.cell, o.steps, o.n_in // o.steps, o.hidden, cols)
     o.ga_e = o.s_e + B * cols[0]
-    o.hs_e = o.s_e + B * cols[1]
+    o.xh_e = o.s_e + B * cols[1]
     o.cs_e = o.s_e + B * cols[2]
-    o.hn_e = o.s_e + B * cols[3]
-    o.di_e = o.s_e + B * cols[4]
-    o.dh_e = o.s_e + B * cols[5]
-    o.sc_e = o.s_e + B * cols[6]
-    o.ds_e = o.s_e + B * cols[7]
+    o.tc_e = o.s_e + B * cols[3]
+    o.hn_e = o.s_e + B * cols[4]
+    o.di_e = o.s_e + B * cols[5]
+    o.dh_e = o.s_e + B * cols[6]
+    o.sc_e = o.s_e + B * cols[7]
+    o.ds_e = o.s_e + B * cols[8]
 
 
 cdef inline Py_ssize_t seq_len(Op* o, Ctx* cx, Py_ssize_t r) noexcept nogil:
@@ -195,12 +237,15 @@ cdef inline Py_ssize_t seq_len(Op* o, Ctx* cx, Py_ssize_t r) noexcept nogil:
 
 
 cdef enum:
-    # A step multiplies few rows (a chunk of sequences) by W_hh, where OpenBLAS packs the weight on
+    # A step multiplies few rows (a chunk of sequences) by the weights, where OpenBLAS packs them on
     # every call unless its unpacked small-matrix kernel takes the product: it does for an "NN"
-    # product of a few hundred thousand multiply-adds. So forward multiplies by a transposed copy of
-    # W_hh (made once per chunk) in blocks of STEP_ROWS gate rows, and backward sums blocks of
-    # STEP_ROWS_BACK gate rows (measured, H = 128, 16 rows: 86 -> 175 and 178 -> 216 GFLOP/s).
-    STEP_ROWS = 128
+    # product of up to a million multiply-adds. So forward multiplies by a transposed copy of the
+    # weights (LSTM: [W_ih, W_hh]; else W_hh; made once per chunk) in blocks of STEP_ROWS gate rows,
+    # each block contiguous and small enough for L1 (LSTM, F = 32, H = 128, batch 32, 1 thread:
+    # 128 rows with a row's stride 6.6k ex/s, 64 rows strided 6.6k, 64 contiguous 7.1k, 32
+    # contiguous 6.9k), and backward sums blocks of STEP_ROWS_BACK gate rows (measured, H = 128,
+    # 16 rows: 86 -> 175 and 178 -> 216 GFLOP/s).
+    STEP_ROWS = 64
     STEP_ROWS_BACK = 64
 
 
@@ -216,13 +261,26 @@ cdef void transpose_into(floating* W, Py_ssize_t rows, Py_ssize_t cols, floating
                     Wt[k * rows + j] = W[j * cols + k]
 
 
-cdef inline void step_gemm(Py_ssize_t GH, Py_ssize_t c, Py_ssize_t H, floating* Wt, floating* h, Py_ssize_t ldh,
-                           int beta, floating* out, Py_ssize_t ldo) noexcept nogil:
-    """out[c x GH] (=|+=) h[c x H] W^T, given Wt = W^T (H x GH), in blocks of STEP_ROWS gate rows."""
+cdef void transpose_blocks(floating* W, Py_ssize_t rows, Py_ssize_t cols, floating* Wt, Py_ssize_t K,
+                           Py_ssize_t k0) noexcept nogil:
+    """W (rows x cols, row-major) transposed into rows k0.. of Wt, K rows of W^T for every block of
+    STEP_ROWS gate rows, each block contiguous (K x nb, column-major), so a step's GEMM reads its
+    block of weights as one run of memory rather than with a row's stride."""
+    cdef Py_ssize_t j0 = 0, nb
+    while j0 < rows:
+        nb = STEP_ROWS if j0 + STEP_ROWS <= rows else rows - j0
+        transpose_into(W + j0 * cols, nb, cols, Wt + j0 * K + k0 * nb)
+        j0 += nb
+
+
+cdef inline void step_gemm(Py_ssize_t GH, Py_ssize_t c, Py_ssize_t H, floating* Wt, Py_ssize_t K, floating* h,
+                           Py_ssize_t ldh, int beta, floating* out, Py_ssize_t ldo) noexcept nogil:
+    """out[c x GH] (=|+=) h[c x H] W^T, given W^T (the first H of K rows) from transpose_blocks,
+    in blocks of STEP_ROWS gate rows."""
     cdef Py_ssize_t j0 = 0, nb
     while j0 < GH:
         nb = STEP_ROWS if j0 + STEP_ROWS <= GH else GH - j0
-        gemm(c'N', c'N', <int>nb, <int>c, <int>H, <floating>1, Wt + j0, <int>GH, h, <int>ldh,
+        gemm(c'N', c'N', <int>nb, <int>c, <int>H, <floating>1, Wt + j0 * K, <int>nb, h, <int>ldh,
              <floating>beta, out + j0, <int>ldo)
         j0 += nb
 
@@ -299,13 +357,14 @@ cdef void rnn_forward(Op* o, Ctx* cx, floating* P, floating* Wk, Py_ssize_t r0, 
                       floating* Wt) noexcept nogil:
     """Rows [r0, r0+c): the sequences through the layer, states saved for backward. Past its
     length (cx.lens) a sequence keeps its state and outputs zeros, as torch's packed sequences.
-    ``Wt``: the chunk's scratch, for W_hh transposed."""
+    ``Wt``: the chunk's scratch, for the weights transposed."""
     cdef Py_ssize_t T = o.steps, H = o.hidden, G = rnn_gates(o.cell)
-    cdef Py_ssize_t GH = G * H, F = o.n_in // T, i, j, t, ld_ga = T * GH, ld_hs = T * H
+    cdef Py_ssize_t GH = G * H, F = o.n_in // T, K = F + H, i, j, t, ld_ga = T * GH, ld_xh = T * K
     cdef floating* x = Wk + o.in_e + r0 * o.n_in
     cdef floating* ga = Wk + o.ga_e + r0 * ld_ga
-    cdef floating* hs = Wk + o.hs_e + r0 * ld_hs
+    cdef floating* xh = Wk + o.xh_e + r0 * ld_xh
     cdef floating* cs = Wk + o.cs_e + r0 * T * H
+    cdef floating* tc = Wk + o.tc_e + r0 * T * H
     cdef floating* hn = Wk + o.hn_e + r0 * T * H
     cdef floating* sc = Wk + o.sc_e + r0 * (GH + H)
     cdef floating* out = Wk + o.a_e + r0 * o.n_out
@@ -320,41 +379,56 @@ cdef void rnn_forward(Op* o, Ctx* cx, floating* P, floating* Wk, Py_ssize_t r0, 
     cdef floating* cq
     cdef floating* v
     cdef floating one = 1
-    # every step's input projection in one GEMM, then the biases (GRU: b_hn acts inside r*(...))
-    gemm(c'T', c'N', <int>GH, <int>(c * T), <int>F, <floating>1, P + o.w_off, <int>F, x, <int>F,
-         <floating>0, ga, <int>GH)
-    if bih != NULL:
-        for i in range(c * T):
-            g = ga + i * GH
-            for j in range(GH):
-                g[j] = g[j] + bih[j]
-            for j in range(2 * H if o.cell == CELL_GRU else GH):
-                g[j] = g[j] + bhh[j]
     for i in range(c):
-        memset(hs + i * ld_hs, 0, H * sizeof(floating))
-    if T > 1:
-        transpose_into(Whh, GH, H, Wt)
+        for t in range(T):
+            memcpy(xh + i * ld_xh + t * K, x + i * o.n_in + t * F, F * sizeof(floating))
+        memset(xh + i * ld_xh + F, 0, H * sizeof(floating))
+    if o.cell == CELL_LSTM:
+        transpose_blocks(P + o.w_off, GH, F, Wt, K, 0)
+        if T > 1:
+            transpose_blocks(Whh, GH, H, Wt, K, F)
+    else:
+        # every step's input projection in one GEMM, then the biases (GRU: b_hn acts inside r*(...))
+        gemm(c'T', c'N', <int>GH, <int>(c * T), <int>F, <floating>1, P + o.w_off, <int>F, xh, <int>K,
+             <floating>0, ga, <int>GH)
+        if bih != NULL:
+            for i in range(c * T):
+                g = ga + i * GH
+                for j in range(GH):
+                    g[j] = g[j] + bih[j]
+                for j in range(2 * H if o.cell == CELL_GRU else GH):
+                    g[j] = g[j] + bhh[j]
+        if T > 1:
+            transpose_blocks(Whh, GH, H, Wt, H, 0)
     for t in range(T):
-        if o.cell != CELL_GRU:
+        if o.cell == CELL_LSTM:
+            # h_{-1} = 0: the first step needs only the inputs
+            step_gemm(GH, c, K if t > 0 else F, Wt, K, xh + t * K, ld_xh, 0, ga + t * GH, ld_ga)
+        elif o.cell != CELL_GRU:
             if t > 0:
-                step_gemm(GH, c, H, Wt, hs + t * H, ld_hs, 1, ga + t * GH, ld_ga)
+                step_gemm(GH, c, H, Wt, H, xh + t * K + F, ld_xh, 1, ga + t * GH, ld_ga)
         elif t > 0:
-            step_gemm(GH, c, H, Wt, hs + t * H, ld_hs, 0, sc, GH + H)
+            step_gemm(GH, c, H, Wt, H, xh + t * K + F, ld_xh, 0, sc, GH + H)
         else:
             memset(sc, 0, c * (GH + H) * sizeof(floating))
         for i in range(c):
             g = ga + i * ld_ga + t * GH
-            hp = hs + i * ld_hs + t * H
+            hp = xh + i * ld_xh + t * K + F
             # h_t: the next slot, or for the last step the output
-            hq = hp + H if t + 1 < T else out + i * o.n_out + (t * H if o.n_out == T * H else 0)
+            hq = hp + K if t + 1 < T else out + i * o.n_out + (t * H if o.n_out == T * H else 0)
             if t >= seq_len(o, cx, r0 + i):        # finished: the state stays, the output is zero
                 memcpy(hq, hp, H * sizeof(floating))
                 if o.cell == CELL_LSTM:
                     cq = cs + i * T * H + t * H
                     memcpy(cq, cq - H, H * sizeof(floating))
+                    cq = tc + i * T * H + t * H
+                    memcpy(cq, cq - H, H * sizeof(floating))
                 if o.n_out == T * H:
                     memset(out + i * o.n_out + t * H, 0, H * sizeof(floating))
                 continue
+            if bih != NULL and floating is double and o.cell == CELL_LSTM:
+                for j in range(GH):
+                    g[j] = (g[j] + bih[j]) + bhh[j]
             if o.cell == CELL_TANH:
                 tanh_row(g, g, H)
                 memcpy(hq, g, H * sizeof(floating))
@@ -365,17 +439,21 @@ cdef void rnn_forward(Op* o, Ctx* cx, floating* P, floating* Wk, Py_ssize_t r0, 
             elif o.cell == CELL_LSTM:
                 cq = cs + i * T * H + t * H
                 cp = cq - H
-                sigmoid_row(g, 2 * H)
-                tanh_row(g + 2 * H, g + 2 * H, H)
-                sigmoid_row(g + 3 * H, H)
-                for j in range(H):
-                    cq[j] = g[j] * g[2 * H + j]
-                if t > 0:
+                v = tc + i * T * H + t * H
+                if floating is float:
+                    fastnn_lstm_fwd_f(g, bih, bhh, cp, cq, v, hq, H, t == 0)
+                else:
+                    sigmoid_row(g, 2 * H)
+                    tanh_row(g + 2 * H, g + 2 * H, H)
+                    sigmoid_row(g + 3 * H, H)
                     for j in range(H):
-                        cq[j] = cq[j] + g[H + j] * cp[j]
-                tanh_row(cq, hq, H)
-                for j in range(H):
-                    hq[j] = g[3 * H + j] * hq[j]
+                        cq[j] = g[j] * g[2 * H + j]
+                    if t > 0:
+                        for j in range(H):
+                            cq[j] = cq[j] + g[H + j] * cp[j]
+                    tanh_row(cq, v, H)
+                    for j in range(H):
+                        hq[j] = g[3 * H + j] * v[j]
             else:
                 s = sc + i * (GH + H)
                 for j in range(2 * H):
@@ -397,12 +475,13 @@ cdef void rnn_backward(Op* o, Ctx* cx, floating* P, floating* Wk, Py_ssize_t r0,
     the input delta (=|+=) into dIn. Past a sequence's length its deltas are zero and dh, dc
     pass through unchanged."""
     cdef Py_ssize_t T = o.steps, H = o.hidden, G = rnn_gates(o.cell)
-    cdef Py_ssize_t GH = G * H, F = o.n_in // T, i, j, t, ld_ga = T * GH, ld_hs = T * H
+    cdef Py_ssize_t GH = G * H, F = o.n_in // T, K = F + H, i, j, t, ld_ga = T * GH, ld_xh = T * K
     cdef bint seq = o.n_out == T * H
     cdef floating* dy = Wk + o.d_e + r0 * o.n_out
     cdef floating* ga = Wk + o.ga_e + r0 * ld_ga
-    cdef floating* hs = Wk + o.hs_e + r0 * ld_hs
+    cdef floating* xh = Wk + o.xh_e + r0 * ld_xh
     cdef floating* cs = Wk + o.cs_e + r0 * T * H
+    cdef floating* tc = Wk + o.tc_e + r0 * T * H
     cdef floating* hn = Wk + o.hn_e + r0 * T * H
     cdef floating* di = Wk + o.di_e + r0 * ld_ga
     cdef floating* dhh = Wk + o.dh_e + r0 * ld_ga
@@ -456,16 +535,14 @@ cdef void rnn_backward(Op* o, Ctx* cx, floating* P, floating* Wk, Py_ssize_t r0,
                     d[j] = dh[j] if g[j] > 0 else 0
             elif o.cell == CELL_LSTM:
                 dc = dh + H
-                tcr = dh + 2 * H
-                cq = cs + i * T * H + t * H
-                cp = cq - H
-                tanh_row(cq, tcr, H)
+                tcr = tc + i * T * H + t * H
+                cp = cs + i * T * H + t * H - H
                 if floating is float:
-                    fastnn_lstm_back_f(g, tcr, cp, dh, dc, d, H, t == 0)
+                    fastnn_lstm_back_f(d, tcr, cp, dh, dc, H, t == 0)
                 else:
-                    fastnn_lstm_back_d(g, tcr, cp, dh, dc, d, H, t == 0)
+                    fastnn_lstm_back_d(d, tcr, cp, dh, dc, H, t == 0)
             else:
-                hp = hs + i * ld_hs + t * H
+                hp = xh + i * ld_xh + t * K + F
                 d2 = dhh + i * ld_ga + t * GH
                 if floating is float:
                     fastnn_gru_back_f(g, hn + i * T * H + t * H, hp, dh, d, d2, H)
@@ -488,16 +565,28 @@ cdef void rnn_grad(Op* o, Tile* Tl, floating* Wk, floating* G, Py_ssize_t B) noe
     """Rows [r0, r0+nr) of dW_ih = sum D_t^T x_t, dW_hh = sum D_t^T h_{t-1} and the biases' sums,
     over examples (in order) and steps."""
     cdef Py_ssize_t T = o.steps, H = o.hidden, GH = rnn_gates(o.cell) * o.hidden, F = o.n_in // T
-    cdef Py_ssize_t i, j, r0 = Tl.r0, nr = Tl.nr
+    cdef Py_ssize_t K = F + H, i, j, r0 = Tl.r0, nr = Tl.nr
     cdef floating* di = Wk + o.di_e
     cdef floating* dhh = Wk + o.dh_e
-    cdef floating* hs = Wk + o.hs_e
+    cdef floating* xh = Wk + o.xh_e
     cdef floating* gb
     cdef floating* row
-    gemm(c'N', c'T', <int>F, <int>nr, <int>(B * T), <floating>1, Wk + o.in_e, <int>F, di + r0, <int>GH,
-         <floating>0, G + o.w_off + r0 * F, <int>F)
-    gemm(c'N', c'T', <int>H, <int>nr, <int>(B * T), <floating>1, hs, <int>H, dhh + r0, <int>GH,
-         <floating>0, G + o.w2_off + r0 * H, <int>H)
+    cdef floating* S
+    if o.cell == CELL_LSTM and GH * K <= 2 * B * T * H:
+        # both weights in one GEMM by [x_t, h_{t-1}], so the deltas are packed once, not twice,
+        # into the cell states' blocks (CS, TC: unread after backward; each tile its own rows),
+        # then split into the two weights' rows
+        S = Wk + o.cs_e + r0 * K
+        gemm(c'N', c'T', <int>K, <int>nr, <int>(B * T), <floating>1, xh, <int>K, di + r0, <int>GH,
+             <floating>0, S, <int>K)
+        for j in range(nr):
+            memcpy(G + o.w_off + (r0 + j) * F, S + j * K, F * sizeof(floating))
+            memcpy(G + o.w2_off + (r0 + j) * H, S + j * K + F, H * sizeof(floating))
+    else:
+        gemm(c'N', c'T', <int>F, <int>nr, <int>(B * T), <floating>1, xh, <int>K, di + r0, <int>GH,
+             <floating>0, G + o.w_off + r0 * F, <int>F)
+        gemm(c'N', c'T', <int>H, <int>nr, <int>(B * T), <floating>1, xh + F, <int>K, dhh + r0, <int>GH,
+             <floating>0, G + o.w2_off + r0 * H, <int>H)
     if o.b_off >= 0:
         gb = G + o.b_off + r0
         for j in range(nr):
@@ -507,12 +596,16 @@ cdef void rnn_grad(Op* o, Tile* Tl, floating* Wk, floating* G, Py_ssize_t B) noe
             for j in range(nr):
                 gb[j] = gb[j] + row[j]
         gb = G + o.b2_off + r0
-        for j in range(nr):
-            gb[j] = 0
-        for i in range(B * T):
-            row = dhh + i * GH + r0
+        if dhh == di:
+            # both biases act on the same pre-activations (not GRU's b_hn): the same sum, once
+            memcpy(gb, G + o.b_off + r0, nr * sizeof(floating))
+        else:
             for j in range(nr):
-                gb[j] = gb[j] + row[j]
+                gb[j] = 0
+            for i in range(B * T):
+                row = dhh + i * GH + r0
+                for j in range(nr):
+                    gb[j] = gb[j] + row[j]
 
 
 cdef inline bint rnn_tile_span(Op* o, Tile* Tl, Py_ssize_t i, Py_ssize_t* off, Py_ssize_t* n,
