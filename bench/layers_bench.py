@@ -24,6 +24,7 @@ the CPU model.
     python bench/layers_bench.py --batch 32 128 --rounds 3
 """
 import argparse
+import importlib.util
 import json
 import os
 import resource
@@ -303,11 +304,8 @@ def main(default_models=("bn", "res"), default_n=20000):
         return
     from fastnn.bench import cpu_name
 
-    try:
-        import jax  # noqa: F401
-        has_jax = not a.no_jax
-    except ImportError:
-        has_jax = False
+    # found, not imported: a worker's peak RSS counts its parent's at the fork
+    has_jax = not a.no_jax and importlib.util.find_spec("jax") is not None
     print(f"# {cpu_name()}, fastnn {a.threads} threads, torch best of 1/{a.threads} threads, "
           f"jax its default threads, N={a.n}, median of {a.rounds} rounds")
     print("| model | batch | fastnn ex/s | torch ex/s | jax ex/s | fastnn/torch | fastnn/jax | fastnn GFLOP/s "
