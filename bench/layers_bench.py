@@ -17,8 +17,9 @@ examples shuffled every epoch):
 
 Every (library, model, batch, threads) run is its own process; the libraries are interleaved
 round by round; torch gets its better thread setting (1 or 2). JAX (when installed; the
-convolutional nets) runs the whole epoch compiled, ``jax.jit`` of a ``lax.scan`` over the steps,
-on its default threads, as in ``bench/compare.py``. Prints ex/s, the ratios, and peak RSS, with
+convolutional nets) runs a ``jax.jit``-compiled training step in a Python loop on its default
+threads (a ``lax.scan`` over the steps, as ``bench/compare.py`` compiles the MLP's epoch, runs these
+convolutions some 20x slower on XLA's CPU backend). Prints ex/s, the ratios, and peak RSS, with
 the CPU model.
 
     python bench/layers_bench.py --batch 32 128 --rounds 3
@@ -129,11 +130,13 @@ JAX_KINDS = ("lenet", "cnn1d", "cifar")
 
 
 def jax_epoch(kind, X, y, batch):
-    """The model's parameters and state, and a compiled epoch (params, state, key) -> (params,
-    state, mean loss): torch's layers, initialisation bounds and momentum SGD, BatchNorm2d with
-    batch statistics and running estimates."""
+    """The model's parameters, momentum buffers and state, an epoch of compiled steps
+    (params, velocity, state, key) -> (params, velocity, state, mean loss), the examples it uses
+    and the loss: torch's layers, initialisation bounds and momentum SGD, BatchNorm2d with batch
+    statistics and running estimates, channels last."""
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     import jax
+    import numpy as np
     import jax.numpy as jnp
     from jax import lax
 
@@ -144,7 +147,7 @@ def jax_epoch(kind, X, y, batch):
         return jax.random.uniform(next(keys), shape, jnp.float32, -bound, bound)
 
     def conv(cin, cout, k, pad, dims):
-        shape = (cout, cin) + (k,) * dims
+        shape = (k,) * dims + (cin, cout)
         return {"w": uniform(shape, cin * k ** dims), "b": uniform((cout,), cin * k ** dims), "pad": pad}
 
     def dense(i, o):
@@ -166,7 +169,8 @@ def jax_epoch(kind, X, y, batch):
     params = [{k: v for k, v in (lay[1] if len(lay) > 1 else {}).items() if k != "pad"} for lay in layers]
     state = [{"mean": jnp.zeros(len(p["g"])), "var": jnp.ones(len(p["g"]))} if lay[0] == "bn" else {}
              for lay, p in zip(layers, params)]
-    spec = ("NCH", "OIH", "NCH") if dims == 1 else ("NCHW", "OIHW", "NCHW")
+    # channels last, XLA's own layout for convolutions on the CPU (examples are transposed once)
+    spec = ("NHC", "HIO", "NHC") if dims == 1 else ("NHWC", "HWIO", "NHWC")
 
     def forward(params, state, x):
         new = []
@@ -175,22 +179,21 @@ def jax_epoch(kind, X, y, batch):
             if op == "conv":
                 pad = lay[1]["pad"]
                 x = lax.conv_general_dilated(x, p["w"], (1,) * dims, [(pad, pad)] * dims, dimension_numbers=spec)
-                x = x + p["b"].reshape((1, -1) + (1,) * dims)
+                x = x + p["b"]
             elif op == "bn":
-                mu, var = x.mean((0, 2, 3)), x.var((0, 2, 3))
-                m = x.shape[0] * x.shape[2] * x.shape[3]
-                x = (x - mu[:, None, None]) / jnp.sqrt(var[:, None, None] + 1e-5) * p["g"][:, None, None] \
-                    + p["b"][:, None, None]
+                mu, var = x.mean((0, 1, 2)), x.var((0, 1, 2))
+                m = x.shape[0] * x.shape[1] * x.shape[2]
+                x = (x - mu) / jnp.sqrt(var + 1e-5) * p["g"] + p["b"]
                 st = {"mean": 0.9 * st["mean"] + 0.1 * lax.stop_gradient(mu),
                       "var": 0.9 * st["var"] + 0.1 * lax.stop_gradient(var) * m / (m - 1)}
             elif op == "relu":
                 x = jax.nn.relu(x)
             elif op == "max":
-                x = lax.reduce_window(x, -jnp.inf, lax.max, (1, 1, 2, 2), (1, 1, 2, 2), "VALID")
+                x = lax.reduce_window(x, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
             elif op == "gap":
-                x = x.mean((2, 3))
-            elif op == "flat":
-                x = x.reshape(x.shape[0], -1)
+                x = x.mean((1, 2))
+            elif op == "flat":           # torch's (C, H, W) order, for the same Dense weights
+                x = jnp.moveaxis(x, -1, 1).reshape(x.shape[0], -1)
             else:
                 x = x @ p["w"].T + p["b"]
             new.append(st)
@@ -202,23 +205,26 @@ def jax_epoch(kind, X, y, batch):
 
     n = X.shape[0]
     steps = n // batch
-    Xd, yd = jax.device_put(X), jax.device_put(y.astype("int32"))
+    Xd, yd = jax.device_put(np.ascontiguousarray(np.moveaxis(X, 1, -1))), jax.device_put(y.astype("int32"))
 
     @jax.jit
+    def step(params, velocity, state, bi):
+        (loss, state), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, state, Xd[bi], yd[bi])
+        velocity = jax.tree.map(lambda v, g: MOM * v + g, velocity, grads)
+        params = jax.tree.map(lambda p, v: p - LR * v, params, velocity)
+        return params, velocity, state, loss
+
+    # a jitted step in a Python loop, as JAX training loops run: XLA's CPU backend runs these
+    # convolutions inside a lax.scan some 20x slower than the same step compiled alone
     def epoch(params, velocity, state, key):
         idx = jax.random.permutation(key, n)[:steps * batch].reshape(steps, batch)
+        losses = []
+        for s in range(steps):
+            params, velocity, state, loss = step(params, velocity, state, idx[s])
+            losses.append(loss)
+        return params, velocity, state, jnp.mean(jnp.stack(losses))
 
-        def step(carry, bi):
-            params, velocity, state = carry
-            (loss, state), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, state, Xd[bi], yd[bi])
-            velocity = jax.tree.map(lambda v, g: MOM * v + g, velocity, grads)
-            params = jax.tree.map(lambda p, v: p - LR * v, params, velocity)
-            return (params, velocity, state), loss
-
-        (params, velocity, state), losses = lax.scan(step, (params, velocity, state), idx)
-        return params, velocity, state, losses.mean()
-
-    return params, jax.tree.map(jnp.zeros_like, params), state, epoch, steps * batch
+    return params, jax.tree.map(jnp.zeros_like, params), state, epoch, steps * batch, loss_fn
 
 
 def worker(lib, kind, batch, threads, n, repeats):
@@ -226,7 +232,7 @@ def worker(lib, kind, batch, threads, n, repeats):
     if lib == "jax":
         import jax
 
-        params, velocity, state, run, n_used = jax_epoch(kind, X, y, batch)
+        params, velocity, state, run, n_used, _ = jax_epoch(kind, X, y, batch)
         key = jax.random.PRNGKey(1)
         box = [params, velocity, state]
 
