@@ -88,7 +88,8 @@ def time_epochs(run_epoch, repeats: int) -> list[float]:
 
 
 # --------------------------------------------------------------------------- #
-# workers: each builds data + model, warms up, times `repeats` epochs
+# workers: each builds data + model, runs one untimed epoch (JAX compiles in it; the first pass
+# over freshly allocated data also runs slow on some machines), times `repeats` epochs
 # --------------------------------------------------------------------------- #
 def worker_fastnn(args) -> dict:
     import numpy as np
@@ -105,8 +106,7 @@ def worker_fastnn(args) -> dict:
         model.fit(Xe, ye, loss=loss, optimizer=opt, epochs=1, batch_size=B,
                   shuffle=True, seed=SEED, verbose=0, threads=args.threads)
 
-    warm = min(args.n, max(512, 8 * B))
-    epoch(np.ascontiguousarray(X[:warm]), np.ascontiguousarray(y[:warm]))
+    epoch(X, y)  # warm-up: one untimed epoch, as every library gets
     times = time_epochs(lambda: epoch(X, y), args.repeats)
     return {"version": fn.__version__, "times": times, "n": args.n, "threads": args.threads}
 
@@ -135,7 +135,7 @@ def worker_torch(args) -> dict:
             loss_fn(model(X[idx]), y[idx]).backward()
             opt.step()
 
-    steps(torch.randperm(n, generator=gen)[:min(n, max(512, 8 * B))])  # warm-up
+    steps(torch.randperm(n, generator=gen))  # warm-up: one untimed epoch, as every library gets
     times = time_epochs(lambda: steps(torch.randperm(n, generator=gen)), args.repeats)
     return {"version": torch.__version__, "times": times, "n": n, "threads": torch.get_num_threads()}
 
@@ -222,9 +222,8 @@ def worker_sklearn(args) -> dict:
     clf = MLPClassifier(hidden_layer_sizes=(H, H), solver="sgd", momentum=MOMENTUM,
                         nesterovs_momentum=False, learning_rate_init=LR, batch_size=B,
                         max_iter=1, alpha=0.0, shuffle=True, random_state=SEED)
-    # First call initialises the weights (needs the full class list) and warms up.
-    warm = min(n, max(512, 8 * B))
-    clf.partial_fit(X[:warm], y[:warm], classes=np.arange(N_CLASSES))
+    # First call initialises the weights (needs the full class list): the untimed epoch.
+    clf.partial_fit(X, y, classes=np.arange(N_CLASSES))
     # Each partial_fit on the full data is exactly one shuffled epoch.
     times = time_epochs(lambda: clf.partial_fit(X, y), args.repeats)
     return {"version": sklearn.__version__, "times": times, "n": n, "threads": args.threads,
