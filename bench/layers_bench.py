@@ -242,15 +242,8 @@ def worker(lib, kind, batch, threads, n, repeats):
             *box[:], loss = run(*box, k)
             jax.block_until_ready((box, loss))
 
-        epoch()                                   # warm-up: compiles
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            epoch()
-            times.append(time.perf_counter() - t)
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        return {"ex_s": n_used / statistics.median(times), "rss_mib": rss}
-    if lib == "fastnn":
+        n = n_used
+    elif lib == "fastnn":
         import fastnn as fn
 
         m = fastnn_model(kind)
@@ -276,7 +269,7 @@ def worker(lib, kind, batch, threads, n, repeats):
                 opt.zero_grad(set_to_none=True)
                 lossf(m(Xt[idx]), yt[idx]).backward()
                 opt.step()
-    epoch()                                   # warm-up
+    epoch()                                   # warm-up (JAX compiles here)
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
