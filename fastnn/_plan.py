@@ -28,7 +28,7 @@ COL = {name: i for i, name in enumerate(_engine.OP_FIELDS)}
 
 WIDE_MIN_OUT = 256
 WIDE_MIN_WEIGHTS = 256 * 256
-WIDE_MAX_BATCH = 64
+WIDE_MAX_BATCH = 128    # an MLP with a 256-wide layer runs at most 2 chunks here: as many units
 WIDE_BIG_WEIGHTS = 512 * 512
 BN_UNIT = 32            # features per BatchNorm work unit
 WIDE_UNIT = 128         # neurons (forward) or input features (backward) per wide-Dense work unit
