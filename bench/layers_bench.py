@@ -131,8 +131,8 @@ JAX_KINDS = ("lenet", "cnn1d", "cifar")
 
 def jax_epoch(kind, X, y, batch):
     """The model's parameters, momentum buffers and state, an epoch of compiled steps
-    (params, velocity, state, key) -> (params, velocity, state, mean loss), the examples it uses
-    and the loss: torch's layers, initialisation bounds and momentum SGD, BatchNorm2d with batch
+    (params, velocity, state, key) -> (params, velocity, state, mean loss) and the examples it
+    uses: torch's layers, initialisation bounds and momentum SGD, BatchNorm2d with batch
     statistics and running estimates, channels last."""
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     import jax
@@ -224,7 +224,7 @@ def jax_epoch(kind, X, y, batch):
             losses.append(loss)
         return params, velocity, state, jnp.mean(jnp.stack(losses))
 
-    return params, jax.tree.map(jnp.zeros_like, params), state, epoch, steps * batch, loss_fn
+    return params, jax.tree.map(jnp.zeros_like, params), state, epoch, steps * batch
 
 
 def worker(lib, kind, batch, threads, n, repeats):
@@ -232,7 +232,7 @@ def worker(lib, kind, batch, threads, n, repeats):
     if lib == "jax":
         import jax
 
-        params, velocity, state, run, n_used, _ = jax_epoch(kind, X, y, batch)
+        params, velocity, state, run, n_used = jax_epoch(kind, X, y, batch)
         key = jax.random.PRNGKey(1)
         box = [params, velocity, state]
 

@@ -60,16 +60,11 @@ def check_X(X, n_features, dtype, name="X", stream=False):
                          f"{n_features}; check the data or the model's in_features")
     if not (stream and a.dtype in STREAM_DTYPES and a.flags.c_contiguous):
         a = np.ascontiguousarray(a, dtype=dtype)
-    # one parallel pass, no full-size temporary (integers hold no NaN or Inf)
-    if a.size and a.dtype.kind == "f" and not _all_finite(a):
+    # one parallel pass, no full-size temporary (integers hold no NaN or Inf); a is C-contiguous
+    # float32/float64 here: converted above, or a streamed float array
+    if a.size and a.dtype.kind == "f" and not _engine.all_finite(a, get_num_threads()):
         raise ValueError(f"{name} contains NaN or Inf; remove or impute those values before training")
     return a
-
-
-def _all_finite(a):
-    if a.dtype in (np.float32, np.float64) and a.flags.c_contiguous:
-        return _engine.all_finite(a, get_num_threads())
-    return bool(np.isfinite(a.min()) and np.isfinite(a.max()))
 
 
 def check_seed(seed, name="seed"):
