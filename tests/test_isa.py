@@ -1,20 +1,25 @@
 """The core is built for baseline x86-64, x86-64-v3 (AVX2) and x86-64-v4 (AVX-512); the CPU's widest
-build is picked at import, and every build trains to the same bits."""
+build is picked at import, and every build trains to the same bits, except that float32 products
+of big Dense layers over few rows run on the AVX-512 build's own GEMMs (smallgemm.pxi): those
+agree with BLAS to float32 rounding, not to the bit."""
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import fastnn._core as core
 
 SCRIPT = r"""
-import hashlib, numpy as np, fastnn as fn, fastnn._core as c
+import hashlib, sys, numpy as np, fastnn as fn, fastnn._core as c
 rng = np.random.default_rng(0)
 X, y = rng.normal(size=(300, 20)), rng.integers(0, 4, 300)
-h = hashlib.sha256()
+out = [c.ISA, str(c._engine.SMALL_GEMM)]
 for dt in ("float32", "float64"):
-    m = fn.Sequential(fn.Dense(20, 300), fn.Tanh(), fn.Dropout(0.1), fn.Dense(300, 40), fn.Sigmoid(),
+    h = hashlib.sha256()
+    m = fn.Sequential(fn.Dense(20, 300), fn.Tanh(), fn.Dropout(0.1), fn.Dense(300, 256), fn.Sigmoid(),
+                      fn.Dense(256, 40), fn.Sigmoid(),
                       fn.BatchNorm1d(40), fn.LeakyReLU(0.1), fn.Residual(fn.LayerNorm(40), fn.Dense(40, 40), fn.Softmax()),
                       fn.Dense(40, 4), dtype=dt, seed=0)
     hist = m.fit(X, y, loss=fn.CrossEntropy(), optimizer=fn.Adam(lr=1e-2), epochs=2, batch_size=32, diagnostics=True)
@@ -24,15 +29,21 @@ for dt in ("float32", "float64"):
     for p in m.parameters() + c1.parameters():
         h.update(p.tobytes())
     h.update(repr(hist.diagnostics).encode())
-print(c.ISA, h.hexdigest())
+    out.append(h.hexdigest())
+    if dt == "float32":
+        np.save(sys.argv[1], np.concatenate([p.ravel() for p in m.parameters()]))
+print(*out)
 """
 
 
 def _run(isa, tmp_path):
+    """(ISA name, small GEMMs?, float32 hash, float64 hash, float32 parameters)."""
     env = dict(os.environ, FASTNN_ISA=isa)
-    out = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, check=True, env=env,
-                         cwd=tmp_path)          # outside the source tree: the installed build is imported
-    return out.stdout.strip().rsplit(" ", 1)
+    path = tmp_path / f"{isa}.npy"
+    out = subprocess.run([sys.executable, "-c", SCRIPT, str(path)], capture_output=True, text=True, check=True,
+                         env=env, cwd=tmp_path)  # outside the source tree: the installed build is imported
+    *name, small, h32, h64 = out.stdout.strip().split(" ")
+    return " ".join(name), small == "True", h32, h64, np.load(path)
 
 
 def _available(name):
@@ -64,4 +75,12 @@ def test_every_build_gives_the_same_bits(tmp_path):
     results = [_run(isa, tmp_path) for isa in isas]
     assert [r[0] for r in results] == [{"baseline": "baseline", "v3": "x86-64-v3 (AVX2)",
                                         "v4": "x86-64-v4 (AVX-512)"}[i] for i in isas]
-    assert len({r[1] for r in results}) == 1, results
+    assert len({r[3] for r in results}) == 1, results                    # float64: the same bits
+    blas = [r for r in results if not r[1]]
+    assert blas and len({r[2] for r in blas}) == 1, results             # float32 on BLAS: the same bits
+    for r in results:
+        if r[1]:                # float32 on the kernels: a 300x256 layer, batches of 32
+            assert r[2] != blas[0][2]
+            # 20 Adam steps of at most lr = 1e-2 each; its normalised step turns float32 rounding
+            # in a near-zero gradient into up to ~1e-4, against weights of order 0.1
+            np.testing.assert_allclose(r[4], blas[0][4], rtol=0, atol=1e-3)

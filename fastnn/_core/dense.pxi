@@ -1,5 +1,7 @@
 # Dense: y = x W^T + b. Per chunk of examples (narrow layers) or per block of output neurons over
-# the whole batch (wide layers: W is packed once per step, not once per chunk). The bias and the
+# the whole batch (wide layers: W is packed once per step, not once per chunk). In float32, products
+# over at most ``sg_rows`` rows (the planner's choice, from the shapes) run on smallgemm.pxi's
+# kernels, the rest on BLAS. The bias and the
 # activation are the op's tail (see _engine.pyx), the input delta its backward. A Dense on
 # per-example input (..., in_features) has ``groups`` rows per example (one per leading index, e.g. a
 # time step): n_in and n_out are per example, the matrix products run over c * groups rows.
@@ -7,6 +9,10 @@
 cdef inline void dense_forward(Op* o, floating* P, floating* Wk, Py_ssize_t r0, Py_ssize_t c) noexcept nogil:
     """Rows [r0, r0+c) of Z = In W^T."""
     cdef Py_ssize_t K = o.n_in // o.groups, N = o.n_out // o.groups
+    if floating is float and c * o.groups <= o.sg_rows:
+        fnn_sgemm_nt(c * o.groups, N, K, Wk + o.in_e + r0 * o.n_in, K, P + o.w_off, K,
+                     Wk + o.a_e + r0 * o.n_out, N)
+        return
     gemm(c'T', c'N', <int>N, <int>(c * o.groups), <int>K, <floating>1, P + o.w_off, <int>K,
          Wk + o.in_e + r0 * o.n_in, <int>K, <floating>0, Wk + o.a_e + r0 * o.n_out, <int>N)
 
@@ -16,6 +22,10 @@ cdef inline void dense_backward(Op* o, floating* P, floating* Wk, Py_ssize_t r0,
     if o.din_e < 0:
         return
     cdef Py_ssize_t K = o.n_in // o.groups, N = o.n_out // o.groups
+    if floating is float and c * o.groups <= o.sg_rows:
+        fnn_sgemm_bc(c * o.groups, K, N, Wk + o.d_e + r0 * o.n_out, N, 1, P + o.w_off, K,
+                     Wk + o.din_e + r0 * o.n_in, K, <int>o.din_acc)
+        return
     gemm(c'N', c'N', <int>K, <int>(c * o.groups), <int>N, <floating>1, P + o.w_off, <int>K,
          Wk + o.d_e + r0 * o.n_out, <int>N, <floating>o.din_acc, Wk + o.din_e + r0 * o.n_in, <int>K)
 
@@ -23,6 +33,10 @@ cdef inline void dense_backward(Op* o, floating* P, floating* Wk, Py_ssize_t r0,
 cdef inline void dense_wide_forward(Op* o, floating* P, floating* Wk, Py_ssize_t B, Py_ssize_t j0,
                                     Py_ssize_t nb) noexcept nogil:
     """Columns [j0, j0+nb) of Z = In W^T over all B rows."""
+    if floating is float and B <= o.sg_rows:
+        fnn_sgemm_nt(B, nb, o.n_in, Wk + o.in_e, o.n_in, P + o.w_off + j0 * o.n_in, o.n_in,
+                     Wk + o.a_e + j0, o.n_out)
+        return
     gemm(c'T', c'N', <int>nb, <int>B, <int>o.n_in, <floating>1, P + o.w_off + j0 * o.n_in, <int>o.n_in,
          Wk + o.in_e, <int>o.n_in, <floating>0, Wk + o.a_e + j0, <int>o.n_out)
 
@@ -30,6 +44,10 @@ cdef inline void dense_wide_forward(Op* o, floating* P, floating* Wk, Py_ssize_t
 cdef inline void dense_wide_backward(Op* o, floating* P, floating* Wk, Py_ssize_t B, Py_ssize_t c0,
                                      Py_ssize_t nc) noexcept nogil:
     """Columns [c0, c0+nc) of dIn (=|+=) D W over all B rows."""
+    if floating is float and B <= o.sg_rows:
+        fnn_sgemm_bc(B, nc, o.n_out, Wk + o.d_e, o.n_out, 1, P + o.w_off + c0, o.n_in,
+                     Wk + o.din_e + c0, o.n_in, <int>o.din_acc)
+        return
     gemm(c'N', c'N', <int>nc, <int>B, <int>o.n_out, <floating>1, P + o.w_off + c0, <int>o.n_in,
          Wk + o.d_e, <int>o.n_out, <floating>o.din_acc, Wk + o.din_e + c0, <int>o.n_in)
 
@@ -39,8 +57,11 @@ cdef void dense_grad(Op* o, Tile* T, floating* Wk, floating* G, Py_ssize_t B) no
     cdef floating* D = Wk + o.d_e
     cdef floating* db
     cdef Py_ssize_t i, j, K = o.n_in // o.groups, N = o.n_out // o.groups
-    gemm(c'N', c'T', <int>K, <int>T.nr, <int>(B * o.groups), <floating>1, Wk + o.in_e, <int>K,
-         D + T.r0, <int>N, <floating>0, G + o.w_off + T.r0 * K, <int>K)
+    if floating is float and B * o.groups <= o.sg_rows:
+        fnn_sgemm_bc(T.nr, K, B * o.groups, D + T.r0, 1, N, Wk + o.in_e, K, G + o.w_off + T.r0 * K, K, 0)
+    else:
+        gemm(c'N', c'T', <int>K, <int>T.nr, <int>(B * o.groups), <floating>1, Wk + o.in_e, <int>K,
+             D + T.r0, <int>N, <floating>0, G + o.w_off + T.r0 * K, <int>K)
     if o.b_off >= 0:
         db = G + o.b_off + T.r0
         for j in range(T.nr):

@@ -1,0 +1,118 @@
+"""The float32 GEMMs of fastnn/_core/smallgemm.pxi (AVX-512 build): a Dense layer's products over few
+rows, read in place. Odd shapes against float64 (the same weights, rounded to float32), in the chunk
+phases and the neuron-split (wide) ones, with input deltas that overwrite and that add, on several
+rows per example; thread-count invariance; and the planner's choice of layers."""
+import numpy as np
+import pytest
+
+import fastnn as fn
+from fastnn import _plan
+from fastnn._core import _engine
+
+needs_kernels = pytest.mark.skipif(not _engine.SMALL_GEMM, reason="this build multiplies on BLAS only")
+
+
+@pytest.fixture
+def everywhere(monkeypatch):
+    """Every Dense layer, however small, on the kernels at any row count."""
+    monkeypatch.setattr(_plan, "SMALL_MIN_WEIGHTS", 1)
+    monkeypatch.setattr(_plan, "SMALL_MAX_ROWS", 10 ** 6)
+
+
+def _chunked(dt):
+    # a Residual: the first Dense's delta is written by the skip and added to by the block's Dense
+    return fn.Sequential(fn.Dense(37, 45), fn.Tanh(),
+                         fn.Residual(fn.Dense(45, 45), fn.ReLU(), fn.Dense(45, 45)),
+                         fn.Dense(45, 5), dtype=dt, seed=1)
+
+
+def _wide(dt):
+    return fn.Sequential(fn.Dense(70, 150), fn.ReLU(), fn.Dense(150, 131), fn.Sigmoid(), fn.Dense(131, 3),
+                         dtype=dt, seed=2)
+
+
+def _grouped(dt):
+    # a Dense on (steps, features): 5 rows per example in every product
+    return fn.Sequential(fn.Dense(19, 33), fn.Tanh(), fn.Flatten(), fn.Dense(165, 4), input_shape=(5, 19),
+                         dtype=dt, seed=3)
+
+
+CASES = {"chunked": (_chunked, (37,)), "wide": (_wide, (70,)), "grouped": (_grouped, (5, 19))}
+
+
+def _pair(build):
+    """A float32 model and a float64 one with the float32 model's weights."""
+    m32, m64 = build("float32"), build("float64")
+    m64.load_state_dict({k: v.astype(np.float64) for k, v in m32.state_dict().items()})
+    return m32, m64
+
+
+def _wide_everywhere(monkeypatch):
+    monkeypatch.setattr(_plan, "WIDE_MIN_OUT", 1)
+    monkeypatch.setattr(_plan, "WIDE_MIN_WEIGHTS", 1)
+
+
+@needs_kernels
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("n", [29, 1, 6])
+def test_gradients_and_outputs_match_float64(case, n, everywhere, monkeypatch, rng):
+    build, shape = CASES[case]
+    if case == "wide":
+        _wide_everywhere(monkeypatch)
+    m32, m64 = _pair(build)
+    ops = m32._plan.ops
+    assert all(op["sg_rows"] > 0 for op in ops if op["kind"] == _plan.OP["dense"])
+    if case == "wide":
+        assert (m32._plan.phases("train", n)[:, 0] == _plan.PH["wide_fwd"]).sum() >= 2
+    X = rng.normal(size=(n,) + shape)
+    y = rng.integers(0, m32._plan.n_outputs, n)
+    l32, g32 = m32.loss_and_grad(X.astype(np.float32), y, fn.CrossEntropy(), threads=2)
+    l64, g64 = m64.loss_and_grad(X, y, fn.CrossEntropy(), threads=2)
+    assert abs(l32 - l64) <= 1e-5 * max(1.0, abs(l64))
+    for (name, _), a, b in zip(m64.named_parameters(), g32, g64):
+        scale = np.abs(b).max()
+        np.testing.assert_allclose(a, b, rtol=0, atol=2e-5 * max(scale, 1e-3), err_msg=name)
+    np.testing.assert_allclose(m32.predict(X.astype(np.float32)), m64.predict(X), rtol=0, atol=1e-5)
+
+
+@needs_kernels
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_training_on_the_kernels_is_thread_count_invariant(case, everywhere, monkeypatch, rng):
+    build, shape = CASES[case]
+    if case == "wide":
+        _wide_everywhere(monkeypatch)
+    X = rng.normal(size=(203,) + shape).astype(np.float32)
+    y = rng.integers(0, 3, 203)
+    outs = []
+    for threads in (1, 2, 3):
+        m = build("float32")
+        m.MIN_FLOP_PER_THREAD = 1            # every step on every thread asked for
+        m.fit(X, y, loss=fn.CrossEntropy(), optimizer=fn.SGD(lr=0.05, momentum=0.9), epochs=2, batch_size=23,
+              threads=threads)
+        outs.append(np.concatenate([p.ravel() for p in m.parameters()]))
+    np.testing.assert_array_equal(outs[0], outs[1])
+    np.testing.assert_array_equal(outs[0], outs[2])
+
+
+@needs_kernels
+def test_the_kernels_agree_with_blas(everywhere, monkeypatch, rng):
+    """The same float32 step on the kernels and on BLAS: equal to float32 rounding."""
+    X = rng.normal(size=(41, 70)).astype(np.float32)
+    y = rng.integers(0, 3, 41)
+    _, g_sg = _wide("float32").loss_and_grad(X, y, fn.CrossEntropy())
+    monkeypatch.setattr(_plan, "SMALL_MAX_ROWS", 0)
+    m = _wide("float32")
+    assert all(op["sg_rows"] == 0 for op in m._plan.ops)
+    _, g_blas = m.loss_and_grad(X, y, fn.CrossEntropy())
+    # two summation orders of the same sums: the weight gradients differ in their last bits only
+    assert not any(np.array_equal(a, b) for a, b in zip(g_sg, g_blas) if a.ndim == 2)
+    for a, b in zip(g_sg, g_blas):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * np.abs(b).max())
+
+
+def test_the_planner_picks_big_dense_layers():
+    m = fn.Sequential(fn.Dense(784, 256), fn.ReLU(), fn.Dense(256, 64), fn.ReLU(), fn.Dense(64, 10),
+                      fn.Residual(fn.Dense(10, 10), projection=None), seed=0)
+    rows = [op["sg_rows"] for op in m._plan.ops if op["kind"] == _plan.OP["dense"]]
+    assert rows == [_plan.SMALL_MAX_ROWS, 0, 0, 0]     # 784x256 >= 256x256 > 256x64
+    assert _plan.SMALL_MIN_WEIGHTS == 256 * 256 and _plan.SMALL_MAX_ROWS == 128
