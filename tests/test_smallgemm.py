@@ -17,6 +17,7 @@ def everywhere(monkeypatch):
     """Every Dense layer, however small, on the kernels at any row count."""
     monkeypatch.setattr(_plan, "SMALL_MIN_WEIGHTS", 1)
     monkeypatch.setattr(_plan, "SMALL_MAX_ROWS", 10 ** 6)
+    monkeypatch.setattr(_plan, "SMALL_MAX_GRAD_ROWS", (10 ** 6, 10 ** 6))
 
 
 def _chunked(dt):
@@ -61,7 +62,7 @@ def test_gradients_and_outputs_match_float64(case, n, everywhere, monkeypatch, r
         _wide_everywhere(monkeypatch)
     m32, m64 = _pair(build)
     ops = m32._plan.ops
-    assert all(op["sg_rows"] > 0 for op in ops if op["kind"] == _plan.OP["dense"])
+    assert all(op["sg_rows"] > 0 and op["sg_grad_rows"] > 0 for op in ops if op["kind"] == _plan.OP["dense"])
     if case == "wide":
         assert (m32._plan.phases("train", n)[:, 0] == _plan.PH["wide_fwd"]).sum() >= 2
     X = rng.normal(size=(n,) + shape)
@@ -101,8 +102,9 @@ def test_the_kernels_agree_with_blas(everywhere, monkeypatch, rng):
     y = rng.integers(0, 3, 41)
     _, g_sg = _wide("float32").loss_and_grad(X, y, fn.CrossEntropy())
     monkeypatch.setattr(_plan, "SMALL_MAX_ROWS", 0)
+    monkeypatch.setattr(_plan, "SMALL_MAX_GRAD_ROWS", (0, 0))
     m = _wide("float32")
-    assert all(op["sg_rows"] == 0 for op in m._plan.ops)
+    assert all(op["sg_rows"] == 0 and op["sg_grad_rows"] == 0 for op in m._plan.ops)
     _, g_blas = m.loss_and_grad(X, y, fn.CrossEntropy())
     # two summation orders of the same sums: the weight gradients differ in their last bits only
     assert not any(np.array_equal(a, b) for a, b in zip(g_sg, g_blas) if a.ndim == 2)
@@ -111,8 +113,10 @@ def test_the_kernels_agree_with_blas(everywhere, monkeypatch, rng):
 
 
 def test_the_planner_picks_big_dense_layers():
-    m = fn.Sequential(fn.Dense(784, 256), fn.ReLU(), fn.Dense(256, 64), fn.ReLU(), fn.Dense(64, 10),
-                      fn.Residual(fn.Dense(10, 10), projection=None), seed=0)
-    rows = [op["sg_rows"] for op in m._plan.ops if op["kind"] == _plan.OP["dense"]]
-    assert rows == [_plan.SMALL_MAX_ROWS, 0, 0, 0]     # 784x256 >= 256x256 > 256x64
-    assert _plan.SMALL_MIN_WEIGHTS == 256 * 256 and _plan.SMALL_MAX_ROWS == 128
+    m = fn.Sequential(fn.Dense(784, 256), fn.ReLU(), fn.Dense(256, 64), fn.ReLU(), fn.Dense(64, 1024),
+                      fn.Dense(1024, 10), fn.Residual(fn.Dense(10, 10), projection=None), seed=0)
+    rows = [(op["sg_rows"], op["sg_grad_rows"]) for op in m._plan.ops if op["kind"] == _plan.OP["dense"]]
+    # 784x256 >= 256x256 > 256x64; 64x1024 has 256x256 weights, 1024x10 fewer
+    assert rows == [(128, 512), (0, 0), (128, 512), (0, 0), (0, 0)]
+    big = fn.Sequential(fn.Dense(784, 1024), fn.ReLU(), fn.Dense(1024, 1024), seed=0)
+    assert [(op["sg_rows"], op["sg_grad_rows"]) for op in big._plan.ops] == [(128, 128), (128, 128)]

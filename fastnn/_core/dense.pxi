@@ -57,7 +57,7 @@ cdef void dense_grad(Op* o, Tile* T, floating* Wk, floating* G, Py_ssize_t B) no
     cdef floating* D = Wk + o.d_e
     cdef floating* db
     cdef Py_ssize_t i, j, K = o.n_in // o.groups, N = o.n_out // o.groups
-    if floating is float and B * o.groups <= o.sg_rows:
+    if floating is float and B * o.groups <= o.sg_grad_rows:
         fnn_sgemm_bc(T.nr, K, B * o.groups, D + T.r0, 1, N, Wk + o.in_e, K, G + o.w_off + T.r0 * K, K, 0)
     else:
         gemm(c'N', c'T', <int>K, <int>T.nr, <int>(B * o.groups), <floating>1, Wk + o.in_e, <int>K,
