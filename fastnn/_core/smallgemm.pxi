@@ -3,8 +3,9 @@
 # OpenBLAS packs the weights into panels on every call, which for 32-128 rows costs about as much
 # as the multiplication (784x1024 layer at batch 32: 40% of the GEMM time was packing). One core,
 # 784x1024 layer, 32 rows: 170-220 GFLOP/s here against OpenBLAS's 100-105.
-# - fnn_sgemm_nt: C = A B^T, each entry a 16-lane dot product over k, 4 x 4 entries at a time
-#   (k contiguous in both operands: a Dense layer's input rows against its weight rows);
+# - fnn_sgemm_nt: C = A B^T, each entry a 16-lane dot product over k, 4 x 6 entries at a time
+#   (k contiguous in both operands: a Dense layer's input rows against its weight rows; 4 x 4 ran
+#   8-14% slower, 5 x 5 and 6 x 4 3-10%);
 # - fnn_sgemm_bc: C (=|+=) op(A) B, rows of B scaled by broadcast entries of op(A), 6 rows x 64
 #   columns at a time (the input delta D W, and the weight gradient D^T In).
 # Each entry's sum runs in a fixed order (an FMA chain per lane, then a fixed tree over the lanes)
@@ -25,8 +26,6 @@ cdef extern from *:
     static inline fv fv_set1(float a) { return _mm512_set1_ps(a); }
     static inline fv fv_fma(fv a, fv b, fv c) { return _mm512_fmadd_ps(a, b, c); }
     static inline fv fv_add(fv a, fv b) { return _mm512_add_ps(a, b); }
-    #define FNN_NT_MR 4
-    #define FNN_NT_NR 4
     #define FNN_BC_MR 6
     #define FNN_BC_NV 4
 
@@ -46,15 +45,30 @@ cdef extern from *:
         return _mm512_add_ps(_mm512_shuffle_ps(v[0], v[1], 0x44), _mm512_shuffle_ps(v[0], v[1], 0xEE));
     }
 
+    /* fnn_hsum16 of a[0..7] and eight zero vectors (lane 4 r + c: the sum of a[4 c + r], c < 2) */
+    static inline __attribute__((always_inline)) __m512 fnn_hsum8(__m512* a) {
+        __m512 s[4], u[2], v;
+        int i;
+        for (i = 0; i < 4; i++)
+            s[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a[2*i], a[2*i+1], 0x44),
+                                 _mm512_shuffle_f32x4(a[2*i], a[2*i+1], 0xEE));
+        for (i = 0; i < 2; i++)
+            u[i] = _mm512_add_ps(_mm512_shuffle_f32x4(s[2*i], s[2*i+1], 0x88),
+                                 _mm512_shuffle_f32x4(s[2*i], s[2*i+1], 0xDD));
+        v = _mm512_add_ps(_mm512_unpacklo_ps(u[0], u[1]), _mm512_unpackhi_ps(u[0], u[1]));
+        return _mm512_add_ps(_mm512_shuffle_ps(v, v, 0x44), _mm512_shuffle_ps(v, v, 0xEE));
+    }
+
     /* C[i, j] = sum_k A[i, k] B[j, k] for i < M, j < N (C = A B^T). */
     static void fnn_sgemm_nt(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t lda,
                              const float* B, Py_ssize_t ldb, float* C, Py_ssize_t ldc) {
-        enum { MR = FNN_NT_MR, NR = FNN_NT_NR };
+        enum { MR = 4, NR = 6, MB = 64 };
         Py_ssize_t ib, ie, i0, j0, k, K16 = K & ~(Py_ssize_t)15;
-        int r, c, kt = (int)(K & 15);
-        /* rows in blocks of 64: a block of A stays in L2 while the block of B streams past it */
-        for (ib = 0; ib < M; ib += 64) {
-            ie = ib + 64 < M ? ib + 64 : M;
+        int r, c, t, kt = (int)(K & 15);
+        /* rows in blocks of MB stay in L2 while NR rows of B at a time, in L1, meet every tile of MR
+           rows of the block */
+        for (ib = 0; ib < M; ib += MB) {
+            ie = ib + MB < M ? ib + MB : M;
             for (j0 = 0; j0 < N; j0 += NR) {
                 const float* b[NR];
                 int nc = N - j0 < NR ? (int)(N - j0) : NR;
@@ -62,9 +76,10 @@ cdef extern from *:
                 for (i0 = ib; i0 < ie; i0 += MR) {
                     const float* a[MR];
                     int nr = ie - i0 < MR ? (int)(ie - i0) : MR;
-                    fv acc[MR * NR], x[MR], w;
+                    fv acc[24], x[MR], w;
+                    float out[32];
                     for (r = 0; r < MR; r++) a[r] = A + (i0 + (r < nr ? r : nr - 1)) * lda;
-                    for (r = 0; r < MR * NR; r++) acc[r] = fv_zero();
+                    for (t = 0; t < MR * NR; t++) acc[t] = fv_zero();
                     for (k = 0; k < K16; k += 16) {
                         for (r = 0; r < MR; r++) x[r] = fv_load(a[r] + k);
                         for (c = 0; c < NR; c++) {
@@ -80,10 +95,25 @@ cdef extern from *:
                         }
                     }
                     {
-                        float out[16];
-                        _mm512_storeu_ps(out, fnn_hsum16(acc));
-                        for (r = 0; r < nr; r++)
-                            for (c = 0; c < nc; c++) C[(i0 + r) * ldc + j0 + c] = out[4 * r + c];
+                        /* entry (r, c): lane 4 r + c of s0 (c < 4), lane 4 r + c - 4 of s1 (c = 4, 5) */
+                        __m512 s0 = fnn_hsum16(acc), s1 = fnn_hsum8(acc + 16);
+                        if (nr == 4 && nc == 6) {
+                            float* c0 = C + i0 * ldc + j0;
+                            _mm_storeu_ps(c0, _mm512_extractf32x4_ps(s0, 0));
+                            _mm_storel_pi((__m64*)(c0 + 4), _mm512_extractf32x4_ps(s1, 0));
+                            _mm_storeu_ps(c0 + ldc, _mm512_extractf32x4_ps(s0, 1));
+                            _mm_storel_pi((__m64*)(c0 + ldc + 4), _mm512_extractf32x4_ps(s1, 1));
+                            _mm_storeu_ps(c0 + 2 * ldc, _mm512_extractf32x4_ps(s0, 2));
+                            _mm_storel_pi((__m64*)(c0 + 2 * ldc + 4), _mm512_extractf32x4_ps(s1, 2));
+                            _mm_storeu_ps(c0 + 3 * ldc, _mm512_extractf32x4_ps(s0, 3));
+                            _mm_storel_pi((__m64*)(c0 + 3 * ldc + 4), _mm512_extractf32x4_ps(s1, 3));
+                        } else {
+                            _mm512_storeu_ps(out, s0);
+                            _mm512_storeu_ps(out + 16, s1);
+                            for (r = 0; r < nr; r++)
+                                for (c = 0; c < nc; c++)
+                                    C[(i0 + r) * ldc + j0 + c] = c < 4 ? out[4 * r + c] : out[16 + 4 * r + c - 4];
+                        }
                     }
                 }
             }
