@@ -37,11 +37,13 @@ to add, so no separate zeroing pass is needed.
 Every unit size comes from the shapes and the batch size (planner), never from the thread count,
 and every sum runs in a fixed order, so the result is bit-for-bit the same on any number of
 threads. GEMMs are single-threaded BLAS calls (``scipy.linalg.cython_blas``) made from inside the
-parallel loops; the Python side holds BLAS to one thread. Random numbers (dropout masks) come
+parallel loops; the Python side holds BLAS to one thread. In the AVX-512 build, float32 Dense
+products over few rows run on own kernels instead (smallgemm.pxi), which read the weights in place
+where BLAS packs them on every call; the planner chooses per layer (``sg_rows``, ``sg_grad_rows``). Random numbers (dropout masks) come
 from a counter-based hash keyed by (seed, epoch, step, op, example, unit).
 
-The families live in .pxi files (common, activation, loss, optim, dense, norm, recurrent,
-embedding): a new layer family
+The families live in .pxi files (common, smallgemm, activation, loss, optim, dense, norm, conv,
+recurrent, embedding): a new layer family
 is a new file plus its op code here and in the planner.
 """
 
