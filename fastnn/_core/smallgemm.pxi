@@ -2,7 +2,8 @@
 # examples against a layer's weights), in the AVX-512 build. They read both operands in place:
 # OpenBLAS packs the weights into panels on every call, which for 32-128 rows costs about as much
 # as the multiplication (784x1024 layer at batch 32: 40% of the GEMM time was packing). One core,
-# 784x1024 layer, 32 rows: 170-220 GFLOP/s here against OpenBLAS's 100-105.
+# 32 rows against a 784x1024 layer: 210-230 GFLOP/s here against OpenBLAS's 105-125. The planner
+# picks them per layer (fastnn/_plan.py: SMALL_MIN_WEIGHTS, SMALL_MAX_ROWS, SMALL_MAX_GRAD_ROWS).
 # - fnn_sgemm_nt: C = A B^T, each entry a 16-lane dot product over k, 4 x 6 entries at a time
 #   (k contiguous in both operands: a Dense layer's input rows against its weight rows; 4 x 4 ran
 #   8-14% slower, 5 x 5 and 6 x 4 3-10%);
