@@ -38,7 +38,16 @@ def _grouped(dt):
                          dtype=dt, seed=3)
 
 
-CASES = {"chunked": (_chunked, (37,)), "wide": (_wide, (70,)), "grouped": (_grouped, (5, 19))}
+def _packed(dt):
+    # 1024 inputs: rows of W and of the layer input 4 KB apart, which the kernel copies to a block
+    # first (48+ rows); the first Dense's delta is written by the skip and added to
+    return fn.Sequential(fn.Dense(20, 1024), fn.Tanh(),
+                         fn.Residual(fn.Dense(1024, 100), fn.ReLU(), fn.Dense(100, 1024)),
+                         fn.Dense(1024, 3), dtype=dt, seed=4)
+
+
+CASES = {"chunked": (_chunked, (37,)), "wide": (_wide, (70,)), "wide_residual": (_chunked, (37,)),
+         "wide_packed": (_packed, (20,)), "grouped": (_grouped, (5, 19))}
 
 
 def _pair(build):
@@ -55,15 +64,15 @@ def _wide_everywhere(monkeypatch):
 
 @needs_kernels
 @pytest.mark.parametrize("case", sorted(CASES))
-@pytest.mark.parametrize("n", [29, 1, 6])
+@pytest.mark.parametrize("n", [29, 1, 6, 53])
 def test_gradients_and_outputs_match_float64(case, n, everywhere, monkeypatch, rng):
     build, shape = CASES[case]
-    if case == "wide":
+    if case.startswith("wide"):
         _wide_everywhere(monkeypatch)
     m32, m64 = _pair(build)
     ops = m32._plan.ops
     assert all(op["sg_rows"] > 0 and op["sg_grad_rows"] > 0 for op in ops if op["kind"] == _plan.OP["dense"])
-    if case == "wide":
+    if case.startswith("wide"):
         assert (m32._plan.phases("train", n)[:, 0] == _plan.PH["wide_fwd"]).sum() >= 2
     X = rng.normal(size=(n,) + shape)
     y = rng.integers(0, m32._plan.n_outputs, n)
@@ -80,7 +89,7 @@ def test_gradients_and_outputs_match_float64(case, n, everywhere, monkeypatch, r
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_training_on_the_kernels_is_thread_count_invariant(case, everywhere, monkeypatch, rng):
     build, shape = CASES[case]
-    if case == "wide":
+    if case.startswith("wide"):
         _wide_everywhere(monkeypatch)
     X = rng.normal(size=(203,) + shape).astype(np.float32)
     y = rng.integers(0, 3, 203)
@@ -88,7 +97,7 @@ def test_training_on_the_kernels_is_thread_count_invariant(case, everywhere, mon
     for threads in (1, 2, 3):
         m = build("float32")
         m.MIN_FLOP_PER_THREAD = 1            # every step on every thread asked for
-        m.fit(X, y, loss=fn.CrossEntropy(), optimizer=fn.SGD(lr=0.05, momentum=0.9), epochs=2, batch_size=23,
+        m.fit(X, y, loss=fn.CrossEntropy(), optimizer=fn.SGD(lr=0.05, momentum=0.9), epochs=2, batch_size=61,
               threads=threads)
         outs.append(np.concatenate([p.ravel() for p in m.parameters()]))
     np.testing.assert_array_equal(outs[0], outs[1])

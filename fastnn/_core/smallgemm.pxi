@@ -8,7 +8,8 @@
 #   (k contiguous in both operands: a Dense layer's input rows against its weight rows; 4 x 4 ran
 #   8-14% slower, 5 x 5 and 6 x 4 3-10%);
 # - fnn_sgemm_bc: C (=|+=) op(A) B, rows of B scaled by broadcast entries of op(A), 6 rows x 64
-#   columns at a time (the input delta D W, and the weight gradient D^T In).
+#   columns at a time (the input delta D W, and the weight gradient D^T In); where B's rows are 4 KB
+#   apart (a 1024-wide layer) and alias in L1, over a copy of 128 x 64 of B at a time (+5-15%).
 # Each entry's sum runs in a fixed order (an FMA chain per lane, then a fixed tree over the lanes)
 # whichever thread computes it, so training stays bit-identical on any thread count. Other builds
 # (and float64) use BLAS: an AVX2 port of these kernels ran at half of OpenBLAS's speed.
@@ -29,6 +30,8 @@ cdef extern from *:
     static inline fv fv_add(fv a, fv b) { return _mm512_add_ps(a, b); }
     #define FNN_BC_MR 6
     #define FNN_BC_NV 4
+    #define FNN_BC_KB 128
+    #define FNN_BC_PACK_ROWS 48   /* fewer rows of C: the copy costs more than it saves (32/256: -3%) */
 
     /* lane 4 r + c of the result: the sum of a[4 c + r]'s 16 lanes p, as q_m = (p_m + p_m+8) +
        (p_m+4 + p_m+12), then (q_0 + q_2) + (q_1 + q_3) */
@@ -121,14 +124,18 @@ cdef extern from *:
         }
     }
 
-    /* One MR x (16 NV) block of C (=|+=) op(A) B, op(A)[i, j] = A[i si + j sj]; columns [0, nc) */
+    /* One MR x (16 NV) block of C (+)= op(A) B over K rows of B, op(A)[i, j] = A[i si + j sj]; columns
+       [0, nc). Starts from zero, or (load) from C: a longer sum runs in blocks of rows, each chain
+       going on from where the last one stopped, so every entry is one FMA chain in j order. */
     #define FNN_BC(NAME, MR, NV) \
     static inline __attribute__((always_inline)) void fnn_bc_##NAME(Py_ssize_t K, const float* A, \
             Py_ssize_t si, Py_ssize_t sj, const float* B, Py_ssize_t ldb, float* C, Py_ssize_t ldc, int nc, \
-            int acc_c) { \
+            int load) { \
         fv acc[MR][NV], w[NV]; \
         Py_ssize_t j; int r, v; \
-        for (r = 0; r < MR; r++) for (v = 0; v < NV; v++) acc[r][v] = fv_zero(); \
+        if (load) { for (r = 0; r < MR; r++) for (v = 0; v < NV; v++) \
+            acc[r][v] = fv_loadn(C + r * ldc + 16 * v, nc - 16 * v); } \
+        else { for (r = 0; r < MR; r++) for (v = 0; v < NV; v++) acc[r][v] = fv_zero(); } \
         if (nc == 16 * NV) { \
             for (j = 0; j < K; j++) { \
                 const float* b = B + j * ldb; \
@@ -142,28 +149,48 @@ cdef extern from *:
                 for (r = 0; r < MR; r++) { fv a = fv_set1(A[r * si + j * sj]); \
                     for (v = 0; v < NV; v++) acc[r][v] = fv_fma(a, w[v], acc[r][v]); } } \
         } \
-        for (r = 0; r < MR; r++) for (v = 0; v < NV; v++) { float* c = C + r * ldc + 16 * v; \
-            fv y = acc[r][v]; \
-            if (acc_c) y = fv_add(fv_loadn(c, nc - 16 * v), y); \
-            fv_storen(c, y, nc - 16 * v); } \
+        for (r = 0; r < MR; r++) for (v = 0; v < NV; v++) fv_storen(C + r * ldc + 16 * v, acc[r][v], nc - 16 * v); \
     }
     FNN_BC(main, FNN_BC_MR, FNN_BC_NV)
     FNN_BC(half, FNN_BC_MR / 2, FNN_BC_NV)
     FNN_BC(one, 1, FNN_BC_NV)
 
-    /* C (=|+=) op(A) B: C is M x N (ldc), B is K x N (ldb), op(A)[i, j] = A[i si + j sj] (M x K). */
+    /* C (=|+=) op(A) B: C is M x N (ldc), B is K x N (ldb), op(A)[i, j] = A[i si + j sj] (M x K). With
+       acc_c, each entry's chain starts from C. Where B's rows are a multiple of 4 KB apart (1024-wide
+       layers), they all fall into the same few L1 sets: then, for FNN_BC_PACK_ROWS rows or more, B
+       goes in blocks of FNN_BC_KB rows x 64 columns, copied to a contiguous block first (1024-wide
+       layers +5-15%; the copy of rows at other strides cost 3-6%). */
     static void fnn_sgemm_bc(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t si,
                              Py_ssize_t sj, const float* B, Py_ssize_t ldb, float* C, Py_ssize_t ldc, int acc_c) {
-        enum { MR = FNN_BC_MR, NW = 16 * FNN_BC_NV };
-        Py_ssize_t i0, n0;
+        enum { MR = FNN_BC_MR, NW = 16 * FNN_BC_NV, KB = FNN_BC_KB };
+        float bp[KB * NW] __attribute__((aligned(64)));
+        Py_ssize_t i0, n0, j0, kb, j;
+        int v;
         for (n0 = 0; n0 < N; n0 += NW) {
             int nc = N - n0 < NW ? (int)(N - n0) : NW;
-            for (i0 = 0; i0 + MR <= M; i0 += MR)
-                fnn_bc_main(K, A + i0 * si, si, sj, B + n0, ldb, C + i0 * ldc + n0, ldc, nc, acc_c);
-            for (; i0 + MR / 2 <= M; i0 += MR / 2)
-                fnn_bc_half(K, A + i0 * si, si, sj, B + n0, ldb, C + i0 * ldc + n0, ldc, nc, acc_c);
-            for (; i0 < M; i0++)
-                fnn_bc_one(K, A + i0 * si, si, sj, B + n0, ldb, C + i0 * ldc + n0, ldc, nc, acc_c);
+            for (j0 = 0; j0 < K || j0 == 0; j0 += kb) {
+                int load = j0 > 0 || acc_c;
+                const float* Aj = A + j0 * sj;
+                const float* Bj = B + j0 * ldb + n0;
+                Py_ssize_t ldbj = ldb;
+                kb = K - j0;
+                if (M >= FNN_BC_PACK_ROWS && ldb % 1024 == 0) {
+                    kb = kb < KB ? kb : KB;
+                    for (j = 0; j < kb; j++)
+                        for (v = 0; v < FNN_BC_NV; v++)
+                            fv_storen(bp + j * NW + 16 * v, fv_loadn(Bj + j * ldb + 16 * v, nc - 16 * v), 16);
+                    Bj = bp;
+                    ldbj = NW;
+                }
+                for (i0 = 0; i0 + MR <= M; i0 += MR)
+                    fnn_bc_main(kb, Aj + i0 * si, si, sj, Bj, ldbj, C + i0 * ldc + n0, ldc, nc, load);
+                for (; i0 + MR / 2 <= M; i0 += MR / 2)
+                    fnn_bc_half(kb, Aj + i0 * si, si, sj, Bj, ldbj, C + i0 * ldc + n0, ldc, nc, load);
+                for (; i0 < M; i0++)
+                    fnn_bc_one(kb, Aj + i0 * si, si, sj, Bj, ldbj, C + i0 * ldc + n0, ldc, nc, load);
+                if (kb == 0)
+                    break;
+            }
         }
     }
     #else
