@@ -1,7 +1,7 @@
 # Dense: y = x W^T + b. Per chunk of examples (narrow layers) or per block of output neurons over
 # the whole batch (wide layers: W is packed once per step, not once per chunk). In float32, products
-# over at most ``sg_rows`` rows (the planner's choice, from the shapes) run on smallgemm.pxi's
-# kernels, the rest on BLAS. The bias and the
+# over at most ``sg_rows`` rows and weight gradients over at most ``sg_grad_rows`` (the planner's
+# choice, from the shapes) run on smallgemm.pxi's kernels, the rest on BLAS. The bias and the
 # activation are the op's tail (see _engine.pyx), the input delta its backward. A Dense on
 # per-example input (..., in_features) has ``groups`` rows per example (one per leading index, e.g. a
 # time step): n_in and n_out are per example, the matrix products run over c * groups rows.
