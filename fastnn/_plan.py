@@ -128,9 +128,10 @@ class Plan:
                   eps=0.0, momentum=-1.0, src=src, src2=None, sg_rows=0, sg_grad_rows=0,
                   **{f"g{i}": 0 for i in range(_engine.N_GEOM)})
         op.update(kw)
-        if kind == "dense" and (op["n_in"] // op["groups"]) * (n_out // op["groups"]) >= SMALL_MIN_WEIGHTS:
-            big = (op["n_in"] // op["groups"]) * (n_out // op["groups"]) >= WIDE_BIG_WEIGHTS
-            op["sg_rows"], op["sg_grad_rows"] = SMALL_MAX_ROWS, SMALL_MAX_GRAD_ROWS[big]
+        weights = (op["n_in"] // op["groups"]) * (n_out // op["groups"])
+        if kind == "dense" and weights >= SMALL_MIN_WEIGHTS:
+            op["sg_rows"] = SMALL_MAX_ROWS
+            op["sg_grad_rows"] = SMALL_MAX_GRAD_ROWS[weights >= WIDE_BIG_WEIGHTS]
         k = len(self.ops)
         op["key"] = k
         op["a_col"] = op["ad_col"] = self._alloc(n_out)

@@ -27,7 +27,6 @@ cdef extern from *:
     static inline void fv_storen(float* p, fv v, int n) { _mm512_mask_storeu_ps(p, fv_mask(n), v); }
     static inline fv fv_set1(float a) { return _mm512_set1_ps(a); }
     static inline fv fv_fma(fv a, fv b, fv c) { return _mm512_fmadd_ps(a, b, c); }
-    static inline fv fv_add(fv a, fv b) { return _mm512_add_ps(a, b); }
     #define FNN_BC_MR 6
     #define FNN_BC_NV 4
     #define FNN_BC_KB 128
@@ -168,7 +167,8 @@ cdef extern from *:
         int v;
         for (n0 = 0; n0 < N; n0 += NW) {
             int nc = N - n0 < NW ? (int)(N - n0) : NW;
-            for (j0 = 0; j0 < K || j0 == 0; j0 += kb) {
+            j0 = 0;
+            do {        /* once at least: K = 0 still writes C */
                 int load = j0 > 0 || acc_c;
                 const float* Aj = A + j0 * sj;
                 const float* Bj = B + j0 * ldb + n0;
@@ -188,9 +188,8 @@ cdef extern from *:
                     fnn_bc_half(kb, Aj + i0 * si, si, sj, Bj, ldbj, C + i0 * ldc + n0, ldc, nc, load);
                 for (; i0 < M; i0++)
                     fnn_bc_one(kb, Aj + i0 * si, si, sj, Bj, ldbj, C + i0 * ldc + n0, ldc, nc, load);
-                if (kb == 0)
-                    break;
-            }
+                j0 += kb;
+            } while (j0 < K);
         }
     }
     #else
