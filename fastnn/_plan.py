@@ -41,8 +41,8 @@ CONV_CHUNK_BYTES = 2 << 20    # a convolutional net's chunk of rows, at most (me
 CONV_SUB_ELEMS = 1 << 14     # a convolution's columns per sub-block of examples, at most (measured: larger is slower)
 TILE_ROWS = 128         # most rows of dW per gradient tile
 SMALL_MIN_WEIGHTS = 256 * 256   # float32 Dense layers with this many weights or more ...
-SMALL_MAX_ROWS = 128            # ... multiply at most this many rows (a chunk, or the batch) with
-                                # smallgemm.pxi's kernels, which do not pack the weights,
+SMALL_MAX_ROWS = 512            # ... multiply at most this many rows (a chunk, or the batch) with
+                                # smallgemm.pxi's kernels, which do not pack the batch's rows,
 SMALL_MAX_GRAD_ROWS = (512, 128)   # ... and sum their weight gradients over at most this many
                                    # rows there: below WIDE_BIG_WEIGHTS weights, and from there on
 

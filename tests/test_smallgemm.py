@@ -60,11 +60,12 @@ def _pair(build):
 def _wide_everywhere(monkeypatch):
     monkeypatch.setattr(_plan, "WIDE_MIN_OUT", 1)
     monkeypatch.setattr(_plan, "WIDE_MIN_WEIGHTS", 1)
+    monkeypatch.setattr(_plan, "WIDE_MAX_BATCH", 10 ** 6)
 
 
 @needs_kernels
 @pytest.mark.parametrize("case", sorted(CASES))
-@pytest.mark.parametrize("n", [29, 1, 6, 53])
+@pytest.mark.parametrize("n", [29, 1, 6, 53, 131])
 def test_gradients_and_outputs_match_float64(case, n, everywhere, monkeypatch, rng):
     build, shape = CASES[case]
     if case.startswith("wide"):
@@ -87,7 +88,8 @@ def test_gradients_and_outputs_match_float64(case, n, everywhere, monkeypatch, r
 
 @needs_kernels
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_training_on_the_kernels_is_thread_count_invariant(case, everywhere, monkeypatch, rng):
+@pytest.mark.parametrize("batch_size", [61, 130])
+def test_training_on_the_kernels_is_thread_count_invariant(case, batch_size, everywhere, monkeypatch, rng):
     build, shape = CASES[case]
     if case.startswith("wide"):
         _wide_everywhere(monkeypatch)
@@ -97,7 +99,7 @@ def test_training_on_the_kernels_is_thread_count_invariant(case, everywhere, mon
     for threads in (1, 2, 3):
         m = build("float32")
         m.MIN_FLOP_PER_THREAD = 1            # every step on every thread asked for
-        m.fit(X, y, loss=fn.CrossEntropy(), optimizer=fn.SGD(lr=0.05, momentum=0.9), epochs=2, batch_size=61,
+        m.fit(X, y, loss=fn.CrossEntropy(), optimizer=fn.SGD(lr=0.05, momentum=0.9), epochs=2, batch_size=batch_size,
               threads=threads)
         outs.append(np.concatenate([p.ravel() for p in m.parameters()]))
     np.testing.assert_array_equal(outs[0], outs[1])
@@ -105,10 +107,11 @@ def test_training_on_the_kernels_is_thread_count_invariant(case, everywhere, mon
 
 
 @needs_kernels
-def test_the_kernels_agree_with_blas(everywhere, monkeypatch, rng):
+@pytest.mark.parametrize("n", [41, 97])
+def test_the_kernels_agree_with_blas(n, everywhere, monkeypatch, rng):
     """The same float32 step on the kernels and on BLAS: equal to float32 rounding."""
-    X = rng.normal(size=(41, 70)).astype(np.float32)
-    y = rng.integers(0, 3, 41)
+    X = rng.normal(size=(n, 70)).astype(np.float32)
+    y = rng.integers(0, 3, n)
     _, g_sg = _wide("float32").loss_and_grad(X, y, fn.CrossEntropy())
     monkeypatch.setattr(_plan, "SMALL_MAX_ROWS", 0)
     monkeypatch.setattr(_plan, "SMALL_MAX_GRAD_ROWS", (0, 0))
@@ -126,6 +129,6 @@ def test_the_planner_picks_big_dense_layers():
                       fn.Dense(1024, 10), fn.Residual(fn.Dense(10, 10), projection=None), seed=0)
     rows = [(op["sg_rows"], op["sg_grad_rows"]) for op in m._plan.ops if op["kind"] == _plan.OP["dense"]]
     # 784x256 >= 256x256 > 256x64; 64x1024 has 256x256 weights, 1024x10 fewer
-    assert rows == [(128, 512), (0, 0), (128, 512), (0, 0), (0, 0)]
+    assert rows == [(512, 512), (0, 0), (512, 512), (0, 0), (0, 0)]
     big = fn.Sequential(fn.Dense(784, 1024), fn.ReLU(), fn.Dense(1024, 1024), seed=0)
-    assert [(op["sg_rows"], op["sg_grad_rows"]) for op in big._plan.ops] == [(128, 128), (128, 128)]
+    assert [(op["sg_rows"], op["sg_grad_rows"]) for op in big._plan.ops] == [(512, 128), (512, 128)]

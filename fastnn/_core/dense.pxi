@@ -10,7 +10,7 @@ cdef inline void dense_forward(Op* o, floating* P, floating* Wk, Py_ssize_t r0, 
     """Rows [r0, r0+c) of Z = In W^T."""
     cdef Py_ssize_t K = o.n_in // o.groups, N = o.n_out // o.groups
     if floating is float and c * o.groups <= o.sg_rows:
-        fnn_sgemm_nt(c * o.groups, N, K, Wk + o.in_e + r0 * o.n_in, K, P + o.w_off, K,
+        fnn_sgemm_fwd(c * o.groups, N, K, Wk + o.in_e + r0 * o.n_in, K, P + o.w_off, K,
                      Wk + o.a_e + r0 * o.n_out, N)
         return
     gemm(c'T', c'N', <int>N, <int>(c * o.groups), <int>K, <floating>1, P + o.w_off, <int>K,
@@ -34,7 +34,7 @@ cdef inline void dense_wide_forward(Op* o, floating* P, floating* Wk, Py_ssize_t
                                     Py_ssize_t nb) noexcept nogil:
     """Columns [j0, j0+nb) of Z = In W^T over all B rows."""
     if floating is float and B <= o.sg_rows:
-        fnn_sgemm_nt(B, nb, o.n_in, Wk + o.in_e, o.n_in, P + o.w_off + j0 * o.n_in, o.n_in,
+        fnn_sgemm_fwd(B, nb, o.n_in, Wk + o.in_e, o.n_in, P + o.w_off + j0 * o.n_in, o.n_in,
                      Wk + o.a_e + j0, o.n_out)
         return
     gemm(c'T', c'N', <int>nb, <int>B, <int>o.n_in, <floating>1, P + o.w_off + j0 * o.n_in, <int>o.n_in,

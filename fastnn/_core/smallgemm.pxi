@@ -192,6 +192,71 @@ cdef extern from *:
             } while (j0 < K);
         }
     }
+    /* C = A B^T via broadcast tiles over a transposed copy of B (N x K, ldb) in 128 x 64 blocks */
+    static inline void fnn_tr16(const float* src, Py_ssize_t lds, float* dst, Py_ssize_t ldd) {
+        __m512 r[16], t[16], u[16];
+        int i, c;
+        for (i = 0; i < 16; i++) r[i] = _mm512_loadu_ps(src + i * lds);
+        for (i = 0; i < 8; i++) {
+            t[2*i] = _mm512_unpacklo_ps(r[2*i], r[2*i+1]);
+            t[2*i+1] = _mm512_unpackhi_ps(r[2*i], r[2*i+1]);
+        }
+        for (i = 0; i < 4; i++) {
+            u[4*i+0] = _mm512_shuffle_ps(t[4*i], t[4*i+2], 0x44);
+            u[4*i+1] = _mm512_shuffle_ps(t[4*i], t[4*i+2], 0xEE);
+            u[4*i+2] = _mm512_shuffle_ps(t[4*i+1], t[4*i+3], 0x44);
+            u[4*i+3] = _mm512_shuffle_ps(t[4*i+1], t[4*i+3], 0xEE);
+        }
+        for (c = 0; c < 4; c++) {
+            __m512 a = _mm512_shuffle_f32x4(u[c], u[4+c], 0x88), b = _mm512_shuffle_f32x4(u[c], u[4+c], 0xDD);
+            __m512 p = _mm512_shuffle_f32x4(u[8+c], u[12+c], 0x88), q = _mm512_shuffle_f32x4(u[8+c], u[12+c], 0xDD);
+            _mm512_storeu_ps(dst + c * ldd, _mm512_shuffle_f32x4(a, p, 0x88));
+            _mm512_storeu_ps(dst + (8 + c) * ldd, _mm512_shuffle_f32x4(a, p, 0xDD));
+            _mm512_storeu_ps(dst + (4 + c) * ldd, _mm512_shuffle_f32x4(b, q, 0x88));
+            _mm512_storeu_ps(dst + (12 + c) * ldd, _mm512_shuffle_f32x4(b, q, 0xDD));
+        }
+    }
+    static void fnn_sgemm_bt(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t lda,
+                             const float* B, Py_ssize_t ldb, float* C, Py_ssize_t ldc) {
+        enum { MR = FNN_BC_MR, NW = 16 * FNN_BC_NV, KB = FNN_BC_KB };
+        float bp[KB * NW] __attribute__((aligned(64)));
+        Py_ssize_t i0, n0, j0, kb, j, n;
+        for (n0 = 0; n0 < N; n0 += NW) {
+            int nc = N - n0 < NW ? (int)(N - n0) : NW;
+            j0 = 0;
+            do {
+                kb = K - j0 < KB ? K - j0 : KB;
+                const float* Bj = B + n0 * ldb + j0;
+                for (n = 0; n < nc; n += 16)
+                    for (j = 0; j < kb; j += 16) {
+                        if (n + 16 <= nc && j + 16 <= kb) {
+                            fnn_tr16(Bj + n * ldb + j, ldb, bp + j * NW + n, NW);
+                        } else {
+                            int jn = kb - j < 16 ? (int)(kb - j) : 16, nn = nc - n < 16 ? (int)(nc - n) : 16, a, b;
+                            for (a = 0; a < jn; a++)
+                                for (b = 0; b < nn; b++)
+                                    bp[(j + a) * NW + n + b] = Bj[(n + b) * ldb + j + a];
+                        }
+                    }
+                for (i0 = 0; i0 + MR <= M; i0 += MR)
+                    fnn_bc_main(kb, A + i0 * lda + j0, lda, 1, bp, NW, C + i0 * ldc + n0, ldc, nc, j0 > 0);
+                for (; i0 + MR / 2 <= M; i0 += MR / 2)
+                    fnn_bc_half(kb, A + i0 * lda + j0, lda, 1, bp, NW, C + i0 * ldc + n0, ldc, nc, j0 > 0);
+                for (; i0 < M; i0++)
+                    fnn_bc_one(kb, A + i0 * lda + j0, lda, 1, bp, NW, C + i0 * ldc + n0, ldc, nc, j0 > 0);
+                j0 += kb;
+            } while (j0 < K);
+        }
+    }
+
+    /* C = A B^T (B is N x K): the dot-product kernel below FNN_BT_ROWS rows, where the transposed
+       copy costs more than the broadcast tiles gain, the broadcast one from there on */
+    #define FNN_BT_ROWS 64
+    static void fnn_sgemm_fwd(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t lda,
+                              const float* B, Py_ssize_t ldb, float* C, Py_ssize_t ldc) {
+        if (M < FNN_BT_ROWS) fnn_sgemm_nt(M, N, K, A, lda, B, ldb, C, ldc);
+        else fnn_sgemm_bt(M, N, K, A, lda, B, ldb, C, ldc);
+    }
     #else
     #define FNN_SMALL_GEMM 0
     static void fnn_sgemm_nt(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t lda,
@@ -199,6 +264,8 @@ cdef extern from *:
     static void fnn_sgemm_bc(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t si,
                              Py_ssize_t sj, const float* B, Py_ssize_t ldb, float* C, Py_ssize_t ldc,
                              int acc_c) { }
+    static void fnn_sgemm_fwd(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t lda,
+                              const float* B, Py_ssize_t ldb, float* C, Py_ssize_t ldc) { }
     #endif
     """
     bint FNN_SMALL_GEMM
@@ -207,3 +274,5 @@ cdef extern from *:
     void fnn_sgemm_bc(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t si,
                       Py_ssize_t sj, const float* B, Py_ssize_t ldb, float* C, Py_ssize_t ldc,
                       int acc_c) nogil
+    void fnn_sgemm_fwd(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t lda,
+                       const float* B, Py_ssize_t ldb, float* C, Py_ssize_t ldc) nogil
