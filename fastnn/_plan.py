@@ -13,8 +13,9 @@ Choices, each measured on the benchmark grid:
   once per chunk of examples.
 - In float32 (AVX-512 build), a Dense layer of at least ``SMALL_MIN_WEIGHTS`` weights multiplies
   products over at most ``SMALL_MAX_ROWS`` rows with fastnn/_core/smallgemm.pxi's kernels, which
-  read the weights in place instead of packing them on every call (784x256 layers at batch 32:
-  +30% per epoch); longer products, narrow layers and float64 stay on BLAS.
+  do not pack both operands on every call as BLAS does (784x256 layers at batch 32: +30% per
+  epoch; 1024-wide layers at batch 512: +2-6%); longer products, narrow layers and float64 stay on
+  BLAS.
 - Gradient tiles are whole rows of dW in blocks of at most 128 rows (at least two per layer of
   32+ rows); norm parameters in blocks of 64 features.
 """

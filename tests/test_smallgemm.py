@@ -1,7 +1,8 @@
-"""The float32 GEMMs of fastnn/_core/smallgemm.pxi (AVX-512 build): a Dense layer's products over few
-rows, read in place. Odd shapes against float64 (the same weights, rounded to float32), in the chunk
-phases and the neuron-split (wide) ones, with input deltas that overwrite and that add, on several
-rows per example; thread-count invariance; and the planner's choice of layers."""
+"""The float32 GEMMs of fastnn/_core/smallgemm.pxi (AVX-512 build): a Dense layer's products over a
+batch's or a chunk's rows. Odd shapes against float64 (the same weights, rounded to float32), on both
+forward kernels (below 64 rows and from there on: 131 rows), in the chunk phases and the neuron-split
+(wide) ones, with input deltas that overwrite and that add, on several rows per example; thread-count
+invariance; and the planner's choice of layers."""
 import numpy as np
 import pytest
 

@@ -1,19 +1,23 @@
-# Single-precision GEMMs for the products of a training step with few rows (a batch or a chunk of
-# examples against a layer's weights), in the AVX-512 build. They read both operands in place:
-# OpenBLAS packs the weights into panels on every call, which for 32-128 rows costs about as much
-# as the multiplication (784x1024 layer at batch 32: 40% of the GEMM time was packing). One core,
-# 32 rows against a 784x1024 layer: 210-230 GFLOP/s here against OpenBLAS's 105-125. The planner
-# picks them per layer (fastnn/_plan.py: SMALL_MIN_WEIGHTS, SMALL_MAX_ROWS, SMALL_MAX_GRAD_ROWS).
+# Single-precision GEMMs for the products of a training step over a batch or a chunk of examples
+# (up to a few hundred rows) against a layer's weights, in the AVX-512 build. OpenBLAS packs both
+# operands into panels on every call: for 32-128 rows the weights' copy costs about as much as the
+# multiplication (784x1024 layer at batch 32: 40% of the GEMM time was packing), and a layer split
+# into blocks of neurons re-packs the batch's rows once per block. One core, 32 rows against a
+# 784x1024 layer: 210-230 GFLOP/s here against OpenBLAS's 105-125. The planner picks them per layer
+# (fastnn/_plan.py: SMALL_MIN_WEIGHTS, SMALL_MAX_ROWS, SMALL_MAX_GRAD_ROWS).
 # - fnn_sgemm_nt: C = A B^T, each entry a 16-lane dot product over k, 4 x 6 entries at a time
 #   (k contiguous in both operands: a Dense layer's input rows against its weight rows; 4 x 4 ran
-#   8-14% slower, 5 x 5 and 6 x 4 3-10%);
+#   8-14% slower, 5 x 5 and 6 x 4 3-10%); both operands read in place;
 # - fnn_sgemm_bc: C (=|+=) op(A) B, rows of B scaled by broadcast entries of op(A), 6 rows x 64
 #   columns at a time (the input delta D W, and the weight gradient D^T In); where B's rows are 4 KB
-#   apart (a 1024-wide layer) and alias in L1, over a copy of 128 x 64 of B at a time (+5-15%).
+#   apart (a 1024-wide layer) and alias in L1, over a copy of 128 x 64 of B at a time (+5-15%);
+# - fnn_sgemm_bt: C = A B^T with fnn_sgemm_bc's tiles over a transposed copy of 128 x 64 of B at a
+#   time (16 x 16 register transposes). From FNN_BT_ROWS rows on, the copy is shared by enough rows:
+#   one core, 1024x1024 layer in blocks of 128 neurons, 128 rows 223 -> 236 GFLOP/s against
+#   fnn_sgemm_nt, 512 rows 218 -> 243 (OpenBLAS 213); fnn_sgemm_fwd picks one of the two.
 # Each entry's sum runs in a fixed order (an FMA chain per lane, then a fixed tree over the lanes)
 # whichever thread computes it, so training stays bit-identical on any thread count. Other builds
 # (and float64) use BLAS: an AVX2 port of these kernels ran at half of OpenBLAS's speed.
-
 cdef extern from *:
     """
     #if defined(__AVX512F__) && defined(__GNUC__)
@@ -192,7 +196,9 @@ cdef extern from *:
             } while (j0 < K);
         }
     }
-    /* C = A B^T via broadcast tiles over a transposed copy of B (N x K, ldb) in 128 x 64 blocks */
+    /* C[i, j] = sum_k A[i, k] B[j, k] (C = A B^T, B is N x K) as fnn_sgemm_bc's tiles over
+       B^T, copied FNN_BC_KB x 64 at a time; each entry one FMA chain in k order */
+    /* dst[c * ldd + r] = src[r * lds + c] for r, c < 16 */
     static inline void fnn_tr16(const float* src, Py_ssize_t lds, float* dst, Py_ssize_t ldd) {
         __m512 r[16], t[16], u[16];
         int i, c;
