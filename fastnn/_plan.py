@@ -44,8 +44,7 @@ TILE_ROWS = 128         # most rows of dW per gradient tile
 SMALL_MIN_WEIGHTS = 256 * 256   # float32 Dense layers with this many weights or more ...
 SMALL_MAX_ROWS = 512            # ... multiply at most this many rows (a chunk, or the batch) with
                                 # smallgemm.pxi's kernels, which do not pack the batch's rows,
-SMALL_MAX_GRAD_ROWS = (512, 128)   # ... and sum their weight gradients over at most this many
-                                   # rows there: below WIDE_BIG_WEIGHTS weights, and from there on
+SMALL_MAX_GRAD_ROWS = 512       # ... and sum their weight gradients over at most this many rows there
 
 
 def _next_pow2(n):
@@ -132,7 +131,7 @@ class Plan:
         weights = (op["n_in"] // op["groups"]) * (n_out // op["groups"])
         if kind == "dense" and weights >= SMALL_MIN_WEIGHTS:
             op["sg_rows"] = SMALL_MAX_ROWS
-            op["sg_grad_rows"] = SMALL_MAX_GRAD_ROWS[weights >= WIDE_BIG_WEIGHTS]
+            op["sg_grad_rows"] = SMALL_MAX_GRAD_ROWS
         k = len(self.ops)
         op["key"] = k
         op["a_col"] = op["ad_col"] = self._alloc(n_out)

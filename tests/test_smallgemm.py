@@ -18,7 +18,7 @@ def everywhere(monkeypatch):
     """Every Dense layer, however small, on the kernels at any row count."""
     monkeypatch.setattr(_plan, "SMALL_MIN_WEIGHTS", 1)
     monkeypatch.setattr(_plan, "SMALL_MAX_ROWS", 10 ** 6)
-    monkeypatch.setattr(_plan, "SMALL_MAX_GRAD_ROWS", (10 ** 6, 10 ** 6))
+    monkeypatch.setattr(_plan, "SMALL_MAX_GRAD_ROWS", 10 ** 6)
 
 
 def _chunked(dt):
@@ -115,7 +115,7 @@ def test_the_kernels_agree_with_blas(n, everywhere, monkeypatch, rng):
     y = rng.integers(0, 3, n)
     _, g_sg = _wide("float32").loss_and_grad(X, y, fn.CrossEntropy())
     monkeypatch.setattr(_plan, "SMALL_MAX_ROWS", 0)
-    monkeypatch.setattr(_plan, "SMALL_MAX_GRAD_ROWS", (0, 0))
+    monkeypatch.setattr(_plan, "SMALL_MAX_GRAD_ROWS", 0)
     m = _wide("float32")
     assert all(op["sg_rows"] == 0 and op["sg_grad_rows"] == 0 for op in m._plan.ops)
     _, g_blas = m.loss_and_grad(X, y, fn.CrossEntropy())
@@ -132,4 +132,4 @@ def test_the_planner_picks_big_dense_layers():
     # 784x256 >= 256x256 > 256x64; 64x1024 has 256x256 weights, 1024x10 fewer
     assert rows == [(512, 512), (0, 0), (512, 512), (0, 0), (0, 0)]
     big = fn.Sequential(fn.Dense(784, 1024), fn.ReLU(), fn.Dense(1024, 1024), seed=0)
-    assert [(op["sg_rows"], op["sg_grad_rows"]) for op in big._plan.ops] == [(512, 128), (512, 128)]
+    assert [(op["sg_rows"], op["sg_grad_rows"]) for op in big._plan.ops] == [(512, 512), (512, 512)]

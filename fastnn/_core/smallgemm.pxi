@@ -9,8 +9,9 @@
 #   (k contiguous in both operands: a Dense layer's input rows against its weight rows; 4 x 4 ran
 #   8-14% slower, 5 x 5 and 6 x 4 3-10%); both operands read in place;
 # - fnn_sgemm_bc: C (=|+=) op(A) B, rows of B scaled by broadcast entries of op(A), 6 rows x 64
-#   columns at a time (the input delta D W, and the weight gradient D^T In); where B's rows are 4 KB
-#   apart (a 1024-wide layer) and alias in L1, over a copy of 128 x 64 of B at a time (+5-15%);
+#   columns at a time (the input delta D W, and the weight gradient D^T In); over a copy of 128 x 64
+#   of B at a time where B's rows are 4 KB apart (a 1024-wide layer) and alias in L1 (+5-15%), or
+#   where the sum runs over more than 128 rows of B (512/1024 +1-4% with the weight gradients);
 # - fnn_sgemm_bt: C = A B^T with fnn_sgemm_bc's tiles over a transposed copy of 128 x 64 of B at a
 #   time (16 x 16 register transposes). From FNN_BT_ROWS rows on, the copy is shared by enough rows:
 #   one core, 1024x1024 layer in blocks of 128 neurons, 128 rows 223 -> 236 GFLOP/s against
@@ -159,10 +160,11 @@ cdef extern from *:
     FNN_BC(one, 1, FNN_BC_NV)
 
     /* C (=|+=) op(A) B: C is M x N (ldc), B is K x N (ldb), op(A)[i, j] = A[i si + j sj] (M x K). With
-       acc_c, each entry's chain starts from C. Where B's rows are a multiple of 4 KB apart (1024-wide
-       layers), they all fall into the same few L1 sets: then, for FNN_BC_PACK_ROWS rows or more, B
-       goes in blocks of FNN_BC_KB rows x 64 columns, copied to a contiguous block first (1024-wide
-       layers +5-15%; the copy of rows at other strides cost 3-6%). */
+       acc_c, each entry's chain starts from C. For FNN_BC_PACK_ROWS rows of C or more, B goes in
+       blocks of FNN_BC_KB rows x 64 columns, copied to a contiguous block first, where its rows are a
+       multiple of 4 KB apart (1024-wide layers: they all fall into the same few L1 sets; +5-15%) or
+       where K is longer than a block (64 columns of B over all K rows would not stay in L1 while
+       every tile of C passes over them). Elsewhere the copy only cost time (32/256: 3-6%). */
     static void fnn_sgemm_bc(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t si,
                              Py_ssize_t sj, const float* B, Py_ssize_t ldb, float* C, Py_ssize_t ldc, int acc_c) {
         enum { MR = FNN_BC_MR, NW = 16 * FNN_BC_NV, KB = FNN_BC_KB };
@@ -178,7 +180,7 @@ cdef extern from *:
                 const float* Bj = B + j0 * ldb + n0;
                 Py_ssize_t ldbj = ldb;
                 kb = K - j0;
-                if (M >= FNN_BC_PACK_ROWS && ldb % 1024 == 0) {
+                if (M >= FNN_BC_PACK_ROWS && (ldb % 1024 == 0 || K > KB)) {
                     kb = kb < KB ? kb : KB;
                     for (j = 0; j < kb; j++)
                         for (v = 0; v < FNN_BC_NV; v++)
