@@ -198,8 +198,7 @@ cdef extern from *:
             } while (j0 < K);
         }
     }
-    /* C[i, j] = sum_k A[i, k] B[j, k] (C = A B^T, B is N x K) as fnn_sgemm_bc's tiles over
-       B^T, copied FNN_BC_KB x 64 at a time; each entry one FMA chain in k order */
+
     /* dst[c * ldd + r] = src[r * lds + c] for r, c < 16 */
     static inline void fnn_tr16(const float* src, Py_ssize_t lds, float* dst, Py_ssize_t ldd) {
         __m512 r[16], t[16], u[16];
@@ -224,6 +223,8 @@ cdef extern from *:
             _mm512_storeu_ps(dst + (12 + c) * ldd, _mm512_shuffle_f32x4(b, q, 0xDD));
         }
     }
+    /* C[i, j] = sum_k A[i, k] B[j, k] (C = A B^T, B is N x K) as fnn_sgemm_bc's tiles over
+       B^T, copied FNN_BC_KB x 64 at a time; each entry one FMA chain in k order */
     static void fnn_sgemm_bt(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t lda,
                              const float* B, Py_ssize_t ldb, float* C, Py_ssize_t ldc) {
         enum { MR = FNN_BC_MR, NW = 16 * FNN_BC_NV, KB = FNN_BC_KB };
