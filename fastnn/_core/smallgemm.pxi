@@ -159,6 +159,18 @@ cdef extern from *:
     FNN_BC(half, FNN_BC_MR / 2, FNN_BC_NV)
     FNN_BC(one, 1, FNN_BC_NV)
 
+    /* M rows of a block of C (+)= op(A) B over K rows of B (columns [0, nc)), FNN_BC_MR at a time */
+    static inline void fnn_bc_rows(Py_ssize_t M, Py_ssize_t K, const float* A, Py_ssize_t si, Py_ssize_t sj,
+                                   const float* B, Py_ssize_t ldb, float* C, Py_ssize_t ldc, int nc, int load) {
+        Py_ssize_t i0;
+        for (i0 = 0; i0 + FNN_BC_MR <= M; i0 += FNN_BC_MR)
+            fnn_bc_main(K, A + i0 * si, si, sj, B, ldb, C + i0 * ldc, ldc, nc, load);
+        for (; i0 + FNN_BC_MR / 2 <= M; i0 += FNN_BC_MR / 2)
+            fnn_bc_half(K, A + i0 * si, si, sj, B, ldb, C + i0 * ldc, ldc, nc, load);
+        for (; i0 < M; i0++)
+            fnn_bc_one(K, A + i0 * si, si, sj, B, ldb, C + i0 * ldc, ldc, nc, load);
+    }
+
     /* C (=|+=) op(A) B: C is M x N (ldc), B is K x N (ldb), op(A)[i, j] = A[i si + j sj] (M x K). With
        acc_c, each entry's chain starts from C. For FNN_BC_PACK_ROWS rows of C or more, B goes in
        blocks of FNN_BC_KB rows x 64 columns, copied to a contiguous block first, where its rows are a
@@ -167,9 +179,9 @@ cdef extern from *:
        every tile of C passes over them). Elsewhere the copy only cost time (32/256: 3-6%). */
     static void fnn_sgemm_bc(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t si,
                              Py_ssize_t sj, const float* B, Py_ssize_t ldb, float* C, Py_ssize_t ldc, int acc_c) {
-        enum { MR = FNN_BC_MR, NW = 16 * FNN_BC_NV, KB = FNN_BC_KB };
+        enum { NW = 16 * FNN_BC_NV, KB = FNN_BC_KB };
         float bp[KB * NW] __attribute__((aligned(64)));
-        Py_ssize_t i0, n0, j0, kb, j;
+        Py_ssize_t n0, j0, kb, j;
         int v;
         for (n0 = 0; n0 < N; n0 += NW) {
             int nc = N - n0 < NW ? (int)(N - n0) : NW;
@@ -188,12 +200,7 @@ cdef extern from *:
                     Bj = bp;
                     ldbj = NW;
                 }
-                for (i0 = 0; i0 + MR <= M; i0 += MR)
-                    fnn_bc_main(kb, Aj + i0 * si, si, sj, Bj, ldbj, C + i0 * ldc + n0, ldc, nc, load);
-                for (; i0 + MR / 2 <= M; i0 += MR / 2)
-                    fnn_bc_half(kb, Aj + i0 * si, si, sj, Bj, ldbj, C + i0 * ldc + n0, ldc, nc, load);
-                for (; i0 < M; i0++)
-                    fnn_bc_one(kb, Aj + i0 * si, si, sj, Bj, ldbj, C + i0 * ldc + n0, ldc, nc, load);
+                fnn_bc_rows(M, kb, Aj, si, sj, Bj, ldbj, C + n0, ldc, nc, load);
                 j0 += kb;
             } while (j0 < K);
         }
@@ -227,9 +234,9 @@ cdef extern from *:
        B^T, copied FNN_BC_KB x 64 at a time; each entry one FMA chain in k order */
     static void fnn_sgemm_bt(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t lda,
                              const float* B, Py_ssize_t ldb, float* C, Py_ssize_t ldc) {
-        enum { MR = FNN_BC_MR, NW = 16 * FNN_BC_NV, KB = FNN_BC_KB };
+        enum { NW = 16 * FNN_BC_NV, KB = FNN_BC_KB };
         float bp[KB * NW] __attribute__((aligned(64)));
-        Py_ssize_t i0, n0, j0, kb, j, n;
+        Py_ssize_t n0, j0, kb, j, n;
         for (n0 = 0; n0 < N; n0 += NW) {
             int nc = N - n0 < NW ? (int)(N - n0) : NW;
             j0 = 0;
@@ -247,12 +254,7 @@ cdef extern from *:
                                     bp[(j + a) * NW + n + b] = Bj[(n + b) * ldb + j + a];
                         }
                     }
-                for (i0 = 0; i0 + MR <= M; i0 += MR)
-                    fnn_bc_main(kb, A + i0 * lda + j0, lda, 1, bp, NW, C + i0 * ldc + n0, ldc, nc, j0 > 0);
-                for (; i0 + MR / 2 <= M; i0 += MR / 2)
-                    fnn_bc_half(kb, A + i0 * lda + j0, lda, 1, bp, NW, C + i0 * ldc + n0, ldc, nc, j0 > 0);
-                for (; i0 < M; i0++)
-                    fnn_bc_one(kb, A + i0 * lda + j0, lda, 1, bp, NW, C + i0 * ldc + n0, ldc, nc, j0 > 0);
+                fnn_bc_rows(M, kb, A + j0, lda, 1, bp, NW, C + n0, ldc, nc, j0 > 0);
                 j0 += kb;
             } while (j0 < K);
         }
@@ -268,8 +270,6 @@ cdef extern from *:
     }
     #else
     #define FNN_SMALL_GEMM 0
-    static void fnn_sgemm_nt(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t lda,
-                             const float* B, Py_ssize_t ldb, float* C, Py_ssize_t ldc) { }
     static void fnn_sgemm_bc(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t si,
                              Py_ssize_t sj, const float* B, Py_ssize_t ldb, float* C, Py_ssize_t ldc,
                              int acc_c) { }
@@ -278,8 +278,6 @@ cdef extern from *:
     #endif
     """
     bint FNN_SMALL_GEMM
-    void fnn_sgemm_nt(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t lda,
-                      const float* B, Py_ssize_t ldb, float* C, Py_ssize_t ldc) nogil
     void fnn_sgemm_bc(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t si,
                       Py_ssize_t sj, const float* B, Py_ssize_t ldb, float* C, Py_ssize_t ldc,
                       int acc_c) nogil
