@@ -11,7 +11,7 @@ cdef inline void dense_forward(Op* o, floating* P, floating* Wk, Py_ssize_t r0, 
     cdef Py_ssize_t K = o.n_in // o.groups, N = o.n_out // o.groups
     if floating is float and c * o.groups <= o.sg_rows:
         fnn_sgemm_fwd(c * o.groups, N, K, Wk + o.in_e + r0 * o.n_in, K, P + o.w_off, K,
-                     Wk + o.a_e + r0 * o.n_out, N)
+                      Wk + o.a_e + r0 * o.n_out, N)
         return
     gemm(c'T', c'N', <int>N, <int>(c * o.groups), <int>K, <floating>1, P + o.w_off, <int>K,
          Wk + o.in_e + r0 * o.n_in, <int>K, <floating>0, Wk + o.a_e + r0 * o.n_out, <int>N)
@@ -35,7 +35,7 @@ cdef inline void dense_wide_forward(Op* o, floating* P, floating* Wk, Py_ssize_t
     """Columns [j0, j0+nb) of Z = In W^T over all B rows."""
     if floating is float and B <= o.sg_rows:
         fnn_sgemm_fwd(B, nb, o.n_in, Wk + o.in_e, o.n_in, P + o.w_off + j0 * o.n_in, o.n_in,
-                     Wk + o.a_e + j0, o.n_out)
+                      Wk + o.a_e + j0, o.n_out)
         return
     gemm(c'T', c'N', <int>nb, <int>B, <int>o.n_in, <floating>1, P + o.w_off + j0 * o.n_in, <int>o.n_in,
          Wk + o.in_e, <int>o.n_in, <floating>0, Wk + o.a_e + j0, <int>o.n_out)
