@@ -44,7 +44,8 @@ TILE_ROWS = 128         # most rows of dW per gradient tile
 SMALL_MIN_WEIGHTS = 256 * 256   # float32 Dense layers with this many weights or more ...
 SMALL_MAX_ROWS = 512            # ... multiply at most this many rows (a chunk, or the batch) with
                                 # smallgemm.pxi's kernels, which do not pack the batch's rows,
-SMALL_MAX_GRAD_ROWS = 512       # ... and sum their weight gradients over at most this many rows there
+SMALL_MAX_GRAD_ROWS = 512       # ... and sum their weight gradients over at most this many rows there;
+SMALL_GRAD_MIN_ROWS = 64        # smaller Dense layers sum theirs there over this many rows or more
 
 
 def _next_pow2(n):
@@ -125,13 +126,16 @@ class Plan:
         op = dict.fromkeys(_engine.OP_FIELDS, -1)
         op.update(kind=OP[kind], n_in=src.width, n_out=n_out, act=L.ACT_IDENTITY, drop=L.DROP_NONE,
                   in_col=src.col, din_acc=0, din2_acc=0, groups=1, nbt=0, dper=1, act_param=0.0, drop_p=0.0,
-                  eps=0.0, momentum=-1.0, src=src, src2=None, sg_rows=0, sg_grad_rows=0,
+                  eps=0.0, momentum=-1.0, src=src, src2=None, sg_rows=0, sg_grad_rows=0, sg_grad_min=0,
                   **{f"g{i}": 0 for i in range(_engine.N_GEOM)})
         op.update(kw)
         weights = (op["n_in"] // op["groups"]) * (n_out // op["groups"])
-        if kind == "dense" and weights >= SMALL_MIN_WEIGHTS:
-            op["sg_rows"] = SMALL_MAX_ROWS
+        if kind == "dense":
             op["sg_grad_rows"] = SMALL_MAX_GRAD_ROWS
+            if weights >= SMALL_MIN_WEIGHTS:
+                op["sg_rows"] = SMALL_MAX_ROWS
+            else:
+                op["sg_grad_min"] = SMALL_GRAD_MIN_ROWS
         k = len(self.ops)
         op["key"] = k
         op["a_col"] = op["ad_col"] = self._alloc(n_out)

@@ -128,8 +128,51 @@ def test_the_kernels_agree_with_blas(n, everywhere, monkeypatch, rng):
 def test_the_planner_picks_big_dense_layers():
     m = fn.Sequential(fn.Dense(784, 256), fn.ReLU(), fn.Dense(256, 64), fn.ReLU(), fn.Dense(64, 1024),
                       fn.Dense(1024, 10), fn.Residual(fn.Dense(10, 10), projection=None), seed=0)
-    rows = [(op["sg_rows"], op["sg_grad_rows"]) for op in m._plan.ops if op["kind"] == _plan.OP["dense"]]
-    # 784x256 >= 256x256 > 256x64; 64x1024 has 256x256 weights, 1024x10 fewer
-    assert rows == [(512, 512), (0, 0), (512, 512), (0, 0), (0, 0)]
+    rows = [(op["sg_rows"], op["sg_grad_rows"], op["sg_grad_min"]) for op in m._plan.ops
+            if op["kind"] == _plan.OP["dense"]]
+    # 784x256 >= 256x256 > 256x64; 64x1024 has 256x256 weights, 1024x10 fewer: smaller layers keep
+    # their products on BLAS and sum their weight gradients on the kernels over 64 to 512 rows
+    assert rows == [(512, 512, 0), (0, 512, 64), (512, 512, 0), (0, 512, 64), (0, 512, 64)]
     big = fn.Sequential(fn.Dense(784, 1024), fn.ReLU(), fn.Dense(1024, 1024), seed=0)
-    assert [(op["sg_rows"], op["sg_grad_rows"]) for op in big._plan.ops] == [(512, 512), (512, 512)]
+    assert [(op["sg_rows"], op["sg_grad_rows"], op["sg_grad_min"]) for op in big._plan.ops] == [
+        (512, 512, 0), (512, 512, 0)]
+
+
+@needs_kernels
+@pytest.mark.parametrize("n, on_kernels", [(131, True), (64, True), (40, False)])
+def test_small_layers_sum_weight_gradients_on_the_kernels_from_64_rows(n, on_kernels, monkeypatch, rng):
+    """Layers under SMALL_MIN_WEIGHTS keep their products on BLAS; their weight gradients over 64+
+    rows go to the kernels: close to float64, and (in their last bits) not BLAS's sums."""
+    X = rng.normal(size=(n, 37))
+    y = rng.integers(0, 5, n)
+    m32, m64 = _pair(_chunked)
+    assert all(op["sg_rows"] == 0 and op["sg_grad_min"] == _plan.SMALL_GRAD_MIN_ROWS == 64
+               for op in m32._plan.ops if op["kind"] == _plan.OP["dense"])
+    _, g32 = m32.loss_and_grad(X.astype(np.float32), y, fn.CrossEntropy(), threads=2)
+    _, g64 = m64.loss_and_grad(X, y, fn.CrossEntropy(), threads=2)
+    for (name, _), a, b in zip(m64.named_parameters(), g32, g64):
+        np.testing.assert_allclose(a, b, rtol=0, atol=2e-5 * max(np.abs(b).max(), 1e-3), err_msg=name)
+    monkeypatch.setattr(_plan, "SMALL_GRAD_MIN_ROWS", 10 ** 6)
+    blas = _chunked("float32")
+    blas.load_state_dict(m32.state_dict())
+    _, g_blas = blas.loss_and_grad(X.astype(np.float32), y, fn.CrossEntropy(), threads=2)
+    weights = [(a, b) for a, b in zip(g32, g_blas) if a.ndim == 2]
+    if on_kernels:
+        assert not all(np.array_equal(a, b) for a, b in weights)
+    else:
+        assert all(np.array_equal(a, b) for a, b in weights)
+
+
+@needs_kernels
+def test_small_layers_on_the_kernels_train_thread_count_invariant(rng):
+    X = rng.normal(size=(203, 37)).astype(np.float32)
+    y = rng.integers(0, 5, 203)
+    outs = []
+    for threads in (1, 2, 3):
+        m = _chunked("float32")
+        m.MIN_FLOP_PER_THREAD = 1
+        m.fit(X, y, loss=fn.CrossEntropy(), optimizer=fn.SGD(lr=0.05, momentum=0.9), epochs=2, batch_size=130,
+              threads=threads)
+        outs.append(np.concatenate([p.ravel() for p in m.parameters()]))
+    np.testing.assert_array_equal(outs[0], outs[1])
+    np.testing.assert_array_equal(outs[0], outs[2])

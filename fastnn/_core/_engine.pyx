@@ -117,7 +117,8 @@ PHASE_KINDS = {"chunk": PH_CHUNK, "bn_fwd": PH_BN_FWD, "bn_bwd": PH_BN_BWD, "wid
 OP_FIELDS = ("kind", "n_in", "n_out", "w_off", "b_off", "act", "drop", "in_col", "in2_col", "a_col",
              "ad_col", "d_col", "din_col", "din2_col", "din_acc", "din2_acc", "s_col", "s_off", "r_off",
              "groups", "key", "diag", "unit_off", "nbt", "dper") + tuple(f"g{i}" for i in range(17)) + (
-             "cell", "steps", "hidden", "w2_off", "b2_off", "sub", "p_col", "sg_rows", "sg_grad_rows")
+             "cell", "steps", "hidden", "w2_off", "b2_off", "sub", "p_col", "sg_rows", "sg_grad_rows",
+             "sg_grad_min")
 OPF_FIELDS = ("act_param", "drop_p", "eps", "momentum")
 PHASE_FIELDS = ("kind", "op", "unit", "gather", "pro", "f0", "f1", "loss", "b0", "b1", "epi", "bst", "bdx")
 TILE_FIELDS = ("op", "r0", "nr")
@@ -164,6 +165,7 @@ cdef struct Op:
     Py_ssize_t pt_off         # BatchNorm in training: offset of its 2C partials in a chunk's record
     Py_ssize_t sg_rows        # Dense, float32: products over at most this many rows use smallgemm.pxi,
     Py_ssize_t sg_grad_rows   # ... and its weight gradient, summed over at most this many rows
+    Py_ssize_t sg_grad_min    # ... and at least this many
     Py_ssize_t ga_e, xh_e, cs_e, tc_e, hn_e, di_e, dh_e, sc_e, ds_e
 
 
@@ -743,6 +745,7 @@ cdef Net* net_new(const int64_t[:, ::1] ops, const double[:, ::1] opsf, const in
         net.ops[k].p_e = B * ops[k, 48] if ops[k, 48] >= 0 else -1
         net.ops[k].sg_rows = ops[k, 49] if FNN_SMALL_GEMM else 0
         net.ops[k].sg_grad_rows = ops[k, 50] if FNN_SMALL_GEMM else 0
+        net.ops[k].sg_grad_min = ops[k, 51]
         if net.ops[k].kind == OP_RNN:
             rnn_setup(&net.ops[k], B)
         net.ops[k].act_param = opsf[k, 0]

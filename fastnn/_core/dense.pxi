@@ -1,7 +1,7 @@
 # Dense: y = x W^T + b. Per chunk of examples (narrow layers) or per block of output neurons over
 # the whole batch (wide layers: W is packed once per step, not once per chunk). In float32, products
-# over at most ``sg_rows`` rows and weight gradients over at most ``sg_grad_rows`` (the planner's
-# choice, from the shapes) run on smallgemm.pxi's kernels, the rest on BLAS. The bias and the
+# over at most ``sg_rows`` rows and weight gradients over ``sg_grad_min`` to ``sg_grad_rows`` rows
+# (the planner's choice, from the shapes) run on smallgemm.pxi's kernels, the rest on BLAS. The bias and the
 # activation are the op's tail (see _engine.pyx), the input delta its backward. A Dense on
 # per-example input (..., in_features) has ``groups`` rows per example (one per leading index, e.g. a
 # time step): n_in and n_out are per example, the matrix products run over c * groups rows.
@@ -57,7 +57,7 @@ cdef void dense_grad(Op* o, Tile* T, floating* Wk, floating* G, Py_ssize_t B) no
     cdef floating* D = Wk + o.d_e
     cdef floating* db
     cdef Py_ssize_t i, j, K = o.n_in // o.groups, N = o.n_out // o.groups
-    if floating is float and B * o.groups <= o.sg_grad_rows:
+    if floating is float and o.sg_grad_min <= B * o.groups <= o.sg_grad_rows:
         fnn_sgemm_bc(T.nr, K, B * o.groups, D + T.r0, 1, N, Wk + o.in_e, K, G + o.w_off + T.r0 * K, K, 0)
     else:
         gemm(c'N', c'T', <int>K, <int>T.nr, <int>(B * o.groups), <floating>1, Wk + o.in_e, <int>K,
