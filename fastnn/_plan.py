@@ -15,7 +15,8 @@ Choices, each measured on the benchmark grid:
   products over at most ``SMALL_MAX_ROWS`` rows with fastnn/_core/smallgemm.pxi's kernels, which
   do not pack both operands on every call as BLAS does (784x256 layers at batch 32: +30% per
   epoch; 1024-wide layers at batch 512: +2-6%); longer products, narrow layers and float64 stay on
-  BLAS.
+  BLAS. Smaller Dense layers sum their weight gradients there over ``SMALL_GRAD_MIN_ROWS`` to
+  ``SMALL_MAX_GRAD_ROWS`` rows (64/64: +14-19% per epoch).
 - Gradient tiles are whole rows of dW in blocks of at most 128 rows (at least two per layer of
   32+ rows); norm parameters in blocks of 64 features.
 """
