@@ -130,10 +130,9 @@ class Plan:
                   eps=0.0, momentum=-1.0, src=src, src2=None, sg_rows=0, sg_grad_rows=0, sg_grad_min=0,
                   **{f"g{i}": 0 for i in range(_engine.N_GEOM)})
         op.update(kw)
-        weights = (op["n_in"] // op["groups"]) * (n_out // op["groups"])
         if kind == "dense":
             op["sg_grad_rows"] = SMALL_MAX_GRAD_ROWS
-            if weights >= SMALL_MIN_WEIGHTS:
+            if (op["n_in"] // op["groups"]) * (n_out // op["groups"]) >= SMALL_MIN_WEIGHTS:
                 op["sg_rows"] = SMALL_MAX_ROWS
             else:
                 op["sg_grad_min"] = SMALL_GRAD_MIN_ROWS

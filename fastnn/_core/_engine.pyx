@@ -39,8 +39,9 @@ and every sum runs in a fixed order, so the result is bit-for-bit the same on an
 threads. GEMMs are single-threaded BLAS calls (``scipy.linalg.cython_blas``) made from inside the
 parallel loops; the Python side holds BLAS to one thread. In the AVX-512 build, float32 Dense
 products over up to 512 rows run on own kernels instead (smallgemm.pxi), which do not pack both
-operands on every call as BLAS does; the planner chooses per layer (``sg_rows``, ``sg_grad_rows``). Random numbers (dropout masks) come
-from a counter-based hash keyed by (seed, epoch, step, op, example, unit).
+operands on every call as BLAS does; the planner chooses per layer (``sg_rows``, ``sg_grad_rows``,
+``sg_grad_min``). Random numbers (dropout masks) come from a counter-based hash keyed by (seed,
+epoch, step, op, example, unit).
 
 The families live in .pxi files (common, smallgemm, activation, loss, optim, dense, norm, conv,
 recurrent, embedding): a new layer family

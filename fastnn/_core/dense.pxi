@@ -1,10 +1,11 @@
 # Dense: y = x W^T + b. Per chunk of examples (narrow layers) or per block of output neurons over
 # the whole batch (wide layers: W is packed once per step, not once per chunk). In float32, products
 # over at most ``sg_rows`` rows and weight gradients over ``sg_grad_min`` to ``sg_grad_rows`` rows
-# (the planner's choice, from the shapes) run on smallgemm.pxi's kernels, the rest on BLAS. The bias and the
-# activation are the op's tail (see _engine.pyx), the input delta its backward. A Dense on
-# per-example input (..., in_features) has ``groups`` rows per example (one per leading index, e.g. a
-# time step): n_in and n_out are per example, the matrix products run over c * groups rows.
+# (the planner's choice, from the shapes) run on smallgemm.pxi's kernels, the rest on BLAS. The
+# bias and the activation are the op's tail (see _engine.pyx), the input delta its backward. A
+# Dense on per-example input (..., in_features) has ``groups`` rows per example (one per leading
+# index, e.g. a time step): n_in and n_out are per example, the matrix products run over c * groups
+# rows.
 
 cdef inline void dense_forward(Op* o, floating* P, floating* Wk, Py_ssize_t r0, Py_ssize_t c) noexcept nogil:
     """Rows [r0, r0+c) of Z = In W^T."""

@@ -4,7 +4,7 @@
 # multiplication (784x1024 layer at batch 32: 40% of the GEMM time was packing), and a layer split
 # into blocks of neurons re-packs the batch's rows once per block. One core, 32 rows against a
 # 784x1024 layer: 210-230 GFLOP/s here against OpenBLAS's 105-125. The planner picks them per layer
-# (fastnn/_plan.py: SMALL_MIN_WEIGHTS, SMALL_MAX_ROWS, SMALL_MAX_GRAD_ROWS).
+# (fastnn/_plan.py: SMALL_MIN_WEIGHTS, SMALL_MAX_ROWS, SMALL_MAX_GRAD_ROWS, SMALL_GRAD_MIN_ROWS).
 # - fnn_sgemm_nt: C = A B^T, each entry a 16-lane dot product over k, 4 x 6 entries at a time
 #   (k contiguous in both operands: a Dense layer's input rows against its weight rows; 4 x 4 ran
 #   8-14% slower, 5 x 5 and 6 x 4 3-10%); both operands read in place;
@@ -230,6 +230,7 @@ cdef extern from *:
             _mm512_storeu_ps(dst + (12 + c) * ldd, _mm512_shuffle_f32x4(b, q, 0xDD));
         }
     }
+
     /* C[i, j] = sum_k A[i, k] B[j, k] (C = A B^T, B is N x K) as fnn_sgemm_bc's tiles over
        B^T, copied FNN_BC_KB x 64 at a time; each entry one FMA chain in k order */
     static void fnn_sgemm_bt(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t lda,
