@@ -198,6 +198,7 @@ cdef struct Net:
     Py_ssize_t n_part
 
 
+include "bf16.pxi"
 include "dense.pxi"
 include "norm.pxi"
 include "conv.pxi"

@@ -1,0 +1,520 @@
+# bfloat16 products with float32 accumulation (precision="bf16-mixed").
+#
+# What is rounded: the operands of the products (a Dense layer's input rows, its weights and its
+# output delta; a convolution's columns, filters and deltas; a recurrent layer's [x_t, h_{t-1}],
+# weights and gate deltas) are rounded to bfloat16, round to nearest even, as the hardware
+# conversion does it (VCVTNEPS2BF16: NaN stays NaN, float32 denormals become zero). The product of
+# two bfloat16 numbers is exact in float32, and every sum runs in float32 in a fixed order. Master
+# weights, optimizer state, the loss, activations, norms and every other sum stay float32.
+#
+# One layout for every kernel: a product C (=|+=) A B reads A as bfloat16 rows (K contiguous) and B
+# as "VNNI" panels of 16 columns, each K/2 rows of 16 pairs (B[2p][n], B[2p+1][n]), K padded with
+# zeros to a multiple of 32. Three kernels read it, chosen once per process (bf16_use):
+# - "amx": AMX tiles (TDPBF16PS), 2 x 2 tiles of 16 x 16 float32 sums at a time, K in blocks of
+#   FNN_AMX_KB; needs the CPU's AMX-BF16 and the kernel's permission (arch_prctl, asked once);
+# - "avx512bf16": VDPBF16PS, 6 rows x 64 columns at a time;
+# - "emulate": portable C, the arithmetic of VDPBF16PS (each lane adds the odd product, then the
+#   even one, in float32), so it gives the avx512bf16 kernel's bits (denormal results aside).
+# The AMX and AVX512-BF16 code is compiled into the x86-64-v4 build only, under target attributes,
+# and runs only where CPUID (and the OS) report the units. Every entry of C is one chain over K in
+# order, whatever the blocking over rows and columns, so results do not depend on the thread count;
+# AMX's own order of additions inside a tile differs from VDPBF16PS's (see docs/guide/mixed-precision.md).
+
+cdef extern from *:
+    """
+    #include <stdint.h>
+    #include <string.h>
+
+    typedef uint16_t fnn_u16;
+
+    /* float32 -> bfloat16, round to nearest even; NaN stays a (quiet) NaN, zero and denormals become
+       a signed zero (VCVTNEPS2BF16's rule). Branch-free, so loops over it vectorize. */
+    static inline fnn_u16 fnn_bf16(float x) {
+        uint32_t u, r, nan, z;
+        memcpy(&u, &x, 4);
+        r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+        nan = (u >> 16) | 0x40u;
+        z = (u >> 16) & 0x8000u;
+        r = ((u & 0x7fffffffu) > 0x7f800000u) ? nan : r;
+        r = ((u & 0x7f800000u) == 0) ? z : r;
+        return (fnn_u16)r;
+    }
+    static inline float fnn_f32(fnn_u16 b) {
+        uint32_t u = (uint32_t)b << 16;
+        float f;
+        memcpy(&f, &u, 4);
+        return f;
+    }
+
+    /* y[i ldy + j] = bf16(x[i ldx + j]) for j in [j0, j1), 0 for j in [j1, jp), rows i < m */
+    static void fnn_bf16_rows(const float* x, Py_ssize_t ldx, Py_ssize_t m, Py_ssize_t j0, Py_ssize_t j1,
+                              Py_ssize_t jp, fnn_u16* y, Py_ssize_t ldy) {
+        Py_ssize_t i, j;
+        for (i = 0; i < m; i++) {
+            const float* xr = x + i * ldx;
+            fnn_u16* yr = y + i * ldy;
+            for (j = j0; j < j1; j++) yr[j] = fnn_bf16(xr[j]);
+            for (j = j1; j < jp; j++) yr[j] = 0;
+        }
+    }
+
+    /* The VNNI panels of rows [i0, i0 + m) of y (i0 even): panel q, pair row p, column n holds
+       (y[2p][16q + n], y[2p + 1][16q + n]) at v[q ps + 32 p + 2 n]; a missing odd partner (m odd) is
+       0. Panels [q0, q1); y's rows must hold 16 q1 columns (zero-padded). */
+    static void fnn_bf16_pairs(const fnn_u16* y, Py_ssize_t ldy, Py_ssize_t i0, Py_ssize_t m, Py_ssize_t q0,
+                               Py_ssize_t q1, fnn_u16* v, Py_ssize_t ps) {
+        Py_ssize_t i, q;
+        int n;
+        for (i = 0; i < m; i += 2) {
+            const fnn_u16* e = y + i * ldy;
+            const fnn_u16* o = e + ldy;
+            int odd = i + 1 < m;
+            for (q = q0; q < q1; q++) {
+                fnn_u16* d = v + q * ps + ((i0 + i) / 2) * 32;
+                const fnn_u16* eq = e + 16 * q;
+                const fnn_u16* oq = o + 16 * q;
+                if (odd) { for (n = 0; n < 16; n++) { d[2 * n] = eq[n]; d[2 * n + 1] = oq[n]; } }
+                else { for (n = 0; n < 16; n++) { d[2 * n] = eq[n]; d[2 * n + 1] = 0; } }
+            }
+        }
+    }
+
+    /* Zero pair rows [p0, p1) of panels [q0, q1) */
+    static void fnn_bf16_zero_pairs(fnn_u16* v, Py_ssize_t ps, Py_ssize_t p0, Py_ssize_t p1, Py_ssize_t q0,
+                                    Py_ssize_t q1) {
+        Py_ssize_t q;
+        if (p1 > p0)
+            for (q = q0; q < q1; q++) memset(v + q * ps + 32 * p0, 0, (size_t)(p1 - p0) * 64);
+    }
+
+    /* t[j ldt + i] = bf16(x[i ldx + j]) for rows i < m, j in [j0, j1): a block of the transpose */
+    static void fnn_bf16_trans(const float* x, Py_ssize_t ldx, Py_ssize_t m, Py_ssize_t j0, Py_ssize_t j1,
+                               fnn_u16* t, Py_ssize_t ldt) {
+        Py_ssize_t i0, jb, i, j, ie, je;
+        for (jb = j0; jb < j1; jb += 32) {
+            je = jb + 32 < j1 ? jb + 32 : j1;
+            for (i0 = 0; i0 < m; i0 += 32) {
+                ie = i0 + 32 < m ? i0 + 32 : m;
+                for (j = jb; j < je; j++)
+                    for (i = i0; i < ie; i++) t[j * ldt + i] = fnn_bf16(x[i * ldx + j]);
+            }
+        }
+    }
+
+    /* Zero t[j ldt + i] for j in [j0, j1), i in [i0, i1) */
+    static void fnn_bf16_zero_cols(fnn_u16* t, Py_ssize_t ldt, Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t i0,
+                                   Py_ssize_t i1) {
+        Py_ssize_t j;
+        if (i1 > i0)
+            for (j = j0; j < j1; j++) memset(t + j * ldt + i0, 0, (size_t)(i1 - i0) * 2);
+    }
+
+    /* Weights, forward panels: row n of W (K values, ldw apart) is column n of B = W^T, so
+       f[(n / 16) Kp 16 + 32 p + 2 (n % 16) + s] = bf16(W[n][2 p + s]), rows [n0, n1). Entries past K
+       are never written (the buffer starts zeroed). */
+    static void fnn_pack_wf(const float* W, Py_ssize_t ldw, Py_ssize_t n0, Py_ssize_t n1, Py_ssize_t K,
+                            Py_ssize_t Kp, fnn_u16* f) {
+        Py_ssize_t n, k;
+        for (n = n0; n < n1; n++) {
+            const float* w = W + n * ldw;
+            fnn_u16* d = f + (n / 16) * Kp * 16 + 2 * (n % 16);
+            for (k = 0; k + 1 < K; k += 2) {
+                d[16 * k] = fnn_bf16(w[k]);
+                d[16 * k + 1] = fnn_bf16(w[k + 1]);
+            }
+            if (k < K) d[16 * k] = fnn_bf16(w[k]);
+        }
+    }
+
+    /* Weights, backward panels: B = W (rows o, columns j): b[(j / 16) Kp 16 + 32 (o / 2) + 2 (j % 16)
+       + o % 2] = bf16(W[o][j]), rows [o0, o1) (Kp: the rows of W padded). */
+    static void fnn_pack_wb(const float* W, Py_ssize_t ldw, Py_ssize_t o0, Py_ssize_t o1, Py_ssize_t K,
+                            Py_ssize_t Kp, fnn_u16* b) {
+        Py_ssize_t o, j;
+        for (o = o0; o < o1; o++) {
+            const float* w = W + o * ldw;
+            fnn_u16* d = b + 32 * (o / 2) + (o % 2);
+            for (j = 0; j < K; j++) d[(j / 16) * Kp * 16 + 2 * (j % 16)] = fnn_bf16(w[j]);
+        }
+    }
+
+    /* The A operand of a product from float32: y[i Kp + k] = bf16(op(a)[i][k]), op(a)[i][k] = a[i lda + k]
+       (or a[k lda + i] with trans), zero for k in [K, Kp) */
+    static void fnn_pack_a(const float* a, Py_ssize_t lda, int trans, Py_ssize_t M, Py_ssize_t K, fnn_u16* y,
+                           Py_ssize_t Kp) {
+        if (!trans) { fnn_bf16_rows(a, lda, M, 0, K, Kp, y, Kp); return; }
+        fnn_bf16_trans(a, lda, K, 0, M, y, Kp);
+        fnn_bf16_zero_cols(y, Kp, 0, M, K, Kp);
+    }
+
+    /* The B operand [K x N] from float32 as VNNI panels (ps = 16 Kp): op(b)[k][n] = b[k ldb + n] (or
+       b[n ldb + k] with trans); zero past K and N */
+    static void fnn_pack_b(const float* b, Py_ssize_t ldb, int trans, Py_ssize_t K, Py_ssize_t N, fnn_u16* v,
+                           Py_ssize_t Kp) {
+        Py_ssize_t nq = (N + 15) / 16, q, p, k, n;
+        memset(v, 0, (size_t)nq * Kp * 32);
+        if (trans) { fnn_pack_wf(b, ldb, 0, N, K, Kp, v); return; }
+        for (q = 0; q < nq; q++) {
+            int nc = N - 16 * q < 16 ? (int)(N - 16 * q) : 16;
+            for (p = 0; 2 * p < K; p++) {
+                fnn_u16* d = v + q * Kp * 16 + 32 * p;
+                for (k = 2 * p; k < 2 * p + 2 && k < K; k++)
+                    for (n = 0; n < nc; n++) d[2 * n + (k & 1)] = fnn_bf16(b[k * ldb + 16 * q + n]);
+            }
+        }
+    }
+
+    /* ------------------------------------------------------------------ kernels */
+    /* C[M x N] (=|+=) A[M x Kp] B[Kp x N]: A bfloat16 rows (lda apart), B VNNI panels (ps apart), C float32
+       (ldc); Kp a multiple of 32. */
+    typedef void (*fnn_bgemm_fn)(Py_ssize_t, Py_ssize_t, Py_ssize_t, const fnn_u16*, Py_ssize_t, const fnn_u16*,
+                                 Py_ssize_t, float*, Py_ssize_t, int);
+
+    /* Emulation: each entry's float32 sum adds, pair by pair, A's odd times B's odd element, then the
+       even ones (VDPBF16PS's order); the products are exact. FNN_EM_MR rows x one panel at a time. */
+    #define FNN_EM_MR 4
+    static void fnn_bgemm_emul(Py_ssize_t M, Py_ssize_t N, Py_ssize_t Kp, const fnn_u16* A, Py_ssize_t lda,
+                               const fnn_u16* B, Py_ssize_t ps, float* C, Py_ssize_t ldc, int acc) {
+        Py_ssize_t q, m0, p, P = Kp / 2;
+        int r, n, mr, nc;
+        float be[16], bo[16], s[FNN_EM_MR][16];
+        for (q = 0; 16 * q < N; q++) {
+            const fnn_u16* bq = B + q * ps;
+            nc = N - 16 * q < 16 ? (int)(N - 16 * q) : 16;
+            for (m0 = 0; m0 < M; m0 += FNN_EM_MR) {
+                mr = M - m0 < FNN_EM_MR ? (int)(M - m0) : FNN_EM_MR;
+                for (r = 0; r < FNN_EM_MR; r++)
+                    for (n = 0; n < 16; n++)
+                        s[r][n] = (acc && r < mr && n < nc) ? C[(m0 + r) * ldc + 16 * q + n] : 0.0f;
+                for (p = 0; p < P; p++) {
+                    const fnn_u16* b = bq + 32 * p;
+                    for (n = 0; n < 16; n++) { be[n] = fnn_f32(b[2 * n]); bo[n] = fnn_f32(b[2 * n + 1]); }
+                    for (r = 0; r < FNN_EM_MR; r++) {
+                        const fnn_u16* a = A + (m0 + (r < mr ? r : 0)) * lda + 2 * p;
+                        float ae = fnn_f32(a[0]), ao = fnn_f32(a[1]);
+                        for (n = 0; n < 16; n++) s[r][n] = (s[r][n] + ao * bo[n]) + ae * be[n];
+                    }
+                }
+                for (r = 0; r < mr; r++)
+                    for (n = 0; n < nc; n++) C[(m0 + r) * ldc + 16 * q + n] = s[r][n];
+            }
+        }
+    }
+
+    #if defined(__AVX512F__) && defined(__GNUC__) && defined(__x86_64__)
+    #define FNN_BF16_HW 1
+    #include <immintrin.h>
+    #include <cpuid.h>
+
+    #define FNN_TGT_BF16 __attribute__((target("avx512f,avx512bw,avx512bf16")))
+    /* MR rows x NV panels of C over all Kp; nc columns valid in the last panel */
+    #define FNN_BK(NAME, MR, NV) \
+    static inline __attribute__((always_inline)) FNN_TGT_BF16 void NAME(Py_ssize_t Kp, const fnn_u16* A, \
+            Py_ssize_t lda, const fnn_u16* B, Py_ssize_t ps, float* C, Py_ssize_t ldc, int nc, int acc) { \
+        __m512 s[MR][NV]; \
+        Py_ssize_t p; int r, v; \
+        for (r = 0; r < MR; r++) for (v = 0; v < NV; v++) { \
+            int w = nc - 16 * v; __mmask16 k = w >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (w > 0 ? w : 0)) - 1); \
+            s[r][v] = acc ? _mm512_maskz_loadu_ps(k, C + r * ldc + 16 * v) : _mm512_setzero_ps(); } \
+        for (p = 0; p < Kp / 2; p++) { \
+            __m512i b[NV]; \
+            for (v = 0; v < NV; v++) b[v] = _mm512_loadu_si512((const void*)(B + v * ps + 32 * p)); \
+            for (r = 0; r < MR; r++) { \
+                int32_t ai; memcpy(&ai, A + r * lda + 2 * p, 4); \
+                __m512i a = _mm512_set1_epi32(ai); \
+                for (v = 0; v < NV; v++) s[r][v] = _mm512_dpbf16_ps(s[r][v], (__m512bh)a, (__m512bh)b[v]); } } \
+        for (r = 0; r < MR; r++) for (v = 0; v < NV; v++) { \
+            int w = nc - 16 * v; __mmask16 k = w >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (w > 0 ? w : 0)) - 1); \
+            _mm512_mask_storeu_ps(C + r * ldc + 16 * v, k, s[r][v]); } \
+    }
+    FNN_BK(fnn_bk_6x4, 6, 4)
+    FNN_BK(fnn_bk_3x4, 3, 4)
+    FNN_BK(fnn_bk_1x4, 1, 4)
+    FNN_BK(fnn_bk_6x1, 6, 1)
+    FNN_BK(fnn_bk_3x1, 3, 1)
+    FNN_BK(fnn_bk_1x1, 1, 1)
+
+    FNN_TGT_BF16 static void fnn_bgemm_avx512bf16(Py_ssize_t M, Py_ssize_t N, Py_ssize_t Kp, const fnn_u16* A,
+            Py_ssize_t lda, const fnn_u16* B, Py_ssize_t ps, float* C, Py_ssize_t ldc, int acc) {
+        Py_ssize_t n0, m0;
+        for (n0 = 0; n0 < N; n0 += 64) {
+            int nc = N - n0 < 64 ? (int)(N - n0) : 64;
+            const fnn_u16* b = B + (n0 / 16) * ps;
+            float* c = C + n0;
+            if (nc > 48) {
+                for (m0 = 0; m0 + 6 <= M; m0 += 6) fnn_bk_6x4(Kp, A + m0 * lda, lda, b, ps, c + m0 * ldc, ldc, nc, acc);
+                for (; m0 + 3 <= M; m0 += 3) fnn_bk_3x4(Kp, A + m0 * lda, lda, b, ps, c + m0 * ldc, ldc, nc, acc);
+                for (; m0 < M; m0++) fnn_bk_1x4(Kp, A + m0 * lda, lda, b, ps, c + m0 * ldc, ldc, nc, acc);
+            } else {
+                int v;
+                for (v = 0; 16 * v < nc; v++) {
+                    int w = nc - 16 * v;
+                    for (m0 = 0; m0 + 6 <= M; m0 += 6)
+                        fnn_bk_6x1(Kp, A + m0 * lda, lda, b + v * ps, ps, c + m0 * ldc + 16 * v, ldc, w, acc);
+                    for (; m0 + 3 <= M; m0 += 3)
+                        fnn_bk_3x1(Kp, A + m0 * lda, lda, b + v * ps, ps, c + m0 * ldc + 16 * v, ldc, w, acc);
+                    for (; m0 < M; m0++)
+                        fnn_bk_1x1(Kp, A + m0 * lda, lda, b + v * ps, ps, c + m0 * ldc + 16 * v, ldc, w, acc);
+                }
+            }
+        }
+    }
+
+    #if defined(__linux__)
+    #define FNN_AMX 1
+    #include <unistd.h>
+    #include <sys/syscall.h>
+    #define FNN_TGT_AMX __attribute__((target("amx-tile,amx-bf16,avx512f")))
+    #define FNN_AMX_KB 256       /* K per pass over a block of C (16 KB of B's two panels stay in L1) */
+    typedef struct { uint8_t palette, start_row, reserved[14]; uint16_t colsb[16]; uint8_t rows[16]; } fnn_tilecfg;
+
+    /* Tiles 0-3: 16 x 16 float32 sums; 4, 5: 16 rows of A (32 bfloat16 each); 6, 7: 16 pair rows of B.
+       Loaded on every call: another library in the process may have configured or released the tiles. */
+    FNN_TGT_AMX static void fnn_amx_config(void) {
+        fnn_tilecfg cfg __attribute__((aligned(64)));
+        int t;
+        memset(&cfg, 0, sizeof cfg);
+        cfg.palette = 1;
+        for (t = 0; t < 8; t++) { cfg.rows[t] = 16; cfg.colsb[t] = 64; }
+        _tile_loadconfig(&cfg);
+    }
+
+    /* A tile (16 rows x 64 bytes) for rows [m0, m0 + mr) of A at column k: in place when all 16 rows
+       exist, else copied with zero rows into buf */
+    static inline const fnn_u16* fnn_amx_a(const fnn_u16* A, Py_ssize_t lda, int mr, Py_ssize_t k, fnn_u16* buf,
+                                            Py_ssize_t* stride) {
+        int r;
+        if (mr == 16) { *stride = lda * 2; return A + k; }
+        for (r = 0; r < 16; r++) {
+            if (r < mr) memcpy(buf + 32 * r, A + r * lda + k, 64);
+            else memset(buf + 32 * r, 0, 64);
+        }
+        *stride = 64;
+        return buf;
+    }
+
+    /* One block of up to 32 x 32 entries of C: mr rows (<= 32), nc columns (<= 32), K in [k0, k1) */
+    #define FNN_AMX_CT(T, CP, LD) \
+        if (start) _tile_zero(T); else _tile_loadd(T, CP, LD);
+    FNN_TGT_AMX static void fnn_amx_block(Py_ssize_t k0, Py_ssize_t k1, const fnn_u16* A, Py_ssize_t lda, int mr,
+            const fnn_u16* B, Py_ssize_t ps, int nc, float* C, Py_ssize_t ldc, int start) {
+        fnn_u16 abuf[2][512] __attribute__((aligned(64)));
+        float cbuf[4][256] __attribute__((aligned(64)));
+        int full = mr == 32 && nc == 32, t, r, j;
+        Py_ssize_t k, sa0, sa1;
+        /* C tiles: in place when the whole 32 x 32 block exists, else through cbuf */
+        if (full) {
+            if (start) { _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3); }
+            else { _tile_loadd(0, C, ldc * 4); _tile_loadd(1, C + 16, ldc * 4);
+                   _tile_loadd(2, C + 16 * ldc, ldc * 4); _tile_loadd(3, C + 16 * ldc + 16, ldc * 4); }
+            for (k = k0; k < k1; k += 32) {
+                _tile_loadd(4, A + k, lda * 2);
+                _tile_loadd(5, A + 16 * lda + k, lda * 2);
+                _tile_loadd(6, B + 16 * k, 64);
+                _tile_loadd(7, B + ps + 16 * k, 64);
+                _tile_dpbf16ps(0, 4, 6);
+                _tile_dpbf16ps(1, 4, 7);
+                _tile_dpbf16ps(2, 5, 6);
+                _tile_dpbf16ps(3, 5, 7);
+            }
+            _tile_stored(0, C, ldc * 4); _tile_stored(1, C + 16, ldc * 4);
+            _tile_stored(2, C + 16 * ldc, ldc * 4); _tile_stored(3, C + 16 * ldc + 16, ldc * 4);
+            return;
+        }
+        for (t = 0; t < 4; t++) {
+            int rr = (t >> 1) ? mr - 16 : (mr < 16 ? mr : 16), cc = (t & 1) ? nc - 16 : (nc < 16 ? nc : 16);
+            memset(cbuf[t], 0, 1024);
+            if (!start)
+                for (r = 0; r < rr; r++)
+                    for (j = 0; j < cc; j++) cbuf[t][16 * r + j] = C[(16 * (t >> 1) + r) * ldc + 16 * (t & 1) + j];
+        }
+        _tile_loadd(0, cbuf[0], 64); _tile_loadd(1, cbuf[1], 64);
+        _tile_loadd(2, cbuf[2], 64); _tile_loadd(3, cbuf[3], 64);
+        for (k = k0; k < k1; k += 32) {
+            const fnn_u16* a0 = fnn_amx_a(A, lda, mr < 16 ? mr : 16, k, abuf[0], &sa0);
+            _tile_loadd(4, a0, sa0);
+            _tile_loadd(6, B + 16 * k, 64);
+            _tile_dpbf16ps(0, 4, 6);
+            if (nc > 16) { _tile_loadd(7, B + ps + 16 * k, 64); _tile_dpbf16ps(1, 4, 7); }
+            if (mr > 16) {
+                const fnn_u16* a1 = fnn_amx_a(A + 16 * lda, lda, mr - 16, k, abuf[1], &sa1);
+                _tile_loadd(5, a1, sa1);
+                _tile_dpbf16ps(2, 5, 6);
+                if (nc > 16) _tile_dpbf16ps(3, 5, 7);
+            }
+        }
+        _tile_stored(0, cbuf[0], 64); _tile_stored(1, cbuf[1], 64);
+        _tile_stored(2, cbuf[2], 64); _tile_stored(3, cbuf[3], 64);
+        for (t = 0; t < 4; t++) {
+            int rr = (t >> 1) ? mr - 16 : (mr < 16 ? mr : 16), cc = (t & 1) ? nc - 16 : (nc < 16 ? nc : 16);
+            for (r = 0; r < rr; r++)
+                for (j = 0; j < cc; j++) C[(16 * (t >> 1) + r) * ldc + 16 * (t & 1) + j] = cbuf[t][16 * r + j];
+        }
+    }
+
+    FNN_TGT_AMX static void fnn_bgemm_amx(Py_ssize_t M, Py_ssize_t N, Py_ssize_t Kp, const fnn_u16* A,
+            Py_ssize_t lda, const fnn_u16* B, Py_ssize_t ps, float* C, Py_ssize_t ldc, int acc) {
+        Py_ssize_t k0, k1, n0, m0;
+        fnn_amx_config();
+        k0 = 0;
+        do {        /* once at least: Kp = 0 still writes C */
+            k1 = k0 + FNN_AMX_KB < Kp ? k0 + FNN_AMX_KB : Kp;
+            for (n0 = 0; n0 < N; n0 += 32) {
+                int nc = N - n0 < 32 ? (int)(N - n0) : 32;
+                for (m0 = 0; m0 < M; m0 += 32) {
+                    int mr = M - m0 < 32 ? (int)(M - m0) : 32;
+                    fnn_amx_block(k0, k1, A + m0 * lda, lda, mr, B + (n0 / 16) * ps, ps, nc, C + m0 * ldc + n0,
+                                  ldc, k0 == 0 && !acc);
+                }
+            }
+            k0 = k1;
+        } while (k0 < Kp);
+    }
+
+    /* Whether this process may use AMX tiles: asks the kernel once (Linux makes the tile data an
+       opt-in part of the thread state) */
+    static int fnn_amx_permitted(void) {
+        static int state = -1;
+        if (state < 0) state = syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */) == 0;
+        return state;
+    }
+    #endif
+
+    static unsigned long long fnn_xcr0(void) {
+        unsigned int lo, hi;
+        __asm__ volatile ("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+        return ((unsigned long long)hi << 32) | lo;
+    }
+
+    /* bit 0: AVX512-BF16 usable, bit 1: AMX-BF16 present with OS support for the tile state */
+    static int fnn_bf16_cpu(void) {
+        unsigned int a, b, c, d, sub;
+        int out = 0;
+        unsigned long long x;
+        if (__get_cpuid_max(0, 0) < 7) return 0;
+        __cpuid(1, a, b, c, d);
+        if (!((c >> 27) & 1)) return 0;               /* OSXSAVE */
+        x = fnn_xcr0();
+        __cpuid_count(7, 0, a, b, c, d);
+        sub = a;
+        if ((x & 0xe6) == 0xe6 && ((b >> 16) & 1) && sub >= 1) {     /* AVX-512 state and AVX512F */
+            unsigned int a1, b1, c1, d1;
+            __cpuid_count(7, 1, a1, b1, c1, d1);
+            if ((a1 >> 5) & 1) out |= 1;
+        }
+        if (((d >> 22) & 1) && ((d >> 24) & 1) && (x & 0x60000) == 0x60000) out |= 2;
+        return out;
+    }
+    #else
+    #define FNN_BF16_HW 0
+    static int fnn_bf16_cpu(void) { return 0; }
+    #endif
+    #ifndef FNN_AMX
+    #define FNN_AMX 0
+    #endif
+
+    /* the kernel in use: 0 emulate, 1 avx512bf16, 2 amx */
+    static int fnn_bk_code = 0;
+    static fnn_bgemm_fn fnn_bk = fnn_bgemm_emul;
+
+    static int fnn_bf16_available(int code) {
+        if (code == 0) return 1;
+    #if FNN_BF16_HW
+        if (code == 1) return (fnn_bf16_cpu() & 1) != 0;
+    #endif
+    #if FNN_AMX
+        if (code == 2) return (fnn_bf16_cpu() & 2) != 0 && fnn_amx_permitted();
+    #endif
+        return 0;
+    }
+
+    static int fnn_bf16_select(int code) {
+        if (!fnn_bf16_available(code)) return -1;
+        fnn_bk_code = code;
+        fnn_bk = fnn_bgemm_emul;
+    #if FNN_BF16_HW
+        if (code == 1) fnn_bk = fnn_bgemm_avx512bf16;
+    #endif
+    #if FNN_AMX
+        if (code == 2) fnn_bk = fnn_bgemm_amx;
+    #endif
+        return code;
+    }
+
+    static void fnn_bgemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t Kp, const fnn_u16* A, Py_ssize_t lda,
+                          const fnn_u16* B, Py_ssize_t ps, float* C, Py_ssize_t ldc, int acc) {
+        if (M > 0 && N > 0) fnn_bk(M, N, Kp, A, lda, B, ps, C, ldc, acc);
+    }
+    """
+    ctypedef unsigned short fnn_u16
+    fnn_u16 fnn_bf16(float x) nogil
+    float fnn_f32(fnn_u16 b) nogil
+    void fnn_bf16_rows(const float* x, Py_ssize_t ldx, Py_ssize_t m, Py_ssize_t j0, Py_ssize_t j1,
+                       Py_ssize_t jp, fnn_u16* y, Py_ssize_t ldy) nogil
+    void fnn_bf16_pairs(const fnn_u16* y, Py_ssize_t ldy, Py_ssize_t i0, Py_ssize_t m, Py_ssize_t q0,
+                        Py_ssize_t q1, fnn_u16* v, Py_ssize_t ps) nogil
+    void fnn_bf16_zero_pairs(fnn_u16* v, Py_ssize_t ps, Py_ssize_t p0, Py_ssize_t p1, Py_ssize_t q0,
+                             Py_ssize_t q1) nogil
+    void fnn_bf16_trans(const float* x, Py_ssize_t ldx, Py_ssize_t m, Py_ssize_t j0, Py_ssize_t j1,
+                        fnn_u16* t, Py_ssize_t ldt) nogil
+    void fnn_bf16_zero_cols(fnn_u16* t, Py_ssize_t ldt, Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t i0,
+                            Py_ssize_t i1) nogil
+    void fnn_pack_wf(const float* W, Py_ssize_t ldw, Py_ssize_t n0, Py_ssize_t n1, Py_ssize_t K,
+                     Py_ssize_t Kp, fnn_u16* f) nogil
+    void fnn_pack_wb(const float* W, Py_ssize_t ldw, Py_ssize_t o0, Py_ssize_t o1, Py_ssize_t K,
+                     Py_ssize_t Kp, fnn_u16* b) nogil
+    void fnn_pack_a(const float* a, Py_ssize_t lda, int trans, Py_ssize_t M, Py_ssize_t K, fnn_u16* y,
+                    Py_ssize_t Kp) nogil
+    void fnn_pack_b(const float* b, Py_ssize_t ldb, int trans, Py_ssize_t K, Py_ssize_t N, fnn_u16* v,
+                    Py_ssize_t Kp) nogil
+    void fnn_bgemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t Kp, const fnn_u16* A, Py_ssize_t lda,
+                   const fnn_u16* B, Py_ssize_t ps, float* C, Py_ssize_t ldc, int acc) nogil
+    int fnn_bf16_available(int code) nogil
+    int fnn_bf16_select(int code) nogil
+    int fnn_bk_code
+
+
+BF16_KERNELS = ("emulate", "avx512bf16", "amx")
+
+
+def bf16_kernels():
+    """The bfloat16 product kernels this build can run on this CPU, slowest first."""
+    return [name for code, name in enumerate(BF16_KERNELS) if fnn_bf16_available(code)]
+
+
+def bf16_use(name):
+    """Make ``name`` (one of ``bf16_kernels()``) the kernel of every bfloat16 product; returns it."""
+    if name not in BF16_KERNELS or fnn_bf16_select(BF16_KERNELS.index(name)) < 0:
+        raise ValueError(f"bfloat16 kernel {name!r} is not available here; available: {bf16_kernels()}")
+    return name
+
+
+def bf16_kernel():
+    """The bfloat16 product kernel in use."""
+    return BF16_KERNELS[fnn_bk_code]
+
+
+def bf16_round(const float[::1] x):
+    """x rounded to bfloat16 (as uint16 bit patterns), the rounding of every product operand."""
+    out = np.empty(x.shape[0], dtype=np.uint16)
+    cdef fnn_u16[::1] o = out
+    cdef Py_ssize_t i
+    with nogil:
+        for i in range(x.shape[0]):
+            o[i] = fnn_bf16(x[i])
+    return out
+
+
+def bf16_matmul(const float[:, ::1] A, const float[:, ::1] B, float[:, ::1] C, bint accumulate=False):
+    """C (=|+=) bf16(A) @ bf16(B) in float32 on the kernel in use (for tests): A is M x K, B K x N."""
+    cdef Py_ssize_t M = A.shape[0], K = A.shape[1], N = B.shape[1], Kp = (K + 31) // 32 * 32
+    if B.shape[0] != K or C.shape[0] != M or C.shape[1] != N:
+        raise ValueError("shapes do not match")
+    ap = np.empty(max(M * Kp, 1), dtype=np.uint16)
+    bp = np.empty(max(Kp * ((N + 15) // 16) * 16, 1), dtype=np.uint16)
+    cdef fnn_u16[::1] a = ap
+    cdef fnn_u16[::1] b = bp
+    with nogil:
+        fnn_pack_a(&A[0, 0], K, 0, M, K, &a[0], Kp)
+        fnn_pack_b(&B[0, 0], N, 0, K, N, &b[0], Kp)
+        fnn_bgemm(M, N, Kp, &a[0], Kp, &b[0], Kp * 16, &C[0, 0], N, accumulate)
