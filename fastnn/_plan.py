@@ -108,6 +108,7 @@ class Plan:
         self.has_conv = any(op["kind"] == OP["conv"] for op in self.ops)
         self.batch_coupled_inference = any(not layer.track_running_stats for _, layer in self.bn_layers)
         self._phase_cache = {}
+        self._bf16 = None
 
     # ------------------------------------------------------------ walking the layers
     def _alloc(self, width):
@@ -127,7 +128,7 @@ class Plan:
         op = dict.fromkeys(_engine.OP_FIELDS, -1)
         op.update(kind=OP[kind], n_in=src.width, n_out=n_out, act=L.ACT_IDENTITY, drop=L.DROP_NONE,
                   in_col=src.col, din_acc=0, din2_acc=0, groups=1, nbt=0, dper=1, act_param=0.0, drop_p=0.0,
-                  eps=0.0, momentum=-1.0, src=src, src2=None, sg_rows=0, sg_grad_rows=0, sg_grad_min=0,
+                  eps=0.0, momentum=-1.0, src=src, src2=None, sg_rows=0, sg_grad_rows=0, sg_grad_min=0, prec=0,
                   **{f"g{i}": 0 for i in range(_engine.N_GEOM)})
         op.update(kw)
         if kind == "dense":
@@ -348,12 +349,18 @@ class Plan:
                 op[key + "_acc"] = 1 if src.op in written else 0
                 written.add(src.op)
 
-    def _tables(self):
-        ops = np.zeros((len(self.ops), len(_engine.OP_FIELDS)), dtype=np.int64)
-        opf = np.zeros((len(self.ops), len(_engine.OPF_FIELDS)), dtype=np.float64)
-        for k, op in enumerate(self.ops):
+    @staticmethod
+    def _op_rows(op_dicts):
+        ops = np.zeros((len(op_dicts), len(_engine.OP_FIELDS)), dtype=np.int64)
+        for k, op in enumerate(op_dicts):
             for j, f in enumerate(_engine.OP_FIELDS):
                 ops[k, j] = op[f]
+        return ops
+
+    def _tables(self):
+        ops = self._op_rows(self.ops)
+        opf = np.zeros((len(self.ops), len(_engine.OPF_FIELDS)), dtype=np.float64)
+        for k, op in enumerate(self.ops):
             for j, f in enumerate(_engine.OPF_FIELDS):
                 opf[k, j] = op[f]
         for j, (name, k, _, _) in enumerate(self.diag):
@@ -523,3 +530,71 @@ class Plan:
 
     def work_size(self, rows):
         return self.row_width * rows
+
+    def bf16(self):
+        """The plan with bfloat16 products (precision="bf16-mixed"): ``Bf16Plan``, made once."""
+        if self._bf16 is None:
+            self._bf16 = Bf16Plan(self)
+        return self._bf16
+
+
+def _rup(n, m):
+    return -(-n // m) * m
+
+
+class Bf16Plan:
+    """The op table and work-buffer layout of a plan whose Dense products take bfloat16 operands
+    (fastnn/_core/bf16.pxi). Every such op reads bfloat16 copies of its input (rows, and panels of
+    pairs of rows for its weight gradient) and of its output delta (rows, and transposed), in
+    columns after the float32 plan's, and its weights' panels from the end of the work buffer. The
+    float32 buffers, the phases and the tiles are the float32 plan's."""
+
+    def __init__(self, plan):
+        ops = [dict(op) for op in plan.ops]
+        self._col = plan.row_width
+        self.pb_size = 0            # bfloat16 values of the weight panels
+        self.input = (-1, -1, 0)    # the input's copies (rows, pairs) and their row width
+        copies = {}
+        for op in ops:
+            if op["kind"] != OP["dense"]:
+                continue
+            g = op["groups"]
+            K, N = op["n_in"] // g, op["n_out"] // g
+            Kpi, Kpo = _rup(K, 32), _rup(N, 32)
+            src = op["src"]
+            key = (src.op, src.col)
+            if key not in copies:
+                copies[key] = (self._alloc(g * Kpi // 2), self._alloc(-(-K // 16) * g * 8), K)
+                if src.op >= 0:
+                    prod = ops[src.op]
+                    prod["ob_col"], prod["ov_col"], prod["ob_k"] = copies[key]
+                else:
+                    self.input = copies[key]
+            op["prec"] = 1
+            op["xb_col"], op["xv_col"] = copies[key][:2]
+            op["db_col"] = self._alloc(g * Kpo // 2)
+            op["dt_col"] = self._alloc(-(-(N * g) // 2))
+            op["wf_off"] = self.pb_size
+            self.pb_size += -(-N // 16) * 16 * Kpi
+            op["wb_off"] = self.pb_size
+            self.pb_size += -(-K // 16) * 16 * Kpo
+        self.row_width = self._col
+        self.ops = ops
+        self.op_table = plan._op_rows(ops)
+
+    def _alloc(self, width):
+        c = self._col
+        self._col += width
+        return c
+
+    @staticmethod
+    def block_rows(rows):
+        """Rows of a work-buffer block for a call over ``rows`` rows (a multiple of 32)."""
+        return _rup(max(rows, 1), 32)
+
+    def work_size(self, rows):
+        return self.row_width * self.block_rows(rows) + -(-self.pb_size // 2)
+
+    def info(self, rows):
+        """The core's ``bf16`` argument for a call over ``rows`` rows."""
+        return np.array([self.block_rows(rows), *self.input, self.pb_size, self.row_width], dtype=np.int64)

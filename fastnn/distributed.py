@@ -253,7 +253,8 @@ class DistributedFit(Fit):
                     mine.append(idx)
                     m._run(d.X, d.yi, d.yf, d.sw, d.pw, self.loss, idx, hi - lo, 1, None, np.zeros(1),
                            self.seed, ep, m.steps_trained, self.n_threads, part, pred=self.pred,
-                           pos0=lo - b0, norm_of_step=norm if norm > 0 else 0.0, lengths=lengths)
+                           pos0=lo - b0, norm_of_step=norm if norm > 0 else 0.0, lengths=lengths,
+                           precision=self.precision)
                 else:
                     m._grads.fill(0)
             except Exception as e:      # noqa: BLE001 - re-raised on every rank

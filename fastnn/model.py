@@ -246,8 +246,8 @@ class Sequential:
         return self._plan.chunk_for(batch_size)
 
     # ------------------------------------------------------------ buffers
-    def _work(self, rows):
-        size = int(self._plan.work_size(rows))
+    def _work(self, rows, size=None):
+        size = int(self._plan.work_size(rows) if size is None else size)
         if self._work_buf is None or self._work_buf.size < size:
             self._work_buf = np.empty(size, dtype=self.dtype)
         return self._work_buf
@@ -259,6 +259,26 @@ class Sequential:
         if getattr(self, "_scratch_buf", None) is None or self._scratch_buf.size < max(size, 1):
             self._scratch_buf = np.empty(max(size, 1), dtype=self.dtype)
         return self._scratch_buf
+
+    def _check_precision(self, precision):
+        """``precision`` as the core runs it: None (products in the model's dtype) or "bf16-mixed"."""
+        if precision is None or (isinstance(precision, str) and precision == self.dtype.name):
+            return None
+        if isinstance(precision, str) and precision == "bf16-mixed":
+            if self.dtype != np.float32:
+                raise ValueError(f"precision='bf16-mixed' keeps float32 master weights: it needs a float32 model, "
+                                 f"this one is {self.dtype.name} (build it with dtype='float32')")
+            return precision
+        raise ValueError(f"precision must be None, {self.dtype.name!r} (the model's dtype) or 'bf16-mixed', "
+                         f"got {precision!r}")
+
+    def _precision_args(self, precision, rows):
+        """(op table, work buffer, the core's bf16 argument) for a call over ``rows`` rows."""
+        p = self._plan
+        if precision is None:
+            return p.op_table, self._work(rows), None
+        b = p.bf16()
+        return b.op_table, self._work(rows, b.work_size(rows)), b.info(rows)
 
     def _check_X(self, X, name="X"):
         """X as a C-contiguous (N, n_features) array in the model's dtype; examples shaped
@@ -367,7 +387,7 @@ class Sequential:
         return sw
 
     # ------------------------------------------------------------ inference
-    def forward(self, X, threads=None, training=False, lengths=None):
+    def forward(self, X, threads=None, training=False, lengths=None, precision=None):
         """Raw network output (logits) for X, shape ``(N, n_outputs)``, or ``(N, *shape)`` for a
         network whose output has several dimensions per example (a Dense on every step).
 
@@ -375,7 +395,9 @@ class Sequential:
         ``training=True``: then dropout draws the masks the next training step would (keyed by
         the model's seed and step counters) and BatchNorm normalises by the statistics of all of
         X as one batch (running statistics unchanged). ``lengths``: each sequence's length (models
-        with recurrent layers): its steps past that keep the state and output zeros."""
+        with recurrent layers): its steps past that keep the state and output zeros.
+        ``precision``: ``"bf16-mixed"`` multiplies bfloat16 operands, as training in it does."""
+        precision = self._check_precision(precision)
         X = self._check_X(X)
         n = X.shape[0]
         lengths = self._check_lengths(lengths, n)
@@ -388,35 +410,37 @@ class Sequential:
             rows = n            # batch statistics over all of X
         else:
             rows = min(n, max(p.chunk, (1024 // p.chunk) * p.chunk))
-        work = self._work(rows)
+        ops, work, bf16 = self._precision_args(precision, rows)
         stats = np.zeros(max(p.n_stats, 1))
         with blas_single_thread():
-            _engine.forward_rows(p.op_table, p.opf_table, p.phases(mode), p.chunk, self._params,
+            _engine.forward_rows(ops, p.opf_table, p.phases(mode), p.chunk, self._params,
                                  self._running, stats, X, out, work, rows,
                                  self._threads_for(rows // 3, resolve_threads(threads)), bool(training),
                                  self.seed, self.epochs_trained, self.steps_trained, lengths=lengths,
-                                 scratch=self._scratch(rows, p.chunk), scratch_stride=p.scratch)
+                                 scratch=self._scratch(rows, p.chunk), scratch_stride=p.scratch, bf16=bf16)
         return out.reshape((n,) + p.out_shape) if len(p.out_shape) > 1 else out
 
     __call__ = forward
 
-    def predict(self, X, threads=None, lengths=None):
+    def predict(self, X, threads=None, lengths=None, precision=None):
         """Output through the last loss's link: probabilities for classification losses
-        (softmax / sigmoid / exp), the raw output for MSE or before any loss is known."""
-        out = self.forward(X, threads, lengths=lengths)
+        (softmax / sigmoid / exp), the raw output for MSE or before any loss is known.
+        ``precision``: as in ``forward``."""
+        out = self.forward(X, threads, lengths=lengths, precision=precision)
         if self.loss is not None and out.ndim > 2:   # per-step outputs: the link over each step's row
             return self.loss.link(out.reshape(-1, out.shape[-1])).reshape(out.shape)
         return self.loss.link(out) if self.loss is not None else out
 
-    def evaluate(self, X, y, loss=None, sample_weight=None, threads=None, lengths=None):
+    def evaluate(self, X, y, loss=None, sample_weight=None, threads=None, lengths=None, precision=None):
         """``{"loss": ...}``, plus ``accuracy``, ``balanced_accuracy`` and ``f1_macro`` for
         classification losses (elementwise accuracy alone for multi-label BCE), over all of X.
-        Per-step outputs count the steps within ``lengths`` only."""
+        Per-step outputs count the steps within ``lengths`` only. ``precision``: as in
+        ``forward``."""
         loss = check_loss(loss if loss is not None else self._need_loss())
         X = self._check_X(X)
         yi, yf, sw, pw = self._targets(y, loss, X.shape[0], sample_weight)
         lengths = self._check_lengths(lengths, X.shape[0])
-        out = self.forward(X, threads, lengths=lengths).reshape(X.shape[0], -1)
+        out = self.forward(X, threads, lengths=lengths, precision=precision).reshape(X.shape[0], -1)
         return self._scores(out, yi, yf, sw, pw, loss, lengths)
 
     def _scores(self, out, yi, yf, sw, pw, loss, lengths=None):
@@ -482,13 +506,13 @@ class Sequential:
 
     # ------------------------------------------------------------ training
     def _run(self, X, yi, yf, sw, pw, loss, order, batch_size, n_steps, opt, lrs, seed, epoch,
-             step0, n_threads, step_loss, update_running=True, **kw):
+             step0, n_threads, step_loss, update_running=True, precision=None, **kw):
         p = self._plan
         n_threads = self._threads_for(batch_size, n_threads)
         state = opt.bind(self) if opt is not None else np.zeros((0, 1), dtype=self.dtype)
         if state.shape[0] == 0:
             state = np.zeros((0, 1), dtype=self.dtype)
-        ops = p.op_table
+        ops, work, bf16 = self._precision_args(precision, batch_size)
         if p.has_bn:
             ops = ops.copy()
             nbt = _engine.OP_FIELDS.index("nbt")
@@ -507,9 +531,9 @@ class Sequential:
             loss.reduction_code, opt.code if opt is not None else OPT_NONE,
             opt.hyper() if opt is not None else np.zeros(1), lrs,
             opt.step_count if opt is not None else 0, seed, epoch, step0,
-            self._work(batch_size), step_loss, n_threads,
+            work, step_loss, n_threads,
             scratch=self._scratch(batch_size), scratch_stride=p.scratch,
-            loss_steps=steps, step_weight=step_weight, **kw)
+            loss_steps=steps, step_weight=step_weight, bf16=bf16, **kw)
         if update_running:
             for _, layer in p.bn_layers:
                 if layer.track_running_stats:
@@ -530,14 +554,16 @@ class Sequential:
             raise ValueError(f"{what}: BatchNorm in training mode needs at least 2 examples per batch, "
                              f"got {n}")
 
-    def loss_and_grad(self, X, y, loss, sample_weight=None, l2=0.0, l2_bias=False, threads=None, lengths=None):
+    def loss_and_grad(self, X, y, loss, sample_weight=None, l2=0.0, l2_bias=False, threads=None, lengths=None,
+                      precision=None):
         """Loss of the whole of X as one batch and its gradient (mean over the batch, as the
         loss reduces), as a list shaped like ``parameters()``. Training mode: BatchNorm uses the
         batch's statistics and dropout the model's fixed training mask. With ``l2`` the loss
         includes β‖W‖² (the weights ``l2_penalty`` covers) and the gradient 2βW. ``lengths``: each
-        sequence's length (recurrent layers). Nothing of the model changes, its running statistics
-        included."""
+        sequence's length (recurrent layers). ``precision``: ``"bf16-mixed"`` multiplies bfloat16
+        operands (see ``fit``). Nothing of the model changes, its running statistics included."""
         loss = check_loss(loss)
+        precision = self._check_precision(precision)
         l2 = _nonneg(l2, "l2")
         X = self._check_X(X)
         yi, yf, sw, pw = self._targets(y, loss, X.shape[0], sample_weight)
@@ -547,15 +573,17 @@ class Sequential:
         with blas_single_thread():
             self._run(X, yi, yf, sw, pw, loss, np.arange(n, dtype=np.intp), n, 1, None, np.zeros(1),
                       self.seed, 0, 0, resolve_threads(threads), step_loss, update_running=False,
-                      l2=l2, l2_bias=bool(l2_bias), lengths=self._check_lengths(lengths, n))
+                      l2=l2, l2_bias=bool(l2_bias), lengths=self._check_lengths(lengths, n), precision=precision)
         value = float(step_loss[0]) + (self.l2_penalty(l2, l2_bias) if l2 > 0 else 0.0)
         return value, [g.copy() for g in self.grads]
 
-    def train_step(self, X, y, loss, optimizer, sample_weight=None, threads=None, lengths=None):
+    def train_step(self, X, y, loss, optimizer, sample_weight=None, threads=None, lengths=None, precision=None):
         """One mini-batch step on all of (X, y): forward, backward, update (and BatchNorm's
-        running statistics). ``lengths``: each sequence's length (recurrent layers). Returns the
+        running statistics). ``lengths``: each sequence's length (recurrent layers).
+        ``precision``: ``"bf16-mixed"`` multiplies bfloat16 operands (see ``fit``). Returns the
         loss."""
         loss, opt = check_loss(loss), check_optimizer(optimizer)
+        precision = self._check_precision(precision)
         X = self._check_X(X)
         yi, yf, sw, pw = self._targets(y, loss, X.shape[0], sample_weight)
         n = X.shape[0]
@@ -564,7 +592,8 @@ class Sequential:
         with blas_single_thread():
             done = self._run(X, yi, yf, sw, pw, loss, np.arange(n, dtype=np.intp), n, 1, opt,
                              np.array([opt.lr]), self.seed, self.epochs_trained, self.steps_trained,
-                             resolve_threads(threads), step_loss, lengths=self._check_lengths(lengths, n))
+                             resolve_threads(threads), step_loss, lengths=self._check_lengths(lengths, n),
+                             precision=precision)
         if done < 1:
             raise TrainingDiverged(f"loss is {step_loss[0]} on this batch; the update was skipped. "
                                    "Lower the learning rate or check the data.", self.epochs_trained,
@@ -578,7 +607,7 @@ class Sequential:
             threads=None, verbose=0, validation_split=0.0, validation_data=None, sample_weight=None,
             class_weight=None, l2=0.0, l2_bias=False, schedule=None, clip_norm=None, clip_value=None,
             diagnostics=None, callbacks=None, checkpoint=None, checkpoint_every=1, drop_last=False,
-            comm=None, lengths=None, validation_lengths=None):
+            comm=None, lengths=None, validation_lengths=None, precision=None):
         """Train by mini-batch backpropagation; returns a ``History``.
 
         Args:
@@ -626,6 +655,12 @@ class Sequential:
                 carry no loss in a per-step loss.
             validation_lengths: ``(N_val,)`` lengths of ``validation_data``'s sequences; needed
                 with ``lengths`` and ``validation_data`` (``validation_split`` splits ``lengths``).
+            precision: ``None`` (the model's dtype) or ``"bf16-mixed"`` (float32 models): the
+                operands of every product of Dense, convolutional and recurrent layers
+                (activations, weights, deltas) are rounded to bfloat16 and multiplied with
+                float32 sums, on AMX or AVX512-BF16 where the CPU has them; weights, optimizer
+                state, the loss, norms and every other sum stay float32. Validation runs in it
+                too. See the mixed-precision guide.
         """
         from .training import fit
 
@@ -635,7 +670,8 @@ class Sequential:
                    sample_weight=sample_weight, class_weight=class_weight, l2=l2, l2_bias=l2_bias,
                    schedule=schedule, clip_norm=clip_norm, clip_value=clip_value, diagnostics=diagnostics,
                    callbacks=callbacks, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
-                   drop_last=drop_last, comm=comm, lengths=lengths, validation_lengths=validation_lengths)
+                   drop_last=drop_last, comm=comm, lengths=lengths, validation_lengths=validation_lengths,
+                   precision=precision)
 
     def l2_penalty(self, l2, bias=False):
         """β‖W‖² over the weights of Dense, convolutional and recurrent layers and the Embedding

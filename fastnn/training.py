@@ -176,6 +176,7 @@ class Fit:
         self.pred = np.zeros(data.yi.size if data.yi.ndim == 2 else data.n if self.track else 0, dtype=np.int64)
         self.run_kw = dict(l2=l2, l2_bias=bool(l2_bias), clip_value=clip_value, clip_norm=clip_norm,
                            pred=self.pred)
+        self.precision = None         # "bf16-mixed": the core's products (set by make_fit)
         if data.lengths is not None:
             self.run_kw["lengths"] = data.lengths
         self.diag = None
@@ -278,7 +279,8 @@ class Fit:
     def _validate(self):
         """``evaluate`` on the validation data."""
         d = self.data
-        return self.model.evaluate(d.val[0], d.val[1], self.loss, d.val[2], self.n_threads, lengths=d.val[3])
+        return self.model.evaluate(d.val[0], d.val[1], self.loss, d.val[2], self.n_threads, lengths=d.val[3],
+                                   precision=self.precision)
 
     def _steps(self, order, lrs, ep, step_loss):
         # One core call per epoch; with a progress bar, one per ~2% of the epoch. The split does not
@@ -350,12 +352,13 @@ def make_fit(model, X, y, loss=None, optimizer=None, epochs=1, batch_size=32, sh
              threads=None, verbose=0, validation_split=0.0, validation_data=None, sample_weight=None,
              class_weight=None, l2=0.0, l2_bias=False, schedule=None, clip_norm=None, clip_value=None,
              diagnostics=None, callbacks=None, checkpoint=None, checkpoint_every=1, drop_last=False,
-             lengths=None, validation_lengths=None, fit_class=Fit, **fit_kw):
+             lengths=None, validation_lengths=None, precision=None, fit_class=Fit, **fit_kw):
     """Check the arguments and prepare the data of a fit; returns the ``Fit`` to run."""
     from .model import _nonneg
     from .schedules import ReduceOnPlateau, Schedule
 
     loss = check_loss(loss if loss is not None else model._need_loss())
+    precision = model._check_precision(precision)
     opt = optimizer if optimizer is not None else (model.optimizer or Adam(lr=1e-3))
     opt = check_optimizer(opt)
     epochs = _pos_int(epochs, "epochs", 0)
@@ -371,5 +374,9 @@ def make_fit(model, X, y, loss=None, optimizer=None, epochs=1, batch_size=32, sh
         raise TypeError(f"schedule must be a fn.schedules schedule, got {schedule!r}")
     data = prepare(model, X, y, loss, batch_size, seed, validation_split, validation_data, sample_weight,
                    class_weight, bool(drop_last), lengths, validation_lengths)
-    return fit_class(model, loss, opt, data, epochs, shuffle, seed, n_threads, int(verbose), l2, l2_bias,
-                     schedule, clip_norm, clip_value, diagnostics, callbacks, checkpoint, checkpoint_every, **fit_kw)
+    fit = fit_class(model, loss, opt, data, epochs, shuffle, seed, n_threads, int(verbose), l2, l2_bias,
+                    schedule, clip_norm, clip_value, diagnostics, callbacks, checkpoint, checkpoint_every, **fit_kw)
+    fit.precision = precision
+    if precision is not None:
+        fit.run_kw["precision"] = precision
+    return fit

@@ -119,7 +119,8 @@ OP_FIELDS = ("kind", "n_in", "n_out", "w_off", "b_off", "act", "drop", "in_col",
              "ad_col", "d_col", "din_col", "din2_col", "din_acc", "din2_acc", "s_col", "s_off", "r_off",
              "groups", "key", "diag", "unit_off", "nbt", "dper") + tuple(f"g{i}" for i in range(17)) + (
              "cell", "steps", "hidden", "w2_off", "b2_off", "sub", "p_col", "sg_rows", "sg_grad_rows",
-             "sg_grad_min")
+             "sg_grad_min", "prec", "xb_col", "xv_col", "db_col", "dt_col", "ob_col", "ov_col", "ob_k",
+             "wf_off", "wb_off")
 OPF_FIELDS = ("act_param", "drop_p", "eps", "momentum")
 PHASE_FIELDS = ("kind", "op", "unit", "gather", "pro", "f0", "f1", "loss", "b0", "b1", "epi", "bst", "bdx")
 TILE_FIELDS = ("op", "r0", "nr")
@@ -168,6 +169,14 @@ cdef struct Op:
     Py_ssize_t sg_grad_rows   # ... and its weight gradient, summed over at most this many rows
     Py_ssize_t sg_grad_min    # ... and at least this many
     Py_ssize_t ga_e, xh_e, cs_e, tc_e, hn_e, di_e, dh_e, sc_e, ds_e
+    # bfloat16 products (bf16.pxi): the op's operand type and its bfloat16 copies
+    int prec                  # PREC_F32 or PREC_BF16
+    Py_ssize_t xb_e, xv_e     # its input: rows, and VNNI panels over pairs of rows (weight gradient)
+    Py_ssize_t db_e, dt_e     # its output delta: rows (input delta), transposed (weight gradient)
+    Py_ssize_t ob_e, ov_e     # where its own output's copies go (for the products that read it); -1 none
+    Py_ssize_t ob_k           # ... the width of a row of those products
+    Py_ssize_t wf_e, wb_e     # its weights' panels (forward, backward), at the work buffer's end
+    Py_ssize_t bw             # rows of a work-buffer block (the batch, rounded up to 32)
 
 
 cdef struct Phase:
@@ -196,6 +205,8 @@ cdef struct Net:
     int last                  # the output op
     double* part              # BatchNorm partials: n_part doubles per chunk
     Py_ssize_t n_part
+    Py_ssize_t pb_e, pb_n     # bfloat16 weight panels: their first float and their count (bf16.pxi)
+    Py_ssize_t ib_e, iv_e, ib_k   # the input's bfloat16 copies (as Op.ob_e, ov_e, ob_k); -1 none
 
 
 include "bf16.pxi"
@@ -272,6 +283,7 @@ cdef struct Ctx:
     Py_ssize_t pos0           # row key offset (forward_rows: the batch start)
     Py_ssize_t bsz
     bint training
+    bint grad16               # a training step: the bfloat16 copies weight gradients read, too
     uint64_t seed, epoch, step
     Diag* dg                  # dead-unit flags (every step)
     bint full                 # ... and statistics on this step
@@ -307,6 +319,8 @@ cdef inline void op_tail(Op* o, Ctx* cx, floating* Wk, floating* P, Py_ssize_t r
     if o.drop != DROP_NONE:
         dropout_rows(Wk + o.ad_e + r0 * o.n_out, a, c, o.n_out, o.drop, o.drop_p, cx.training,
                      dropout_key(cx.seed, cx.epoch, cx.step, <uint64_t>o.key), cx.pos0 + r0, 0, o.dper)
+    if floating is float and o.ob_e >= 0:
+        bf16_out_rows(Wk + o.ad_e, o.n_out, o.ob_k, o.ob_e, o.ov_e, o.bw, cx.grad16, r0, c, cx.bsz, Wk)
 
 
 cdef void op_tail_block(Op* o, Ctx* cx, floating* Wk, floating* P, Py_ssize_t j0, Py_ssize_t nb,
@@ -326,6 +340,8 @@ cdef void op_tail_block(Op* o, Ctx* cx, floating* Wk, floating* P, Py_ssize_t j0
         for i in range(cx.bsz):
             dropout_rows(Wk + o.ad_e + i * n + j0, a + i * n, 1, nb, o.drop, o.drop_p, cx.training, key,
                          cx.pos0 + i, j0, o.dper)
+    if floating is float and o.ob_e >= 0:
+        bf16_out_block(Wk + o.ad_e, n, o.ob_e, o.ov_e, o.bw, cx.grad16, j0, nb, cx.bsz, Wk)
 
 
 cdef void op_head_block(Op* o, Ctx* cx, floating* Wk, Py_ssize_t j0, Py_ssize_t nb) noexcept nogil:
@@ -339,6 +355,8 @@ cdef void op_head_block(Op* o, Ctx* cx, floating* Wk, Py_ssize_t j0, Py_ssize_t 
             dropout_backward_rows(d, 1, nb, o.drop, o.drop_p, key, cx.pos0 + i, j0, o.dper)
         if o.act != ACT_IDENTITY:
             act_backward_rows(d, Wk + o.a_e + i * n + j0, 1, nb, o.act, o.act_param)
+    if floating is float and o.prec == PREC_BF16 and o.kind == OP_DENSE:
+        bf16_delta_block(o, Wk, j0, nb, cx.bsz)
 
 
 cdef inline void op_head(Op* o, Ctx* cx, floating* Wk, Py_ssize_t r0, Py_ssize_t c) noexcept nogil:
@@ -350,6 +368,8 @@ cdef inline void op_head(Op* o, Ctx* cx, floating* Wk, Py_ssize_t r0, Py_ssize_t
                               dropout_key(cx.seed, cx.epoch, cx.step, <uint64_t>o.key), cx.pos0 + r0, 0, o.dper)
     if o.act != ACT_IDENTITY:
         act_backward_rows(d, Wk + o.a_e + r0 * o.n_out, c * g, o.n_out // g, o.act, o.act_param)
+    if floating is float and o.prec == PREC_BF16 and o.kind == OP_DENSE:
+        bf16_delta_rows(o, Wk, r0, c, cx.bsz)
 
 
 cdef inline void put_delta(floating* dst, floating* src, Py_ssize_t n, int acc) noexcept nogil:
@@ -484,6 +504,8 @@ cdef void chunk_task(Net* net, Phase* ph, Ctx* cx, Py_ssize_t ci, floating* tag)
     if ph.gather:
         for i in range(c):
             gather_row(Wk + (r0 + i) * n0, cx.X, cx.xcode, cx.ordp[cx.b0 + r0 + i], n0)
+        if floating is float and net.ib_e >= 0:
+            bf16_out_rows(Wk, n0, net.ib_k, net.ib_e, net.iv_e, net.B, cx.grad16, r0, c, cx.bsz, Wk)
     cdef Op* o
     if ph.pro >= 0:
         o = &net.ops[ph.pro]
@@ -652,13 +674,14 @@ cdef void grad_tile(Net* net, Tile* T, floating* Wk, floating* P, floating* G, P
                 grad_post(G + off, P + off, n, 0.0, go.clip_value)
             i += 1
     if opt != NULL:
-        tile_update(net, T, P, G, opt, 1.0, dg, ti)
+        tile_update(net, T, Wk, P, G, opt, 1.0, dg, ti)
 
 
-cdef void tile_update(Net* net, Tile* T, floating* P, floating* G, OptRun* opt, double coef,
+cdef void tile_update(Net* net, Tile* T, floating* Wk, floating* P, floating* G, OptRun* opt, double coef,
                       Diag* dg, Py_ssize_t ti) noexcept nogil:
     """Scale the tile's gradient by coef (< 1: clipping) and apply the optimizer to its
-    parameters; with diagnostics, accumulate |g|, g^2, the update's and the weights' squares."""
+    parameters; with diagnostics, accumulate |g|, g^2, the update's and the weights' squares. A
+    bfloat16 op's weight panels of the tile's rows are made anew while the rows are in cache."""
     cdef Op* o = &net.ops[T.op]
     cdef Py_ssize_t i = 0, off = 0, n = 0
     cdef bint w = False
@@ -680,6 +703,8 @@ cdef void tile_update(Net* net, Tile* T, floating* P, floating* G, OptRun* opt, 
         if dg != NULL and w:          # the update-to-weight ratio is over weights
             red_sumdiffsq(P + off, old, n, &du)
             red_sumsq(old, n, &w2)
+    if floating is float and o.prec == PREC_BF16 and o.kind == OP_DENSE:
+        bf16_pack_rows(o, P, Wk, T.r0, T.nr)
     if dg != NULL:
         acc[0] += sa
         acc[1] += s2
@@ -689,8 +714,15 @@ cdef void tile_update(Net* net, Tile* T, floating* P, floating* G, OptRun* opt, 
 
 # ---------------------------------------------------------------- plan building
 cdef Net* net_new(const int64_t[:, ::1] ops, const double[:, ::1] opsf, const int64_t[:, ::1] phases,
-                  const int64_t[:, ::1] tiles, Py_ssize_t B, Py_ssize_t chunk, Py_ssize_t n_in0) except NULL:
-    """C records for a plan whose work buffer holds B rows (column offsets times B)."""
+                  const int64_t[:, ::1] tiles, Py_ssize_t B, Py_ssize_t chunk, Py_ssize_t n_in0,
+                  const int64_t[::1] bf16=None) except NULL:
+    """C records for a plan whose work buffer holds B rows (column offsets times B). ``bf16`` (plans
+    with bfloat16 products, see bf16.pxi): the rows of a block (replacing B), the columns of the
+    input's copies (rows, pairs) and their row width, the weight panels' size (bfloat16 values)
+    and the plan's columns (the panels start after them)."""
+    if bf16 is not None:
+        B = bf16[0]
+    cdef Py_ssize_t pb_e = B * bf16[5] if bf16 is not None else 0
     cdef Net* net = <Net*>malloc(sizeof(Net))
     if net == NULL:
         raise MemoryError()
@@ -704,6 +736,11 @@ cdef Net* net_new(const int64_t[:, ::1] ops, const double[:, ::1] opsf, const in
     net.n_in0 = n_in0
     net.last = n - 1
     net.part = NULL
+    net.pb_e = pb_e
+    net.pb_n = bf16[4] if bf16 is not None else 0
+    net.ib_e = B * bf16[1] if bf16 is not None and bf16[1] >= 0 else -1
+    net.iv_e = B * bf16[2] if bf16 is not None and bf16[2] >= 0 else -1
+    net.ib_k = bf16[3] if bf16 is not None else 0
     net.ops = <Op*>malloc((n + 1) * sizeof(Op))
     net.ph = <Phase*>malloc((net.n_ph + 1) * sizeof(Phase))
     net.tiles = <Tile*>malloc((net.n_tiles + 1) * sizeof(Tile))
@@ -748,6 +785,17 @@ cdef Net* net_new(const int64_t[:, ::1] ops, const double[:, ::1] opsf, const in
         net.ops[k].sg_rows = ops[k, 49] if FNN_SMALL_GEMM else 0
         net.ops[k].sg_grad_rows = ops[k, 50] if FNN_SMALL_GEMM else 0
         net.ops[k].sg_grad_min = ops[k, 51]
+        net.ops[k].prec = <int>ops[k, 52]
+        net.ops[k].xb_e = B * ops[k, 53] if ops[k, 53] >= 0 else -1
+        net.ops[k].xv_e = B * ops[k, 54] if ops[k, 54] >= 0 else -1
+        net.ops[k].db_e = B * ops[k, 55] if ops[k, 55] >= 0 else -1
+        net.ops[k].dt_e = B * ops[k, 56] if ops[k, 56] >= 0 else -1
+        net.ops[k].ob_e = B * ops[k, 57] if ops[k, 57] >= 0 else -1
+        net.ops[k].ov_e = B * ops[k, 58] if ops[k, 58] >= 0 else -1
+        net.ops[k].ob_k = ops[k, 59]
+        net.ops[k].wf_e = 2 * pb_e + ops[k, 60] if ops[k, 60] >= 0 else -1
+        net.ops[k].wb_e = 2 * pb_e + ops[k, 61] if ops[k, 61] >= 0 else -1
+        net.ops[k].bw = B
         if net.ops[k].kind == OP_RNN:
             rnn_setup(&net.ops[k], B)
         net.ops[k].act_param = opsf[k, 0]
@@ -811,7 +859,7 @@ def run_steps(const int64_t[:, ::1] ops, const double[:, ::1] opsf, const int64_
               floating[::1] scratch=None, Py_ssize_t scratch_stride=0,
               Py_ssize_t pos0=0, double norm_of_step=0.0,
               const int64_t[::1] lengths=None, Py_ssize_t loss_steps=1,
-              const floating[::1] step_weight=None):
+              const floating[::1] step_weight=None, const int64_t[::1] bf16=None):
     """Run n_steps mini-batch steps over examples X[order] (batch b holds
     order[b*batch_size : (b+1)*batch_size]). Each step runs the plan's phases (forward, loss,
     backward), the gradient tiles into ``grads``, and (opt_code != 0) the update of ``params``
@@ -846,7 +894,8 @@ def run_steps(const int64_t[:, ::1] ops, const double[:, ::1] opsf, const int64_
     cdef int xcode = 0
     cdef Py_ssize_t x_rows = 0, x_cols = 0
     cdef void* xptr = raw_rows(X, &xcode, &x_rows, &x_cols)
-    cdef Net* net = net_new(ops, opsf, phases, tiles, batch_size, chunk, x_cols)
+    check_bf16(bf16, work, &params[0])
+    cdef Net* net = net_new(ops, opsf, phases, tiles, batch_size, chunk, x_cols, bf16)
     cdef Ctx cx
     cdef Py_ssize_t s, b0, bsz, ti, i, blk, p0, pn, k
     cdef double norm, tot, inv_norm, sq, gnorm, coef
@@ -926,6 +975,7 @@ def run_steps(const int64_t[:, ::1] ops, const double[:, ::1] opsf, const int64_
     cx.ordp = <Py_ssize_t*>&order[0]
     cx.pos0 = pos0
     cx.training = True
+    cx.grad16 = True
     cx.seed = seed
     cx.epoch = epoch
     cx.lr.code = loss_code
@@ -960,6 +1010,8 @@ def run_steps(const int64_t[:, ::1] ops, const double[:, ::1] opsf, const int64_
     cdef Py_ssize_t* ordp = cx.ordp
     try:
         with nogil:
+            if floating is float:
+                bf16_pack_all(net, P, Wk, n_threads)
             for s in range(n_steps):
                 b0 = s * batch_size
                 bsz = batch_size if b0 + batch_size <= N else N - b0
@@ -1036,7 +1088,7 @@ def run_steps(const int64_t[:, ::1] ops, const double[:, ::1] opsf, const int64_
                         coef = clip_norm / (gnorm + 1e-6)
                     if optp != NULL:
                         for ti in prange(net.n_tiles, schedule='dynamic', num_threads=n_threads):
-                            tile_update(net, &net.tiles[ti], P, G, optp, coef, dgp if cx.full else NULL, ti)
+                            tile_update(net, &net.tiles[ti], Wk, P, G, optp, coef, dgp if cx.full else NULL, ti)
                     elif coef < 1.0:
                         for blk in prange(n_blocks, schedule='static', num_threads=n_threads):
                             p0 = blk * UPDATE_BLOCK
@@ -1054,7 +1106,8 @@ def forward_rows(const int64_t[:, ::1] ops, const double[:, ::1] opsf, const int
                  Py_ssize_t chunk, floating[::1] params, floating[::1] running, double[::1] stats,
                  object X, floating[:, ::1] out, floating[::1] work, Py_ssize_t batch_size,
                  int n_threads, bint training=False, uint64_t seed=0, uint64_t epoch=0, uint64_t step=0,
-                 const int64_t[::1] lengths=None, floating[::1] scratch=None, Py_ssize_t scratch_stride=0):
+                 const int64_t[::1] lengths=None, floating[::1] scratch=None, Py_ssize_t scratch_stride=0,
+                 const int64_t[::1] bf16=None):
     """out <- network(X), in batches of batch_size rows, through the forward phases given.
     Dropout is in inference mode unless ``training``; then row i of X draws the mask of
     example i of step ``step``. BatchNorm ops inside chunk phases use the running statistics.
@@ -1066,7 +1119,8 @@ def forward_rows(const int64_t[:, ::1] ops, const double[:, ::1] opsf, const int
     cdef int xcode = 0
     cdef Py_ssize_t N = 0, x_cols = 0
     cdef void* xptr = raw_rows(X, &xcode, &N, &x_cols)
-    cdef Net* net = net_new(ops, opsf, phases, np.zeros((0, 3), dtype=np.int64), batch_size, chunk, x_cols)
+    check_bf16(bf16, work, &params[0])
+    cdef Net* net = net_new(ops, opsf, phases, np.zeros((0, 3), dtype=np.int64), batch_size, chunk, x_cols, bf16)
     cdef Py_ssize_t b0, bsz, k
     cdef Ctx cx
     cdef floating* P = &params[0]
@@ -1084,6 +1138,7 @@ def forward_rows(const int64_t[:, ::1] ops, const double[:, ::1] opsf, const int
     cx.scratch_stride = scratch_stride
     cx.ordp = &ident[0]
     cx.training = training
+    cx.grad16 = False
     cx.seed = seed
     cx.epoch = epoch
     cx.step = step
@@ -1094,6 +1149,8 @@ def forward_rows(const int64_t[:, ::1] ops, const double[:, ::1] opsf, const int
     cx.ssw = NULL
     try:
         with nogil:
+            if floating is float:
+                bf16_pack_all(net, P, <float*>cx.Wk, n_threads)
             for k in range(net.n_ops):
                 if net.ops[k].kind == OP_BN and net.ops[k].r_off >= 0:
                     bn_eval_prepare(&net.ops[k], <floating*>cx.R, cx.st)

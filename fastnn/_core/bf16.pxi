@@ -46,6 +46,47 @@ cdef extern from *:
         return f;
     }
 
+    #if defined(__AVX512F__) && defined(__GNUC__) && defined(__x86_64__)
+    #define FNN_BF16_V 1
+    #include <immintrin.h>
+    /* fnn_bf16 of 16 floats, each result in the low half of its 32-bit lane */
+    static inline __m512i fnn_bf16_v(__m512 x) {
+        __m512i u = _mm512_castps_si512(x), h = _mm512_srli_epi32(u, 16);
+        __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)),
+                                                       _mm512_and_si512(h, _mm512_set1_epi32(1))), 16);
+        __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)),
+                                                _mm512_set1_epi32(0x7f800000));
+        __mmask16 tiny = _mm512_testn_epi32_mask(u, _mm512_set1_epi32(0x7f800000));
+        r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(h, _mm512_set1_epi32(0x40)));
+        return _mm512_mask_mov_epi32(r, tiny, _mm512_and_si512(h, _mm512_set1_epi32(0x8000)));
+    }
+    /* 16 x 16 transpose of 32-bit lanes: r[i] lane j -> r[j] lane i */
+    static inline void fnn_tr16i(__m512i* r) {
+        __m512i t[16], u[16];
+        int i;
+        for (i = 0; i < 8; i++) {
+            t[2*i] = _mm512_unpacklo_epi32(r[2*i], r[2*i+1]);
+            t[2*i+1] = _mm512_unpackhi_epi32(r[2*i], r[2*i+1]);
+        }
+        for (i = 0; i < 4; i++) {
+            u[4*i+0] = _mm512_unpacklo_epi64(t[4*i], t[4*i+2]);
+            u[4*i+1] = _mm512_unpackhi_epi64(t[4*i], t[4*i+2]);
+            u[4*i+2] = _mm512_unpacklo_epi64(t[4*i+1], t[4*i+3]);
+            u[4*i+3] = _mm512_unpackhi_epi64(t[4*i+1], t[4*i+3]);
+        }
+        for (i = 0; i < 4; i++) {
+            __m512i a = _mm512_shuffle_i32x4(u[i], u[4+i], 0x88), b = _mm512_shuffle_i32x4(u[i], u[4+i], 0xDD);
+            __m512i c = _mm512_shuffle_i32x4(u[8+i], u[12+i], 0x88), d = _mm512_shuffle_i32x4(u[8+i], u[12+i], 0xDD);
+            r[i] = _mm512_shuffle_i32x4(a, c, 0x88);
+            r[8+i] = _mm512_shuffle_i32x4(a, c, 0xDD);
+            r[4+i] = _mm512_shuffle_i32x4(b, d, 0x88);
+            r[12+i] = _mm512_shuffle_i32x4(b, d, 0xDD);
+        }
+    }
+    #else
+    #define FNN_BF16_V 0
+    #endif
+
     /* y[i ldy + j] = bf16(x[i ldx + j]) for j in [j0, j1), 0 for j in [j1, jp), rows i < m */
     static void fnn_bf16_rows(const float* x, Py_ssize_t ldx, Py_ssize_t m, Py_ssize_t j0, Py_ssize_t j1,
                               Py_ssize_t jp, fnn_u16* y, Py_ssize_t ldy) {
@@ -73,8 +114,15 @@ cdef extern from *:
                 fnn_u16* d = v + q * ps + ((i0 + i) / 2) * 32;
                 const fnn_u16* eq = e + 16 * q;
                 const fnn_u16* oq = o + 16 * q;
+    #if FNN_BF16_V
+                __m512i lo = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)eq));
+                __m512i hi = odd ? _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)oq)) : _mm512_setzero_si512();
+                _mm512_storeu_si512((void*)d, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+                (void)n;
+    #else
                 if (odd) { for (n = 0; n < 16; n++) { d[2 * n] = eq[n]; d[2 * n + 1] = oq[n]; } }
                 else { for (n = 0; n < 16; n++) { d[2 * n] = eq[n]; d[2 * n + 1] = 0; } }
+    #endif
             }
         }
     }
@@ -115,6 +163,29 @@ cdef extern from *:
     static void fnn_pack_wf(const float* W, Py_ssize_t ldw, Py_ssize_t n0, Py_ssize_t n1, Py_ssize_t K,
                             Py_ssize_t Kp, fnn_u16* f) {
         Py_ssize_t n, k;
+    #if FNN_BF16_V
+        /* whole panels of 16 rows: 32 columns of each rounded into 16 pairs, then transposed, so each
+           pair row of the panel is one 64-byte store */
+        while (n0 < n1 && n0 % 16 == 0 && n0 + 16 <= n1) {
+            fnn_u16* d = f + (n0 / 16) * Kp * 16;
+            __m512i r[16];
+            int i;
+            for (k = 0; k < K; k += 32) {
+                int w = K - k < 32 ? (int)(K - k) : 32;
+                __mmask16 m0 = w >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << w) - 1);
+                __mmask16 m1 = w >= 32 ? (__mmask16)0xFFFF : (__mmask16)(w > 16 ? (1u << (w - 16)) - 1 : 0);
+                for (i = 0; i < 16; i++) {
+                    const float* src = W + (n0 + i) * ldw + k;
+                    __m256i a = _mm512_cvtepi32_epi16(fnn_bf16_v(_mm512_maskz_loadu_ps(m0, src)));
+                    __m256i b = _mm512_cvtepi32_epi16(fnn_bf16_v(_mm512_maskz_loadu_ps(m1, src + 16)));
+                    r[i] = _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1);
+                }
+                fnn_tr16i(r);
+                for (i = 0; i < 16 && k + 2 * i < K; i++) _mm512_storeu_si512((void*)(d + 16 * k + 32 * i), r[i]);
+            }
+            n0 += 16;
+        }
+    #endif
         for (n = n0; n < n1; n++) {
             const float* w = W + n * ldw;
             fnn_u16* d = f + (n / 16) * Kp * 16 + 2 * (n % 16);
@@ -131,6 +202,25 @@ cdef extern from *:
     static void fnn_pack_wb(const float* W, Py_ssize_t ldw, Py_ssize_t o0, Py_ssize_t o1, Py_ssize_t K,
                             Py_ssize_t Kp, fnn_u16* b) {
         Py_ssize_t o, j;
+    #if FNN_BF16_V
+        /* whole pairs of rows: 16 columns of both, interleaved, are one 64-byte store */
+        if (o0 % 2) {
+            fnn_pack_wb(W, ldw, o0, o0 + 1, K, Kp, b);
+            o0++;
+        }
+        for (; o0 + 2 <= o1; o0 += 2) {
+            const float* e = W + o0 * ldw;
+            const float* od = e + ldw;
+            fnn_u16* d = b + 32 * (o0 / 2);
+            for (j = 0; j < K; j += 16) {
+                int w = K - j < 16 ? (int)(K - j) : 16;
+                __mmask16 m = w >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << w) - 1);
+                __m512i lo = fnn_bf16_v(_mm512_maskz_loadu_ps(m, e + j));
+                __m512i hi = fnn_bf16_v(_mm512_maskz_loadu_ps(m, od + j));
+                _mm512_storeu_si512((void*)(d + (j / 16) * Kp * 16), _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+            }
+        }
+    #endif
         for (o = o0; o < o1; o++) {
             const float* w = W + o * ldw;
             fnn_u16* d = b + 32 * (o / 2) + (o % 2);
@@ -518,3 +608,154 @@ def bf16_matmul(const float[:, ::1] A, const float[:, ::1] B, float[:, ::1] C, b
         fnn_pack_a(&A[0, 0], K, 0, M, K, &a[0], Kp)
         fnn_pack_b(&B[0, 0], N, 0, K, N, &b[0], Kp)
         fnn_bgemm(M, N, Kp, &a[0], Kp, &b[0], Kp * 16, &C[0, 0], N, accumulate)
+
+
+# ---------------------------------------------------------------- ops in bfloat16
+# A bfloat16 Dense op (Op.prec) reads, from the work buffer, its input's copies (rows Xb, and VNNI
+# panels over pairs of rows XV for the weight gradient) and its delta's (rows Db for the input delta,
+# transposed DT for the weight gradient), and from the bfloat16 buffer PB its weights' panels (WF:
+# B = W^T for forward, WB: B = W for the input delta). Whoever finishes a buffer writes its copies
+# while its rows are in cache: the producer's tail (or the gather of the input) its output's, the
+# op's head its delta's, the optimizer update of a tile of weight rows their panels. K-dimensions are
+# padded to multiples of 32 and the rows of a weight gradient's sum (the batch, times groups) to
+# Rp = a multiple of 32 below the buffer's block of rows, with zeros.
+
+cdef enum:
+    PREC_F32 = 0
+    PREC_BF16 = 1
+
+PRECISIONS = {"float32": PREC_F32, "bf16-mixed": PREC_BF16}
+
+
+cdef inline Py_ssize_t rup(Py_ssize_t n, Py_ssize_t m) noexcept nogil:
+    return (n + m - 1) // m * m
+
+
+cdef inline fnn_u16* u16(float* base, Py_ssize_t off) noexcept nogil:
+    """The bfloat16 block that starts ``off`` floats into ``base``."""
+    return <fnn_u16*>(base + off)
+
+
+cdef void bf16_out_rows(float* src, Py_ssize_t n, Py_ssize_t K, Py_ssize_t ob_e, Py_ssize_t ov_e, Py_ssize_t bw,
+                        bint grad, Py_ssize_t r0, Py_ssize_t c, Py_ssize_t bsz, float* Wk) noexcept nogil:
+    """Copies of rows [r0, r0+c) of a buffer (``src``: its first row, n values per example) for
+    products over rows of K values (n // K per example)."""
+    cdef Py_ssize_t g = n // K, Kp = rup(K, 32), R0 = r0 * g, m = c * g, ps, nq
+    cdef fnn_u16* xb = u16(Wk, ob_e)
+    fnn_bf16_rows(src + r0 * n, K, m, 0, K, Kp, xb + R0 * Kp, Kp)
+    if grad and ov_e >= 0:
+        ps = bw * g * 16
+        nq = (K + 15) // 16
+        fnn_bf16_pairs(xb + R0 * Kp, Kp, R0, m, 0, nq, u16(Wk, ov_e), ps)
+        if r0 + c == bsz:
+            fnn_bf16_zero_pairs(u16(Wk, ov_e), ps, (R0 + m + 1) // 2, rup(bsz * g, 32) // 2, 0, nq)
+
+
+cdef void bf16_out_block(float* src, Py_ssize_t n, Py_ssize_t ob_e, Py_ssize_t ov_e, Py_ssize_t bw, bint grad,
+                         Py_ssize_t j0, Py_ssize_t nb, Py_ssize_t bsz, float* Wk) noexcept nogil:
+    """Copies of columns [j0, j0+nb) (j0 a multiple of 16) of every row of a buffer of n values per
+    example (one product row each); the block that ends the row also writes the padding."""
+    cdef Py_ssize_t Kp = rup(n, 32), j1 = j0 + nb, ps = bw * 16, q1
+    cdef fnn_u16* xb = u16(Wk, ob_e)
+    fnn_bf16_rows(src, n, bsz, j0, j1, Kp if j1 == n else j1, xb, Kp)
+    if grad and ov_e >= 0:
+        q1 = (j1 + 15) // 16
+        fnn_bf16_pairs(xb, Kp, 0, bsz, j0 // 16, q1, u16(Wk, ov_e), ps)
+        fnn_bf16_zero_pairs(u16(Wk, ov_e), ps, (bsz + 1) // 2, rup(bsz, 32) // 2, j0 // 16, q1)
+
+
+cdef void bf16_delta_rows(Op* o, float* Wk, Py_ssize_t r0, Py_ssize_t c, Py_ssize_t bsz) noexcept nogil:
+    """Copies of rows [r0, r0+c) of a bfloat16 Dense op's output delta."""
+    cdef Py_ssize_t g = o.groups, K = o.n_out // g, Kp = rup(K, 32), R0 = r0 * g, m = c * g
+    cdef Py_ssize_t Rw = o.bw * g
+    cdef float* D = Wk + o.d_e + r0 * o.n_out
+    cdef fnn_u16* dt = u16(Wk, o.dt_e)
+    if o.din_e >= 0:
+        fnn_bf16_rows(D, K, m, 0, K, Kp, u16(Wk, o.db_e) + R0 * Kp, Kp)
+    fnn_bf16_trans(D, K, m, 0, K, dt + R0, Rw)
+    if r0 + c == bsz:
+        fnn_bf16_zero_cols(dt, Rw, 0, K, bsz * g, rup(bsz * g, 32))
+
+
+cdef void bf16_delta_block(Op* o, float* Wk, Py_ssize_t j0, Py_ssize_t nb, Py_ssize_t bsz) noexcept nogil:
+    """Copies of columns [j0, j0+nb) of a (wide, one row per example) bfloat16 Dense op's output delta."""
+    cdef Py_ssize_t n = o.n_out, Kp = rup(n, 32), j1 = j0 + nb, Rw = o.bw
+    cdef float* D = Wk + o.d_e
+    cdef fnn_u16* dt = u16(Wk, o.dt_e)
+    if o.din_e >= 0:
+        fnn_bf16_rows(D, n, bsz, j0, j1, Kp if j1 == n else j1, u16(Wk, o.db_e), Kp)
+    fnn_bf16_trans(D, n, bsz, j0, j1, dt, Rw)
+    fnn_bf16_zero_cols(dt, Rw, j0, j1, bsz, rup(bsz, 32))
+
+
+cdef void bf16_pack_rows(Op* o, float* P, float* Wk, Py_ssize_t r0, Py_ssize_t nr) noexcept nogil:
+    """The weight panels of output neurons [r0, r0+nr) of a bfloat16 Dense op (after an update)."""
+    cdef Py_ssize_t K = o.n_in // o.groups, N = o.n_out // o.groups
+    fnn_pack_wf(P + o.w_off, K, r0, r0 + nr, K, rup(K, 32), u16(Wk, 0) + o.wf_e)
+    fnn_pack_wb(P + o.w_off, K, r0, r0 + nr, K, rup(N, 32), u16(Wk, 0) + o.wb_e)
+
+
+cdef void bf16_pack_all(Net* net, float* P, float* Wk, int n_threads) noexcept nogil:
+    """Every bfloat16 op's weight panels, from P (once per call, before the first product); the
+    panels' padding is zero."""
+    cdef int k
+    cdef Op* o
+    cdef Py_ssize_t nb, b, N
+    if net.pb_n == 0:
+        return
+    memset(u16(Wk, net.pb_e), 0, net.pb_n * 2)
+    for k in range(net.n_ops):
+        o = &net.ops[k]
+        if o.prec != PREC_BF16 or o.kind != OP_DENSE:
+            continue
+        N = o.n_out // o.groups
+        nb = (N + 31) // 32
+        for b in prange(nb, schedule='static', num_threads=n_threads):
+            bf16_pack_rows(o, P, Wk, b * 32, 32 if (b + 1) * 32 <= N else N - b * 32)
+
+
+cdef inline void bf16_dense_forward(Op* o, float* Wk, Py_ssize_t r0, Py_ssize_t c) noexcept nogil:
+    """Rows [r0, r0+c) of Z = bf16(In) bf16(W)^T."""
+    cdef Py_ssize_t K = o.n_in // o.groups, N = o.n_out // o.groups, Kp = rup(K, 32)
+    fnn_bgemm(c * o.groups, N, Kp, u16(Wk, o.xb_e) + r0 * o.groups * Kp, Kp, u16(Wk, 0) + o.wf_e, Kp * 16,
+              Wk + o.a_e + r0 * o.n_out, N, 0)
+
+
+cdef inline void bf16_dense_backward(Op* o, float* Wk, Py_ssize_t r0, Py_ssize_t c) noexcept nogil:
+    """Rows [r0, r0+c) of dIn (=|+=) bf16(D) bf16(W)."""
+    cdef Py_ssize_t K = o.n_in // o.groups, N = o.n_out // o.groups, Kp = rup(N, 32)
+    fnn_bgemm(c * o.groups, K, Kp, u16(Wk, o.db_e) + r0 * o.groups * Kp, Kp, u16(Wk, 0) + o.wb_e, Kp * 16,
+              Wk + o.din_e + r0 * o.n_in, K, o.din_acc)
+
+
+cdef inline void bf16_dense_wide_forward(Op* o, float* Wk, Py_ssize_t B, Py_ssize_t j0, Py_ssize_t nb) noexcept nogil:
+    """Columns [j0, j0+nb) (j0 a multiple of 16) of Z over all B rows."""
+    cdef Py_ssize_t Kp = rup(o.n_in, 32)
+    fnn_bgemm(B, nb, Kp, u16(Wk, o.xb_e), Kp, u16(Wk, 0) + o.wf_e + (j0 // 16) * Kp * 16, Kp * 16,
+              Wk + o.a_e + j0, o.n_out, 0)
+
+
+cdef inline void bf16_dense_wide_backward(Op* o, float* Wk, Py_ssize_t B, Py_ssize_t c0, Py_ssize_t nc) noexcept nogil:
+    """Columns [c0, c0+nc) (c0 a multiple of 16) of dIn (=|+=) over all B rows."""
+    cdef Py_ssize_t Kp = rup(o.n_out, 32)
+    fnn_bgemm(B, nc, Kp, u16(Wk, o.db_e), Kp, u16(Wk, 0) + o.wb_e + (c0 // 16) * Kp * 16, Kp * 16,
+              Wk + o.din_e + c0, o.n_in, o.din_acc)
+
+
+cdef inline void bf16_dense_grad(Op* o, Tile* T, float* Wk, float* G, Py_ssize_t B) noexcept nogil:
+    """dW[rows] = bf16(D)[:, rows]^T bf16(In), each entry one float32 sum over the batch in order."""
+    cdef Py_ssize_t K = o.n_in // o.groups, Rw = o.bw * o.groups
+    fnn_bgemm(T.nr, K, rup(B * o.groups, 32), u16(Wk, o.dt_e) + T.r0 * Rw, Rw, u16(Wk, o.xv_e), Rw * 16,
+              G + o.w_off + T.r0 * K, K, 0)
+
+
+cdef int check_bf16(const int64_t[::1] bf16, floating[::1] work, floating* tag) except -1:
+    """A plan with bfloat16 products needs a float32 model and a work buffer that holds its blocks
+    and weight panels."""
+    if bf16 is None:
+        return 0
+    if floating is double:
+        raise ValueError("bfloat16 products need a float32 model")
+    if bf16.shape[0] != 6 or work.shape[0] < bf16[0] * bf16[5] + (bf16[4] + 1) // 2:
+        raise ValueError("the work buffer is too small for this plan's bfloat16 blocks")
+    return 0

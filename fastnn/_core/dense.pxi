@@ -5,11 +5,15 @@
 # bias and the activation are the op's tail (see _engine.pyx), the input delta its backward. A
 # Dense on per-example input (..., in_features) has ``groups`` rows per example (one per leading
 # index, e.g. a time step): n_in and n_out are per example, the matrix products run over c * groups
-# rows.
+# rows. An op whose operand type is bfloat16 (``prec``, precision="bf16-mixed") multiplies on
+# bf16.pxi's kernels instead.
 
 cdef inline void dense_forward(Op* o, floating* P, floating* Wk, Py_ssize_t r0, Py_ssize_t c) noexcept nogil:
     """Rows [r0, r0+c) of Z = In W^T."""
     cdef Py_ssize_t K = o.n_in // o.groups, N = o.n_out // o.groups
+    if floating is float and o.prec == PREC_BF16:
+        bf16_dense_forward(o, Wk, r0, c)
+        return
     if floating is float and c * o.groups <= o.sg_rows:
         fnn_sgemm_fwd(c * o.groups, N, K, Wk + o.in_e + r0 * o.n_in, K, P + o.w_off, K,
                       Wk + o.a_e + r0 * o.n_out, N)
@@ -23,6 +27,9 @@ cdef inline void dense_backward(Op* o, floating* P, floating* Wk, Py_ssize_t r0,
     if o.din_e < 0:
         return
     cdef Py_ssize_t K = o.n_in // o.groups, N = o.n_out // o.groups
+    if floating is float and o.prec == PREC_BF16:
+        bf16_dense_backward(o, Wk, r0, c)
+        return
     if floating is float and c * o.groups <= o.sg_rows:
         fnn_sgemm_bc(c * o.groups, K, N, Wk + o.d_e + r0 * o.n_out, N, 1, P + o.w_off, K,
                      Wk + o.din_e + r0 * o.n_in, K, <int>o.din_acc)
@@ -34,6 +41,9 @@ cdef inline void dense_backward(Op* o, floating* P, floating* Wk, Py_ssize_t r0,
 cdef inline void dense_wide_forward(Op* o, floating* P, floating* Wk, Py_ssize_t B, Py_ssize_t j0,
                                     Py_ssize_t nb) noexcept nogil:
     """Columns [j0, j0+nb) of Z = In W^T over all B rows."""
+    if floating is float and o.prec == PREC_BF16:
+        bf16_dense_wide_forward(o, Wk, B, j0, nb)
+        return
     if floating is float and B <= o.sg_rows:
         fnn_sgemm_fwd(B, nb, o.n_in, Wk + o.in_e, o.n_in, P + o.w_off + j0 * o.n_in, o.n_in,
                       Wk + o.a_e + j0, o.n_out)
@@ -45,6 +55,9 @@ cdef inline void dense_wide_forward(Op* o, floating* P, floating* Wk, Py_ssize_t
 cdef inline void dense_wide_backward(Op* o, floating* P, floating* Wk, Py_ssize_t B, Py_ssize_t c0,
                                      Py_ssize_t nc) noexcept nogil:
     """Columns [c0, c0+nc) of dIn (=|+=) D W over all B rows."""
+    if floating is float and o.prec == PREC_BF16:
+        bf16_dense_wide_backward(o, Wk, B, c0, nc)
+        return
     if floating is float and B <= o.sg_rows:
         fnn_sgemm_bc(B, nc, o.n_out, Wk + o.d_e, o.n_out, 1, P + o.w_off + c0, o.n_in,
                      Wk + o.din_e + c0, o.n_in, <int>o.din_acc)
@@ -58,7 +71,9 @@ cdef void dense_grad(Op* o, Tile* T, floating* Wk, floating* G, Py_ssize_t B) no
     cdef floating* D = Wk + o.d_e
     cdef floating* db
     cdef Py_ssize_t i, j, K = o.n_in // o.groups, N = o.n_out // o.groups
-    if floating is float and o.sg_grad_min <= B * o.groups <= o.sg_grad_rows:
+    if floating is float and o.prec == PREC_BF16:
+        bf16_dense_grad(o, T, Wk, G, B)
+    elif floating is float and o.sg_grad_min <= B * o.groups <= o.sg_grad_rows:
         fnn_sgemm_bc(T.nr, K, B * o.groups, D + T.r0, 1, N, Wk + o.in_e, K, G + o.w_off + T.r0 * K, K, 0)
     else:
         gemm(c'N', c'T', <int>K, <int>T.nr, <int>(B * o.groups), <floating>1, Wk + o.in_e, <int>K,
