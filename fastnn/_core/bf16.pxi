@@ -717,6 +717,7 @@ cdef void bf16_pack_all(Net* net, float* P, float* Wk, int n_threads) noexcept n
 cdef inline void bf16_dense_forward(Op* o, float* Wk, Py_ssize_t r0, Py_ssize_t c) noexcept nogil:
     """Rows [r0, r0+c) of Z = bf16(In) bf16(W)^T."""
     cdef Py_ssize_t K = o.n_in // o.groups, N = o.n_out // o.groups, Kp = rup(K, 32)
+    fnn_count(FNN_BF16P, FNN_FWD)
     fnn_bgemm(c * o.groups, N, Kp, u16(Wk, o.xb_e) + r0 * o.groups * Kp, Kp, u16(Wk, 0) + o.wf_e, Kp * 16,
               Wk + o.a_e + r0 * o.n_out, N, 0)
 
@@ -724,6 +725,7 @@ cdef inline void bf16_dense_forward(Op* o, float* Wk, Py_ssize_t r0, Py_ssize_t 
 cdef inline void bf16_dense_backward(Op* o, float* Wk, Py_ssize_t r0, Py_ssize_t c) noexcept nogil:
     """Rows [r0, r0+c) of dIn (=|+=) bf16(D) bf16(W)."""
     cdef Py_ssize_t K = o.n_in // o.groups, N = o.n_out // o.groups, Kp = rup(N, 32)
+    fnn_count(FNN_BF16P, FNN_DIN)
     fnn_bgemm(c * o.groups, K, Kp, u16(Wk, o.db_e) + r0 * o.groups * Kp, Kp, u16(Wk, 0) + o.wb_e, Kp * 16,
               Wk + o.din_e + r0 * o.n_in, K, o.din_acc)
 
@@ -731,6 +733,7 @@ cdef inline void bf16_dense_backward(Op* o, float* Wk, Py_ssize_t r0, Py_ssize_t
 cdef inline void bf16_dense_wide_forward(Op* o, float* Wk, Py_ssize_t B, Py_ssize_t j0, Py_ssize_t nb) noexcept nogil:
     """Columns [j0, j0+nb) (j0 a multiple of 16) of Z over all B rows."""
     cdef Py_ssize_t Kp = rup(o.n_in, 32)
+    fnn_count(FNN_BF16P, FNN_FWD)
     fnn_bgemm(B, nb, Kp, u16(Wk, o.xb_e), Kp, u16(Wk, 0) + o.wf_e + (j0 // 16) * Kp * 16, Kp * 16,
               Wk + o.a_e + j0, o.n_out, 0)
 
@@ -738,6 +741,7 @@ cdef inline void bf16_dense_wide_forward(Op* o, float* Wk, Py_ssize_t B, Py_ssiz
 cdef inline void bf16_dense_wide_backward(Op* o, float* Wk, Py_ssize_t B, Py_ssize_t c0, Py_ssize_t nc) noexcept nogil:
     """Columns [c0, c0+nc) (c0 a multiple of 16) of dIn (=|+=) over all B rows."""
     cdef Py_ssize_t Kp = rup(o.n_out, 32)
+    fnn_count(FNN_BF16P, FNN_DIN)
     fnn_bgemm(B, nc, Kp, u16(Wk, o.db_e), Kp, u16(Wk, 0) + o.wb_e + (c0 // 16) * Kp * 16, Kp * 16,
               Wk + o.din_e + c0, o.n_in, o.din_acc)
 
@@ -745,6 +749,7 @@ cdef inline void bf16_dense_wide_backward(Op* o, float* Wk, Py_ssize_t B, Py_ssi
 cdef inline void bf16_dense_grad(Op* o, Tile* T, float* Wk, float* G, Py_ssize_t B) noexcept nogil:
     """dW[rows] = bf16(D)[:, rows]^T bf16(In), each entry one float32 sum over the batch in order."""
     cdef Py_ssize_t K = o.n_in // o.groups, Rw = o.bw * o.groups
+    fnn_count(FNN_BF16P, FNN_WGRAD)
     fnn_bgemm(T.nr, K, rup(B * o.groups, 32), u16(Wk, o.dt_e) + T.r0 * Rw, Rw, u16(Wk, o.xv_e), Rw * 16,
               G + o.w_off + T.r0 * K, K, 0)
 
