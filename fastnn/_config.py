@@ -98,6 +98,7 @@ def show_config(file=None):
         f"fastnn {__version__}",
         f"  OpenMP:          {'on' if _engine.OPENMP else 'off (serial build)'}",
         f"  core build:      {_core.ISA}",
+        f"  bf16 products:   {_engine.bf16_kernel()} (available: {', '.join(_engine.bf16_kernels())})",
         f"  threads per fit: {get_num_threads()}"
         + (" (set_num_threads)" if _num_threads is not None else
            " (OMP_NUM_THREADS)" if os.environ.get("OMP_NUM_THREADS") else " (all cores)"),

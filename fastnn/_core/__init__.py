@@ -4,9 +4,15 @@
 is compiled for the baseline target (``_engine_v1``), x86-64-v3 (AVX2) and x86-64-v4 (AVX-512), and the choice is made
 here, once, from NumPy's CPU feature detection (which also checks that the OS saves the registers).
 ``FASTNN_ISA=baseline|v3|v4`` forces one (for comparing them).
+
+The kernel of bfloat16 products (precision="bf16-mixed", bf16.pxi) is chosen here too: AMX tiles where
+the CPU has AMX-BF16 and Linux grants the tile state, else AVX512-BF16, else emulation (both
+hardware kernels exist in the x86-64-v4 build only). ``FASTNN_BF16=amx|avx512bf16|emulate`` forces
+one; a kernel this CPU or build cannot run falls back to the best it can, with a warning.
 """
 import importlib
 import os
+import warnings
 
 _V4 = ("AVX512F", "AVX512CD", "AVX512BW", "AVX512DQ", "AVX512VL")
 _V3 = ("AVX2", "FMA3", "F16C", "POPCNT")
@@ -44,3 +50,17 @@ def _pick():
 _engine, _name = _pick()
 #: the instruction set of the build in use
 ISA = {"_engine_v1": "baseline", "_engine_v3": "x86-64-v3 (AVX2)", "_engine_v4": "x86-64-v4 (AVX-512)"}[_name]
+
+
+def _pick_bf16():
+    available = _engine.bf16_kernels()
+    forced = os.environ.get("FASTNN_BF16", "").strip().lower()
+    if forced and forced not in available:
+        warnings.warn(f"FASTNN_BF16={forced!r}: not one this CPU and build can run ({', '.join(available)}); "
+                      f"using {available[-1]!r}", RuntimeWarning, stacklevel=3)
+        forced = ""
+    return _engine.bf16_use(forced or available[-1])
+
+
+#: the kernel of bfloat16 products: "amx", "avx512bf16" or "emulate"
+BF16 = _pick_bf16()
