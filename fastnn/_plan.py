@@ -543,19 +543,32 @@ def _rup(n, m):
 
 
 class Bf16Plan:
-    """The op table and work-buffer layout of a plan whose Dense products take bfloat16 operands
-    (fastnn/_core/bf16.pxi). Every such op reads bfloat16 copies of its input (rows, and panels of
-    pairs of rows for its weight gradient) and of its output delta (rows, and transposed), in
-    columns after the float32 plan's, and its weights' panels from the end of the work buffer. The
-    float32 buffers, the phases and the tiles are the float32 plan's."""
+    """The op table and work-buffer layout of a plan whose products take bfloat16 operands
+    (precision="bf16-mixed", fastnn/_core/bf16.pxi). A Dense op reads bfloat16 copies of its input
+    (rows, and panels of pairs of rows for its weight gradient) and of its output delta (rows, and
+    transposed), in columns after the float32 plan's; convolutions and recurrent layers round their
+    operands as they pack them for each product, in a larger per-chunk scratch (and, for recurrent
+    weight gradients, a per-thread one). Every op's weight panels lie at the end of the work buffer.
+    The float32 buffers, the phases and the tiles are the float32 plan's."""
 
     def __init__(self, plan):
         ops = [dict(op) for op in plan.ops]
         self._col = plan.row_width
         self.pb_size = 0            # bfloat16 values of the weight panels
         self.input = (-1, -1, 0)    # the input's copies (rows, pairs) and their row width
+        self.scratch = plan.scratch     # per chunk, floats
+        self._rnn = []              # (steps, most gate rows of a tile, widest of F and H) per recurrent op
+        tile_rows = {}
+        for k, _, nr in plan.tiles:
+            tile_rows[k] = max(tile_rows.get(k, 0), nr)
         copies = {}
-        for op in ops:
+        for k, op in enumerate(ops):
+            if op["kind"] == OP["conv"]:
+                self._conv(op)
+                continue
+            if op["kind"] == OP["rnn"]:
+                self._recurrent(op, tile_rows.get(k, 0))
+                continue
             if op["kind"] != OP["dense"]:
                 continue
             g = op["groups"]
@@ -587,6 +600,45 @@ class Bf16Plan:
         self._col += width
         return c
 
+    def _panels(self, size):
+        off = self.pb_size
+        self.pb_size += size
+        return off
+
+    def _conv(self, op):
+        G = op["g12"]
+        Og, K, M = op["g3"] // G, op["g0"] // G * op["g4"] * op["g5"], op["sub"] * op["g13"] * op["g14"]
+        Kp, Ogp, Mp = _rup(K, 32), _rup(Og, 32), _rup(M, 32)
+        op["prec"] = 1
+        op["wf_off"] = self._panels(op["g3"] * Kp)              # filters as rows
+        op["wb_off"] = self._panels(G * K * Ogp)                # each group's filters transposed
+        # the largest packing of one product: the columns (forward), delta and columns transposed
+        # (filter gradient), delta (column delta); after the op's float32 scratch
+        pack = max(Kp * _rup(M, 16), Og * Mp + Mp * _rup(K, 16), Ogp * _rup(M, 16))
+        self.scratch = max(self.scratch, (Og + K) * M + -(-pack // 2))
+
+    def _recurrent(self, op, tile_rows):
+        T, H = op["steps"], op["hidden"]
+        F = op["n_in"] // T
+        GH = H * (4 if op["cell"] == L.CELL_LSTM else 3 if op["cell"] == L.CELL_GRU else 1)
+        op["prec"] = 1
+        if op["cell"] == L.CELL_LSTM:
+            op["wf_off"] = self._panels(_rup(GH, 16) * _rup(F + H, 32))
+        else:
+            op["wf_off"] = self._panels(_rup(GH, 16) * (_rup(F, 32) + _rup(H, 32)))
+        op["wb_off"] = self._panels((_rup(F, 16) + _rup(H, 16)) * _rup(GH, 32))
+        widest = max(_rup(F + H, 32), _rup(GH, 32))
+        self.scratch = max(self.scratch, -(-_engine.RNN_MM_ROWS_ * widest // 2))
+        self._rnn.append((T, tile_rows, _rup(max(F, H), 16)))
+
+    def thread_scratch(self, rows):
+        """bfloat16 values of a gradient tile's packing space (recurrent weights) per thread."""
+        out = 0
+        for T, nr, width in self._rnn:
+            Rp = _rup(rows * T, 32)
+            out = max(out, nr * Rp + Rp * width)
+        return out
+
     @staticmethod
     def block_rows(rows):
         """Rows of a work-buffer block for a call over ``rows`` rows (a multiple of 32)."""
@@ -597,4 +649,5 @@ class Bf16Plan:
 
     def info(self, rows):
         """The core's ``bf16`` argument for a call over ``rows`` rows."""
-        return np.array([self.block_rows(rows), *self.input, self.pb_size, self.row_width], dtype=np.int64)
+        return np.array([self.block_rows(rows), *self.input, self.pb_size, self.row_width,
+                         self.thread_scratch(rows)], dtype=np.int64)

@@ -252,10 +252,11 @@ class Sequential:
             self._work_buf = np.empty(size, dtype=self.dtype)
         return self._work_buf
 
-    def _scratch(self, batch_size, chunk=None):
-        """Per-chunk scratch of the convolutions (empty without them)."""
+    def _scratch(self, batch_size, chunk=None, stride=None):
+        """Per-chunk scratch of the convolutions and recurrent layers (``stride`` elements each;
+        empty without them)."""
         p = self._plan
-        size = p.scratch * -(-batch_size // (chunk or p.chunk_for(batch_size)))
+        size = (p.scratch if stride is None else stride) * -(-batch_size // (chunk or p.chunk_for(batch_size)))
         if getattr(self, "_scratch_buf", None) is None or self._scratch_buf.size < max(size, 1):
             self._scratch_buf = np.empty(max(size, 1), dtype=self.dtype)
         return self._scratch_buf
@@ -272,13 +273,15 @@ class Sequential:
         raise ValueError(f"precision must be None, {self.dtype.name!r} (the model's dtype) or 'bf16-mixed', "
                          f"got {precision!r}")
 
-    def _precision_args(self, precision, rows):
-        """(op table, work buffer, the core's bf16 argument) for a call over ``rows`` rows."""
+    def _precision_args(self, precision, rows, chunk=None):
+        """(op table, work buffer, the core's bf16 argument, scratch, scratch stride) for a call over
+        ``rows`` rows in chunks of ``chunk``."""
         p = self._plan
         if precision is None:
-            return p.op_table, self._work(rows), None
+            return p.op_table, self._work(rows), None, self._scratch(rows, chunk), p.scratch
         b = p.bf16()
-        return b.op_table, self._work(rows, b.work_size(rows)), b.info(rows)
+        return (b.op_table, self._work(rows, b.work_size(rows)), b.info(rows),
+                self._scratch(rows, chunk, b.scratch), b.scratch)
 
     def _check_X(self, X, name="X"):
         """X as a C-contiguous (N, n_features) array in the model's dtype; examples shaped
@@ -410,14 +413,14 @@ class Sequential:
             rows = n            # batch statistics over all of X
         else:
             rows = min(n, max(p.chunk, (1024 // p.chunk) * p.chunk))
-        ops, work, bf16 = self._precision_args(precision, rows)
+        ops, work, bf16, scratch, stride = self._precision_args(precision, rows, p.chunk)
         stats = np.zeros(max(p.n_stats, 1))
         with blas_single_thread():
             _engine.forward_rows(ops, p.opf_table, p.phases(mode), p.chunk, self._params,
                                  self._running, stats, X, out, work, rows,
                                  self._threads_for(rows // 3, resolve_threads(threads)), bool(training),
                                  self.seed, self.epochs_trained, self.steps_trained, lengths=lengths,
-                                 scratch=self._scratch(rows, p.chunk), scratch_stride=p.scratch, bf16=bf16)
+                                 scratch=scratch, scratch_stride=stride, bf16=bf16)
         return out.reshape((n,) + p.out_shape) if len(p.out_shape) > 1 else out
 
     __call__ = forward
@@ -512,7 +515,7 @@ class Sequential:
         state = opt.bind(self) if opt is not None else np.zeros((0, 1), dtype=self.dtype)
         if state.shape[0] == 0:
             state = np.zeros((0, 1), dtype=self.dtype)
-        ops, work, bf16 = self._precision_args(precision, batch_size)
+        ops, work, bf16, scratch, stride = self._precision_args(precision, batch_size)
         if p.has_bn:
             ops = ops.copy()
             nbt = _engine.OP_FIELDS.index("nbt")
@@ -532,7 +535,7 @@ class Sequential:
             opt.hyper() if opt is not None else np.zeros(1), lrs,
             opt.step_count if opt is not None else 0, seed, epoch, step0,
             work, step_loss, n_threads,
-            scratch=self._scratch(batch_size), scratch_stride=p.scratch,
+            scratch=scratch, scratch_stride=stride,
             loss_steps=steps, step_weight=step_weight, bf16=bf16, **kw)
         if update_running:
             for _, layer in p.bn_layers:

@@ -103,30 +103,39 @@ def model_spec(model):
     return spec
 
 
-def forward(spec, X):
+def _same(x):
+    return x
+
+
+def forward(spec, X, operand=_same):
+    """Pre-activations and activations; ``operand`` maps each operand of a product (an input row
+    block, a weight matrix) to the value the product reads (e.g. rounded to bfloat16)."""
     a = np.asarray(X, dtype=np.float64)
     zs, acts = [], [a]
     for W, b, name, slope in spec:
-        z = a @ W.T + (0 if b is None else b)
+        z = operand(a) @ operand(W).T + (0 if b is None else b)
         a = act(z, name, slope)
         zs.append(z)
         acts.append(a)
     return zs, acts
 
 
-def loss_and_grad(spec, X, y, name, **kw):
-    zs, acts = forward(spec, X)
+def loss_and_grad(spec, X, y, name, operand=_same, **kw):
+    """Loss and gradients (weight, bias per layer); ``operand`` as in ``forward``, applied to the
+    operands of the backward products too (deltas, weights, activations)."""
+    zs, acts = forward(spec, X, operand)
     L, g = loss(name, acts[-1], y, **kw)
     grads = [None] * (2 * len(spec))
     for l in range(len(spec) - 1, -1, -1):
         W, b, an, slope = spec[l]
         delta = act_backward(zs[l], acts[l + 1], g, an, slope)
+        d, a = operand(delta), operand(acts[l])
         gW = np.zeros_like(W)
         for i in range(delta.shape[0]):            # the per-example updates, then their sum
-            gW += np.outer(delta[i], acts[l][i])
+            gW += np.outer(d[i], a[i])
         grads[2 * l] = gW
         grads[2 * l + 1] = delta.sum(axis=0) if b is not None else None
-        g = delta @ W
+        g = d @ operand(W)
     return L, [x for x in grads if x is not None]
 
 

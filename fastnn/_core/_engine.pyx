@@ -224,6 +224,8 @@ cdef struct Net:
     Py_ssize_t n_part
     Py_ssize_t pb_e, pb_n     # bfloat16 weight panels: their first float and their count (bf16.pxi)
     Py_ssize_t ib_e, iv_e, ib_k   # the input's bfloat16 copies (as Op.ob_e, ov_e, ob_k); -1 none
+    void* tsc                 # per-thread scratch of the gradient tiles (bfloat16 packing), or NULL
+    Py_ssize_t tsc_n          # ... bfloat16 values per thread
 
 
 include "bf16.pxi"
@@ -441,7 +443,7 @@ cdef void op_backward(Op* o, Ctx* cx, floating* Wk, floating* P, Py_ssize_t r0, 
     elif o.kind == OP_LN:
         ln_backward(o, P, Wk, r0, c)
     elif o.kind == OP_RNN:
-        rnn_backward(o, cx, P, Wk, r0, c)
+        rnn_backward(o, cx, P, Wk, r0, c, <floating*>cx.scratch + slot * cx.scratch_stride)
     elif o.kind == OP_ACT or o.kind == OP_ADD:
         if o.din_e >= 0:
             put_delta(Wk + o.din_e + r0 * o.n_in, Wk + o.d_e + r0 * n, c * n, o.din_acc)
@@ -680,7 +682,7 @@ cdef void grad_tile(Net* net, Tile* T, floating* Wk, floating* P, floating* G, P
     elif o.kind == OP_LN:
         ln_grad(o, T, Wk, G, B)
     elif o.kind == OP_RNN:
-        rnn_grad(o, T, Wk, G, B)
+        rnn_grad(o, T, Wk, G, B, bf16_thread_scratch(net))
     elif o.kind == OP_EMB:
         emb_grad(o, T, Wk, G, B)
     if go.l2 > 0 or go.clip_value > 0:
@@ -720,8 +722,8 @@ cdef void tile_update(Net* net, Tile* T, floating* Wk, floating* P, floating* G,
         if dg != NULL and w:          # the update-to-weight ratio is over weights
             red_sumdiffsq(P + off, old, n, &du)
             red_sumsq(old, n, &w2)
-    if floating is float and o.prec == PREC_BF16 and o.kind == OP_DENSE:
-        bf16_pack_rows(o, P, Wk, T.r0, T.nr)
+    if floating is float and o.prec == PREC_BF16:
+        bf16_pack_op(o, P, Wk, T.r0, T.nr)
     if dg != NULL:
         acc[0] += sa
         acc[1] += s2
@@ -758,6 +760,8 @@ cdef Net* net_new(const int64_t[:, ::1] ops, const double[:, ::1] opsf, const in
     net.ib_e = B * bf16[1] if bf16 is not None and bf16[1] >= 0 else -1
     net.iv_e = B * bf16[2] if bf16 is not None and bf16[2] >= 0 else -1
     net.ib_k = bf16[3] if bf16 is not None else 0
+    net.tsc = NULL
+    net.tsc_n = bf16[6] if bf16 is not None else 0
     net.ops = <Op*>malloc((n + 1) * sizeof(Op))
     net.ph = <Phase*>malloc((net.n_ph + 1) * sizeof(Phase))
     net.tiles = <Tile*>malloc((net.n_tiles + 1) * sizeof(Tile))
@@ -856,6 +860,7 @@ cdef void net_free(Net* net) noexcept:
         free(net.ph)
         free(net.tiles)
         free(net.part)
+        free(net.tsc)
         free(net)
 
 
@@ -913,6 +918,11 @@ def run_steps(const int64_t[:, ::1] ops, const double[:, ::1] opsf, const int64_
     cdef void* xptr = raw_rows(X, &xcode, &x_rows, &x_cols)
     check_bf16(bf16, work, &params[0])
     cdef Net* net = net_new(ops, opsf, phases, tiles, batch_size, chunk, x_cols, bf16)
+    if net.tsc_n > 0:
+        net.tsc = malloc(n_threads * net.tsc_n * 2)
+        if net.tsc == NULL:
+            net_free(net)
+            raise MemoryError()
     cdef Ctx cx
     cdef Py_ssize_t s, b0, bsz, ti, i, blk, p0, pn, k
     cdef double norm, tot, inv_norm, sq, gnorm, coef

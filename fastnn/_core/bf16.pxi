@@ -695,23 +695,53 @@ cdef void bf16_pack_rows(Op* o, float* P, float* Wk, Py_ssize_t r0, Py_ssize_t n
     fnn_pack_wb(P + o.w_off, K, r0, r0 + nr, K, rup(N, 32), u16(Wk, 0) + o.wb_e)
 
 
+cdef void bf16_pack_conv_rows(Op* o, float* P, float* Wk, Py_ssize_t r0, Py_ssize_t nr) noexcept nogil:
+    """A convolution's filters [r0, r0+nr) (one group) as bfloat16 rows (the forward product's A) and
+    transposed within their group (the column delta's A)."""
+    cdef Py_ssize_t K = (o.g[0] // o.g[12]) * o.g[4] * o.g[5], Og = o.g[3] // o.g[12], gi = r0 // Og
+    cdef Py_ssize_t Kp = rup(K, 32), Ogp = rup(Og, 32)
+    fnn_bf16_rows(P + o.w_off + r0 * K, K, nr, 0, K, Kp, u16(Wk, 0) + o.wf_e + r0 * Kp, Kp)
+    fnn_bf16_trans(P + o.w_off + r0 * K, K, nr, 0, K, u16(Wk, 0) + o.wb_e + gi * K * Ogp + (r0 - gi * Og), Ogp)
+
+
+cdef inline void bf16_pack_op(Op* o, float* P, float* Wk, Py_ssize_t r0, Py_ssize_t nr) noexcept nogil:
+    """The weight panels of a bfloat16 op's rows [r0, r0+nr) (output neurons, filters, gate rows)."""
+    if o.kind == OP_DENSE:
+        bf16_pack_rows(o, P, Wk, r0, nr)
+    elif o.kind == OP_CONV:
+        bf16_pack_conv_rows(o, P, Wk, r0, nr)
+    elif o.kind == OP_RNN:
+        bf16_pack_rnn_rows(o, P, Wk, r0, nr)
+
+
+cdef inline Py_ssize_t bf16_rows(Op* o) noexcept nogil:
+    """The rows of a bfloat16 op's weights that its tiles split."""
+    if o.kind == OP_CONV:
+        return o.g[3]
+    if o.kind == OP_RNN:
+        return o.hidden * (4 if o.cell == CELL_LSTM else (3 if o.cell == CELL_GRU else 1))
+    return o.n_out // o.groups
+
+
 cdef void bf16_pack_all(Net* net, float* P, float* Wk, int n_threads) noexcept nogil:
     """Every bfloat16 op's weight panels, from P (once per call, before the first product); the
     panels' padding is zero."""
     cdef int k
     cdef Op* o
-    cdef Py_ssize_t nb, b, N
+    cdef Py_ssize_t nb, b, N, step
     if net.pb_n == 0:
         return
     memset(u16(Wk, net.pb_e), 0, net.pb_n * 2)
     for k in range(net.n_ops):
         o = &net.ops[k]
-        if o.prec != PREC_BF16 or o.kind != OP_DENSE:
+        if o.prec != PREC_BF16:
             continue
-        N = o.n_out // o.groups
-        nb = (N + 31) // 32
+        N = bf16_rows(o)
+        # blocks within one group of filters
+        step = o.g[3] // o.g[12] if o.kind == OP_CONV else 32
+        nb = (N + step - 1) // step
         for b in prange(nb, schedule='static', num_threads=n_threads):
-            bf16_pack_rows(o, P, Wk, b * 32, 32 if (b + 1) * 32 <= N else N - b * 32)
+            bf16_pack_op(o, P, Wk, b * step, step if (b + 1) * step <= N else N - b * step)
 
 
 cdef inline void bf16_dense_forward(Op* o, float* Wk, Py_ssize_t r0, Py_ssize_t c) noexcept nogil:
@@ -761,6 +791,150 @@ cdef int check_bf16(const int64_t[::1] bf16, floating[::1] work, floating* tag) 
         return 0
     if floating is double:
         raise ValueError("bfloat16 products need a float32 model")
-    if bf16.shape[0] != 6 or work.shape[0] < bf16[0] * bf16[5] + (bf16[4] + 1) // 2:
+    if bf16.shape[0] != 7 or work.shape[0] < bf16[0] * bf16[5] + (bf16[4] + 1) // 2:
         raise ValueError("the work buffer is too small for this plan's bfloat16 blocks")
     return 0
+
+
+# ---------------------------------------------------------------- convolutions in bfloat16
+cdef inline fnn_u16* bf16_conv_pack(Op* o, float* scratch) noexcept nogil:
+    """The chunk's packing space: after the float32 scratch of this op (gathered delta, columns'
+    delta: (Og + K) x the sub-block's positions)."""
+    cdef Py_ssize_t K = (o.g[0] // o.g[12]) * o.g[4] * o.g[5], Og = o.g[3] // o.g[12]
+    return <fnn_u16*>(scratch + (Og + K) * o.sub * o.g[13] * o.g[14])
+
+
+cdef void bf16_conv_forward(Op* o, float* Wk, float* col, Py_ssize_t M, Py_ssize_t gi, float* tmp) noexcept nogil:
+    """tmp[Og x M] = bf16(W_gi) bf16(col) for one group's columns (K x M)."""
+    cdef Py_ssize_t K = (o.g[0] // o.g[12]) * o.g[4] * o.g[5], Og = o.g[3] // o.g[12], Kp = rup(K, 32)
+    cdef fnn_u16* pk = bf16_conv_pack(o, tmp)
+    fnn_pack_b(col, M, 0, K, M, pk, Kp)
+    fnn_bgemm(Og, M, Kp, u16(Wk, 0) + o.wf_e + gi * Og * Kp, Kp, pk, Kp * 16, tmp, M, 0)
+
+
+cdef void bf16_conv_filter_grad(Op* o, float* col, Py_ssize_t M, float* dout, float* part) noexcept nogil:
+    """part[Og x K] = bf16(dout) bf16(col)^T over the sub-block's M positions (dout at the chunk's
+    scratch)."""
+    cdef Py_ssize_t K = (o.g[0] // o.g[12]) * o.g[4] * o.g[5], Og = o.g[3] // o.g[12], Mp = rup(M, 32)
+    cdef fnn_u16* pa = bf16_conv_pack(o, dout)
+    cdef fnn_u16* pb = pa + Og * Mp
+    fnn_pack_a(dout, M, 0, Og, M, pa, Mp)
+    fnn_pack_b(col, M, 1, M, K, pb, Mp)
+    fnn_bgemm(Og, K, Mp, pa, Mp, pb, Mp * 16, part, K, 0)
+
+
+cdef void bf16_conv_col_delta(Op* o, float* Wk, float* dout, Py_ssize_t M, Py_ssize_t gi, float* dcol) noexcept nogil:
+    """dcol[K x M] = bf16(W_gi)^T bf16(dout) (dout at the chunk's scratch)."""
+    cdef Py_ssize_t K = (o.g[0] // o.g[12]) * o.g[4] * o.g[5], Og = o.g[3] // o.g[12], Ogp = rup(Og, 32)
+    cdef fnn_u16* pk = bf16_conv_pack(o, dout)
+    fnn_pack_b(dout, M, 0, Og, M, pk, Ogp)
+    fnn_bgemm(K, M, Ogp, u16(Wk, 0) + o.wb_e + gi * K * Ogp, Ogp, pk, Ogp * 16, dcol, M, 0)
+
+
+# ---------------------------------------------------------------- recurrent layers in bfloat16
+# Weight panels of a recurrent op (GH = gates x hidden rows): from wf_e, the forward ones, B = W^T:
+# LSTM [W_ih, W_hh] over K = F + H as one (a step multiplies [x_t, h_{t-1}]), else W_ih (K = F)
+# then W_hh (K = H); from wb_e the backward ones, B = W over K = GH: W_ih (N = F), then W_hh.
+cdef enum:
+    RNN_WF_X = 0      # [x_t, h_{t-1}] (LSTM) or x_t (RNN, GRU) times the forward weights
+    RNN_WF_H = 1      # h_{t-1} times W_hh^T (RNN, GRU)
+    RNN_WB_X = 2      # gate deltas times W_ih (the input delta)
+    RNN_WB_H = 3      # gate deltas times W_hh (dh_{t-1})
+    RNN_MM_ROWS = 64  # rows packed at a time (bounds the chunk's packing space)
+
+RNN_MM_ROWS_ = RNN_MM_ROWS
+
+cdef extern from *:
+    """
+    /* fnn_pack_wf of the rows [W1[n], W2[n]] (K1 + K2 values) */
+    static void fnn_pack_wf2(const float* W1, Py_ssize_t K1, const float* W2, Py_ssize_t K2, Py_ssize_t n0,
+                             Py_ssize_t n1, Py_ssize_t Kp, fnn_u16* f) {
+        Py_ssize_t n, k;
+        for (n = n0; n < n1; n++) {
+            fnn_u16* d = f + (n / 16) * Kp * 16 + 2 * (n % 16);
+            for (k = 0; k < K1 + K2; k++)
+                d[16 * (k & ~(Py_ssize_t)1) + (k & 1)] = fnn_bf16(k < K1 ? W1[n * K1 + k] : W2[n * K2 + k - K1]);
+        }
+    }
+    #ifdef _OPENMP
+    #include <omp.h>
+    static int fnn_thread_num(void) { return omp_get_thread_num(); }
+    #else
+    static int fnn_thread_num(void) { return 0; }
+    #endif
+    """
+    void fnn_pack_wf2(const float* W1, Py_ssize_t K1, const float* W2, Py_ssize_t K2, Py_ssize_t n0,
+                      Py_ssize_t n1, Py_ssize_t Kp, fnn_u16* f) nogil
+    int fnn_thread_num() nogil
+
+
+cdef inline void* bf16_thread_scratch(Net* net) noexcept nogil:
+    """This thread's scratch in a parallel loop over gradient tiles (NULL if the plan needs none)."""
+    if net.tsc == NULL:
+        return NULL
+    return <void*>(<fnn_u16*>net.tsc + fnn_thread_num() * net.tsc_n)
+
+
+cdef inline Py_ssize_t rnn_gh(Op* o) noexcept nogil:
+    return o.hidden * (4 if o.cell == CELL_LSTM else (3 if o.cell == CELL_GRU else 1))
+
+
+cdef void bf16_pack_rnn_rows(Op* o, float* P, float* Wk, Py_ssize_t r0, Py_ssize_t nr) noexcept nogil:
+    """Gate rows [r0, r0+nr) of a recurrent op's weight panels."""
+    cdef Py_ssize_t H = o.hidden, GH = rnn_gh(o), F = o.n_in // o.steps, GHp = rup(GH, 32)
+    cdef fnn_u16* f = u16(Wk, 0) + o.wf_e
+    cdef fnn_u16* b = u16(Wk, 0) + o.wb_e
+    if o.cell == CELL_LSTM:
+        fnn_pack_wf2(P + o.w_off, F, P + o.w2_off, H, r0, r0 + nr, rup(F + H, 32), f)
+    else:
+        fnn_pack_wf(P + o.w_off, F, r0, r0 + nr, F, rup(F, 32), f)
+        fnn_pack_wf(P + o.w2_off, H, r0, r0 + nr, H, rup(H, 32), f + rup(GH, 16) * rup(F, 32))
+    fnn_pack_wb(P + o.w_off, F, r0, r0 + nr, F, GHp, b)
+    fnn_pack_wb(P + o.w2_off, H, r0, r0 + nr, H, GHp, b + rup(F, 16) * GHp)
+
+
+cdef void bf16_rnn_mm(Op* o, float* Wk, int which, float* A, Py_ssize_t lda, Py_ssize_t m, float* C,
+                      Py_ssize_t ldc, int acc, float* scratch) noexcept nogil:
+    """C[m x N] (=|+=) bf16(A[m x K]) times the op's weight panels ``which`` (RNN_WF_X, ...), A's rows
+    rounded into ``scratch`` RNN_MM_ROWS at a time."""
+    cdef Py_ssize_t H = o.hidden, GH = rnn_gh(o), F = o.n_in // o.steps, K, N, i0, mi
+    cdef fnn_u16* B
+    cdef fnn_u16* pk = <fnn_u16*>scratch
+    if which == RNN_WF_X:
+        K, N = (F + H if o.cell == CELL_LSTM else F), GH
+        B = u16(Wk, 0) + o.wf_e
+    elif which == RNN_WF_H:
+        K, N = H, GH
+        B = u16(Wk, 0) + o.wf_e + rup(GH, 16) * rup(F, 32)
+    elif which == RNN_WB_X:
+        K, N = GH, F
+        B = u16(Wk, 0) + o.wb_e
+    else:
+        K, N = GH, H
+        B = u16(Wk, 0) + o.wb_e + rup(F, 16) * rup(GH, 32)
+    cdef Py_ssize_t Kp = rup(K, 32)
+    i0 = 0
+    while i0 < m:
+        mi = RNN_MM_ROWS if i0 + RNN_MM_ROWS <= m else m - i0
+        fnn_pack_a(A + i0 * lda, lda, 0, mi, K, pk, Kp)
+        fnn_bgemm(mi, N, Kp, pk, Kp, B, Kp * 16, C + i0 * ldc, ldc, acc)
+        i0 += mi
+
+
+cdef void bf16_rnn_weight_grad(Op* o, Tile* Tl, float* Wk, float* G, Py_ssize_t B, fnn_u16* sc) noexcept nogil:
+    """Gate rows [r0, r0+nr) of dW_ih = bf16(D)^T bf16(x) and dW_hh = bf16(D')^T bf16(h_{t-1}), each entry
+    one float32 sum over the batch's (example, step) rows in order (D' = D but for GRU's n gate)."""
+    cdef Py_ssize_t T = o.steps, H = o.hidden, GH = rnn_gh(o), F = o.n_in // T, K = F + H
+    cdef Py_ssize_t R = B * T, Rp = rup(R, 32), r0 = Tl.r0, nr = Tl.nr
+    cdef float* di = Wk + o.di_e
+    cdef float* dhh = Wk + o.dh_e
+    cdef float* xh = Wk + o.xh_e
+    cdef fnn_u16* pa = sc
+    cdef fnn_u16* pb = sc + nr * Rp
+    fnn_pack_a(di + r0, GH, 1, nr, R, pa, Rp)
+    fnn_pack_b(xh, K, 0, R, F, pb, Rp)
+    fnn_bgemm(nr, F, Rp, pa, Rp, pb, Rp * 16, G + o.w_off + r0 * F, F, 0)
+    if dhh != di:
+        fnn_pack_a(dhh + r0, GH, 1, nr, R, pa, Rp)
+    fnn_pack_b(xh + F, K, 0, R, H, pb, Rp)
+    fnn_bgemm(nr, H, Rp, pa, Rp, pb, Rp * 16, G + o.w2_off + r0 * H, H, 0)

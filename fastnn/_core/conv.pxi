@@ -9,6 +9,9 @@
 # the partials sub-block by sub-block in batch order: the same sum on any thread count, and the
 # filter gradient is formed in parallel over chunks, while the columns are in cache.
 #
+# With bfloat16 operands (Op.prec) the three products run on bf16.pxi's kernels: the columns and the
+# deltas are rounded as they are packed for each product, the filters come packed with the weights.
+#
 # geometry (Op.g): 0 Cin, 1 H, 2 W, 3 Cout, 4 kh, 5 kw, 6 sh, 7 sw, 8 ph, 9 pw, 10 dh, 11 dw,
 # 12 groups, 13 Hout, 14 Wout, 15 pool mode (0 max, 1 avg, 2 adaptive avg), 16 count_include_pad
 
@@ -179,8 +182,11 @@ cdef void conv_forward(Op* o, floating* P, floating* Wk, Py_ssize_t r0, Py_ssize
             colg = Wk + o.s_e + e0 * G * K * L + gi * K * M
             for j in range(nb):
                 im2col(Wk + o.in_e + (e0 + j) * o.n_in, colg + j * L, M, g, gi * Cg, Cg)
-            gemm(c'N', c'N', <int>M, <int>Og, <int>K, <floating>1, colg, <int>M, P + o.w_off + gi * Og * K,
-                 <int>K, <floating>0, tmp, <int>M)
+            if floating is float and o.prec == PREC_BF16:
+                bf16_conv_forward(o, Wk, colg, M, gi, tmp)
+            else:
+                gemm(c'N', c'N', <int>M, <int>Og, <int>K, <floating>1, colg, <int>M, P + o.w_off + gi * Og * K,
+                     <int>K, <floating>0, tmp, <int>M)
             for j in range(nb):
                 for co in range(Og):
                     out = Wk + o.a_e + (e0 + j) * o.n_out + (gi * Og + co) * L
@@ -218,8 +224,11 @@ cdef void conv_backward(Op* o, floating* P, floating* Wk, Py_ssize_t r0, Py_ssiz
                     memcpy(scratch + co * M + j * L, Wk + o.d_e + (e0 + j) * o.n_out + (gi * Og + co) * L,
                            L * sizeof(floating))
             # partial[co, k] = sum over the sub-block's positions of dout[co, .] col[k, .]
-            gemm(c'T', c'N', <int>K, <int>Og, <int>M, <floating>1, colg, <int>M, scratch, <int>M,
-                 <floating>0, part + gi * Og * K, <int>K)
+            if floating is float and o.prec == PREC_BF16:
+                bf16_conv_filter_grad(o, colg, M, scratch, part + gi * Og * K)
+            else:
+                gemm(c'T', c'N', <int>K, <int>Og, <int>M, <floating>1, colg, <int>M, scratch, <int>M,
+                     <floating>0, part + gi * Og * K, <int>K)
             if o.b_off >= 0:
                 for co in range(Og):
                     s = 0
@@ -227,8 +236,11 @@ cdef void conv_backward(Op* o, floating* P, floating* Wk, Py_ssize_t r0, Py_ssiz
                     part[Cout * K + gi * Og + co] = <floating>s
             if o.din_e >= 0:
                 dcol = scratch + Og * M
-                gemm(c'N', c'T', <int>M, <int>K, <int>Og, <floating>1, scratch, <int>M,
-                     P + o.w_off + gi * Og * K, <int>K, <floating>0, dcol, <int>M)
+                if floating is float and o.prec == PREC_BF16:
+                    bf16_conv_col_delta(o, Wk, scratch, M, gi, dcol)
+                else:
+                    gemm(c'N', c'T', <int>M, <int>K, <int>Og, <floating>1, scratch, <int>M,
+                         P + o.w_off + gi * Og * K, <int>K, <floating>0, dcol, <int>M)
                 for j in range(nb):
                     col2im_add(dcol + j * L, M, Wk + o.din_e + (e0 + j) * o.n_in, g, gi * Cg, Cg)
         j0 += nb

@@ -6,6 +6,9 @@
 # tiles of rows (weight_ih, weight_hh and both biases) summed over examples and steps in a fixed
 # order (LSTM: one GEMM by [x_t, h_{t-1}] for both weights).
 #
+# With bfloat16 operands (Op.prec) the products run on bf16.pxi's kernels, the weights packed with the
+# optimizer update, the step's rows and deltas rounded as they are packed for each product.
+#
 # Per-example blocks of the work buffer (each B rows), from the op's s_col, widths in elements:
 #   GA  T*GH      gates after their nonlinearity (RNN: h_t)
 #   XH  T*(F+H)   [x_t, h_{t-1}] at slot t (h_{-1} = 0); the last state is in the output
@@ -383,14 +386,19 @@ cdef void rnn_forward(Op* o, Ctx* cx, floating* P, floating* Wk, Py_ssize_t r0, 
         for t in range(T):
             memcpy(xh + i * ld_xh + t * K, x + i * o.n_in + t * F, F * sizeof(floating))
         memset(xh + i * ld_xh + F, 0, H * sizeof(floating))
+    cdef bint b16 = floating is float and o.prec == PREC_BF16     # weights come packed (bf16.pxi)
     if o.cell == CELL_LSTM:
-        transpose_blocks(P + o.w_off, GH, F, Wt, K, 0)
-        if T > 1:
-            transpose_blocks(Whh, GH, H, Wt, K, F)
+        if not b16:
+            transpose_blocks(P + o.w_off, GH, F, Wt, K, 0)
+            if T > 1:
+                transpose_blocks(Whh, GH, H, Wt, K, F)
     else:
         # every step's input projection in one GEMM, then the biases (GRU: b_hn acts inside r*(...))
-        gemm(c'T', c'N', <int>GH, <int>(c * T), <int>F, <floating>1, P + o.w_off, <int>F, xh, <int>K,
-             <floating>0, ga, <int>GH)
+        if b16:
+            bf16_rnn_mm(o, <float*>Wk, RNN_WF_X, <float*>xh, K, c * T, <float*>ga, GH, 0, <float*>Wt)
+        else:
+            gemm(c'T', c'N', <int>GH, <int>(c * T), <int>F, <floating>1, P + o.w_off, <int>F, xh, <int>K,
+                 <floating>0, ga, <int>GH)
         if bih != NULL:
             for i in range(c * T):
                 g = ga + i * GH
@@ -398,15 +406,24 @@ cdef void rnn_forward(Op* o, Ctx* cx, floating* P, floating* Wk, Py_ssize_t r0, 
                     g[j] = g[j] + bih[j]
                 for j in range(2 * H if o.cell == CELL_GRU else GH):
                     g[j] = g[j] + bhh[j]
-        if T > 1:
+        if T > 1 and not b16:
             transpose_blocks(Whh, GH, H, Wt, H, 0)
     for t in range(T):
-        if o.cell == CELL_LSTM:
+        if o.cell == CELL_LSTM and b16:
+            bf16_rnn_mm(o, <float*>Wk, RNN_WF_X, <float*>(xh + t * K), ld_xh, c, <float*>(ga + t * GH), ld_ga, 0,
+                        <float*>Wt)
+        elif o.cell == CELL_LSTM:
             # h_{-1} = 0: the first step needs only the inputs
             step_gemm(GH, c, K if t > 0 else F, Wt, K, xh + t * K, ld_xh, 0, ga + t * GH, ld_ga)
         elif o.cell != CELL_GRU:
-            if t > 0:
+            if t > 0 and b16:
+                bf16_rnn_mm(o, <float*>Wk, RNN_WF_H, <float*>(xh + t * K + F), ld_xh, c, <float*>(ga + t * GH), ld_ga,
+                            1, <float*>Wt)
+            elif t > 0:
                 step_gemm(GH, c, H, Wt, H, xh + t * K + F, ld_xh, 1, ga + t * GH, ld_ga)
+        elif t > 0 and b16:
+            bf16_rnn_mm(o, <float*>Wk, RNN_WF_H, <float*>(xh + t * K + F), ld_xh, c, <float*>sc, GH + H, 0,
+                        <float*>Wt)
         elif t > 0:
             step_gemm(GH, c, H, Wt, H, xh + t * K + F, ld_xh, 0, sc, GH + H)
         else:
@@ -470,10 +487,11 @@ cdef void rnn_forward(Op* o, Ctx* cx, floating* P, floating* Wk, Py_ssize_t r0, 
                 memcpy(out + i * o.n_out + t * H, hq, H * sizeof(floating))
 
 
-cdef void rnn_backward(Op* o, Ctx* cx, floating* P, floating* Wk, Py_ssize_t r0, Py_ssize_t c) noexcept nogil:
+cdef void rnn_backward(Op* o, Ctx* cx, floating* P, floating* Wk, Py_ssize_t r0, Py_ssize_t c,
+                       floating* scratch) noexcept nogil:
     """Rows [r0, r0+c): backward through time; gate deltas of every step kept for the tiles,
     the input delta (=|+=) into dIn. Past a sequence's length its deltas are zero and dh, dc
-    pass through unchanged."""
+    pass through unchanged. ``scratch``: the chunk's (bfloat16 operands' packing)."""
     cdef Py_ssize_t T = o.steps, H = o.hidden, G = rnn_gates(o.cell)
     cdef Py_ssize_t GH = G * H, F = o.n_in // T, K = F + H, i, j, t, ld_ga = T * GH, ld_xh = T * K
     cdef bint seq = o.n_out == T * H
@@ -550,20 +568,27 @@ cdef void rnn_backward(Op* o, Ctx* cx, floating* P, floating* Wk, Py_ssize_t r0,
                     fastnn_gru_back_d(g, hn + i * T * H + t * H, hp, dh, d, d2, H)
         if t > 0:
             # dh_{t-1} = D_t W_hh (+ GRU's direct path z * dh_t, already in dh)
-            step_gemm_back(H, c, GH, Whh, dhh + t * GH, ld_ga, 1 if o.cell == CELL_GRU else 0, sc, GH + H)
+            if floating is float and o.prec == PREC_BF16:
+                bf16_rnn_mm(o, <float*>Wk, RNN_WB_H, <float*>(dhh + t * GH), ld_ga, c, <float*>sc, GH + H,
+                            1 if o.cell == CELL_GRU else 0, <float*>scratch)
+            else:
+                step_gemm_back(H, c, GH, Whh, dhh + t * GH, ld_ga, 1 if o.cell == CELL_GRU else 0, sc, GH + H)
             if held:
                 for i in range(c):
                     if t >= seq_len(o, cx, r0 + i):
                         dh = sc + i * (GH + H)
                         memcpy(dh, dh + GH, H * sizeof(floating))
-    if o.din_e >= 0:
+    if o.din_e >= 0 and floating is float and o.prec == PREC_BF16:
+        bf16_rnn_mm(o, <float*>Wk, RNN_WB_X, <float*>di, GH, c * T, <float*>(Wk + o.din_e + r0 * o.n_in), F,
+                    o.din_acc, <float*>scratch)
+    elif o.din_e >= 0:
         gemm(c'N', c'N', <int>F, <int>(c * T), <int>GH, <floating>1, P + o.w_off, <int>F, di, <int>GH,
              <floating>o.din_acc, Wk + o.din_e + r0 * o.n_in, <int>F)
 
 
-cdef void rnn_grad(Op* o, Tile* Tl, floating* Wk, floating* G, Py_ssize_t B) noexcept nogil:
+cdef void rnn_grad(Op* o, Tile* Tl, floating* Wk, floating* G, Py_ssize_t B, void* tsc) noexcept nogil:
     """Rows [r0, r0+nr) of dW_ih = sum D_t^T x_t, dW_hh = sum D_t^T h_{t-1} and the biases' sums,
-    over examples (in order) and steps."""
+    over examples (in order) and steps. ``tsc``: the thread's scratch (bfloat16 operands)."""
     cdef Py_ssize_t T = o.steps, H = o.hidden, GH = rnn_gates(o.cell) * o.hidden, F = o.n_in // T
     cdef Py_ssize_t K = F + H, i, j, r0 = Tl.r0, nr = Tl.nr
     cdef floating* di = Wk + o.di_e
@@ -572,7 +597,9 @@ cdef void rnn_grad(Op* o, Tile* Tl, floating* Wk, floating* G, Py_ssize_t B) noe
     cdef floating* gb
     cdef floating* row
     cdef floating* S
-    if o.cell == CELL_LSTM and GH * K <= 2 * B * T * H:
+    if floating is float and o.prec == PREC_BF16:
+        bf16_rnn_weight_grad(o, Tl, <float*>Wk, <float*>G, B, <fnn_u16*>tsc)
+    elif o.cell == CELL_LSTM and GH * K <= 2 * B * T * H:
         # both weights in one GEMM by [x_t, h_{t-1}], so the deltas are packed once, not twice,
         # into the cell states' blocks (CS, TC: unread after backward; each tile its own rows),
         # then split into the two weights' rows
