@@ -11,9 +11,12 @@ the cores and distort the timings.  The worker prints one JSON line on stdout.
 Rounds interleave the libraries and the median round is reported.
 
 Run as ``fastnn bench`` (``--quick``: one cell, under a minute) or
-``python bench/compare.py`` in a checkout. Examples::
+``python bench/compare.py`` in a checkout. ``--precision bf16-mixed`` trains fastnn with
+bfloat16 products and torch under ``torch.autocast("cpu", dtype=torch.bfloat16)`` (jax and
+scikit-learn have no such mode here and are left out). Examples::
 
     fastnn bench --quick --json results.json
+    fastnn bench --precision bf16-mixed --batch 128 512 --hidden 1024 --libs fastnn torch
     fastnn bench --batch 32 512 --hidden 64 --repeats 3
     fastnn bench --libs torch jax --n 6000 --json results.json --markdown
 """
@@ -41,6 +44,8 @@ LR = 0.01
 MOMENTUM = 0.9
 SEED = 0
 LIBS = ("fastnn", "torch", "jax", "sklearn")
+PRECISIONS = ("float32", "bf16-mixed")
+BF16_LIBS = ("fastnn", "torch")     # the libraries with a bfloat16 mixed-precision mode here
 # the directory holding the fastnn package, put on the workers' PYTHONPATH so that they import
 # the same fastnn as the driver (installed or a source checkout)
 PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -102,13 +107,20 @@ def worker_fastnn(args) -> dict:
     opt = fn.SGD(lr=LR, momentum=MOMENTUM)
     loss = fn.CrossEntropy()
 
+    precision = None if args.precision == "float32" else args.precision
+
     def epoch(Xe, ye):
         model.fit(Xe, ye, loss=loss, optimizer=opt, epochs=1, batch_size=B,
-                  shuffle=True, seed=SEED, verbose=0, threads=args.threads)
+                  shuffle=True, seed=SEED, verbose=0, threads=args.threads, precision=precision)
 
     epoch(X, y)  # warm-up: one untimed epoch, as every library gets
     times = time_epochs(lambda: epoch(X, y), args.repeats)
-    return {"version": fn.__version__, "times": times, "n": args.n, "threads": args.threads}
+    out = {"version": fn.__version__, "times": times, "n": args.n, "threads": args.threads}
+    if precision is not None:
+        from fastnn._core import _engine
+
+        out["note"] = f"bfloat16 products on the {_engine.bf16_kernel()} kernel"
+    return out
 
 
 def worker_torch(args) -> dict:
@@ -127,17 +139,22 @@ def worker_torch(args) -> dict:
     loss_fn = nn.CrossEntropyLoss()
     opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
     gen = torch.Generator().manual_seed(SEED)
+    bf16 = args.precision == "bf16-mixed"
 
     def steps(perm):
         for i in range(0, perm.numel(), B):
             idx = perm[i:i + B]
             opt.zero_grad(set_to_none=True)
-            loss_fn(model(X[idx]), y[idx]).backward()
+            # autocast: the products in bfloat16 (oneDNN), the loss and the update in float32
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss = loss_fn(model(X[idx]), y[idx])
+            loss.backward()
             opt.step()
 
     steps(torch.randperm(n, generator=gen))  # warm-up: one untimed epoch, as every library gets
     times = time_epochs(lambda: steps(torch.randperm(n, generator=gen)), args.repeats)
-    return {"version": torch.__version__, "times": times, "n": n, "threads": torch.get_num_threads()}
+    return {"version": torch.__version__, "times": times, "n": n, "threads": torch.get_num_threads(),
+            "note": "torch.autocast('cpu', dtype=torch.bfloat16)" if bf16 else ""}
 
 
 def worker_jax(args) -> dict:
@@ -290,7 +307,7 @@ def run_worker(args) -> None:
 # --------------------------------------------------------------------------- #
 def spawn(worker: str, args, env=None, **extra) -> dict:
     """Run one worker subprocess and return its JSON result (or an error record)."""
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", worker,
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", worker, "--precision", args.precision,
            "--n", str(args.n), "--repeats", str(args.repeats),
            "--sklearn-n", str(args.sklearn_n), "--gemm-size", str(args.gemm_size)]
     extra.setdefault("threads", args.threads)
@@ -493,6 +510,9 @@ def build_parser(prog=None):
     p.add_argument("--threads", type=int, default=None,
                    help="threads for fastnn and scikit-learn's BLAS; torch runs at 1 and this "
                         "(default: fastnn.get_num_threads())")
+    p.add_argument("--precision", choices=PRECISIONS, default="float32",
+                   help="bf16-mixed: fastnn's bfloat16 products against torch.autocast's (jax and "
+                        "scikit-learn are left out)")
     p.add_argument("--timeout", type=float, default=None, help="seconds per worker subprocess")
     p.add_argument("--json", "--out", dest="json", metavar="PATH", help="write raw results as JSON here")
     p.add_argument("--markdown", action="store_true", help="also print a GitHub markdown table")
@@ -524,6 +544,8 @@ def run(args) -> dict:
     from ._core import _engine
 
     installed = available_libs()
+    if args.precision != "float32":
+        installed = [lib for lib in installed if lib in BF16_LIBS]
     libs = [lib for lib in LIBS if lib in (args.libs or installed)]
     skipped = [lib for lib in LIBS if lib not in installed and not args.libs]
     args.libs = libs
@@ -557,7 +579,8 @@ def run(args) -> dict:
     header, rows = table_rows(cells, libs, peak.get(f"gflops_{args.threads}t"))
     print(f"\nOne training epoch, {args.n} x {N_FEATURES} float32, MLP 784-H-H-10, "
           f"SGD(lr={LR}, momentum={MOMENTUM}); median of {args.rounds} interleaved round(s) "
-          f"of {args.repeats} epoch(s)\n")
+          f"of {args.repeats} epoch(s)" + ("; precision bf16-mixed (fastnn) / torch.autocast bfloat16"
+                                         if args.precision != "float32" else "") + "\n")
     print(format_text(header, rows))
     print()
     for note in notes(cells, peak, args.threads):
@@ -569,7 +592,7 @@ def run(args) -> dict:
             "cpu": cpu, "cpu_count": os.cpu_count(), "threads": args.threads, "openmp": openmp,
             "libs": libs, "skipped": skipped, "loadavg_at_start": load,
             "n": args.n, "sklearn_n": args.sklearn_n, "repeats": args.repeats, "rounds": args.rounds,
-            "lr": LR, "momentum": MOMENTUM,
+            "lr": LR, "momentum": MOMENTUM, "precision": args.precision,
             "openblas_env": {k: os.environ.get(k) for k in OPENBLAS_VARS},
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     result = {"meta": meta, "sgemm_peak": peak, "cells": cells,

@@ -187,6 +187,7 @@ def _train(args):
         arch = f"image {'x'.join(map(str, input_shape))} -> conv 16 + BN -> conv 32 + BN -> " + arch
     say(f"model: {arch} ({args.activation}), {model.n_params} parameters, "
         f"{args.optimizer} lr={args.lr}, batch {args.batch_size}, {fn.get_num_threads() if args.threads is None else args.threads} threads"
+        + (f", precision {args.precision}" if args.precision else "")
         + (f" x {comm.Get_size()} ranks" if comm is not None else ""))
 
     class Line(fn.Callback):
@@ -209,7 +210,7 @@ def _train(args):
                      batch_size=args.batch_size, seed=args.seed, threads=args.threads,
                      validation_data=(X[te], target[te]), callbacks=[] if args.quiet else [Line()],
                      diagnostics=True if args.diagnostics or args.plot else None, comm=comm,
-                     drop_last=args.cnn is not None and len(tr) > args.batch_size)
+                     drop_last=args.cnn is not None and len(tr) > args.batch_size, precision=args.precision)
     took = time.perf_counter() - t0
     if args.diagnostics:
         d = hist.diagnostics
@@ -227,7 +228,7 @@ def _train(args):
         root, ext = os.path.splitext(args.plot)
         plot_diagnostics(hist, path=root + "-diagnostics" + (ext or ".png"))
         say(f"wrote {args.plot} (loss and accuracy) and {root}-diagnostics{ext or '.png'} (per-layer diagnostics)")
-    res = model.evaluate(X[te], target[te])
+    res = model.evaluate(X[te], target[te], precision=args.precision)
     if task == "classify":
         say(f"held-out accuracy: {res['accuracy']:.4f} ({len(te)} examples), trained in {took:.2f} s")
     else:
@@ -380,6 +381,9 @@ def main(argv=None):
     t.add_argument("--test-size", type=float, default=0.2, help="held-out fraction (stratified)")
     t.add_argument("--no-standardize", action="store_true", help="skip feature standardisation")
     t.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    t.add_argument("--precision", choices=["float32", "float64", "bf16-mixed"], default=None,
+                   help="bf16-mixed: products on bfloat16 operands with float32 sums (AMX or AVX512-BF16 where "
+                        "the CPU has them; float32 models); default: the --dtype")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=None)
     t.add_argument("--quiet", action="store_true", help="no per-epoch lines")

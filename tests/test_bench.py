@@ -60,3 +60,27 @@ def test_checkout_script_is_the_same_benchmark():
     out = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "compare.py"), "--help"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "--quick" in out.stdout and "--json" in out.stdout
+
+
+def test_bf16_mixed_compares_fastnn_with_torch_autocast(monkeypatch):
+    args = bench.parse_args([*TINY, "--precision", "bf16-mixed"])
+    assert args.precision == "bf16-mixed"
+    ran = []
+
+    def spawn(worker, args, env=None, **kw):
+        ran.append(worker)
+        if worker == "peak":
+            return {"status": "error"}
+        return {"status": "ok", "time": 0.5, "times": [0.5], "n": 96, "examples_per_s": 192.0, "threads": 1,
+                "peak_rss_mib": 50.0, "round_times": [0.5]}
+
+    monkeypatch.setattr(bench, "spawn", spawn)
+    res = bench.run(args)
+    # jax and scikit-learn have no bf16-mixed mode here
+    assert set(res["meta"]["libs"]) <= {"fastnn", "torch"} and "fastnn" in res["meta"]["libs"]
+    assert set(ran) - {"peak"} == set(res["meta"]["libs"]) and res["meta"]["precision"] == "bf16-mixed"
+    # the worker itself trains in bf16-mixed
+    w = bench.parse_args(["--worker", "fastnn", "--precision", "bf16-mixed", "--n", "64", "--hidden", "8",
+                          "--batch", "16", "--repeats", "1"])
+    out = bench.worker_fastnn(w)
+    assert out["n"] == 64 and "bfloat16 products" in out["note"]

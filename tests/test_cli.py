@@ -221,3 +221,13 @@ def test_train_cnn_on_the_digits_then_predict(tmp_path, capsys):
     assert pred.shape == (50,) and np.mean(pred == y[:50]) > 0.9
     with pytest.raises(SystemExit, match=r"C\*H\*W = 64"):
         main(["train", "--cnn", "3", "3", "3", "--epochs", "1"])
+
+
+def test_train_with_bf16_mixed_precision(capsys):
+    assert main(["train", "--epochs", "15", "--quiet", "--precision", "bf16-mixed"]) == 0
+    out = capsys.readouterr().out
+    assert "precision bf16-mixed" in out
+    assert float(out.strip().splitlines()[-1].split("accuracy:")[1].split()[0]) >= 0.95
+    # float64 master weights cannot take it: a clear error, exit status 2
+    assert main(["train", "--epochs", "1", "--quiet", "--dtype", "float64", "--precision", "bf16-mixed"]) == 2
+    assert "precision='bf16-mixed'" in capsys.readouterr().err
