@@ -594,6 +594,8 @@ class Bf16Plan:
         self.row_width = self._col
         self.ops = ops
         self.op_table = plan._op_rows(ops)
+        # each chunk's scratch starts on a 64-byte boundary (the kernels' tile rows are cache lines)
+        self.scratch = _rup(self.scratch, 16)
 
     def _alloc(self, width):
         c = self._col
@@ -615,7 +617,7 @@ class Bf16Plan:
         # the largest packing of one product: the columns (forward), delta and columns transposed
         # (filter gradient), delta (column delta); after the op's float32 scratch
         pack = max(Kp * _rup(M, 16), Og * Mp + Mp * _rup(K, 16), Ogp * _rup(M, 16))
-        self.scratch = max(self.scratch, (Og + K) * M + -(-pack // 2))
+        self.scratch = max(self.scratch, _rup((Og + K) * M, 16) + -(-pack // 2))
 
     def _recurrent(self, op, tile_rows):
         T, H = op["steps"], op["hidden"]
@@ -628,7 +630,7 @@ class Bf16Plan:
             op["wf_off"] = self._panels(_rup(GH, 16) * (_rup(F, 32) + _rup(H, 32)))
         op["wb_off"] = self._panels((_rup(F, 16) + _rup(H, 16)) * _rup(GH, 32))
         widest = max(_rup(F + H, 32), _rup(GH, 32))
-        self.scratch = max(self.scratch, -(-_engine.RNN_MM_ROWS_ * widest // 2))
+        self.scratch = max(self.scratch, _engine.RNN_MM_ROWS_ * widest // 2)
         self._rnn.append((T, tile_rows, _rup(max(F, H), 16)))
 
     def thread_scratch(self, rows):
@@ -637,7 +639,7 @@ class Bf16Plan:
         for T, nr, width in self._rnn:
             Rp = _rup(rows * T, 32)
             out = max(out, nr * Rp + Rp * width)
-        return out
+        return _rup(out, 32)
 
     @staticmethod
     def block_rows(rows):

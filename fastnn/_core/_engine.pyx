@@ -860,7 +860,7 @@ cdef void net_free(Net* net) noexcept:
         free(net.ph)
         free(net.tiles)
         free(net.part)
-        free(net.tsc)
+        aligned_free(net.tsc)
         free(net)
 
 
@@ -919,7 +919,7 @@ def run_steps(const int64_t[:, ::1] ops, const double[:, ::1] opsf, const int64_
     check_bf16(bf16, work, &params[0])
     cdef Net* net = net_new(ops, opsf, phases, tiles, batch_size, chunk, x_cols, bf16)
     if net.tsc_n > 0:
-        net.tsc = malloc(n_threads * net.tsc_n * 2)
+        net.tsc = aligned_malloc(n_threads * net.tsc_n * 2)
         if net.tsc == NULL:
             net_free(net)
             raise MemoryError()

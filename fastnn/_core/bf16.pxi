@@ -799,9 +799,9 @@ cdef int check_bf16(const int64_t[::1] bf16, floating[::1] work, floating* tag) 
 # ---------------------------------------------------------------- convolutions in bfloat16
 cdef inline fnn_u16* bf16_conv_pack(Op* o, float* scratch) noexcept nogil:
     """The chunk's packing space: after the float32 scratch of this op (gathered delta, columns'
-    delta: (Og + K) x the sub-block's positions)."""
+    delta: (Og + K) x the sub-block's positions), on a 64-byte boundary."""
     cdef Py_ssize_t K = (o.g[0] // o.g[12]) * o.g[4] * o.g[5], Og = o.g[3] // o.g[12]
-    return <fnn_u16*>(scratch + (Og + K) * o.sub * o.g[13] * o.g[14])
+    return <fnn_u16*>(scratch + rup((Og + K) * o.sub * o.g[13] * o.g[14], 16))
 
 
 cdef void bf16_conv_forward(Op* o, float* Wk, float* col, Py_ssize_t M, Py_ssize_t gi, float* tmp) noexcept nogil:
@@ -856,6 +856,17 @@ cdef extern from *:
                 d[16 * (k & ~(Py_ssize_t)1) + (k & 1)] = fnn_bf16(k < K1 ? W1[n * K1 + k] : W2[n * K2 + k - K1]);
         }
     }
+    /* 64-byte aligned memory (a tile row is a cache line), freed with fnn_aligned_free */
+    static void* fnn_aligned_malloc(size_t n) {
+        char* raw = (char*)malloc(n + 64 + sizeof(void*));
+        char* p;
+        if (raw == NULL) return NULL;
+        p = raw + sizeof(void*);
+        p += (64 - ((uintptr_t)p & 63)) & 63;
+        ((void**)p)[-1] = raw;
+        return p;
+    }
+    static void fnn_aligned_free(void* p) { if (p != NULL) free(((void**)p)[-1]); }
     #ifdef _OPENMP
     #include <omp.h>
     static int fnn_thread_num(void) { return omp_get_thread_num(); }
@@ -866,6 +877,8 @@ cdef extern from *:
     void fnn_pack_wf2(const float* W1, Py_ssize_t K1, const float* W2, Py_ssize_t K2, Py_ssize_t n0,
                       Py_ssize_t n1, Py_ssize_t Kp, fnn_u16* f) nogil
     int fnn_thread_num() nogil
+    void* aligned_malloc "fnn_aligned_malloc"(size_t n) nogil
+    void aligned_free "fnn_aligned_free"(void* p) nogil
 
 
 cdef inline void* bf16_thread_scratch(Net* net) noexcept nogil:
