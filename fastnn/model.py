@@ -283,13 +283,13 @@ class Sequential:
                          f"got {precision!r}")
 
     def _precision_args(self, precision, rows, chunk=None):
-        """(op table, work buffer, the core's bf16 argument, scratch, scratch stride) for a call over
-        ``rows`` rows in chunks of ``chunk``."""
+        """(op table, phases' source, work buffer, the core's bf16 argument, scratch, scratch stride)
+        for a call over ``rows`` rows in chunks of ``chunk``."""
         p = self._plan
         if precision is None:
-            return p.op_table, self._work(rows), None, self._scratch(rows, chunk), p.scratch
+            return p.op_table, p, self._work(rows), None, self._scratch(rows, chunk), p.scratch
         b = p.bf16()
-        return (b.op_table, self._work(rows, b.work_size(rows)), b.info(rows),
+        return (b.op_table, b, self._work(rows, b.work_size(rows)), b.info(rows),
                 self._scratch(rows, chunk, b.scratch), b.scratch)
 
     def _check_X(self, X, name="X"):
@@ -422,10 +422,10 @@ class Sequential:
             rows = n            # batch statistics over all of X
         else:
             rows = min(n, max(p.chunk, (1024 // p.chunk) * p.chunk))
-        ops, work, bf16, scratch, stride = self._precision_args(precision, rows, p.chunk)
+        ops, ph, work, bf16, scratch, stride = self._precision_args(precision, rows, p.chunk)
         stats = np.zeros(max(p.n_stats, 1))
         with blas_single_thread():
-            _engine.forward_rows(ops, p.opf_table, p.phases(mode), p.chunk, self._params,
+            _engine.forward_rows(ops, p.opf_table, ph.phases(mode), p.chunk, self._params,
                                  self._running, stats, X, out, work, rows,
                                  self._threads_for(rows // 3, resolve_threads(threads)), bool(training),
                                  self.seed, self.epochs_trained, self.steps_trained, lengths=lengths,
@@ -524,7 +524,7 @@ class Sequential:
         state = opt.bind(self) if opt is not None else np.zeros((0, 1), dtype=self.dtype)
         if state.shape[0] == 0:
             state = np.zeros((0, 1), dtype=self.dtype)
-        ops, work, bf16, scratch, stride = self._precision_args(precision, batch_size)
+        ops, ph, work, bf16, scratch, stride = self._precision_args(precision, batch_size)
         if p.has_bn:
             ops = ops.copy()
             nbt = _engine.OP_FIELDS.index("nbt")
@@ -536,7 +536,7 @@ class Sequential:
         if sw.ndim == 2:        # per-step weights go step-major, as the labels
             step_weight, sw = np.ascontiguousarray(sw.T).reshape(-1), sw[:0, 0]
         done = _engine.run_steps(
-            ops, p.opf_table, p.phases("train", batch_size), p.tiles, p.chunk_for(batch_size), self._params,
+            ops, p.opf_table, ph.phases("train", batch_size), p.tiles, p.chunk_for(batch_size), self._params,
             self._grads, state, running, np.zeros(max(p.n_stats, 1)), bool(update_running),
             X, np.ascontiguousarray(yi.T).reshape(-1), yf, sw, pw, order, batch_size, n_steps, loss.kernel_code(yf),
             self.n_outputs if steps == 1 else self._plan.out_shape[-1],
