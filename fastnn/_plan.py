@@ -653,8 +653,10 @@ class Bf16Plan:
         """Rows of a work-buffer block for a call over ``rows`` rows (a multiple of 32)."""
         return _rup(max(rows, 1), 32)
 
-    def work_size(self, rows):
-        return self.row_width * self.block_rows(rows) + -(-self.pb_size // 2)
+    def work_size(self, rows, threads=0):
+        """Floats of the work buffer of a call over ``rows`` rows on ``threads`` threads (training)."""
+        return _engine.bf16_work_size(self.block_rows(rows), self.row_width, self.pb_size,
+                                      self.thread_scratch(rows), threads)
 
     def info(self, rows):
         """The core's ``bf16`` argument for a call over ``rows`` rows."""

@@ -282,14 +282,14 @@ class Sequential:
         raise ValueError(f"precision must be None, {self.dtype.name!r} (the model's dtype) or 'bf16-mixed', "
                          f"got {precision!r}")
 
-    def _precision_args(self, precision, rows, chunk=None):
+    def _precision_args(self, precision, rows, chunk=None, threads=0):
         """(op table, phases' source, work buffer, the core's bf16 argument, scratch, scratch stride)
-        for a call over ``rows`` rows in chunks of ``chunk``."""
+        for a call over ``rows`` rows in chunks of ``chunk`` (training: on ``threads`` threads)."""
         p = self._plan
         if precision is None:
             return p.op_table, p, self._work(rows), None, self._scratch(rows, chunk), p.scratch
         b = p.bf16()
-        return (b.op_table, b, self._work(rows, b.work_size(rows)), b.info(rows),
+        return (b.op_table, b, self._work(rows, b.work_size(rows, threads)), b.info(rows),
                 self._scratch(rows, chunk, b.scratch), b.scratch)
 
     def _check_X(self, X, name="X"):
@@ -524,7 +524,7 @@ class Sequential:
         state = opt.bind(self) if opt is not None else np.zeros((0, 1), dtype=self.dtype)
         if state.shape[0] == 0:
             state = np.zeros((0, 1), dtype=self.dtype)
-        ops, ph, work, bf16, scratch, stride = self._precision_args(precision, batch_size)
+        ops, ph, work, bf16, scratch, stride = self._precision_args(precision, batch_size, threads=n_threads)
         if p.has_bn:
             ops = ops.copy()
             nbt = _engine.OP_FIELDS.index("nbt")

@@ -224,8 +224,8 @@ cdef struct Net:
     Py_ssize_t n_part
     Py_ssize_t pb_e, pb_n     # bfloat16 weight panels: their first float and their count (bf16.pxi)
     Py_ssize_t ib_e, iv_e, ib_k   # the input's bfloat16 copies (as Op.ob_e, ov_e, ob_k); -1 none
-    void* tsc                 # per-thread scratch of the gradient tiles (bfloat16 packing), or NULL
-    Py_ssize_t tsc_n          # ... bfloat16 values per thread
+    void* tsc                 # per-thread scratch of the gradient tiles (bfloat16 packing, after the
+    Py_ssize_t tsc_n          # panels), or NULL; bfloat16 values per thread
 
 
 include "bf16.pxi"
@@ -860,7 +860,6 @@ cdef void net_free(Net* net) noexcept:
         free(net.ph)
         free(net.tiles)
         free(net.part)
-        aligned_free(net.tsc)
         free(net)
 
 
@@ -916,13 +915,10 @@ def run_steps(const int64_t[:, ::1] ops, const double[:, ::1] opsf, const int64_
     cdef int xcode = 0
     cdef Py_ssize_t x_rows = 0, x_cols = 0
     cdef void* xptr = raw_rows(X, &xcode, &x_rows, &x_cols)
-    check_bf16(bf16, work, &params[0])
+    check_bf16(bf16, work, n_threads)
     cdef Net* net = net_new(ops, opsf, phases, tiles, batch_size, chunk, x_cols, bf16)
     if net.tsc_n > 0:
-        net.tsc = aligned_malloc(n_threads * net.tsc_n * 2)
-        if net.tsc == NULL:
-            net_free(net)
-            raise MemoryError()
+        net.tsc = <void*>bf16_thread_space(net, <float*>&work[0])
     cdef Ctx cx
     cdef Py_ssize_t s, b0, bsz, ti, i, blk, p0, pn, k
     cdef double norm, tot, inv_norm, sq, gnorm, coef
@@ -1146,7 +1142,7 @@ def forward_rows(const int64_t[:, ::1] ops, const double[:, ::1] opsf, const int
     cdef int xcode = 0
     cdef Py_ssize_t N = 0, x_cols = 0
     cdef void* xptr = raw_rows(X, &xcode, &N, &x_cols)
-    check_bf16(bf16, work, &params[0])
+    check_bf16(bf16, work, 0)
     cdef Net* net = net_new(ops, opsf, phases, np.zeros((0, 3), dtype=np.int64), batch_size, chunk, x_cols, bf16)
     cdef Py_ssize_t b0, bsz, k
     cdef Ctx cx

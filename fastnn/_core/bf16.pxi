@@ -106,11 +106,13 @@ cdef extern from *:
                                Py_ssize_t q1, fnn_u16* v, Py_ssize_t ps) {
         Py_ssize_t i, q;
         int n;
-        for (i = 0; i < m; i += 2) {
-            const fnn_u16* e = y + i * ldy;
-            const fnn_u16* o = e + ldy;
-            int odd = i + 1 < m;
-            for (q = q0; q < q1; q++) {
+        /* panel by panel, so the stores run through memory in order (panels are ps apart: a pair's
+           stores to every panel in turn fall into one L1 set) */
+        for (q = q0; q < q1; q++) {
+            for (i = 0; i < m; i += 2) {
+                const fnn_u16* e = y + i * ldy;
+                const fnn_u16* o = e + ldy;
+                int odd = i + 1 < m;
                 fnn_u16* d = v + q * ps + ((i0 + i) / 2) * 32;
                 const fnn_u16* eq = e + 16 * q;
                 const fnn_u16* oq = o + 16 * q;
@@ -139,6 +141,22 @@ cdef extern from *:
     static void fnn_bf16_trans(const float* x, Py_ssize_t ldx, Py_ssize_t m, Py_ssize_t j0, Py_ssize_t j1,
                                fnn_u16* t, Py_ssize_t ldt) {
         Py_ssize_t i0, jb, i, j, ie, je;
+    #if FNN_BF16_V
+        /* whole 16 x 16 blocks through registers: rounded, transposed, 32-byte stores */
+        Py_ssize_t m16 = m & ~(Py_ssize_t)15, j16 = j0 + ((j1 - j0) & ~(Py_ssize_t)15);
+        for (jb = j0; jb < j16; jb += 16)
+            for (i0 = 0; i0 < m16; i0 += 16) {
+                __m512i r[16];
+                int k;
+                for (k = 0; k < 16; k++) r[k] = fnn_bf16_v(_mm512_loadu_ps(x + (i0 + k) * ldx + jb));
+                fnn_tr16i(r);
+                for (k = 0; k < 16; k++) _mm256_storeu_si256((__m256i*)(t + (jb + k) * ldt + i0), _mm512_cvtepi32_epi16(r[k]));
+            }
+        /* the rest: the rows past m16 of those columns, then the columns past j16 */
+        for (j = j0; j < j16; j++)
+            for (i = m16; i < m; i++) t[j * ldt + i] = fnn_bf16(x[i * ldx + j]);
+        j0 = j16;
+    #endif
         for (jb = j0; jb < j1; jb += 32) {
             je = jb + 32 < j1 ? jb + 32 : j1;
             for (i0 = 0; i0 < m; i0 += 32) {
@@ -208,18 +226,19 @@ cdef extern from *:
             fnn_pack_wb(W, ldw, o0, o0 + 1, K, Kp, b);
             o0++;
         }
-        for (; o0 + 2 <= o1; o0 += 2) {
-            const float* e = W + o0 * ldw;
-            const float* od = e + ldw;
-            fnn_u16* d = b + 32 * (o0 / 2);
-            for (j = 0; j < K; j += 16) {
-                int w = K - j < 16 ? (int)(K - j) : 16;
-                __mmask16 m = w >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << w) - 1);
-                __m512i lo = fnn_bf16_v(_mm512_maskz_loadu_ps(m, e + j));
-                __m512i hi = fnn_bf16_v(_mm512_maskz_loadu_ps(m, od + j));
-                _mm512_storeu_si512((void*)(d + (j / 16) * Kp * 16), _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+        /* panel by panel, the pairs' stores in order */
+        for (j = 0; j < K; j += 16) {
+            int w = K - j < 16 ? (int)(K - j) : 16;
+            __mmask16 m = w >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << w) - 1);
+            for (o = o0; o + 2 <= o1; o += 2) {
+                const float* e = W + o * ldw + j;
+                __m512i lo = fnn_bf16_v(_mm512_maskz_loadu_ps(m, e));
+                __m512i hi = fnn_bf16_v(_mm512_maskz_loadu_ps(m, e + ldw));
+                _mm512_storeu_si512((void*)(b + (j / 16) * Kp * 16 + 32 * (o / 2)),
+                                    _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
             }
         }
+        o0 += (o1 - o0) & ~(Py_ssize_t)1;
     #endif
         for (o = o0; o < o1; o++) {
             const float* w = W + o * ldw;
@@ -241,17 +260,9 @@ cdef extern from *:
        b[n ldb + k] with trans); zero past K and N */
     static void fnn_pack_b(const float* b, Py_ssize_t ldb, int trans, Py_ssize_t K, Py_ssize_t N, fnn_u16* v,
                            Py_ssize_t Kp) {
-        Py_ssize_t nq = (N + 15) / 16, q, p, k, n;
-        memset(v, 0, (size_t)nq * Kp * 32);
-        if (trans) { fnn_pack_wf(b, ldb, 0, N, K, Kp, v); return; }
-        for (q = 0; q < nq; q++) {
-            int nc = N - 16 * q < 16 ? (int)(N - 16 * q) : 16;
-            for (p = 0; 2 * p < K; p++) {
-                fnn_u16* d = v + q * Kp * 16 + 32 * p;
-                for (k = 2 * p; k < 2 * p + 2 && k < K; k++)
-                    for (n = 0; n < nc; n++) d[2 * n + (k & 1)] = fnn_bf16(b[k * ldb + 16 * q + n]);
-            }
-        }
+        memset(v, 0, (size_t)((N + 15) / 16) * Kp * 32);
+        if (trans) fnn_pack_wf(b, ldb, 0, N, K, Kp, v);      /* column n of op(b) is row n of b */
+        else fnn_pack_wb(b, ldb, 0, K, N, Kp, v);           /* row k of op(b) is row k of b */
     }
 
     /* ------------------------------------------------------------------ kernels */
@@ -384,16 +395,23 @@ cdef extern from *:
     }
 
     /* One block of up to 32 x 32 entries of C: mr rows (<= 32), nc columns (<= 32), K in [k0, k1) */
-    #define FNN_AMX_CT(T, CP, LD) \
-        if (start) _tile_zero(T); else _tile_loadd(T, CP, LD);
+    /* C tile T of a block (rows rr, columns cc of 16): in place when whole, else through buf */
+    #define FNN_AMX_CLOAD(T, CP, rr, cc, buf) \
+        if ((rr) == 16 && (cc) == 16) { if (start) _tile_zero(T); else _tile_loadd(T, CP, ldc * 4); } \
+        else if ((rr) > 0 && (cc) > 0) { int r_, j_; memset(buf, 0, 1024); \
+            if (!start) for (r_ = 0; r_ < (rr); r_++) for (j_ = 0; j_ < (cc); j_++) buf[16 * r_ + j_] = (CP)[r_ * ldc + j_]; \
+            _tile_loadd(T, buf, 64); }
+    #define FNN_AMX_CSTORE(T, CP, rr, cc, buf) \
+        if ((rr) == 16 && (cc) == 16) _tile_stored(T, CP, ldc * 4); \
+        else if ((rr) > 0 && (cc) > 0) { int r_, j_; _tile_stored(T, buf, 64); \
+            for (r_ = 0; r_ < (rr); r_++) for (j_ = 0; j_ < (cc); j_++) (CP)[r_ * ldc + j_] = buf[16 * r_ + j_]; }
     FNN_TGT_AMX static void fnn_amx_block(Py_ssize_t k0, Py_ssize_t k1, const fnn_u16* A, Py_ssize_t lda, int mr,
             const fnn_u16* B, Py_ssize_t ps, int nc, float* C, Py_ssize_t ldc, int start) {
         fnn_u16 abuf[2][512] __attribute__((aligned(64)));
         float cbuf[4][256] __attribute__((aligned(64)));
-        int full = mr == 32 && nc == 32, t, r, j;
+        int r0 = mr < 16 ? mr : 16, r1 = mr - 16, c0 = nc < 16 ? nc : 16, c1 = nc - 16;
         Py_ssize_t k, sa0, sa1;
-        /* C tiles: in place when the whole 32 x 32 block exists, else through cbuf */
-        if (full) {
+        if (mr == 32 && nc == 32) {     /* the common case, straight */
             if (start) { _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3); }
             else { _tile_loadd(0, C, ldc * 4); _tile_loadd(1, C + 16, ldc * 4);
                    _tile_loadd(2, C + 16 * ldc, ldc * 4); _tile_loadd(3, C + 16 * ldc + 16, ldc * 4); }
@@ -411,35 +429,28 @@ cdef extern from *:
             _tile_stored(2, C + 16 * ldc, ldc * 4); _tile_stored(3, C + 16 * ldc + 16, ldc * 4);
             return;
         }
-        for (t = 0; t < 4; t++) {
-            int rr = (t >> 1) ? mr - 16 : (mr < 16 ? mr : 16), cc = (t & 1) ? nc - 16 : (nc < 16 ? nc : 16);
-            memset(cbuf[t], 0, 1024);
-            if (!start)
-                for (r = 0; r < rr; r++)
-                    for (j = 0; j < cc; j++) cbuf[t][16 * r + j] = C[(16 * (t >> 1) + r) * ldc + 16 * (t & 1) + j];
-        }
-        _tile_loadd(0, cbuf[0], 64); _tile_loadd(1, cbuf[1], 64);
-        _tile_loadd(2, cbuf[2], 64); _tile_loadd(3, cbuf[3], 64);
+        /* an edge block: whole 16 x 16 tiles of C and 16-row tiles of A in place, the rest copied */
+        FNN_AMX_CLOAD(0, C, r0, c0, cbuf[0])
+        FNN_AMX_CLOAD(1, C + 16, r0, c1, cbuf[1])
+        FNN_AMX_CLOAD(2, C + 16 * ldc, r1, c0, cbuf[2])
+        FNN_AMX_CLOAD(3, C + 16 * ldc + 16, r1, c1, cbuf[3])
         for (k = k0; k < k1; k += 32) {
-            const fnn_u16* a0 = fnn_amx_a(A, lda, mr < 16 ? mr : 16, k, abuf[0], &sa0);
+            const fnn_u16* a0 = fnn_amx_a(A, lda, r0, k, abuf[0], &sa0);
             _tile_loadd(4, a0, sa0);
             _tile_loadd(6, B + 16 * k, 64);
             _tile_dpbf16ps(0, 4, 6);
-            if (nc > 16) { _tile_loadd(7, B + ps + 16 * k, 64); _tile_dpbf16ps(1, 4, 7); }
-            if (mr > 16) {
-                const fnn_u16* a1 = fnn_amx_a(A + 16 * lda, lda, mr - 16, k, abuf[1], &sa1);
+            if (c1 > 0) { _tile_loadd(7, B + ps + 16 * k, 64); _tile_dpbf16ps(1, 4, 7); }
+            if (r1 > 0) {
+                const fnn_u16* a1 = fnn_amx_a(A + 16 * lda, lda, r1, k, abuf[1], &sa1);
                 _tile_loadd(5, a1, sa1);
                 _tile_dpbf16ps(2, 5, 6);
-                if (nc > 16) _tile_dpbf16ps(3, 5, 7);
+                if (c1 > 0) _tile_dpbf16ps(3, 5, 7);
             }
         }
-        _tile_stored(0, cbuf[0], 64); _tile_stored(1, cbuf[1], 64);
-        _tile_stored(2, cbuf[2], 64); _tile_stored(3, cbuf[3], 64);
-        for (t = 0; t < 4; t++) {
-            int rr = (t >> 1) ? mr - 16 : (mr < 16 ? mr : 16), cc = (t & 1) ? nc - 16 : (nc < 16 ? nc : 16);
-            for (r = 0; r < rr; r++)
-                for (j = 0; j < cc; j++) C[(16 * (t >> 1) + r) * ldc + 16 * (t & 1) + j] = cbuf[t][16 * r + j];
-        }
+        FNN_AMX_CSTORE(0, C, r0, c0, cbuf[0])
+        FNN_AMX_CSTORE(1, C + 16, r0, c1, cbuf[1])
+        FNN_AMX_CSTORE(2, C + 16 * ldc, r1, c0, cbuf[2])
+        FNN_AMX_CSTORE(3, C + 16 * ldc + 16, r1, c1, cbuf[3])
     }
 
     FNN_TGT_AMX static void fnn_bgemm_amx(Py_ssize_t M, Py_ssize_t N, Py_ssize_t Kp, const fnn_u16* A,
@@ -786,16 +797,28 @@ cdef inline void bf16_dense_grad(Op* o, Tile* T, float* Wk, float* G, Py_ssize_t
               G + o.w_off + T.r0 * K, K, 0)
 
 
-cdef int check_bf16(const int64_t[::1] bf16, floating[::1] work, floating* tag) except -1:
-    """A plan with bfloat16 products needs a float32 model and a work buffer that holds its blocks
-    and weight panels."""
+cdef int check_bf16(const int64_t[::1] bf16, floating[::1] work, int n_threads) except -1:
+    """A plan with bfloat16 products needs a float32 model and a work buffer that holds its blocks,
+    its weight panels and ``n_threads`` gradient tiles' scratch (bf16_work_size)."""
     if bf16 is None:
         return 0
     if floating is double:
         raise ValueError("bfloat16 products need a float32 model")
-    if bf16.shape[0] != 7 or work.shape[0] < bf16[0] * bf16[5] + (bf16[4] + 1) // 2:
+    if bf16.shape[0] != 7 or work.shape[0] < bf16_work_size(bf16[0], bf16[5], bf16[4], bf16[6], n_threads):
         raise ValueError("the work buffer is too small for this plan's bfloat16 blocks")
     return 0
+
+
+cpdef Py_ssize_t bf16_work_size(Py_ssize_t rows, Py_ssize_t columns, Py_ssize_t panels, Py_ssize_t thread_scratch,
+                                int n_threads) noexcept nogil:
+    """Floats of a work buffer with bfloat16 blocks: ``rows`` x ``columns``, the weight panels
+    (bfloat16 values), then each thread's gradient-tile scratch (bfloat16 values), on cache lines."""
+    return rows * columns + rup(panels, 32) // 2 + n_threads * rup(thread_scratch, 32) // 2
+
+
+cdef inline fnn_u16* bf16_thread_space(Net* net, float* Wk) noexcept nogil:
+    """The gradient tiles' scratch: after the weight panels."""
+    return u16(Wk, net.pb_e) + rup(net.pb_n, 32)
 
 
 # ---------------------------------------------------------------- convolutions in bfloat16
@@ -858,17 +881,6 @@ cdef extern from *:
                 d[16 * (k & ~(Py_ssize_t)1) + (k & 1)] = fnn_bf16(k < K1 ? W1[n * K1 + k] : W2[n * K2 + k - K1]);
         }
     }
-    /* 64-byte aligned memory (a tile row is a cache line), freed with fnn_aligned_free */
-    static void* fnn_aligned_malloc(size_t n) {
-        char* raw = (char*)malloc(n + 64 + sizeof(void*));
-        char* p;
-        if (raw == NULL) return NULL;
-        p = raw + sizeof(void*);
-        p += (64 - ((uintptr_t)p & 63)) & 63;
-        ((void**)p)[-1] = raw;
-        return p;
-    }
-    static void fnn_aligned_free(void* p) { if (p != NULL) free(((void**)p)[-1]); }
     #ifdef _OPENMP
     #include <omp.h>
     static int fnn_thread_num(void) { return omp_get_thread_num(); }
@@ -879,8 +891,6 @@ cdef extern from *:
     void fnn_pack_wf2(const float* W1, Py_ssize_t K1, const float* W2, Py_ssize_t K2, Py_ssize_t n0,
                       Py_ssize_t n1, Py_ssize_t Kp, fnn_u16* f) nogil
     int fnn_thread_num() nogil
-    void* aligned_malloc "fnn_aligned_malloc"(size_t n) nogil
-    void aligned_free "fnn_aligned_free"(void* p) nogil
 
 
 cdef inline void* bf16_thread_scratch(Net* net) noexcept nogil:
