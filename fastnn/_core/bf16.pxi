@@ -260,7 +260,11 @@ cdef extern from *:
        b[n ldb + k] with trans); zero past K and N */
     static void fnn_pack_b(const float* b, Py_ssize_t ldb, int trans, Py_ssize_t K, Py_ssize_t N, fnn_u16* v,
                            Py_ssize_t Kp) {
-        memset(v, 0, (size_t)((N + 15) / 16) * Kp * 32);
+        Py_ssize_t nq = (N + 15) / 16, q, p0 = K / 2;
+        /* zero what the packers leave: pair rows past K (and the half of a last odd pair), and the
+           columns past N of a partial last panel */
+        for (q = 0; q < nq; q++) memset(v + q * Kp * 16 + 32 * p0, 0, (size_t)(Kp / 2 - p0) * 64);
+        if (N % 16) memset(v + (nq - 1) * Kp * 16, 0, (size_t)Kp * 32);
         if (trans) fnn_pack_wf(b, ldb, 0, N, K, Kp, v);      /* column n of op(b) is row n of b */
         else fnn_pack_wb(b, ldb, 0, K, N, Kp, v);           /* row k of op(b) is row k of b */
     }
