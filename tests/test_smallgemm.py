@@ -130,7 +130,24 @@ def test_the_kernels_agree_with_blas(n, everywhere, monkeypatch, rng):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * np.abs(b).max())
 
 
-def test_the_planner_picks_big_dense_layers():
+@pytest.fixture
+def avx512_limits(monkeypatch):
+    """The planner's limits for the AVX-512 kernels, whatever this build is."""
+    for name, v in zip(("SMALL_MIN_WEIGHTS", "SMALL_MAX_ROWS", "SMALL_MAX_GRAD_ROWS", "SMALL_GRAD_MIN_ROWS"),
+                       _plan.SMALL_LIMITS["avx512"]):
+        monkeypatch.setattr(_plan, name, v)
+
+
+def test_the_planner_takes_the_limits_of_the_build():
+    assert (_plan.SMALL_MIN_WEIGHTS, _plan.SMALL_MAX_ROWS, _plan.SMALL_MAX_GRAD_ROWS,
+            _plan.SMALL_GRAD_MIN_ROWS) == _plan.SMALL_LIMITS[_engine.SMALL_GEMM_ISA]
+    assert _engine.SMALL_GEMM == (_engine.SMALL_GEMM_ISA is not None)
+    m = fn.Sequential(fn.Dense(64, 1024), fn.ReLU(), fn.Dense(1024, 10), seed=0)
+    want = (_plan.SMALL_MAX_ROWS, _plan.SMALL_MAX_GRAD_ROWS, 0)
+    assert [(op["sg_rows"], op["sg_grad_rows"], op["sg_grad_min"]) for op in m._plan.ops][0] == want
+
+
+def test_the_planner_picks_big_dense_layers(avx512_limits):
     m = fn.Sequential(fn.Dense(784, 256), fn.ReLU(), fn.Dense(256, 64), fn.ReLU(), fn.Dense(64, 1024),
                       fn.Dense(1024, 10), fn.Residual(fn.Dense(10, 10), projection=None), seed=0)
     rows = [(op["sg_rows"], op["sg_grad_rows"], op["sg_grad_min"]) for op in m._plan.ops
@@ -145,7 +162,7 @@ def test_the_planner_picks_big_dense_layers():
 
 @needs_kernels
 @pytest.mark.parametrize("n, on_kernels", [(131, True), (64, True), (40, False)])
-def test_small_layers_sum_weight_gradients_on_the_kernels_from_64_rows(n, on_kernels, rng):
+def test_small_layers_sum_weight_gradients_on_the_kernels_from_64_rows(n, on_kernels, avx512_limits, rng):
     """Layers under SMALL_MIN_WEIGHTS keep their products on BLAS; their weight gradients over 64+
     rows go to the kernels, and come out close to float64."""
     X = rng.normal(size=(n, 37))

@@ -132,8 +132,10 @@ include "optim.pxi"
 
 
 OPENMP = bool(FASTNN_OPENMP)
-#: whether float32 Dense products over few rows use the kernels of smallgemm.pxi (AVX-512 build)
+#: whether float32 Dense products over few rows use the kernels of smallgemm.pxi (AVX-512 and AVX2 builds)
 SMALL_GEMM = bool(FNN_SMALL_GEMM)
+#: which of them: "avx512", "avx2", or None
+SMALL_GEMM_ISA = {1: "avx512", 2: "avx2"}.get(FNN_SMALL_GEMM)
 
 
 def count_gemm_calls(bint on):
