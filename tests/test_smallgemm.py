@@ -198,3 +198,36 @@ def test_small_layers_on_the_kernels_train_thread_count_invariant(rng):
         outs.append(np.concatenate([p.ravel() for p in m.parameters()]))
     np.testing.assert_array_equal(outs[0], outs[1])
     np.testing.assert_array_equal(outs[0], outs[2])
+
+
+@needs_kernels
+@pytest.mark.parametrize("M, K, N", [(1, 1, 1), (3, 5, 7), (16, 784, 64), (29, 97, 101), (64, 1024, 24),
+                                     (131, 257, 45), (6, 300, 130)])
+def test_each_kernel_matches_float64(M, K, N, rng):
+    """The kernels alone, on odd shapes: the forward product, and the broadcast one with op(A) = A or
+    A^T, overwriting and accumulating."""
+    A = rng.normal(size=(M, K)).astype(np.float32)
+    W = rng.normal(size=(N, K)).astype(np.float32)
+    D = rng.normal(size=(M, N)).astype(np.float32)
+    A64, W64, D64 = (x.astype(np.float64) for x in (A, W, D))
+    tol = lambda k: 1e-5 * np.sqrt(k) * 4
+
+    C = np.full((M, N), np.nan, np.float32)
+    _engine.own_gemm("fwd", A, W, C)
+    np.testing.assert_allclose(C, A64 @ W64.T, rtol=0, atol=tol(K))
+    Ci = np.full((M, K), np.nan, np.float32)
+    _engine.own_gemm("bc", D, W, Ci)
+    np.testing.assert_allclose(Ci, D64 @ W64, rtol=0, atol=tol(N))
+    G = rng.normal(size=(N, K)).astype(np.float32)
+    G0 = G.astype(np.float64)
+    _engine.own_gemm("bc", D, A, G, trans_a=True, accumulate=True)
+    np.testing.assert_allclose(G, G0 + D64.T @ A64, rtol=0, atol=tol(M))
+
+
+@needs_kernels
+def test_own_gemm_checks_shapes():
+    a = np.zeros((4, 5), np.float32)
+    with pytest.raises(ValueError, match="fwd"):
+        _engine.own_gemm("fwd", a, np.zeros((3, 6), np.float32), np.zeros((4, 3), np.float32))
+    with pytest.raises(ValueError, match="kind"):
+        _engine.own_gemm("nt", a, a, a)

@@ -1,24 +1,28 @@
 # Single-precision GEMMs for the products of a training step over a batch or a chunk of examples
-# (up to a few hundred rows) against a layer's weights, in the AVX-512 build. OpenBLAS packs both
-# operands into panels on every call: for 32-128 rows the weights' copy costs about as much as the
-# multiplication (784x1024 layer at batch 32: 40% of the GEMM time was packing), and a layer split
-# into blocks of neurons re-packs the batch's rows once per block. One core, 32 rows against a
-# 784x1024 layer: 210-230 GFLOP/s here against OpenBLAS's 105-125. The planner picks them per layer
-# (fastnn/_plan.py: SMALL_MIN_WEIGHTS, SMALL_MAX_ROWS, SMALL_MAX_GRAD_ROWS, SMALL_GRAD_MIN_ROWS).
-# - fnn_sgemm_nt: C = A B^T, each entry a 16-lane dot product over k, 4 x 6 entries at a time
-#   (k contiguous in both operands: a Dense layer's input rows against its weight rows; 4 x 4 ran
-#   8-14% slower, 5 x 5 and 6 x 4 3-10%); both operands read in place;
-# - fnn_sgemm_bc: C (=|+=) op(A) B, rows of B scaled by broadcast entries of op(A), 6 rows x 64
-#   columns at a time (the input delta D W, and the weight gradient D^T In); over a copy of 128 x 64
-#   of B at a time where B's rows are 4 KB apart (a 1024-wide layer) and alias in L1 (+5-15%), or
-#   where the sum runs over more than 128 rows of B (512/1024 +1-4% with the weight gradients);
-# - fnn_sgemm_bt: C = A B^T with fnn_sgemm_bc's tiles over a transposed copy of 128 x 64 of B at a
-#   time (16 x 16 register transposes). From FNN_BT_ROWS rows on, the copy is shared by enough rows:
-#   one core, 1024x1024 layer in blocks of 128 neurons, 128 rows 223 -> 236 GFLOP/s against
-#   fnn_sgemm_nt, 512 rows 218 -> 243 (OpenBLAS 213); fnn_sgemm_fwd picks one of the two.
-# Each entry's sum runs in a fixed order (an FMA chain per lane, then a fixed tree over the lanes)
-# whichever thread computes it, so training stays bit-identical on any thread count. Other builds
-# (and float64) use BLAS: an AVX2 port of these kernels ran at half of OpenBLAS's speed.
+# (up to a few hundred rows) against a layer's weights, in the AVX-512 and AVX2 builds. OpenBLAS
+# packs both operands into panels on every call: for 32-128 rows the weights' copy costs about as
+# much as the multiplication (784x1024 layer at batch 32: 40% of the GEMM time was packing), and a
+# layer split into blocks of neurons re-packs the batch's rows once per block. One core, 32 rows
+# against a 784x1024 layer (AMD EPYC, AVX-512): 210-230 GFLOP/s against OpenBLAS's 105-125. The
+# planner picks them per layer and per build (fastnn/_plan.py: SMALL_LIMITS).
+# - fnn_sgemm_nt (AVX-512): C = A B^T, each entry a 16-lane dot product over k, 4 x 6 entries at a
+#   time (k contiguous in both operands: a Dense layer's input rows against its weight rows; 4 x 4
+#   ran 8-14% slower, 5 x 5 and 6 x 4 3-10%); both operands read in place;
+# - fnn_sgemm_bc: C (=|+=) op(A) B, rows of B scaled by broadcast entries of op(A), FNN_BC_MR rows x
+#   FV_N FNN_BC_NV columns at a time (the input delta D W, and the weight gradient D^T In): 6 x 64
+#   with AVX-512's 32 registers of 16 lanes, 4 x 24 with AVX2's 16 registers of 8 lanes (12
+#   accumulators; 6 x 16 ran 5-20% slower at 16-32 rows, where 6-row tiles leave 1-2-row rests).
+#   Over a copy of FNN_BC_KB rows of B's column block at a time where B's rows are 4 KB apart (a
+#   1024-wide layer) and alias in L1 (AVX-512 +5-15%; AVX2 at 16 rows 0.57 -> 0.87 of OpenBLAS),
+#   or where the sum runs over more than FNN_BC_KB rows of B (512/1024 +1-4% with the weight
+#   gradients);
+# - fnn_sgemm_bt: C = A B^T with fnn_sgemm_bc's tiles over a transposed copy of B's block (register
+#   transposes of FV_N x FV_N). AVX-512, from FNN_BT_ROWS rows on, where the copy is shared by enough
+#   rows: one core, 1024x1024 layer in blocks of 128 neurons, 128 rows 223 -> 236 GFLOP/s against
+#   fnn_sgemm_nt, 512 rows 218 -> 243 (OpenBLAS 213); AVX2 at every row count. fnn_sgemm_fwd picks.
+# Each entry's sum runs in a fixed order (an FMA chain per lane, then, in fnn_sgemm_nt, a fixed tree
+# over the lanes) whichever thread computes it, so training stays bit-identical on any thread count;
+# the broadcast kernels give the same bits in both builds. The baseline build and float64 use BLAS.
 cdef extern from *:
     """
     /* Dense products by path (own kernels or BLAS) and kind, counted only while fnn_counting is
