@@ -220,13 +220,15 @@ def test_each_kernel_matches_float64(M, K, N, rng):
     np.testing.assert_allclose(Ci, D64 @ W64, rtol=0, atol=tol(N))
     G = rng.normal(size=(N, K)).astype(np.float32)
     G0 = G.astype(np.float64)
-    _engine.own_gemm("bc", D, A, G, trans_a=True, accumulate=True)
+    _engine.own_gemm("bc", D.T, A, G, accumulate=True)
     np.testing.assert_allclose(G, G0 + D64.T @ A64, rtol=0, atol=tol(M))
 
 
 @needs_kernels
 def test_own_gemm_checks_shapes():
     a = np.zeros((4, 5), np.float32)
+    with pytest.raises(ValueError, match="contiguous"):
+        _engine.own_gemm("fwd", a.T, a.T, np.zeros((5, 5), np.float32))
     with pytest.raises(ValueError, match="fwd"):
         _engine.own_gemm("fwd", a, np.zeros((3, 6), np.float32), np.zeros((4, 3), np.float32))
     with pytest.raises(ValueError, match="kind"):

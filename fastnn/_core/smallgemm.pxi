@@ -369,26 +369,25 @@ cdef extern from *:
                        const float* B, Py_ssize_t ldb, float* C, Py_ssize_t ldc) nogil
 
 
-def own_gemm(str kind, const float[:, ::1] A, const float[:, ::1] B, float[:, ::1] C, bint trans_a=False,
-             bint accumulate=False):
-    """The own kernels alone, for tests and benchmarks: kind "fwd", C = A B^T; kind "bc", C = op(A) B
-    (+ C with accumulate), op(A) = A or, with trans_a, A^T."""
+def own_gemm(str kind, const float[:, :] A, const float[:, :] B, float[:, :] C, bint accumulate=False):
+    """The own kernels alone, for tests and benchmarks: kind "fwd", C = A B^T; kind "bc", C = A B (+ C
+    with accumulate). Rows of B and C (and of A for "fwd") must be contiguous; "bc" reads A with any
+    strides (a transposed view: the weight gradient's D^T)."""
     if not FNN_SMALL_GEMM:
         raise RuntimeError("this build has no own GEMM kernels")
-    cdef Py_ssize_t M = C.shape[0], N = C.shape[1]
-    cdef Py_ssize_t K = A.shape[1] if (kind == "fwd" or not trans_a) else A.shape[0]
+    cdef Py_ssize_t M = C.shape[0], N = C.shape[1], K = A.shape[1], f = sizeof(float)
+    if B.strides[1] != f or C.strides[1] != f or (kind == "fwd" and A.strides[1] != f):
+        raise ValueError("the rows of B and C (and of A for 'fwd') must be contiguous")
+    cdef Py_ssize_t si = A.strides[0] // f, sj = A.strides[1] // f, ldb = B.strides[0] // f, ldc = C.strides[0] // f
     if kind == "fwd":
         if A.shape[0] != M or B.shape[0] != N or B.shape[1] != K:
             raise ValueError("fwd: C (M, N) = A (M, K) B^T, B (N, K)")
         with nogil:
-            fnn_sgemm_fwd(M, N, K, &A[0, 0], K, &B[0, 0], K, &C[0, 0], N)
+            fnn_sgemm_fwd(M, N, K, &A[0, 0], si, &B[0, 0], ldb, &C[0, 0], ldc)
     elif kind == "bc":
-        if (A.shape[1] if trans_a else A.shape[0]) != M or B.shape[0] != K or B.shape[1] != N:
-            raise ValueError("bc: C (M, N) = op(A) (M, K) B (K, N)")
+        if A.shape[0] != M or B.shape[0] != K or B.shape[1] != N:
+            raise ValueError("bc: C (M, N) = A (M, K) B (K, N)")
         with nogil:
-            if trans_a:
-                fnn_sgemm_bc(M, N, K, &A[0, 0], 1, M, &B[0, 0], N, &C[0, 0], N, accumulate)
-            else:
-                fnn_sgemm_bc(M, N, K, &A[0, 0], K, 1, &B[0, 0], N, &C[0, 0], N, accumulate)
+            fnn_sgemm_bc(M, N, K, &A[0, 0], si, sj, &B[0, 0], ldb, &C[0, 0], ldc, accumulate)
     else:
         raise ValueError(f"kind must be 'fwd' or 'bc', not {kind!r}")
