@@ -215,7 +215,7 @@ def _plt(path):
             matplotlib.use("Agg", force=False)
         import matplotlib.pyplot as plt
     except ImportError:
-        raise ImportError("plotting needs matplotlib: pip install 'fastnn[plot]'") from None
+        raise ImportError("plotting needs matplotlib: pip install 'fastnn-cpu[plot]'") from None
     return plt
 
 

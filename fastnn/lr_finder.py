@@ -29,7 +29,7 @@ class LRFinderResult:
                 matplotlib.use("Agg", force=False)
             import matplotlib.pyplot as plt
         except ImportError:
-            raise ImportError("plotting needs matplotlib: pip install 'fastnn[plot]'") from None
+            raise ImportError("plotting needs matplotlib: pip install 'fastnn-cpu[plot]'") from None
         if ax is None:
             fig, ax = plt.subplots(figsize=(6, 4))
         else:
