@@ -1,4 +1,4 @@
-"""Imbalanced classes, fraud-detection style (SEED-NOTES section 4).
+"""Imbalanced classes, fraud-detection style.
 
 A generated binary problem: 1 "fraud" example for every 50 normal ones, with overlapping
 classes. Normal transactions are N(0, I) in 10 features; fraud comes from two clusters
@@ -10,7 +10,7 @@ MLP is trained four ways:
   (b) with ``class_weight="balanced"`` (weights n / (2 n_c); the loss becomes
       sum(w l) / sum(w)),
   (c) on ``fn.data.subsample(X, y, ratio=0.1)``: normal examples randomly dropped until
-      the ratio is 1:10 (the lecture's rule of thumb; training data is lost),
+      the ratio is 1:10 (a common rule of thumb; training data is lost),
   (d) as a single-logit model with ``fn.BinaryCrossEntropy(pos_weight=n_neg / n_pos)``.
 
 For each it prints, on a held-out test set with the same 1:50 imbalance, the recall and
