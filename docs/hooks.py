@@ -27,12 +27,28 @@ def _page(name, source, has_picture):
 def _index(entries):
     parts = ["# Examples", "",
              "Each example is a script in the `examples/` folder of a clone that runs one experiment of "
-             "the training craft with fastnn's public API and prints what it shows. Every one takes "
-             "`--small` (a run of a second or two), `--seed N` and `--threads N` (the numbers do not "
+             "the training craft with fastnn's public API and prints what it shows. All but the MPI one "
+             "take `--small` (a run of a second or two), `--seed N` and `--threads N` (the numbers do not "
              "depend on it); most draw their result with `--plot out.png` (needs matplotlib).", "",
              "| example | run it |", "|---|---|"]
     parts += [f"| [{title}]({name}.md) | `python examples/{name}.py` |" for name, title in entries]
     return "\n".join(parts + [""])
+
+
+def _nav_order(config):
+    """The example pages' names in the order the nav lists them."""
+    order = []
+
+    def walk(items):
+        for item in items or []:
+            value = next(iter(item.values())) if isinstance(item, dict) else item
+            if isinstance(value, list):
+                walk(value)
+            elif isinstance(value, str) and value.startswith("examples/") and value != "examples/index.md":
+                order.append(value[len("examples/"):-len(".md")])
+
+    walk(config["nav"])
+    return order
 
 
 def on_files(files, config):
@@ -48,5 +64,7 @@ def on_files(files, config):
         has_picture = os.path.exists(os.path.join(base, "docs", "img", f"{name}.png"))
         files.append(File.generated(config, f"examples/{name}.md", content=_page(name, source, has_picture)))
         entries.append((name, _doc(source, name)[0]))
+    order = _nav_order(config)
+    entries.sort(key=lambda e: order.index(e[0]) if e[0] in order else len(order))
     files.append(File.generated(config, "examples/index.md", content=_index(entries)))
     return files
