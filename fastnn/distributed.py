@@ -53,7 +53,7 @@ def _mpi():
     try:
         from mpi4py import MPI
     except ImportError:
-        raise ImportError('comm= needs mpi4py and an MPI library: pip install "fastnn[mpi]"') from None
+        raise ImportError('comm= needs mpi4py and an MPI library: pip install "fastnn-cpu[mpi]"') from None
     return MPI
 
 

@@ -661,7 +661,7 @@ class Sequential:
                 does); BatchNorm needs it when the last batch would hold one example.
             comm: an mpi4py communicator (e.g. ``MPI.COMM_WORLD``) to train data-parallel across
                 its ranks, each given the same arguments; ``batch_size`` stays the global batch.
-                See ``fastnn.distributed`` (needs ``pip install "fastnn[mpi]"``).
+                See ``fastnn.distributed`` (needs ``pip install "fastnn-cpu[mpi]"``).
             lengths: ``(N,)`` sequence lengths (models with recurrent layers): steps past an
                 example's length leave its state unchanged (as torch's packed sequences) and
                 carry no loss in a per-step loss.
@@ -727,7 +727,7 @@ class Sequential:
 
     def to_onnx(self, path, opset=None):
         """Write the model as ONNX computing ``forward`` (see ``fastnn.onnx.export``; needs
-        ``pip install "fastnn[onnx]"``). Returns the checked ``onnx.ModelProto``."""
+        ``pip install "fastnn-cpu[onnx]"``). Returns the checked ``onnx.ModelProto``."""
         from .onnx import export
 
         return export(self, path, opset=opset)
