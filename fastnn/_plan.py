@@ -626,9 +626,10 @@ class Bf16Plan:
         op["prec"] = 1
         op["wf_off"] = self._panels(op["g3"] * Kp)              # filters as rows
         op["wb_off"] = self._panels(G * K * Ogp)                # each group's filters transposed
-        # the largest packing of one product: the columns (forward), delta and columns transposed
-        # (filter gradient), delta (column delta); after the op's float32 scratch
-        pack = max(Kp * _rup(M, 16), Og * Mp + Mp * _rup(K, 16), Ogp * _rup(M, 16))
+        # the largest packing of one product: the columns (forward), columns and delta transposed
+        # and the transposed result (filter gradient), delta (column delta); after the op's float32
+        # scratch
+        pack = max(Kp * _rup(M, 16), K * Mp + Mp * _rup(Og, 16) + 2 * K * Og, Ogp * _rup(M, 16))
         self.scratch = max(self.scratch, _rup((Og + K) * M, 16) + -(-pack // 2))
 
     def _recurrent(self, op, tile_rows):

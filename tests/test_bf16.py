@@ -387,6 +387,17 @@ def test_resumed_bf16_fit_is_bit_identical_to_uninterrupted(tmp_path):
     np.testing.assert_array_equal(resumed._params, full._params)
 
 
+def test_validation_runs_in_the_fits_precision():
+    rng = np.random.default_rng(4)
+    X = rng.standard_normal((120, 12)).astype(np.float32)
+    y = rng.integers(0, 3, 120)
+    m = fn.Sequential(fn.Dense(12, 64), fn.ReLU(), fn.Dense(64, 3), seed=0)
+    h = m.fit(X[:80], y[:80], loss=fn.CrossEntropy(), optimizer=fn.SGD(lr=0.1), epochs=1, batch_size=16,
+              validation_data=(X[80:], y[80:]), precision="bf16-mixed")
+    assert h.history["val_loss"][0] == m.evaluate(X[80:], y[80:], precision="bf16-mixed")["loss"]
+    assert h.history["val_loss"][0] != m.evaluate(X[80:], y[80:])["loss"]
+
+
 def test_train_step_in_bf16_updates_with_the_bf16_gradient():
     rng = np.random.default_rng(3)
     X = rng.standard_normal((40, 12)).astype(np.float32)

@@ -167,6 +167,26 @@ cdef extern from *:
         }
     }
 
+    /* t[j ldt + i] = x[i ldx + j] for i < m, j < n (float32, a transpose) */
+    static void fnn_trans_f32(const float* x, Py_ssize_t ldx, Py_ssize_t m, Py_ssize_t n, float* t, Py_ssize_t ldt) {
+        Py_ssize_t i, j, i16 = 0, j16 = 0;
+    #if FNN_BF16_V
+        Py_ssize_t i0, j0;
+        i16 = m & ~(Py_ssize_t)15;
+        j16 = n & ~(Py_ssize_t)15;
+        for (i0 = 0; i0 < i16; i0 += 16)
+            for (j0 = 0; j0 < j16; j0 += 16) {
+                __m512i r[16];
+                int k;
+                for (k = 0; k < 16; k++) r[k] = _mm512_loadu_si512((const void*)(x + (i0 + k) * ldx + j0));
+                fnn_tr16i(r);
+                for (k = 0; k < 16; k++) _mm512_storeu_si512((void*)(t + (j0 + k) * ldt + i0), r[k]);
+            }
+    #endif
+        for (i = 0; i < m; i++)
+            for (j = (i < i16 ? j16 : 0); j < n; j++) t[j * ldt + i] = x[i * ldx + j];
+    }
+
     /* Zero t[j ldt + i] for j in [j0, j1), i in [i0, i1) */
     static void fnn_bf16_zero_cols(fnn_u16* t, Py_ssize_t ldt, Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t i0,
                                    Py_ssize_t i1) {
@@ -566,6 +586,7 @@ cdef extern from *:
                         fnn_u16* t, Py_ssize_t ldt) nogil
     void fnn_bf16_zero_cols(fnn_u16* t, Py_ssize_t ldt, Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t i0,
                             Py_ssize_t i1) nogil
+    void fnn_trans_f32(const float* x, Py_ssize_t ldx, Py_ssize_t m, Py_ssize_t n, float* t, Py_ssize_t ldt) nogil
     void fnn_pack_wf(const float* W, Py_ssize_t ldw, Py_ssize_t n0, Py_ssize_t n1, Py_ssize_t K,
                      Py_ssize_t Kp, fnn_u16* f) nogil
     void fnn_pack_wb(const float* W, Py_ssize_t ldw, Py_ssize_t o0, Py_ssize_t o1, Py_ssize_t K,
@@ -843,13 +864,17 @@ cdef void bf16_conv_forward(Op* o, float* Wk, float* col, Py_ssize_t M, Py_ssize
 
 cdef void bf16_conv_filter_grad(Op* o, float* col, Py_ssize_t M, float* dout, float* part) noexcept nogil:
     """part[Og x K] = bf16(dout) bf16(col)^T over the sub-block's M positions (dout at the chunk's
-    scratch)."""
+    scratch). Formed as its transpose, bf16(col) bf16(dout)^T: the columns (K rows) are rounded in
+    place of rows and the delta (Og rows, fewer) is the operand transposed into pairs; the K x Og
+    result is then transposed into part."""
     cdef Py_ssize_t K = (o.g[0] // o.g[12]) * o.g[4] * o.g[5], Og = o.g[3] // o.g[12], Mp = rup(M, 32)
     cdef fnn_u16* pa = bf16_conv_pack(o, dout)
-    cdef fnn_u16* pb = pa + Og * Mp
-    fnn_pack_a(dout, M, 0, Og, M, pa, Mp)
-    fnn_pack_b(col, M, 1, M, K, pb, Mp)
-    fnn_bgemm(Og, K, Mp, pa, Mp, pb, Mp * 16, part, K, 0)
+    cdef fnn_u16* pb = pa + K * Mp
+    cdef float* ct = <float*>(pb + Mp * rup(Og, 16))
+    fnn_pack_a(col, M, 0, K, M, pa, Mp)
+    fnn_pack_b(dout, M, 1, M, Og, pb, Mp)
+    fnn_bgemm(K, Og, Mp, pa, Mp, pb, Mp * 16, ct, Og, 0)
+    fnn_trans_f32(ct, Og, K, Og, part, K)
 
 
 cdef void bf16_conv_col_delta(Op* o, float* Wk, float* dout, Py_ssize_t M, Py_ssize_t gi, float* dcol) noexcept nogil:
