@@ -626,10 +626,13 @@ class Bf16Plan:
         op["prec"] = 1
         op["wf_off"] = self._panels(op["g3"] * Kp)              # filters as rows
         op["wb_off"] = self._panels(G * K * Ogp)                # each group's filters transposed
-        # the largest packing of one product: the columns (forward), columns and delta transposed
-        # and the transposed result (filter gradient), delta (column delta); after the op's float32
-        # scratch
-        pack = max(Kp * _rup(M, 16), K * Mp + Mp * _rup(Og, 16) + 2 * K * Og, Ogp * _rup(M, 16))
+        # the columns in bfloat16, kept for the filter gradient: each sub-block's K rows of every group
+        # padded to 32 (at most 31 more per row: fits in a sub-block of one example's L + 31)
+        op["xb_col"] = self._alloc(_rup(-(-G * K * (op["g13"] * op["g14"] + 31) // 2), 16))
+        # the largest packing of one product: the columns' pairs (forward), the delta transposed and
+        # the transposed result (filter gradient), the delta (column delta); after the op's float32
+        # scratch (which holds im2col's columns in forward)
+        pack = max(Kp * _rup(M, 16), Mp * _rup(Og, 16) + 2 * K * Og, Ogp * _rup(M, 16))
         self.scratch = max(self.scratch, _rup((Og + K) * M, 16) + -(-pack // 2))
 
     def _recurrent(self, op, tile_rows):

@@ -854,26 +854,44 @@ cdef inline fnn_u16* bf16_conv_pack(Op* o, float* scratch) noexcept nogil:
     return <fnn_u16*>(scratch + rup((Og + K) * o.sub * o.g[13] * o.g[14], 16))
 
 
-cdef void bf16_conv_forward(Op* o, float* Wk, float* col, Py_ssize_t M, Py_ssize_t gi, float* tmp) noexcept nogil:
-    """tmp[Og x M] = bf16(W_gi) bf16(col) for one group's columns (K x M)."""
+cdef inline Py_ssize_t bf16_conv_width(Op* o) noexcept nogil:
+    """Floats per example of a convolution's bfloat16 columns (Bf16Plan._conv): every group's K rows of
+    its positions, each sub-block's rows padded to 32, on cache lines."""
+    cdef Py_ssize_t K = (o.g[0] // o.g[12]) * o.g[4] * o.g[5]
+    return rup((o.g[12] * K * (o.g[13] * o.g[14] + 31) + 1) // 2, 16)
+
+
+cdef inline fnn_u16* bf16_conv_cols(Op* o, float* Wk, Py_ssize_t e0, Py_ssize_t gi, Py_ssize_t M) noexcept nogil:
+    """Group gi's bfloat16 columns (K rows of rup(M, 32)) of the sub-block at example e0."""
+    cdef Py_ssize_t K = (o.g[0] // o.g[12]) * o.g[4] * o.g[5]
+    return u16(Wk, o.xb_e + e0 * bf16_conv_width(o)) + gi * K * rup(M, 32)
+
+
+cdef void bf16_conv_forward(Op* o, float* Wk, float* col, Py_ssize_t M, Py_ssize_t gi, Py_ssize_t e0,
+                            float* tmp) noexcept nogil:
+    """tmp[Og x M] = bf16(W_gi) bf16(col) for one group's columns (K x M, in the scratch); the rounded
+    columns are kept for the filter gradient."""
     cdef Py_ssize_t K = (o.g[0] // o.g[12]) * o.g[4] * o.g[5], Og = o.g[3] // o.g[12], Kp = rup(K, 32)
+    cdef Py_ssize_t Mp = rup(M, 32), nq = (M + 15) // 16
+    cdef fnn_u16* cb = bf16_conv_cols(o, Wk, e0, gi, M)
     cdef fnn_u16* pk = bf16_conv_pack(o, tmp)
-    fnn_pack_b(col, M, 0, K, M, pk, Kp)
+    fnn_bf16_rows(col, M, K, 0, M, Mp, cb, Mp)
+    fnn_bf16_pairs(cb, Mp, 0, K, 0, nq, pk, Kp * 16)
+    fnn_bf16_zero_pairs(pk, Kp * 16, (K + 1) // 2, Kp // 2, 0, nq)
     fnn_bgemm(Og, M, Kp, u16(Wk, 0) + o.wf_e + gi * Og * Kp, Kp, pk, Kp * 16, tmp, M, 0)
 
 
-cdef void bf16_conv_filter_grad(Op* o, float* col, Py_ssize_t M, float* dout, float* part) noexcept nogil:
+cdef void bf16_conv_filter_grad(Op* o, float* Wk, Py_ssize_t M, Py_ssize_t gi, Py_ssize_t e0, float* dout,
+                                float* part) noexcept nogil:
     """part[Og x K] = bf16(dout) bf16(col)^T over the sub-block's M positions (dout at the chunk's
-    scratch). Formed as its transpose, bf16(col) bf16(dout)^T: the columns (K rows) are rounded in
-    place of rows and the delta (Og rows, fewer) is the operand transposed into pairs; the K x Og
+    scratch). Formed as its transpose, bf16(col) bf16(dout)^T: the kept bfloat16 columns (K rows) are
+    its A as they are, and the delta (Og rows, fewer) is the operand transposed into pairs; the K x Og
     result is then transposed into part."""
     cdef Py_ssize_t K = (o.g[0] // o.g[12]) * o.g[4] * o.g[5], Og = o.g[3] // o.g[12], Mp = rup(M, 32)
-    cdef fnn_u16* pa = bf16_conv_pack(o, dout)
-    cdef fnn_u16* pb = pa + K * Mp
+    cdef fnn_u16* pb = bf16_conv_pack(o, dout)
     cdef float* ct = <float*>(pb + Mp * rup(Og, 16))
-    fnn_pack_a(col, M, 0, K, M, pa, Mp)
     fnn_pack_b(dout, M, 1, M, Og, pb, Mp)
-    fnn_bgemm(K, Og, Mp, pa, Mp, pb, Mp * 16, ct, Og, 0)
+    fnn_bgemm(K, Og, Mp, bf16_conv_cols(o, Wk, e0, gi, M), Mp, pb, Mp * 16, ct, Og, 0)
     fnn_trans_f32(ct, Og, K, Og, part, K)
 
 

@@ -9,8 +9,9 @@
 # the partials sub-block by sub-block in batch order: the same sum on any thread count, and the
 # filter gradient is formed in parallel over chunks, while the columns are in cache.
 #
-# With bfloat16 operands (Op.prec) the three products run on bf16.pxi's kernels: the columns and the
-# deltas are rounded as they are packed for each product, the filters come packed with the weights.
+# With bfloat16 operands (Op.prec) the three products run on bf16.pxi's kernels: the columns are kept
+# as bfloat16 (half the memory traffic; im2col writes them to the chunk's scratch first), the deltas
+# are rounded as they are packed for each product, the filters come packed with the weights.
 #
 # geometry (Op.g): 0 Cin, 1 H, 2 W, 3 Cout, 4 kh, 5 kw, 6 sh, 7 sw, 8 ph, 9 pw, 10 dh, 11 dw,
 # 12 groups, 13 Hout, 14 Wout, 15 pool mode (0 max, 1 avg, 2 adaptive avg), 16 count_include_pad
@@ -180,10 +181,12 @@ cdef void conv_forward(Op* o, floating* P, floating* Wk, Py_ssize_t r0, Py_ssize
         M = nb * L
         for gi in range(G):
             colg = Wk + o.s_e + e0 * G * K * L + gi * K * M
+            if floating is float and o.prec == PREC_BF16:
+                colg = tmp + Og * M     # into the scratch: the op keeps a bfloat16 copy instead
             for j in range(nb):
                 im2col(Wk + o.in_e + (e0 + j) * o.n_in, colg + j * L, M, g, gi * Cg, Cg)
             if floating is float and o.prec == PREC_BF16:
-                bf16_conv_forward(o, Wk, colg, M, gi, tmp)
+                bf16_conv_forward(o, Wk, colg, M, gi, e0, tmp)
             else:
                 gemm(c'N', c'N', <int>M, <int>Og, <int>K, <floating>1, colg, <int>M, P + o.w_off + gi * Og * K,
                      <int>K, <floating>0, tmp, <int>M)
@@ -225,7 +228,7 @@ cdef void conv_backward(Op* o, floating* P, floating* Wk, Py_ssize_t r0, Py_ssiz
                            L * sizeof(floating))
             # partial[co, k] = sum over the sub-block's positions of dout[co, .] col[k, .]
             if floating is float and o.prec == PREC_BF16:
-                bf16_conv_filter_grad(o, colg, M, scratch, part + gi * Og * K)
+                bf16_conv_filter_grad(o, Wk, M, gi, e0, scratch, part + gi * Og * K)
             else:
                 gemm(c'T', c'N', <int>K, <int>Og, <int>M, <floating>1, colg, <int>M, scratch, <int>M,
                      <floating>0, part + gi * Og * K, <int>K)
