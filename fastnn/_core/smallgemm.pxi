@@ -43,6 +43,7 @@ cdef extern from *:
     #if defined(__AVX512F__) && defined(__GNUC__)
     #define FNN_SMALL_GEMM 1
     #include <immintrin.h>
+    #include <stdlib.h>
     #define FV_N 16               /* lanes of a vector */
     typedef __m512 fv;
     static inline fv fv_zero(void) { return _mm512_setzero_ps(); }
@@ -55,8 +56,10 @@ cdef extern from *:
     #define FNN_BC_MR 6
     #define FNN_BC_NV 4
     #define FNN_BC_KB 128
-    #define FNN_BC_PACK_ROWS 48   /* fewer rows of C: the copy costs more than it saves (32/256: -3%) */
-    #define FNN_BC_ALIAS_ROWS 48
+    #define FNN_BC_PACK_ROWS 48   /* fewer rows of C: the copy of a long B costs more than it saves (32/256: -3%) */
+    #ifndef FNN_BC_APACK_ROWS
+    #define FNN_BC_APACK_ROWS 48
+    #endif
 
     /* lane 4 r + c of the result: the sum of a[4 c + r]'s 16 lanes p, as q_m = (p_m + p_m+8) +
        (p_m+4 + p_m+12), then (q_0 + q_2) + (q_1 + q_3) */
@@ -179,6 +182,7 @@ cdef extern from *:
     /* AVX2: 16 registers of 8 lanes, so 6 x 16 tiles (12 accumulators, BLIS's Haswell shape) */
     #define FNN_SMALL_GEMM 2
     #include <immintrin.h>
+    #include <stdlib.h>
     #define FV_N 8
     typedef __m256 fv;
     static inline fv fv_zero(void) { return _mm256_setzero_ps(); }
@@ -201,7 +205,9 @@ cdef extern from *:
     #endif
     #define FNN_BC_KB 256
     #define FNN_BC_PACK_ROWS 48
-    #define FNN_BC_ALIAS_ROWS 0
+    #ifndef FNN_BC_APACK_ROWS
+    #define FNN_BC_APACK_ROWS 48
+    #endif
     #define FNN_BT_ROWS 0
 
     /* dst[c * ldd + r] = src[r * lds + c] for r, c < 8 */
@@ -272,65 +278,140 @@ cdef extern from *:
             fnn_bc_one(K, A + i0 * si, si, sj, B, ldb, C + i0 * ldc, ldc, nc, load);
     }
 
+    /* Rows [0, M) x columns [0, kb) of op(A) as fnn_bc_rows_p reads them: tile by tile (FNN_BC_MR
+       rows, then FNN_BC_MR / 2, then 1, as fnn_bc_rows cuts them), a tile's mr rows interleaved per
+       column: ap[i0 kb + j mr + r] = op(A)[i0 + r, j] */
+    static void fnn_pack_a(Py_ssize_t M, Py_ssize_t kb, const float* A, Py_ssize_t si, Py_ssize_t sj, float* ap) {
+        Py_ssize_t i0 = 0, j;
+        int r, mr;
+        while (i0 < M) {
+            mr = M - i0 >= FNN_BC_MR ? FNN_BC_MR : M - i0 >= FNN_BC_MR / 2 ? FNN_BC_MR / 2 : 1;
+            float* p = ap + i0 * kb;
+            const float* a = A + i0 * si;
+            for (j = 0; j < kb; j++)
+                for (r = 0; r < mr; r++)
+                    p[j * mr + r] = a[r * si + j * sj];
+            i0 += mr;
+        }
+    }
+
+    static inline void fnn_bc_rows_p(Py_ssize_t M, Py_ssize_t kb, const float* ap, const float* B, Py_ssize_t ldb,
+                                     float* C, Py_ssize_t ldc, int nc, int load) {
+        Py_ssize_t i0;
+        for (i0 = 0; i0 + FNN_BC_MR <= M; i0 += FNN_BC_MR)
+            fnn_bc_main(kb, ap + i0 * kb, 1, FNN_BC_MR, B, ldb, C + i0 * ldc, ldc, nc, load);
+        for (; i0 + FNN_BC_MR / 2 <= M; i0 += FNN_BC_MR / 2)
+            fnn_bc_half(kb, ap + i0 * kb, 1, FNN_BC_MR / 2, B, ldb, C + i0 * ldc, ldc, nc, load);
+        for (; i0 < M; i0++)
+            fnn_bc_one(kb, ap + i0 * kb, 1, 1, B, ldb, C + i0 * ldc, ldc, nc, load);
+    }
+
+    /* A thread's buffer for packed rows of op(A), grown as needed and kept for the thread's life
+       (the kernels run inside the engine's parallel loops, where nothing may be allocated per step) */
+    static __thread float* fnn_ap_buf = NULL;
+    static __thread Py_ssize_t fnn_ap_cap = 0;
+    static float* fnn_ap_get(Py_ssize_t n) {
+        if (n > fnn_ap_cap) {
+            free(fnn_ap_buf);
+            fnn_ap_buf = (float*)aligned_alloc(64, (size_t)((n + 15) & ~(Py_ssize_t)15) * sizeof(float));
+            fnn_ap_cap = fnn_ap_buf ? n : 0;
+        }
+        return fnn_ap_buf;
+    }
+
+    /* B's rows [0, kb) x columns [0, nc) copied to bp (rows of NW) */
+    static inline void fnn_copy_b(Py_ssize_t kb, int nc, const float* B, Py_ssize_t ldb, float* bp) {
+        enum { NW = FV_N * FNN_BC_NV };
+        Py_ssize_t j;
+        int v;
+        for (j = 0; j < kb; j++)
+            for (v = 0; v < FNN_BC_NV; v++)
+                fv_storen(bp + j * NW + FV_N * v, fv_loadn(B + j * ldb + FV_N * v, nc - FV_N * v), FV_N);
+    }
+
     /* C (=|+=) op(A) B: C is M x N (ldc), B is K x N (ldb), op(A)[i, j] = A[i si + j sj] (M x K). With
-       acc_c, each entry's chain starts from C. For FNN_BC_PACK_ROWS rows of C or more, B goes in
-       blocks of FNN_BC_KB rows x 64 columns, copied to a contiguous block first, where its rows are a
-       multiple of 4 KB apart (1024-wide layers: they all fall into the same few L1 sets; +5-15%) or
-       where K is longer than a block (64 columns of B over all K rows would not stay in L1 while
-       every tile of C passes over them). Elsewhere the copy only cost time (32/256: 3-6%). */
+       acc_c, each entry's chain starts from C. B goes in blocks of FNN_BC_KB rows x NW columns, copied
+       to a contiguous block first, where its rows are a multiple of 4 KB apart (1024-wide layers:
+       they all fall into the same few L1 sets; Intel Xeon, one core, 1024x1024 input delta over 32
+       rows 41 -> 100 GFLOP/s, over 256 +5-15%) or, for FNN_BC_PACK_ROWS rows of C or more, where K is
+       longer than a block (NW columns of B over all K rows would not stay in L1 while every tile of
+       C passes over them); elsewhere the copy only cost time (32/256: 3-6%). From FNN_BC_APACK_ROWS
+       rows and 8 column blocks on, op(A) is packed too where it is a transposed view (the weight
+       gradient's D^T: each broadcast otherwise reads a new row of D) or its rows are 4 KB apart, a
+       block of FNN_BC_KB columns at a time shared by every column block of C, so the broadcasts
+       read one contiguous stream (Intel Xeon, one core, 128 rows of a 1024x1024 weight gradient
+       over 512 examples: 100-106 -> 130-150 GFLOP/s; with fewer column blocks it lost 4-6%). */
     static void fnn_sgemm_bc(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t si,
                              Py_ssize_t sj, const float* B, Py_ssize_t ldb, float* C, Py_ssize_t ldc, int acc_c) {
         enum { NW = FV_N * FNN_BC_NV, KB = FNN_BC_KB };
         float bp[KB * NW] __attribute__((aligned(64)));
-        Py_ssize_t n0, j0, kb, j;
-        int v;
+        Py_ssize_t n0, j0, kb;
+        int copy = ldb % 1024 == 0 || (M >= FNN_BC_PACK_ROWS && K > KB);
+        float* ap = M >= FNN_BC_APACK_ROWS && N >= 8 * NW && K > 0 && (sj != 1 || si % 1024 == 0) ?
+                    fnn_ap_get(M * (K < KB ? K : KB)) : NULL;
+        if (ap) {
+            for (j0 = 0; j0 < K; j0 += kb) {
+                kb = K - j0 < KB ? K - j0 : KB;
+                fnn_pack_a(M, kb, A + j0 * sj, si, sj, ap);
+                for (n0 = 0; n0 < N; n0 += NW) {
+                    int nc = N - n0 < NW ? (int)(N - n0) : NW;
+                    const float* Bj = B + j0 * ldb + n0;
+                    if (copy) fnn_copy_b(kb, nc, Bj, ldb, bp);
+                    fnn_bc_rows_p(M, kb, ap, copy ? bp : Bj, copy ? NW : ldb, C + n0, ldc, nc, j0 > 0 || acc_c);
+                }
+            }
+            return;
+        }
         for (n0 = 0; n0 < N; n0 += NW) {
             int nc = N - n0 < NW ? (int)(N - n0) : NW;
             j0 = 0;
             do {        /* once at least: K = 0 still writes C */
-                int load = j0 > 0 || acc_c;
-                const float* Aj = A + j0 * sj;
                 const float* Bj = B + j0 * ldb + n0;
                 Py_ssize_t ldbj = ldb;
                 kb = K - j0;
-                if ((M >= FNN_BC_ALIAS_ROWS && ldb % 1024 == 0) || (M >= FNN_BC_PACK_ROWS && K > KB)) {
+                if (copy) {
                     kb = kb < KB ? kb : KB;
-                    for (j = 0; j < kb; j++)
-                        for (v = 0; v < FNN_BC_NV; v++)
-                            fv_storen(bp + j * NW + FV_N * v, fv_loadn(Bj + j * ldb + FV_N * v, nc - FV_N * v), FV_N);
+                    fnn_copy_b(kb, nc, Bj, ldb, bp);
                     Bj = bp;
                     ldbj = NW;
                 }
-                fnn_bc_rows(M, kb, Aj, si, sj, Bj, ldbj, C + n0, ldc, nc, load);
+                fnn_bc_rows(M, kb, A + j0 * sj, si, sj, Bj, ldbj, C + n0, ldc, nc, j0 > 0 || acc_c);
                 j0 += kb;
             } while (j0 < K);
         }
     }
 
+    /* B's rows [0, nc) x columns [0, kb), transposed into bp (rows of NW) */
+    static inline void fnn_copy_bt(Py_ssize_t kb, int nc, const float* B, Py_ssize_t ldb, float* bp) {
+        enum { NW = FV_N * FNN_BC_NV };
+        Py_ssize_t j, n;
+        for (n = 0; n < nc; n += FV_N)
+            for (j = 0; j < kb; j += FV_N) {
+                if (n + FV_N <= nc && j + FV_N <= kb) {
+                    fnn_trv(B + n * ldb + j, ldb, bp + j * NW + n, NW);
+                } else {
+                    int jn = kb - j < FV_N ? (int)(kb - j) : FV_N, nn = nc - n < FV_N ? (int)(nc - n) : FV_N, a, b;
+                    for (a = 0; a < jn; a++)
+                        for (b = 0; b < nn; b++)
+                            bp[(j + a) * NW + n + b] = B[(n + b) * ldb + j + a];
+                }
+            }
+    }
+
     /* C[i, j] = sum_k A[i, k] B[j, k] (C = A B^T, B is N x K) as fnn_sgemm_bc's tiles over
-       B^T, copied FNN_BC_KB x 64 at a time; each entry one FMA chain in k order */
+       B^T, copied FNN_BC_KB x NW at a time; each entry one FMA chain in k order (A's rows read in
+       place: packing them measured level for 1024-wide inputs and 5-25% slower for narrower ones) */
     static void fnn_sgemm_bt(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t lda,
                              const float* B, Py_ssize_t ldb, float* C, Py_ssize_t ldc) {
         enum { NW = FV_N * FNN_BC_NV, KB = FNN_BC_KB };
         float bp[KB * NW] __attribute__((aligned(64)));
-        Py_ssize_t n0, j0, kb, j, n;
+        Py_ssize_t n0, j0, kb;
         for (n0 = 0; n0 < N; n0 += NW) {
             int nc = N - n0 < NW ? (int)(N - n0) : NW;
             j0 = 0;
             do {
                 kb = K - j0 < KB ? K - j0 : KB;
-                const float* Bj = B + n0 * ldb + j0;
-                for (n = 0; n < nc; n += FV_N)
-                    for (j = 0; j < kb; j += FV_N) {
-                        if (n + FV_N <= nc && j + FV_N <= kb) {
-                            fnn_trv(Bj + n * ldb + j, ldb, bp + j * NW + n, NW);
-                        } else {
-                            int jn = kb - j < FV_N ? (int)(kb - j) : FV_N, nn = nc - n < FV_N ? (int)(nc - n) : FV_N, a, b;
-                            for (a = 0; a < jn; a++)
-                                for (b = 0; b < nn; b++)
-                                    bp[(j + a) * NW + n + b] = Bj[(n + b) * ldb + j + a];
-                        }
-                    }
+                fnn_copy_bt(kb, nc, B + n0 * ldb + j0, ldb, bp);
                 fnn_bc_rows(M, kb, A + j0, lda, 1, bp, NW, C + n0, ldc, nc, j0 > 0);
                 j0 += kb;
             } while (j0 < K);
