@@ -18,6 +18,7 @@ needs_kernels = pytest.mark.skipif(not _engine.SMALL_GEMM, reason="this build mu
 def everywhere(monkeypatch):
     """Every Dense layer, however small, on the kernels at any row count."""
     monkeypatch.setattr(_plan, "SMALL_MIN_WEIGHTS", 1)
+    monkeypatch.setattr(_plan, "SMALL_MIN_OUT", 1)
     monkeypatch.setattr(_plan, "SMALL_MAX_ROWS", 10 ** 6)
     monkeypatch.setattr(_plan, "SMALL_MAX_GRAD_ROWS", 10 ** 6)
 

@@ -234,6 +234,10 @@ cdef extern from *:
     #define FNN_SMALL_GEMM 0
     #endif
 
+    /* the recurrent steps' products on the own kernels (recurrent.pxi): where OpenBLAS has no
+       unpacked small-matrix path for them */
+    #define FNN_STEP_OWN (FNN_SMALL_GEMM == 2)
+
     #if FNN_SMALL_GEMM
     /* One MR x (FV_N NV) block of C (+)= op(A) B over K rows of B, op(A)[i, j] = A[i si + j sj]; columns
        [0, nc). Starts from zero, or (load) from C: a longer sum runs in blocks of rows, each chain
@@ -439,6 +443,7 @@ cdef extern from *:
     #endif
     """
     int FNN_SMALL_GEMM
+    bint FNN_STEP_OWN
     enum: FNN_OWN, FNN_BLAS, FNN_FWD, FNN_DIN, FNN_WGRAD
     int fnn_counting
     long long fnn_counts[6]
