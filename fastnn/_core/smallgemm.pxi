@@ -55,7 +55,8 @@ cdef extern from *:
     static inline fv fv_fma(fv a, fv b, fv c) { return _mm512_fmadd_ps(a, b, c); }
     #define FNN_BC_MR 6
     #define FNN_BC_NV 4
-    #define FNN_BC_KB 128
+    #define FNN_BC_KB 128         /* rows of a block of B (32 KB); fnn_set_l1 sizes it to the CPU's L1 */
+    #define FNN_BC_KB_MAX 256
     #define FNN_BC_PACK_ROWS 48   /* fewer rows of C: the copy of a long B costs more than it saves (32/256: -3%) */
     #ifndef FNN_BC_APACK_ROWS
     #define FNN_BC_APACK_ROWS 48
@@ -203,7 +204,8 @@ cdef extern from *:
     #define FNN_BC_MR 4
     #define FNN_BC_NV 3
     #endif
-    #define FNN_BC_KB 256
+    #define FNN_BC_KB 256         /* rows of a block of B (24 KB); fnn_set_l1 sizes it to the CPU's L1 */
+    #define FNN_BC_KB_MAX 512
     #define FNN_BC_PACK_ROWS 48
     #ifndef FNN_BC_APACK_ROWS
     #define FNN_BC_APACK_ROWS 48
@@ -239,6 +241,15 @@ cdef extern from *:
     #define FNN_STEP_OWN (FNN_SMALL_GEMM == 2)
 
     #if FNN_SMALL_GEMM
+    /* Rows of B per block (FNN_BC_KB) as the CPU's L1 data cache allows: two thirds of it, the
+       rest for the rows of A and C a tile reads, in whole vectors. The blocking changes no sum's
+       order (each entry's FMA chain goes on from block to block), only where the block lives. */
+    static Py_ssize_t fnn_kb = FNN_BC_KB;
+    static void fnn_set_l1(Py_ssize_t bytes) {
+        Py_ssize_t kb = bytes * 2 / 3 / (FV_N * FNN_BC_NV * (Py_ssize_t)sizeof(float)) / FV_N * FV_N;
+        fnn_kb = kb < 2 * FV_N ? 2 * FV_N : kb > FNN_BC_KB_MAX ? FNN_BC_KB_MAX : kb;
+    }
+
     /* One MR x (FV_N NV) block of C (+)= op(A) B over K rows of B, op(A)[i, j] = A[i si + j sj]; columns
        [0, nc). Starts from zero, or (load) from C: a longer sum runs in blocks of rows, each chain
        going on from where the last one stopped, so every entry is one FMA chain in j order. */
@@ -347,8 +358,9 @@ cdef extern from *:
        over 512 examples: 100-106 -> 130-150 GFLOP/s; with fewer column blocks it lost 4-6%). */
     static void fnn_sgemm_bc(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t si,
                              Py_ssize_t sj, const float* B, Py_ssize_t ldb, float* C, Py_ssize_t ldc, int acc_c) {
-        enum { NW = FV_N * FNN_BC_NV, KB = FNN_BC_KB };
-        float bp[KB * NW] __attribute__((aligned(64)));
+        enum { NW = FV_N * FNN_BC_NV };
+        float bp[FNN_BC_KB_MAX * NW] __attribute__((aligned(64)));
+        const Py_ssize_t KB = fnn_kb;
         Py_ssize_t n0, j0, kb;
         int copy = ldb % 1024 == 0 || (M >= FNN_BC_PACK_ROWS && K > KB);
         float* ap = M >= FNN_BC_APACK_ROWS && N >= 8 * NW && K > 0 && (sj != 1 || si % 1024 == 0) ?
@@ -407,8 +419,9 @@ cdef extern from *:
        place: packing them measured level for 1024-wide inputs and 5-25% slower for narrower ones) */
     static void fnn_sgemm_bt(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t lda,
                              const float* B, Py_ssize_t ldb, float* C, Py_ssize_t ldc) {
-        enum { NW = FV_N * FNN_BC_NV, KB = FNN_BC_KB };
-        float bp[KB * NW] __attribute__((aligned(64)));
+        enum { NW = FV_N * FNN_BC_NV };
+        float bp[FNN_BC_KB_MAX * NW] __attribute__((aligned(64)));
+        const Py_ssize_t KB = fnn_kb;
         Py_ssize_t n0, j0, kb;
         for (n0 = 0; n0 < N; n0 += NW) {
             int nc = N - n0 < NW ? (int)(N - n0) : NW;
@@ -435,6 +448,8 @@ cdef extern from *:
         fnn_sgemm_bt(M, N, K, A, lda, B, ldb, C, ldc);
     }
     #else
+    static Py_ssize_t fnn_kb = 0;
+    static void fnn_set_l1(Py_ssize_t bytes) { }
     static void fnn_sgemm_bc(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t si,
                              Py_ssize_t sj, const float* B, Py_ssize_t ldb, float* C, Py_ssize_t ldc,
                              int acc_c) { }
@@ -448,11 +463,21 @@ cdef extern from *:
     int fnn_counting
     long long fnn_counts[6]
     void fnn_count(int path, int kind) nogil
+    Py_ssize_t fnn_kb
+    void fnn_set_l1(Py_ssize_t bytes) nogil
     void fnn_sgemm_bc(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t si,
                       Py_ssize_t sj, const float* B, Py_ssize_t ldb, float* C, Py_ssize_t ldc,
                       int acc_c) nogil
     void fnn_sgemm_fwd(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t lda,
                        const float* B, Py_ssize_t ldb, float* C, Py_ssize_t ldc) nogil
+
+
+def set_l1_cache(Py_ssize_t nbytes):
+    """Size the own kernels' blocks of B to an L1 data cache of ``nbytes`` (done once at import from
+    what the machine reports); returns the rows per block (0 in a build without the kernels)."""
+    if nbytes > 0:
+        fnn_set_l1(nbytes)
+    return fnn_kb
 
 
 def own_gemm(str kind, const float[:, :] A, const float[:, :] B, float[:, :] C, bint accumulate=False):
