@@ -1,3 +1,4 @@
+import contextlib
 import os
 import sys
 
@@ -36,3 +37,17 @@ def make_loss(name, **kw):
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
+
+
+@contextlib.contextmanager
+def counting_gemm_calls():
+    """Yields a dict that holds, on exit, the Dense products run inside the block: {(path, kind):
+    calls}, path "own" (the own GEMM kernels) or "blas", kind "forward"/"input_delta"/"weight_grad"."""
+    from fastnn._core import _engine
+    calls = {}
+    _engine.count_gemm_calls(True)
+    try:
+        yield calls
+    finally:
+        calls.update(_engine.gemm_calls())
+        _engine.count_gemm_calls(False)

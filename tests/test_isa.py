@@ -15,7 +15,8 @@ SCRIPT = r"""
 import hashlib, sys, numpy as np, fastnn as fn, fastnn._core as c
 rng = np.random.default_rng(0)
 X, y = rng.normal(size=(300, 20)), rng.integers(0, 4, 300)
-out = [c.ISA, str(c._engine.SMALL_GEMM)]
+out = [c.ISA]
+c._engine.count_gemm_calls(True)
 for dt in ("float32", "float64"):
     h = hashlib.sha256()
     m = fn.Sequential(fn.Dense(20, 300), fn.Tanh(), fn.Dropout(0.1), fn.Dense(300, 256), fn.Sigmoid(),
@@ -32,12 +33,13 @@ for dt in ("float32", "float64"):
     out.append(h.hexdigest())
     if dt == "float32":
         np.save(sys.argv[1], np.concatenate([p.ravel() for p in m.parameters()]))
+        out.insert(1, str(sum(v for (path, _), v in c._engine.gemm_calls().items() if path == "own") > 0))
 print(*out)
 """
 
 
 def _run(isa, tmp_path):
-    """(ISA name, small GEMMs?, float32 hash, float64 hash, float32 parameters)."""
+    """(ISA name, whether float32 ran on the own GEMMs, float32 hash, float64 hash, float32 parameters)."""
     env = dict(os.environ, FASTNN_ISA=isa)
     path = tmp_path / f"{isa}.npy"
     out = subprocess.run([sys.executable, "-c", SCRIPT, str(path)], capture_output=True, text=True, check=True,
@@ -76,11 +78,11 @@ def test_every_build_gives_the_same_bits(tmp_path):
     assert [r[0] for r in results] == [{"baseline": "baseline", "v3": "x86-64-v3 (AVX2)",
                                         "v4": "x86-64-v4 (AVX-512)"}[i] for i in isas]
     assert len({r[3] for r in results}) == 1, results                    # float64: the same bits
+    assert [r[1] for r in results] == [i == "v4" and core._engine.SMALL_GEMM for i in isas], results
     blas = [r for r in results if not r[1]]
     assert blas and len({r[2] for r in blas}) == 1, results             # float32 on BLAS: the same bits
     for r in results:
         if r[1]:                # float32 on the kernels: a 300x256 layer, batches of 32
-            assert r[2] != blas[0][2]
             # 20 Adam steps of at most lr = 1e-2 each; its normalised step turns float32 rounding
             # in a near-zero gradient into up to ~1e-4, against weights of order 0.1
             np.testing.assert_allclose(r[4], blas[0][4], rtol=0, atol=1e-3)

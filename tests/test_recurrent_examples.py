@@ -2,7 +2,8 @@
 problem (vanishing gradients through time), exploding gradients tamed by clip_norm, and a
 character-level language model that beats the unigram baseline. The
 margins hold for seeds 0..4 except where noted; fastnn is bit-reproducible for a seed on any
-thread count, so the numbers are deterministic."""
+thread count, but a chaotic run (exploding gradients without clipping) depends on the last bits of
+the CPU's sums, so it is judged over ten seeds."""
 import math
 import os
 import sys
@@ -45,15 +46,31 @@ def test_adding_problem_gradients_vanish_through_time_and_gates_keep_them(adding
     assert len(adding["GRU"]["grad_norms_at_init"]) == 50
 
 
-def test_exploding_gradients_diverge_without_clipping_and_train_with_it():
-    res = exploding_gradients.main(small=True, seed=0, threads=1, verbose=False)
-    calm, wild = res[1.0], res[1.5]
-    assert calm["first_over_last"] < 1 < 10 < wild["first_over_last"]
-    assert wild["grad_norm"] > 2 * calm["grad_norm"]
-    # seeds 0..4: scale 1.5 without clipping diverges (seeds 0, 3, 4) or ends above 1e10 (1, 2)
-    assert wild["plain"]["diverged_at"] is not None or wild["plain"]["val_mse"] > 1e3
-    assert wild["clipped"]["diverged_at"] is None and wild["clipped"]["val_mse"] < 0.5
-    assert calm["plain"]["diverged_at"] is None and math.isfinite(calm["plain"]["val_mse"])
+@pytest.fixture(scope="module")
+def exploding():
+    return [exploding_gradients.main(small=True, seed=seed, threads=1, verbose=False) for seed in range(10)]
+
+
+def test_exploding_gradients_grow_through_time(exploding):
+    for res in exploding:
+        calm, wild = res[1.0], res[1.5]
+        # seeds 0..9: first over last 0.003 .. 0.15 (calm), 10 .. 51 (wild); whole gradient 2.1 .. 26x
+        assert calm["first_over_last"] < 1 and wild["first_over_last"] > 5
+        assert wild["grad_norm"] > 1.5 * calm["grad_norm"]
+
+
+def test_exploding_gradients_wreck_plain_sgd_and_clipping_trains(exploding):
+    # Past the first steps the unclipped run is chaotic: which seeds diverge, and where, depends on
+    # the last bits of the CPU's sums. Over seeds 0..9, 8 to 10 runs diverge or end above MSE 1 (the
+    # trivial predictor's is 0.17) under OpenBLAS's Haswell and SkylakeX kernels; every clipped run
+    # trains (at most 0.34), and scale 1 trains without clipping.
+    wild = [res[1.5] for res in exploding]
+    failed = [r["plain"]["diverged_at"] is not None or r["plain"]["val_mse"] > 1 for r in wild]
+    assert sum(failed) >= 6, [r["plain"] for r in wild]
+    for r in wild:
+        assert r["clipped"]["diverged_at"] is None and r["clipped"]["val_mse"] < 0.5
+    for res in exploding:
+        assert res[1.0]["plain"]["diverged_at"] is None and math.isfinite(res[1.0]["plain"]["val_mse"])
 
 
 def test_char_lm_learns_below_the_unigram_entropy():

@@ -136,6 +136,21 @@ OPENMP = bool(FASTNN_OPENMP)
 SMALL_GEMM = bool(FNN_SMALL_GEMM)
 
 
+def count_gemm_calls(bint on):
+    """Start (and zero) or stop counting the Dense layers' matrix products by path; see gemm_calls."""
+    global fnn_counting
+    if on:
+        memset(fnn_counts, 0, sizeof(fnn_counts))
+    fnn_counting = on
+
+
+def gemm_calls():
+    """The Dense products counted since count_gemm_calls(True): {(path, kind): calls}, path "own"
+    (smallgemm.pxi's kernels) or "blas", kind "forward", "input_delta" or "weight_grad"."""
+    return {(path, kind): int(fnn_counts[p * 3 + k])
+            for p, path in enumerate(("own", "blas")) for k, kind in enumerate(("forward", "input_delta", "weight_grad"))}
+
+
 def omp_max_threads():
     """OpenMP's own default team size (1 in a serial build)."""
     return fastnn_omp_max_threads()

@@ -11,9 +11,11 @@ cdef inline void dense_forward(Op* o, floating* P, floating* Wk, Py_ssize_t r0, 
     """Rows [r0, r0+c) of Z = In W^T."""
     cdef Py_ssize_t K = o.n_in // o.groups, N = o.n_out // o.groups
     if floating is float and c * o.groups <= o.sg_rows:
+        fnn_count(FNN_OWN, FNN_FWD)
         fnn_sgemm_fwd(c * o.groups, N, K, Wk + o.in_e + r0 * o.n_in, K, P + o.w_off, K,
                       Wk + o.a_e + r0 * o.n_out, N)
         return
+    fnn_count(FNN_BLAS, FNN_FWD)
     gemm(c'T', c'N', <int>N, <int>(c * o.groups), <int>K, <floating>1, P + o.w_off, <int>K,
          Wk + o.in_e + r0 * o.n_in, <int>K, <floating>0, Wk + o.a_e + r0 * o.n_out, <int>N)
 
@@ -24,9 +26,11 @@ cdef inline void dense_backward(Op* o, floating* P, floating* Wk, Py_ssize_t r0,
         return
     cdef Py_ssize_t K = o.n_in // o.groups, N = o.n_out // o.groups
     if floating is float and c * o.groups <= o.sg_rows:
+        fnn_count(FNN_OWN, FNN_DIN)
         fnn_sgemm_bc(c * o.groups, K, N, Wk + o.d_e + r0 * o.n_out, N, 1, P + o.w_off, K,
                      Wk + o.din_e + r0 * o.n_in, K, <int>o.din_acc)
         return
+    fnn_count(FNN_BLAS, FNN_DIN)
     gemm(c'N', c'N', <int>K, <int>(c * o.groups), <int>N, <floating>1, P + o.w_off, <int>K,
          Wk + o.d_e + r0 * o.n_out, <int>N, <floating>o.din_acc, Wk + o.din_e + r0 * o.n_in, <int>K)
 
@@ -35,9 +39,11 @@ cdef inline void dense_wide_forward(Op* o, floating* P, floating* Wk, Py_ssize_t
                                     Py_ssize_t nb) noexcept nogil:
     """Columns [j0, j0+nb) of Z = In W^T over all B rows."""
     if floating is float and B <= o.sg_rows:
+        fnn_count(FNN_OWN, FNN_FWD)
         fnn_sgemm_fwd(B, nb, o.n_in, Wk + o.in_e, o.n_in, P + o.w_off + j0 * o.n_in, o.n_in,
                       Wk + o.a_e + j0, o.n_out)
         return
+    fnn_count(FNN_BLAS, FNN_FWD)
     gemm(c'T', c'N', <int>nb, <int>B, <int>o.n_in, <floating>1, P + o.w_off + j0 * o.n_in, <int>o.n_in,
          Wk + o.in_e, <int>o.n_in, <floating>0, Wk + o.a_e + j0, <int>o.n_out)
 
@@ -46,9 +52,11 @@ cdef inline void dense_wide_backward(Op* o, floating* P, floating* Wk, Py_ssize_
                                      Py_ssize_t nc) noexcept nogil:
     """Columns [c0, c0+nc) of dIn (=|+=) D W over all B rows."""
     if floating is float and B <= o.sg_rows:
+        fnn_count(FNN_OWN, FNN_DIN)
         fnn_sgemm_bc(B, nc, o.n_out, Wk + o.d_e, o.n_out, 1, P + o.w_off + c0, o.n_in,
                      Wk + o.din_e + c0, o.n_in, <int>o.din_acc)
         return
+    fnn_count(FNN_BLAS, FNN_DIN)
     gemm(c'N', c'N', <int>nc, <int>B, <int>o.n_out, <floating>1, P + o.w_off + c0, <int>o.n_in,
          Wk + o.d_e, <int>o.n_out, <floating>o.din_acc, Wk + o.din_e + c0, <int>o.n_in)
 
@@ -59,8 +67,10 @@ cdef void dense_grad(Op* o, Tile* T, floating* Wk, floating* G, Py_ssize_t B) no
     cdef floating* db
     cdef Py_ssize_t i, j, K = o.n_in // o.groups, N = o.n_out // o.groups
     if floating is float and o.sg_grad_min <= B * o.groups <= o.sg_grad_rows:
+        fnn_count(FNN_OWN, FNN_WGRAD)
         fnn_sgemm_bc(T.nr, K, B * o.groups, D + T.r0, 1, N, Wk + o.in_e, K, G + o.w_off + T.r0 * K, K, 0)
     else:
+        fnn_count(FNN_BLAS, FNN_WGRAD)
         gemm(c'N', c'T', <int>K, <int>T.nr, <int>(B * o.groups), <floating>1, Wk + o.in_e, <int>K,
              D + T.r0, <int>N, <floating>0, G + o.w_off + T.r0 * K, <int>K)
     if o.b_off >= 0:

@@ -21,6 +21,21 @@
 # (and float64) use BLAS: an AVX2 port of these kernels ran at half of OpenBLAS's speed.
 cdef extern from *:
     """
+    /* Dense products by path (own kernels or BLAS) and kind, counted only while fnn_counting is
+       set (tests read them to see which path ran; a flag test costs nothing when off) */
+    enum { FNN_OWN = 0, FNN_BLAS = 1 };
+    enum { FNN_FWD = 0, FNN_DIN = 1, FNN_WGRAD = 2 };
+    static int fnn_counting = 0;
+    static long long fnn_counts[6];
+    static inline void fnn_count(int path, int kind) {
+        if (fnn_counting) {
+    #if defined(__GNUC__)
+            __atomic_fetch_add(&fnn_counts[path * 3 + kind], 1, __ATOMIC_RELAXED);
+    #else
+            fnn_counts[path * 3 + kind]++;
+    #endif
+        }
+    }
     #if defined(__AVX512F__) && defined(__GNUC__)
     #define FNN_SMALL_GEMM 1
     #include <immintrin.h>
@@ -279,6 +294,10 @@ cdef extern from *:
     #endif
     """
     bint FNN_SMALL_GEMM
+    enum: FNN_OWN, FNN_BLAS, FNN_FWD, FNN_DIN, FNN_WGRAD
+    int fnn_counting
+    long long fnn_counts[6]
+    void fnn_count(int path, int kind) nogil
     void fnn_sgemm_bc(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t si,
                       Py_ssize_t sj, const float* B, Py_ssize_t ldb, float* C, Py_ssize_t ldc,
                       int acc_c) nogil
