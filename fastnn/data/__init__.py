@@ -1,15 +1,13 @@
 """The data layer: input checks (``fastnn.data.validation``), the order of an epoch's examples,
 class weights, the validation split, subsampling and the bundled digits.
 
-Every check of X, targets, sample weights and sequence lengths lives in ``validation`` and is
-re-exported here; ``Sequential``, ``training``, ``distributed`` and the other callers all use it.
-Nothing in this package imports the model or the training code.
+Every check of X, targets, sample weights and sequence lengths lives in ``validation``;
+``Sequential``, ``training``, ``distributed`` and the other callers all use it. Nothing in this
+package imports the model or the training code.
 """
 import numpy as np
 
-from .validation import (STREAM_DTYPES, Targets, check_batch, check_data, check_dtype, check_input, check_int,
-                         check_lengths, check_number, check_sample_weight, check_seed, check_targets, check_X,
-                         input_shape_of, loss_steps)
+from .validation import STREAM_DTYPES, check_seed, check_X  # noqa: F401 - fastnn.data's names too
 
 _MASK64 = (1 << 64) - 1
 
