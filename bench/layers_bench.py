@@ -282,7 +282,7 @@ def worker(lib, kind, batch, threads, n, repeats):
 def spawn(lib, kind, batch, threads, a):
     out = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", lib, kind, str(batch), str(threads),
                           "--n", str(a.n), "--repeats", str(a.repeats)], capture_output=True, text=True,
-                         check=True)
+                         check=True, env=dict(os.environ, **a.held))
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -295,18 +295,23 @@ def main(default_models=("bn", "res"), default_n=20000):
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--no-jax", action="store_true", help="leave JAX out even where it is installed")
+    p.add_argument("--isa", choices=("native", "avx2"), default="native",
+                   help="avx2: every library as on a CPU without AVX-512 (JAX left out)")
     p.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.worker:
         lib, kind, b, t = a.worker
         print(json.dumps(worker(lib, kind, int(b), int(t), a.n, a.repeats)))
         return
-    from fastnn.bench import cpu_name
+    from fastnn.bench import AVX2_NO_JAX, cpu_name, isa_env
 
+    a.held = isa_env(a.isa)
     # found, not imported: a worker's peak RSS counts its parent's at the fork
-    has_jax = not a.no_jax and importlib.util.find_spec("jax") is not None
+    has_jax = not a.no_jax and not a.held and importlib.util.find_spec("jax") is not None
     print(f"# {cpu_name()}, fastnn {a.threads} threads, torch best of 1/{a.threads} threads, "
           f"jax its default threads, N={a.n}, median of {a.rounds} rounds")
+    if a.held:
+        print("# held to AVX2: " + " ".join(f"{k}={v}" for k, v in a.held.items()) + "; " + AVX2_NO_JAX)
     print("| model | batch | fastnn ex/s | torch ex/s | jax ex/s | fastnn/torch | fastnn/jax | fastnn GFLOP/s "
           "| RSS fastnn/torch/jax MiB |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")

@@ -23,7 +23,7 @@ def run_example(main, doc, plot_help, seed_help="seed of the data, initialisatio
         ap.add_argument(flag, **kw)
     args = ap.parse_args()
     if args.plot and not has_matplotlib():
-        print("--plot needs matplotlib, which is not installed (pip install 'fastnn[plot]' or "
+        print("--plot needs matplotlib, which is not installed (pip install 'fastnn-cpu[plot]' or "
               "pip install matplotlib); running without the plot", file=sys.stderr)
         args.plot = None
     own = {flag.lstrip("-").replace("-", "_"): None for flag, _ in extra}

@@ -18,7 +18,7 @@ Hidden size 32, Adam lr 3e-3, batch 32, gradients clipped to norm 1.
 
     python examples/adding_problem.py               # T = 50 and 150 (about a minute)
     python examples/adding_problem.py --small       # T = 50, fewer examples and epochs
-    python examples/adding_problem.py --plot docs/adding_problem.png
+    python examples/adding_problem.py --plot docs/img/adding_problem.png
 """
 import numpy as np
 

@@ -54,5 +54,5 @@ if __name__ == "__main__":
         from mpi4py import MPI
         comm = MPI.COMM_WORLD
     except ImportError:
-        comm = None            # no mpi4py: pip install "fastnn[mpi]"; trains in this process
+        comm = None            # no mpi4py: pip install "fastnn-cpu[mpi]"; trains in this process
     main(comm, args.epochs, args.batch_size, args.dtype, args.check, args.checkpoint)

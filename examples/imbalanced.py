@@ -1,17 +1,17 @@
-"""Imbalanced classes, fraud-detection style (SEED-NOTES section 4).
+"""Imbalanced classes, fraud-detection style.
 
 A generated binary problem: 1 "fraud" example for every 50 normal ones, with overlapping
 classes. Normal transactions are N(0, I) in 10 features; fraud comes from two clusters
 N(+mu, I) and N(-mu, I), so the classes overlap and the boundary is not linear. The same
 MLP is trained four ways:
 
-  (a) plainly: the network can reach 98% accuracy by (nearly) always saying "normal";
-      ``fit`` warns that the imbalance is below 1:10 and no weighting is used,
-  (b) with ``class_weight="balanced"`` (weights n / (2 n_c); the loss becomes
-      sum(w l) / sum(w)),
-  (c) on ``fn.data.subsample(X, y, ratio=0.1)``: normal examples randomly dropped until
-      the ratio is 1:10 (the lecture's rule of thumb; training data is lost),
-  (d) as a single-logit model with ``fn.BinaryCrossEntropy(pos_weight=n_neg / n_pos)``.
+  * (a) plainly: the network can reach 98% accuracy by (nearly) always saying "normal";
+    ``fit`` warns that the imbalance is below 1:10 and no weighting is used,
+  * (b) with ``class_weight="balanced"`` (weights n / (2 n_c); the loss becomes
+    sum(w l) / sum(w)),
+  * (c) on ``fn.data.subsample(X, y, ratio=0.1)``: normal examples randomly dropped until
+    the ratio is 1:10 (a common rule of thumb; training data is lost),
+  * (d) as a single-logit model with ``fn.BinaryCrossEntropy(pos_weight=n_neg / n_pos)``.
 
 For each it prints, on a held-out test set with the same 1:50 imbalance, the recall and
 precision of the fraud class, the balanced accuracy and the macro F1. Weighting or

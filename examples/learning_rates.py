@@ -1,10 +1,10 @@
-"""The learning rate: too small crawls, too large oscillates or diverges (SEED-NOTES §7).
+"""The learning rate: too small crawls, too large oscillates or diverges.
 
 "If you have time to tune only one hyperparameter, tune the learning rate." An MLP
 (64 -> 64 -> 10, LeakyReLU, cross-entropy, plain SGD, batch 32) is trained on the bundled
 digits from the same initial weights and batches with four rates:
 
-  * good: the rate ``fn.find_lr`` recommends (the lecture's factor-of-3 search: short runs
+  * good: the rate ``fn.find_lr`` recommends (a search by factors of 3: short runs
     at lr0·3^j, keeping the rate whose loss falls fastest);
   * too small: good / 100 -- the loss falls, but slowly: after the same number of epochs it
     is far above the good run's;

@@ -1,4 +1,4 @@
-"""Overfitting and three remedies: L2, dropout, early stopping (SEED-NOTES section 6).
+"""Overfitting and three remedies: L2, dropout, early stopping.
 
 A wide MLP (64 -> H -> H -> 10, ReLU) is trained with Adam on a small subset of the
 bundled digits in which 20% of the training labels are replaced by a wrong class. It

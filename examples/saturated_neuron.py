@@ -1,6 +1,6 @@
-"""A saturated sigmoid neuron learns slowly with MSE and fast with cross-entropy (SEED-NOTES §5).
+"""A saturated sigmoid neuron learns slowly with MSE and fast with cross-entropy.
 
-The lecture's (and Nielsen's, *Neural Networks and Deep Learning*, ch. 3) experiment: one
+Nielsen's experiment (*Neural Networks and Deep Learning*, ch. 3): one
 sigmoid neuron, one input x = 1, label y = 0, badly initialised at w = 2, b = 2, so that
 z = w·x + b = 4 and the output o = σ(4) ≈ 0.98 is confidently wrong. It is trained step by
 step with plain SGD on that one example, at the same learning rate, twice:

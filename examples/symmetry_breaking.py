@@ -1,6 +1,6 @@
 """Symmetry breaking: with all-zero initial weights every hidden unit stays a copy of the others.
 
-"How do we initialise our net?" (SEED-NOTES §5). The same small MLP, 64 -> 32 -> 32 -> 10
+"How do we initialise our net?" The same small MLP, 64 -> 32 -> 32 -> 10
 with sigmoid hidden layers, cross-entropy and SGD with momentum on the bundled digits, is
 trained twice from the same data and batches:
 

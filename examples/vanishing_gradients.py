@@ -1,6 +1,6 @@
-"""Vanishing gradients: the first layers of a deep sigmoid net hardly learn (SEED-NOTES §5).
+"""Vanishing gradients: the first layers of a deep sigmoid net hardly learn.
 
-The lecture's experiment: measure the "speed of learning" of each layer, the mean |∂L/∂w|
+The experiment: measure the "speed of learning" of each layer, the mean |∂L/∂w|
 over its parameters, in a net with 4 sigmoid hidden layers of 30 units (64 -> 30 -> 30 ->
 30 -> 30 -> 10, cross-entropy, plain SGD) on the bundled digits. Backpropagation multiplies
 the error by Wᵀ and by σ'(z) ≤ 1/4 once per layer, so the speed shrinks layer by layer
@@ -12,11 +12,11 @@ fastnn measures this inside the compiled step: ``fit(..., diagnostics=True)`` fi
 ``history.diagnostic_layers`` names them). The same net with ReLU and He initialisation
 (``fn.Dense(..., init="he")``) keeps the speeds of all layers within a small factor.
 
-Hidden layers are numbered 1..4 as in the lecture; the output Dense is layer 5.
+Hidden layers are numbered 1..4; the output Dense is layer 5.
 
     python examples/vanishing_gradients.py               # full mode
     python examples/vanishing_gradients.py --small       # fewer examples and epochs
-    python examples/vanishing_gradients.py --plot docs/diagnostics.png
+    python examples/vanishing_gradients.py --plot docs/img/vanishing_gradients.png
 """
 import warnings
 

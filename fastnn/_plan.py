@@ -11,12 +11,13 @@ Choices, each measured on the benchmark grid:
   ``WIDE_MIN_WEIGHTS`` entries runs in training as whole-batch GEMMs split by output neurons
   (forward) and input features (backward), so its weights are packed once per step rather than
   once per chunk of examples.
-- In float32 (AVX-512 build), a Dense layer of at least ``SMALL_MIN_WEIGHTS`` weights multiplies
-  products over at most ``SMALL_MAX_ROWS`` rows with fastnn/_core/smallgemm.pxi's kernels, which
-  do not pack both operands on every call as BLAS does (784x256 layers at batch 32: +30% per
-  epoch; 1024-wide layers at batch 512: +2-6%); longer products, narrow layers and float64 stay on
-  BLAS. Smaller Dense layers sum their weight gradients there over ``SMALL_GRAD_MIN_ROWS`` to
-  ``SMALL_MAX_GRAD_ROWS`` rows (64/64: +14-19% per epoch).
+- In float32 (AVX-512 and AVX2 builds), a Dense layer of at least ``SMALL_MIN_WEIGHTS`` weights
+  multiplies products over at most ``SMALL_MAX_ROWS`` rows with fastnn/_core/smallgemm.pxi's
+  kernels, which do not pack both operands on every call as BLAS does (AVX-512: 784x256 layers at
+  batch 32: +30% per epoch; 1024-wide layers at batch 512: +2-6%); longer products and float64
+  stay on BLAS. Smaller Dense layers sum their weight gradients there over ``SMALL_GRAD_MIN_ROWS``
+  to ``SMALL_MAX_GRAD_ROWS`` rows (AVX-512, 64/64: +14-19% per epoch). The limits differ by build
+  (``SMALL_LIMITS``).
 - Gradient tiles are whole rows of dW in blocks of at most 128 rows (at least two per layer of
   32+ rows); norm parameters in blocks of 64 features.
 """
@@ -42,11 +43,15 @@ NORM_TILE = 64          # features per norm-parameter gradient tile
 CONV_CHUNK_BYTES = 2 << 20    # a convolutional net's chunk of rows, at most (measured: LeNet 1.05x)
 CONV_SUB_ELEMS = 1 << 14     # a convolution's columns per sub-block of examples, at most (measured: larger is slower)
 TILE_ROWS = 128         # most rows of dW per gradient tile
-SMALL_MIN_WEIGHTS = 256 * 256   # float32 Dense layers with this many weights or more ...
-SMALL_MAX_ROWS = 512            # ... multiply at most this many rows (a chunk, or the batch) with
-                                # smallgemm.pxi's kernels, which do not pack the batch's rows,
-SMALL_MAX_GRAD_ROWS = 512       # ... and sum their weight gradients over at most this many rows there;
-SMALL_GRAD_MIN_ROWS = 64        # smaller Dense layers sum theirs there over this many rows or more
+# Where the own float32 GEMMs of smallgemm.pxi run, by the build's kernels (measured against OpenBLAS
+# on the MLP grid's layer shapes): float32 Dense layers with SMALL_MIN_WEIGHTS weights or more
+# multiply at most SMALL_MAX_ROWS rows (a chunk, or the batch) there and sum their weight gradients
+# over at most SMALL_MAX_GRAD_ROWS rows there; smaller layers sum theirs there over
+# SMALL_GRAD_MIN_ROWS to SMALL_MAX_GRAD_ROWS rows. The AVX2 kernels (6 x 16 -> 4 x 24 tiles in 16
+# registers) beat OpenBLAS's Haswell kernels by 5-40% up to 64 rows of every layer size and lose
+# from 128 rows; their weight gradients lose from 64 rows.
+SMALL_LIMITS = {"avx512": (256 * 256, 512, 512, 64), "avx2": (0, 64, 32, 0), None: (0, 0, 0, 0)}
+SMALL_MIN_WEIGHTS, SMALL_MAX_ROWS, SMALL_MAX_GRAD_ROWS, SMALL_GRAD_MIN_ROWS = SMALL_LIMITS[_engine.SMALL_GEMM_ISA]
 
 
 def _next_pow2(n):

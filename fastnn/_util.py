@@ -65,5 +65,5 @@ def mpi():
     try:
         from mpi4py import MPI
     except ImportError:
-        raise ImportError('comm= needs mpi4py and an MPI library: pip install "fastnn[mpi]"') from None
+        raise ImportError('comm= needs mpi4py and an MPI library: pip install "fastnn-cpu[mpi]"') from None
     return MPI

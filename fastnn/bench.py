@@ -47,6 +47,26 @@ PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # OpenBLAS tuning variables that may be set on the benchmark host; they slow
 # down the numpy shipped today, so the sgemm peak is measured without them.
 OPENBLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+# --isa avx2: every library held to AVX2 on a CPU that has more, as a CPU without AVX-512 runs them
+# (fastnn's x86-64-v3 build, OpenBLAS's Haswell kernels, PyTorch's AVX2 kernels, MKL and oneDNN)
+AVX2_ENV = {"FASTNN_ISA": "v3", "OPENBLAS_CORETYPE": "Haswell", "ATEN_CPU_CAPABILITY": "avx2",
+            "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+AVX2_NO_JAX = ("jax left out under --isa avx2: XLA's CPU matrix products ignore --xla_cpu_max_isa, so JAX "
+               "cannot be held to AVX2")
+
+
+def isa_env(isa):
+    """The environment variables that hold every library to ``isa`` ("native" or "avx2")."""
+    if isa == "native":
+        return {}
+    if isa != "avx2":
+        raise ValueError(f"isa must be 'native' or 'avx2', not {isa!r}")
+    from fastnn._core import _cpu_features
+
+    if not all(_cpu_features().get(k) for k in ("AVX2", "FMA3")):
+        raise ValueError("--isa avx2 needs a CPU with AVX2 and FMA; this one has neither, so it runs "
+                         "no faster instruction set to hold back from (leave --isa out)")
+    return dict(AVX2_ENV)
 
 
 # --------------------------------------------------------------------------- #
@@ -108,7 +128,9 @@ def worker_fastnn(args) -> dict:
 
     epoch(X, y)  # warm-up: one untimed epoch, as every library gets
     times = time_epochs(lambda: epoch(X, y), args.repeats)
-    return {"version": fn.__version__, "times": times, "n": args.n, "threads": args.threads}
+    from fastnn._core import ISA
+
+    return {"version": fn.__version__, "times": times, "n": args.n, "threads": args.threads, "isa": ISA}
 
 
 def worker_torch(args) -> dict:
@@ -296,7 +318,7 @@ def spawn(worker: str, args, env=None, **extra) -> dict:
     extra.setdefault("threads", args.threads)
     for key, val in extra.items():
         cmd += [f"--{key.replace('_', '-')}", str(val)]
-    env = dict(os.environ if env is None else env)
+    env = dict((getattr(args, "env", None) or os.environ) if env is None else env)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (PACKAGE_PARENT, env.get("PYTHONPATH")) if p)
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout)
@@ -494,6 +516,9 @@ def build_parser(prog=None):
                    help="threads for fastnn and scikit-learn's BLAS; torch runs at 1 and this "
                         "(default: fastnn.get_num_threads())")
     p.add_argument("--timeout", type=float, default=None, help="seconds per worker subprocess")
+    p.add_argument("--isa", choices=("native", "avx2"), default="native",
+                   help="avx2: run every library as on a CPU without AVX-512 (fastnn's AVX2 build, "
+                        "OpenBLAS's Haswell kernels, PyTorch/MKL/oneDNN held to AVX2; JAX left out)")
     p.add_argument("--json", "--out", dest="json", metavar="PATH", help="write raw results as JSON here")
     p.add_argument("--markdown", action="store_true", help="also print a GitHub markdown table")
     # Internal: run one measurement in this process and print JSON.
@@ -526,6 +551,10 @@ def run(args) -> dict:
     installed = available_libs()
     libs = [lib for lib in LIBS if lib in (args.libs or installed)]
     skipped = [lib for lib in LIBS if lib not in installed and not args.libs]
+    held = isa_env(args.isa)
+    if held and "jax" in libs:
+        libs.remove("jax")
+        print(AVX2_NO_JAX, flush=True)
     args.libs = libs
     if args.threads is None:
         args.threads = get_num_threads()
@@ -541,7 +570,9 @@ def run(args) -> dict:
     if load > 0.5:
         # Other busy processes steal cores from OpenMP/BLAS pools and skew every number.
         print(f"warning: 1-min load average is {load:.2f}; timings will be noisy", file=sys.stderr)
-    forced = [f"{k}={os.environ[k]}" for k in OPENBLAS_VARS if k in os.environ]
+    if held:
+        print("held to AVX2: " + " ".join(f"{k}={v}" for k, v in held.items()), flush=True)
+    forced = [f"{k}={os.environ[k]}" for k in OPENBLAS_VARS if k in os.environ and k not in held]
     if forced:
         # fastnn's GEMMs are OpenBLAS's (through SciPy); a forced core type can mean older, slower
         # kernels (Haswell's AVX2 on an AVX-512 CPU), while torch and jax bring their own GEMMs
@@ -549,8 +580,10 @@ def run(args) -> dict:
               f"kernels; unset it for this command (env -u {' -u '.join(k for k in OPENBLAS_VARS)} ...) "
               "unless this machine needs it", file=sys.stderr)
     peak_env = {k: v for k, v in os.environ.items() if k not in OPENBLAS_VARS}
+    peak_env.update(held)
     print("measuring sgemm peak ...", file=sys.stderr, flush=True)
     peak = spawn("peak", args, env=peak_env)
+    args.env = dict(os.environ, **held)
 
     cells = [run_cell(args, b, h) for b in args.batch for h in args.hidden]
 
@@ -570,7 +603,7 @@ def run(args) -> dict:
             "libs": libs, "skipped": skipped, "loadavg_at_start": load,
             "n": args.n, "sklearn_n": args.sklearn_n, "repeats": args.repeats, "rounds": args.rounds,
             "lr": LR, "momentum": MOMENTUM,
-            "openblas_env": {k: os.environ.get(k) for k in OPENBLAS_VARS},
+            "openblas_env": {k: os.environ.get(k) for k in OPENBLAS_VARS}, "isa": args.isa, "held": held,
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     result = {"meta": meta, "sgemm_peak": peak, "cells": cells,
               "table": {"header": header, "rows": rows}}

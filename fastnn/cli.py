@@ -204,7 +204,7 @@ def _train(args):
         try:
             import matplotlib  # noqa: F401
         except ImportError:
-            raise SystemExit("fastnn: --plot needs matplotlib: pip install 'fastnn[plot]'") from None
+            raise SystemExit("fastnn: --plot needs matplotlib: pip install 'fastnn-cpu[plot]'") from None
     t0 = time.perf_counter()
     hist = model.fit(X[tr], target[tr], loss=loss, optimizer=opts[args.optimizer](), epochs=args.epochs,
                      batch_size=args.batch_size, seed=args.seed, threads=args.threads,
@@ -390,7 +390,7 @@ def main(argv=None):
                    "diagnostics to PNG's name with '-diagnostics' (needs matplotlib)")
     t.add_argument("--distributed", action="store_true", help="train data-parallel across the ranks of "
                    "an MPI launch (mpiexec -n 4 fastnn train ... --distributed; needs pip install "
-                   "'fastnn[mpi]'); --batch-size is the global batch")
+                   "'fastnn-cpu[mpi]'); --batch-size is the global batch")
     t.add_argument("--save", metavar="PATH", help="write the trained model and its preprocessing "
                    "(standardisation, class labels) to PATH, e.g. model.safetensors")
     e = sub.add_parser("evaluate", help="print the loss and accuracy of a saved model on labelled data")
@@ -404,7 +404,7 @@ def main(argv=None):
         q.add_argument("--target", help="label column of a CSV: a header name or an index "
                        "(default: as in training, else the last)")
         q.add_argument("--threads", type=int, default=None)
-    x = sub.add_parser("export", help="write a saved model as ONNX (needs pip install 'fastnn[onnx]')")
+    x = sub.add_parser("export", help="write a saved model as ONNX (needs pip install 'fastnn-cpu[onnx]')")
     x.add_argument("model", help="a model file written by 'fastnn train --save' or model.save")
     x.add_argument("out", help="the ONNX file to write, e.g. model.onnx")
     x.add_argument("--opset", type=int, default=None, help="ONNX opset (default 17)")

@@ -1,10 +1,10 @@
-"""Training diagnostics, measured inside the compiled step: the lecture's effects that make
-training fail (SEED-NOTES §5, §7) as numbers, warnings and pictures.
+"""Training diagnostics, measured inside the compiled step: the effects that make training fail
+(saturated and dead units, vanishing and exploding gradients) as numbers, warnings and pictures.
 
 Per layer (each Dense with its activation) and epoch:
 
 - ``grad_mean_abs``: mean |∂L/∂w| over the layer's parameters and the epoch's steps — the
-  lecture's "speed of learning" of the layer;
+  "speed of learning" of the layer;
 - ``grad_norm``: the layer's gradient L2 norm, root-mean-square over the epoch's steps;
 - ``update_ratio``: ‖ΔW‖ / ‖W‖ of each step's update, root-mean-square over the steps
   (these over every k-th step, about ``gradient_samples`` per epoch);
@@ -27,8 +27,7 @@ import numpy as np
 from . import _plan
 from . import layers as L
 from .callbacks import Callback
-from .data.validation import check_input
-from .losses import resolve_loss
+from .data.validation import check_input, resolve_loss
 
 KEYS = ("grad_mean_abs", "grad_norm", "update_ratio", "saturated", "dead", "act_mean", "act_std")
 
@@ -37,8 +36,8 @@ class Diagnostics(Callback):
     """Measure per-layer statistics during ``fit`` and warn, once per cause, with advice.
 
     Args:
-        saturation_threshold: |z| above which a sigmoid/tanh unit counts as saturated (the
-            lecture's 2).
+        saturation_threshold: |z| above which a sigmoid/tanh unit counts as saturated (at 2,
+            σ'(z) is 0.10 against 0.25 at 0).
         vanishing_ratio: warn when the first layer learns this many times slower (mean |∂L/∂w|)
             than the last.
         exploding_factor: warn when a layer's gradient norm grows this many times over its
@@ -217,7 +216,7 @@ def _plt(path):
             matplotlib.use("Agg", force=False)
         import matplotlib.pyplot as plt
     except ImportError:
-        raise ImportError("plotting needs matplotlib: pip install 'fastnn[plot]'") from None
+        raise ImportError("plotting needs matplotlib: pip install 'fastnn-cpu[plot]'") from None
     return plt
 
 

@@ -317,13 +317,3 @@ def check_loss(loss):
         raise TypeError(f"loss must be a fastnn loss such as fn.CrossEntropy() or fn.MSE(), got {loss!r}")
     return loss
 
-
-def resolve_loss(loss, last):
-    """``loss`` checked, or, when it is None, ``last`` (the loss the model last trained with);
-    a ValueError when there is neither."""
-    if loss is None:
-        if last is None:
-            raise ValueError("no loss given and the model has not been trained; pass loss=, "
-                             "e.g. loss=fn.CrossEntropy()")
-        loss = last
-    return check_loss(loss)

@@ -1,4 +1,4 @@
-"""Learning-rate search: the lecture's factor-of-3 rule and the exponential range test.
+"""Learning-rate search: rates a factor of 3 apart, and the exponential range test.
 
 "If you have time to tune only one hyperparameter, tune the learning rate." Both
 methods train briefly from the model's current weights, then restore them (and the
@@ -30,7 +30,7 @@ class LRFinderResult:
                 matplotlib.use("Agg", force=False)
             import matplotlib.pyplot as plt
         except ImportError:
-            raise ImportError("plotting needs matplotlib: pip install 'fastnn[plot]'") from None
+            raise ImportError("plotting needs matplotlib: pip install 'fastnn-cpu[plot]'") from None
         if ax is None:
             fig, ax = plt.subplots(figsize=(6, 4))
         else:
@@ -74,7 +74,7 @@ def find_lr(model, X, y, loss, optimizer, lr0=0.01, factor=3.0, steps=50, batch_
             max_widen=4, method="factor", lr_min=1e-6, lr_max=10.0, seed=0, threads=None):
     """Recommend a learning rate for ``model`` with ``optimizer``'s rule.
 
-    ``method="factor"`` (the lecture): from the same initial weights, train ``steps`` steps with
+    ``method="factor"`` (the default): from the same initial weights, train ``steps`` steps with
     each rate lr0 · factor^j, j = -k..k, and score how fast the loss falls (the relative drop
     from the initial loss to the mean of the last tenth of the steps; a run that reaches a
     non-finite loss scores -inf). While the best rate sits at

@@ -30,8 +30,8 @@ from ._core import _engine
 from ._plan import Plan
 from .data import rng_for
 from .data.validation import (check_batch, check_dtype, check_input, check_int, check_lengths, check_number,
-                              check_seed, check_targets, input_shape_of, loss_steps)
-from .losses import check_loss, resolve_loss
+                              check_seed, check_targets, input_shape_of, loss_steps, resolve_loss)
+from .losses import check_loss
 from .metrics import scores
 from .optim import OPT_NONE, check_optimizer
 from .training import TrainingDiverged
@@ -490,7 +490,7 @@ class Sequential:
                 does); BatchNorm needs it when the last batch would hold one example.
             comm: an mpi4py communicator (e.g. ``MPI.COMM_WORLD``) to train data-parallel across
                 its ranks, each given the same arguments; ``batch_size`` stays the global batch.
-                See ``fastnn.distributed`` (needs ``pip install "fastnn[mpi]"``).
+                See ``fastnn.distributed`` (needs ``pip install "fastnn-cpu[mpi]"``).
             lengths: ``(N,)`` sequence lengths (models with recurrent layers): steps past an
                 example's length leave its state unchanged (as torch's packed sequences) and
                 carry no loss in a per-step loss.
@@ -549,7 +549,7 @@ class Sequential:
 
     def to_onnx(self, path, opset=None):
         """Write the model as ONNX computing ``forward`` (see ``fastnn.onnx.export``; needs
-        ``pip install "fastnn[onnx]"``). Returns the checked ``onnx.ModelProto``."""
+        ``pip install "fastnn-cpu[onnx]"``). Returns the checked ``onnx.ModelProto``."""
         from .onnx import export
 
         return export(self, path, opset=opset)

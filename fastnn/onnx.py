@@ -12,7 +12,7 @@ for a new layer kind; a layer without one makes ``export`` raise ``NotImplemente
 naming it. Lookup is by exact class, so a subclass that changes the math is never exported
 as its parent.
 
-Needs ``onnx`` (``pip install "fastnn[onnx]"``, which also brings onnxruntime);
+Needs ``onnx`` (``pip install "fastnn-cpu[onnx]"``, which also brings onnxruntime);
 ``import fastnn`` does not import it.
 """
 import math
@@ -45,7 +45,7 @@ def _onnx():
         import onnx
     except ImportError as e:
         raise ImportError("ONNX export needs the onnx package; install it with "
-                          "pip install 'fastnn[onnx]'") from e
+                          "pip install 'fastnn-cpu[onnx]'") from e
     return onnx
 
 

@@ -136,7 +136,7 @@ class Optimizer:
 
 
 class SGD(Optimizer):
-    """Stochastic gradient descent with momentum (the lecture's v <- a v + g, W <- W - lr v).
+    """Stochastic gradient descent with momentum (v <- a v + g, W <- W - lr v).
 
     g = grad + weight_decay * W;  v = momentum * v + (1 - dampening) * g  (v = g on step 1);
     g = g + momentum * v if nesterov else v;  W = W - lr * g.

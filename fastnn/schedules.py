@@ -51,7 +51,7 @@ class Constant(Schedule):
 
 
 class Linear(Schedule):
-    """The lecture's linear schedule: λ_t = (1 − α_t) high + α_t low, α_t = min(t / t_max, 1).
+    """A linear schedule: λ_t = (1 − α_t) high + α_t low, α_t = min(t / t_max, 1).
 
     ``high`` need not exceed ``low``: Linear(low, high, n) is a linear warm-up.
     """
@@ -157,8 +157,8 @@ class Warmup(Schedule):
 
 class Sequence(Schedule):
     """Schedules one after another: ``Sequence((s1, n1), (s2, n2), s3)`` runs s1 for n1 steps,
-    then s2 for n2 (each from its own t = 0), then s3 for ever. The lecture's "lower at the
-    start and at the end" is ``Sequence((Linear(lo, hi, n), n), (Constant(hi), m), Linear(hi, lo, k))``."""
+    then s2 for n2 (each from its own t = 0), then s3 for ever. A lower rate at the
+    start and at the end is ``Sequence((Linear(lo, hi, n), n), (Constant(hi), m), Linear(hi, lo, k))``."""
 
     def __init__(self, *pieces):
         if not pieces:

@@ -4,7 +4,7 @@ They take ``sklearn.neural_network``'s parameters for the stochastic solvers ('s
 'adam') and add ``class_weight``, ``dropout``, ``n_threads`` and ``dtype``. Each wraps a
 ``fastnn.Sequential`` (``model_``), trained one ``Sequential.fit(epochs=1)`` per epoch.
 
-Needs scikit-learn (``pip install fastnn[sklearn]``); ``import fastnn`` does not import it.
+Needs scikit-learn (``pip install "fastnn-cpu[sklearn]"``); ``import fastnn`` does not import it.
 """
 import numbers
 import warnings
@@ -21,7 +21,7 @@ try:
     from sklearn.utils.validation import check_is_fitted, validate_data
 except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError("fastnn.sklearn needs scikit-learn >= 1.6; install it with "
-                      "pip install 'fastnn[sklearn]'") from e
+                      "pip install 'fastnn-cpu[sklearn]'") from e
 
 from . import layers as L
 from .data.validation import check_sample_weight

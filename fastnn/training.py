@@ -24,8 +24,7 @@ from ._config import blas_single_thread, resolve_threads
 from .callbacks import Callback, History
 from .data import class_weights, epoch_order, split_indices
 from .data.validation import (Targets, check_data, check_input, check_int, check_lengths, check_number,
-                              check_seed, check_targets, loss_steps)
-from .losses import resolve_loss
+                              check_seed, check_targets, loss_steps, resolve_loss)
 from .metrics import classification_metrics
 from .optim import Adam, check_optimizer
 

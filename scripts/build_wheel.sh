@@ -16,9 +16,9 @@ raw="$(mktemp -d)"
 trap 'rm -rf "$raw"' EXIT
 
 python -m pip wheel . --no-deps -w "$raw"
-wheel=("$raw"/fastnn-*.whl)
+wheel=("$raw"/fastnn_cpu-*.whl)
 auditwheel show "${wheel[0]}"
 mkdir -p "$out"
 auditwheel repair -w "$out" "${wheel[0]}"
-repaired=$(ls -t "$out"/fastnn-*manylinux*.whl | head -n 1)
+repaired=$(ls -t "$out"/fastnn_cpu-*manylinux*.whl | head -n 1)
 echo "built $repaired ($(du -k "$repaired" | cut -f1) KiB)"

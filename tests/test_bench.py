@@ -60,3 +60,38 @@ def test_checkout_script_is_the_same_benchmark():
     out = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "compare.py"), "--help"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "--quick" in out.stdout and "--json" in out.stdout
+
+
+def test_isa_avx2_holds_every_library_and_leaves_jax_out(tmp_path):
+    f = __import__("fastnn._core", fromlist=["_cpu_features"])._cpu_features()
+    if not (f.get("AVX2") and f.get("FMA3")):
+        import pytest
+        with pytest.raises(ValueError, match="--isa avx2 needs a CPU with AVX2"):
+            bench.isa_env("avx2")
+        return
+    env = bench.isa_env("avx2")
+    assert env["FASTNN_ISA"] == "v3" and env["OPENBLAS_CORETYPE"] == "Haswell"
+    assert env["ATEN_CPU_CAPABILITY"] == "avx2" and env["ONEDNN_MAX_CPU_ISA"] == "AVX2"
+    assert bench.isa_env("native") == {}
+    out = subprocess.run([sys.executable, "-m", "fastnn", "bench", *TINY, "--isa", "avx2", "--libs", "fastnn",
+                          "--json", "r.json"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert out.returncode == 0, out.stderr
+    res = json.loads((tmp_path / "r.json").read_text())
+    assert res["meta"]["isa"] == "avx2" and res["meta"]["held"] == env
+    assert res["cells"][0]["results"]["fastnn"]["isa"] == "x86-64-v3 (AVX2)"
+    assert "held to AVX2" in out.stdout
+
+
+def test_isa_avx2_says_why_jax_is_left_out(monkeypatch, capsys):
+    monkeypatch.setattr(bench, "isa_env", lambda isa: {"FASTNN_ISA": "v3"})
+    monkeypatch.setattr(bench, "spawn", lambda worker, args, env=None, **kw: {"status": "error"})
+    args = bench.parse_args([*TINY, "--libs", "fastnn", "jax", "--isa", "avx2"])
+    res = bench.run(args)
+    assert res["meta"]["libs"] == ["fastnn"]
+    assert "cannot be held to AVX2" in capsys.readouterr().out
+
+
+def test_unknown_isa_is_refused():
+    import pytest
+    with pytest.raises(ValueError, match="isa must be"):
+        bench.isa_env("sse2")

@@ -180,5 +180,5 @@ def test_plot_without_matplotlib_names_the_extra(monkeypatch):
     h = fn.History()
     h.history = {"loss": [1.0]}
     h.epoch = [0]
-    with pytest.raises(ImportError, match=r"fastnn\[plot\]"):
+    with pytest.raises(ImportError, match=r"fastnn-cpu\[plot\]"):
         h.plot()

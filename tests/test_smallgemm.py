@@ -130,7 +130,24 @@ def test_the_kernels_agree_with_blas(n, everywhere, monkeypatch, rng):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * np.abs(b).max())
 
 
-def test_the_planner_picks_big_dense_layers():
+@pytest.fixture
+def avx512_limits(monkeypatch):
+    """The planner's limits for the AVX-512 kernels, whatever this build is."""
+    for name, v in zip(("SMALL_MIN_WEIGHTS", "SMALL_MAX_ROWS", "SMALL_MAX_GRAD_ROWS", "SMALL_GRAD_MIN_ROWS"),
+                       _plan.SMALL_LIMITS["avx512"]):
+        monkeypatch.setattr(_plan, name, v)
+
+
+def test_the_planner_takes_the_limits_of_the_build():
+    assert (_plan.SMALL_MIN_WEIGHTS, _plan.SMALL_MAX_ROWS, _plan.SMALL_MAX_GRAD_ROWS,
+            _plan.SMALL_GRAD_MIN_ROWS) == _plan.SMALL_LIMITS[_engine.SMALL_GEMM_ISA]
+    assert _engine.SMALL_GEMM == (_engine.SMALL_GEMM_ISA is not None)
+    m = fn.Sequential(fn.Dense(64, 1024), fn.ReLU(), fn.Dense(1024, 10), seed=0)
+    want = (_plan.SMALL_MAX_ROWS, _plan.SMALL_MAX_GRAD_ROWS, 0)
+    assert [(op["sg_rows"], op["sg_grad_rows"], op["sg_grad_min"]) for op in m._plan.ops][0] == want
+
+
+def test_the_planner_picks_big_dense_layers(avx512_limits):
     m = fn.Sequential(fn.Dense(784, 256), fn.ReLU(), fn.Dense(256, 64), fn.ReLU(), fn.Dense(64, 1024),
                       fn.Dense(1024, 10), fn.Residual(fn.Dense(10, 10), projection=None), seed=0)
     rows = [(op["sg_rows"], op["sg_grad_rows"], op["sg_grad_min"]) for op in m._plan.ops
@@ -145,7 +162,7 @@ def test_the_planner_picks_big_dense_layers():
 
 @needs_kernels
 @pytest.mark.parametrize("n, on_kernels", [(131, True), (64, True), (40, False)])
-def test_small_layers_sum_weight_gradients_on_the_kernels_from_64_rows(n, on_kernels, rng):
+def test_small_layers_sum_weight_gradients_on_the_kernels_from_64_rows(n, on_kernels, avx512_limits, rng):
     """Layers under SMALL_MIN_WEIGHTS keep their products on BLAS; their weight gradients over 64+
     rows go to the kernels, and come out close to float64."""
     X = rng.normal(size=(n, 37))
@@ -181,3 +198,38 @@ def test_small_layers_on_the_kernels_train_thread_count_invariant(rng):
         outs.append(np.concatenate([p.ravel() for p in m.parameters()]))
     np.testing.assert_array_equal(outs[0], outs[1])
     np.testing.assert_array_equal(outs[0], outs[2])
+
+
+@needs_kernels
+@pytest.mark.parametrize("M, K, N", [(1, 1, 1), (3, 5, 7), (16, 784, 64), (29, 97, 101), (64, 1024, 24),
+                                     (131, 257, 45), (6, 300, 130)])
+def test_each_kernel_matches_float64(M, K, N, rng):
+    """The kernels alone, on odd shapes: the forward product, and the broadcast one with op(A) = A or
+    A^T, overwriting and accumulating."""
+    A = rng.normal(size=(M, K)).astype(np.float32)
+    W = rng.normal(size=(N, K)).astype(np.float32)
+    D = rng.normal(size=(M, N)).astype(np.float32)
+    A64, W64, D64 = (x.astype(np.float64) for x in (A, W, D))
+    tol = lambda k: 1e-5 * np.sqrt(k) * 4
+
+    C = np.full((M, N), np.nan, np.float32)
+    _engine.own_gemm("fwd", A, W, C)
+    np.testing.assert_allclose(C, A64 @ W64.T, rtol=0, atol=tol(K))
+    Ci = np.full((M, K), np.nan, np.float32)
+    _engine.own_gemm("bc", D, W, Ci)
+    np.testing.assert_allclose(Ci, D64 @ W64, rtol=0, atol=tol(N))
+    G = rng.normal(size=(N, K)).astype(np.float32)
+    G0 = G.astype(np.float64)
+    _engine.own_gemm("bc", D.T, A, G, accumulate=True)
+    np.testing.assert_allclose(G, G0 + D64.T @ A64, rtol=0, atol=tol(M))
+
+
+@needs_kernels
+def test_own_gemm_checks_shapes():
+    a = np.zeros((4, 5), np.float32)
+    with pytest.raises(ValueError, match="contiguous"):
+        _engine.own_gemm("fwd", a.T, a.T, np.zeros((5, 5), np.float32))
+    with pytest.raises(ValueError, match="fwd"):
+        _engine.own_gemm("fwd", a, np.zeros((3, 6), np.float32), np.zeros((4, 3), np.float32))
+    with pytest.raises(ValueError, match="kind"):
+        _engine.own_gemm("nt", a, a, a)

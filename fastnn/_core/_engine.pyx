@@ -37,10 +37,10 @@ to add, so no separate zeroing pass is needed.
 Every unit size comes from the shapes and the batch size (planner), never from the thread count,
 and every sum runs in a fixed order, so the result is bit-for-bit the same on any number of
 threads. GEMMs are single-threaded BLAS calls (``scipy.linalg.cython_blas``) made from inside the
-parallel loops; the Python side holds BLAS to one thread. In the AVX-512 build, float32 Dense
-products over up to 512 rows run on own kernels instead (smallgemm.pxi), which do not pack both
-operands on every call as BLAS does; the planner chooses per layer (``sg_rows``, ``sg_grad_rows``,
-``sg_grad_min``). Random numbers (dropout masks) come from a counter-based hash keyed by (seed,
+parallel loops; the Python side holds BLAS to one thread. In the AVX-512 and AVX2 builds, float32
+Dense products over few rows (up to 512 with AVX-512, 64 with AVX2) run on own kernels instead
+(smallgemm.pxi), which do not pack both operands on every call as BLAS does; the planner chooses per
+layer and build (``sg_rows``, ``sg_grad_rows``, ``sg_grad_min``). Random numbers (dropout masks) come from a counter-based hash keyed by (seed,
 epoch, step, op, example, unit).
 
 The families live in .pxi files (common, smallgemm, activation, loss, optim, dense, norm, conv,
@@ -132,8 +132,10 @@ include "optim.pxi"
 
 
 OPENMP = bool(FASTNN_OPENMP)
-#: whether float32 Dense products over few rows use the kernels of smallgemm.pxi (AVX-512 build)
+#: whether float32 Dense products over few rows use the kernels of smallgemm.pxi (AVX-512 and AVX2 builds)
 SMALL_GEMM = bool(FNN_SMALL_GEMM)
+#: which of them: "avx512", "avx2", or None
+SMALL_GEMM_ISA = {1: "avx512", 2: "avx2"}.get(FNN_SMALL_GEMM)
 
 
 def count_gemm_calls(bint on):

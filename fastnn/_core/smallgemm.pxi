@@ -1,24 +1,28 @@
 # Single-precision GEMMs for the products of a training step over a batch or a chunk of examples
-# (up to a few hundred rows) against a layer's weights, in the AVX-512 build. OpenBLAS packs both
-# operands into panels on every call: for 32-128 rows the weights' copy costs about as much as the
-# multiplication (784x1024 layer at batch 32: 40% of the GEMM time was packing), and a layer split
-# into blocks of neurons re-packs the batch's rows once per block. One core, 32 rows against a
-# 784x1024 layer: 210-230 GFLOP/s here against OpenBLAS's 105-125. The planner picks them per layer
-# (fastnn/_plan.py: SMALL_MIN_WEIGHTS, SMALL_MAX_ROWS, SMALL_MAX_GRAD_ROWS, SMALL_GRAD_MIN_ROWS).
-# - fnn_sgemm_nt: C = A B^T, each entry a 16-lane dot product over k, 4 x 6 entries at a time
-#   (k contiguous in both operands: a Dense layer's input rows against its weight rows; 4 x 4 ran
-#   8-14% slower, 5 x 5 and 6 x 4 3-10%); both operands read in place;
-# - fnn_sgemm_bc: C (=|+=) op(A) B, rows of B scaled by broadcast entries of op(A), 6 rows x 64
-#   columns at a time (the input delta D W, and the weight gradient D^T In); over a copy of 128 x 64
-#   of B at a time where B's rows are 4 KB apart (a 1024-wide layer) and alias in L1 (+5-15%), or
-#   where the sum runs over more than 128 rows of B (512/1024 +1-4% with the weight gradients);
-# - fnn_sgemm_bt: C = A B^T with fnn_sgemm_bc's tiles over a transposed copy of 128 x 64 of B at a
-#   time (16 x 16 register transposes). From FNN_BT_ROWS rows on, the copy is shared by enough rows:
-#   one core, 1024x1024 layer in blocks of 128 neurons, 128 rows 223 -> 236 GFLOP/s against
-#   fnn_sgemm_nt, 512 rows 218 -> 243 (OpenBLAS 213); fnn_sgemm_fwd picks one of the two.
-# Each entry's sum runs in a fixed order (an FMA chain per lane, then a fixed tree over the lanes)
-# whichever thread computes it, so training stays bit-identical on any thread count. Other builds
-# (and float64) use BLAS: an AVX2 port of these kernels ran at half of OpenBLAS's speed.
+# (up to a few hundred rows) against a layer's weights, in the AVX-512 and AVX2 builds. OpenBLAS
+# packs both operands into panels on every call: for 32-128 rows the weights' copy costs about as
+# much as the multiplication (784x1024 layer at batch 32: 40% of the GEMM time was packing), and a
+# layer split into blocks of neurons re-packs the batch's rows once per block. One core, 32 rows
+# against a 784x1024 layer (AMD EPYC, AVX-512): 210-230 GFLOP/s against OpenBLAS's 105-125. The
+# planner picks them per layer and per build (fastnn/_plan.py: SMALL_LIMITS).
+# - fnn_sgemm_nt (AVX-512): C = A B^T, each entry a 16-lane dot product over k, 4 x 6 entries at a
+#   time (k contiguous in both operands: a Dense layer's input rows against its weight rows; 4 x 4
+#   ran 8-14% slower, 5 x 5 and 6 x 4 3-10%); both operands read in place;
+# - fnn_sgemm_bc: C (=|+=) op(A) B, rows of B scaled by broadcast entries of op(A), FNN_BC_MR rows x
+#   FV_N FNN_BC_NV columns at a time (the input delta D W, and the weight gradient D^T In): 6 x 64
+#   with AVX-512's 32 registers of 16 lanes, 4 x 24 with AVX2's 16 registers of 8 lanes (12
+#   accumulators; 6 x 16 ran 5-20% slower at 16-32 rows, where 6-row tiles leave 1-2-row rests).
+#   Over a copy of FNN_BC_KB rows of B's column block at a time where B's rows are 4 KB apart (a
+#   1024-wide layer) and alias in L1 (AVX-512 +5-15%; AVX2 at 16 rows 0.57 -> 0.87 of OpenBLAS),
+#   or where the sum runs over more than FNN_BC_KB rows of B (512/1024 +1-4% with the weight
+#   gradients);
+# - fnn_sgemm_bt: C = A B^T with fnn_sgemm_bc's tiles over a transposed copy of B's block (register
+#   transposes of FV_N x FV_N). AVX-512, from FNN_BT_ROWS rows on, where the copy is shared by enough
+#   rows: one core, 1024x1024 layer in blocks of 128 neurons, 128 rows 223 -> 236 GFLOP/s against
+#   fnn_sgemm_nt, 512 rows 218 -> 243 (OpenBLAS 213); AVX2 at every row count. fnn_sgemm_fwd picks.
+# Each entry's sum runs in a fixed order (an FMA chain per lane, then, in fnn_sgemm_nt, a fixed tree
+# over the lanes) whichever thread computes it, so training stays bit-identical on any thread count;
+# the broadcast kernels give the same bits in both builds. The baseline build and float64 use BLAS.
 cdef extern from *:
     """
     /* Dense products by path (own kernels or BLAS) and kind, counted only while fnn_counting is
@@ -39,6 +43,7 @@ cdef extern from *:
     #if defined(__AVX512F__) && defined(__GNUC__)
     #define FNN_SMALL_GEMM 1
     #include <immintrin.h>
+    #define FV_N 16               /* lanes of a vector */
     typedef __m512 fv;
     static inline fv fv_zero(void) { return _mm512_setzero_ps(); }
     static inline fv fv_load(const float* p) { return _mm512_loadu_ps(p); }
@@ -51,6 +56,7 @@ cdef extern from *:
     #define FNN_BC_NV 4
     #define FNN_BC_KB 128
     #define FNN_BC_PACK_ROWS 48   /* fewer rows of C: the copy costs more than it saves (32/256: -3%) */
+    #define FNN_BC_ALIAS_ROWS 48
 
     /* lane 4 r + c of the result: the sum of a[4 c + r]'s 16 lanes p, as q_m = (p_m + p_m+8) +
        (p_m+4 + p_m+12), then (q_0 + q_2) + (q_1 + q_3) */
@@ -143,7 +149,87 @@ cdef extern from *:
         }
     }
 
-    /* One MR x (16 NV) block of C (+)= op(A) B over K rows of B, op(A)[i, j] = A[i si + j sj]; columns
+    /* dst[c * ldd + r] = src[r * lds + c] for r, c < 16 */
+    static inline void fnn_trv(const float* src, Py_ssize_t lds, float* dst, Py_ssize_t ldd) {
+        __m512 r[16], t[16], u[16];
+        int i, c;
+        for (i = 0; i < 16; i++) r[i] = _mm512_loadu_ps(src + i * lds);
+        for (i = 0; i < 8; i++) {
+            t[2*i] = _mm512_unpacklo_ps(r[2*i], r[2*i+1]);
+            t[2*i+1] = _mm512_unpackhi_ps(r[2*i], r[2*i+1]);
+        }
+        for (i = 0; i < 4; i++) {
+            u[4*i+0] = _mm512_shuffle_ps(t[4*i], t[4*i+2], 0x44);
+            u[4*i+1] = _mm512_shuffle_ps(t[4*i], t[4*i+2], 0xEE);
+            u[4*i+2] = _mm512_shuffle_ps(t[4*i+1], t[4*i+3], 0x44);
+            u[4*i+3] = _mm512_shuffle_ps(t[4*i+1], t[4*i+3], 0xEE);
+        }
+        for (c = 0; c < 4; c++) {
+            __m512 a = _mm512_shuffle_f32x4(u[c], u[4+c], 0x88), b = _mm512_shuffle_f32x4(u[c], u[4+c], 0xDD);
+            __m512 p = _mm512_shuffle_f32x4(u[8+c], u[12+c], 0x88), q = _mm512_shuffle_f32x4(u[8+c], u[12+c], 0xDD);
+            _mm512_storeu_ps(dst + c * ldd, _mm512_shuffle_f32x4(a, p, 0x88));
+            _mm512_storeu_ps(dst + (8 + c) * ldd, _mm512_shuffle_f32x4(a, p, 0xDD));
+            _mm512_storeu_ps(dst + (4 + c) * ldd, _mm512_shuffle_f32x4(b, q, 0x88));
+            _mm512_storeu_ps(dst + (12 + c) * ldd, _mm512_shuffle_f32x4(b, q, 0xDD));
+        }
+    }
+
+    #define FNN_BT_ROWS 64
+    #elif defined(__AVX2__) && defined(__FMA__) && defined(__GNUC__)
+    /* AVX2: 16 registers of 8 lanes, so 6 x 16 tiles (12 accumulators, BLIS's Haswell shape) */
+    #define FNN_SMALL_GEMM 2
+    #include <immintrin.h>
+    #define FV_N 8
+    typedef __m256 fv;
+    static inline fv fv_zero(void) { return _mm256_setzero_ps(); }
+    static inline fv fv_load(const float* p) { return _mm256_loadu_ps(p); }
+    static inline __m256i fv_mask(int n) {
+        return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    }
+    static inline fv fv_loadn(const float* p, int n) {
+        return n >= 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, fv_mask(n));
+    }
+    static inline void fv_storen(float* p, fv v, int n) {
+        if (n >= 8) _mm256_storeu_ps(p, v);
+        else if (n > 0) _mm256_maskstore_ps(p, fv_mask(n), v);
+    }
+    static inline fv fv_set1(float a) { return _mm256_set1_ps(a); }
+    static inline fv fv_fma(fv a, fv b, fv c) { return _mm256_fmadd_ps(a, b, c); }
+    #ifndef FNN_BC_MR
+    #define FNN_BC_MR 4
+    #define FNN_BC_NV 3
+    #endif
+    #define FNN_BC_KB 256
+    #define FNN_BC_PACK_ROWS 48
+    #define FNN_BC_ALIAS_ROWS 0
+    #define FNN_BT_ROWS 0
+
+    /* dst[c * ldd + r] = src[r * lds + c] for r, c < 8 */
+    static inline void fnn_trv(const float* src, Py_ssize_t lds, float* dst, Py_ssize_t ldd) {
+        __m256 r[8], t[8], u[8];
+        int i;
+        for (i = 0; i < 8; i++) r[i] = _mm256_loadu_ps(src + i * lds);
+        for (i = 0; i < 4; i++) {
+            t[2*i] = _mm256_unpacklo_ps(r[2*i], r[2*i+1]);
+            t[2*i+1] = _mm256_unpackhi_ps(r[2*i], r[2*i+1]);
+        }
+        for (i = 0; i < 2; i++) {
+            u[4*i+0] = _mm256_shuffle_ps(t[4*i], t[4*i+2], 0x44);
+            u[4*i+1] = _mm256_shuffle_ps(t[4*i], t[4*i+2], 0xEE);
+            u[4*i+2] = _mm256_shuffle_ps(t[4*i+1], t[4*i+3], 0x44);
+            u[4*i+3] = _mm256_shuffle_ps(t[4*i+1], t[4*i+3], 0xEE);
+        }
+        for (i = 0; i < 4; i++) {
+            _mm256_storeu_ps(dst + i * ldd, _mm256_permute2f128_ps(u[i], u[4+i], 0x20));
+            _mm256_storeu_ps(dst + (4 + i) * ldd, _mm256_permute2f128_ps(u[i], u[4+i], 0x31));
+        }
+    }
+    #else
+    #define FNN_SMALL_GEMM 0
+    #endif
+
+    #if FNN_SMALL_GEMM
+    /* One MR x (FV_N NV) block of C (+)= op(A) B over K rows of B, op(A)[i, j] = A[i si + j sj]; columns
        [0, nc). Starts from zero, or (load) from C: a longer sum runs in blocks of rows, each chain
        going on from where the last one stopped, so every entry is one FMA chain in j order. */
     #define FNN_BC(NAME, MR, NV) \
@@ -153,22 +239,22 @@ cdef extern from *:
         fv acc[MR][NV], w[NV]; \
         Py_ssize_t j; int r, v; \
         if (load) { for (r = 0; r < MR; r++) for (v = 0; v < NV; v++) \
-            acc[r][v] = fv_loadn(C + r * ldc + 16 * v, nc - 16 * v); } \
+            acc[r][v] = fv_loadn(C + r * ldc + FV_N * v, nc - FV_N * v); } \
         else { for (r = 0; r < MR; r++) for (v = 0; v < NV; v++) acc[r][v] = fv_zero(); } \
-        if (nc == 16 * NV) { \
+        if (nc == FV_N * NV) { \
             for (j = 0; j < K; j++) { \
                 const float* b = B + j * ldb; \
-                for (v = 0; v < NV; v++) w[v] = fv_load(b + 16 * v); \
+                for (v = 0; v < NV; v++) w[v] = fv_load(b + FV_N * v); \
                 for (r = 0; r < MR; r++) { fv a = fv_set1(A[r * si + j * sj]); \
                     for (v = 0; v < NV; v++) acc[r][v] = fv_fma(a, w[v], acc[r][v]); } } \
         } else { \
             for (j = 0; j < K; j++) { \
                 const float* b = B + j * ldb; \
-                for (v = 0; v < NV; v++) w[v] = fv_loadn(b + 16 * v, nc - 16 * v); \
+                for (v = 0; v < NV; v++) w[v] = fv_loadn(b + FV_N * v, nc - FV_N * v); \
                 for (r = 0; r < MR; r++) { fv a = fv_set1(A[r * si + j * sj]); \
                     for (v = 0; v < NV; v++) acc[r][v] = fv_fma(a, w[v], acc[r][v]); } } \
         } \
-        for (r = 0; r < MR; r++) for (v = 0; v < NV; v++) fv_storen(C + r * ldc + 16 * v, acc[r][v], nc - 16 * v); \
+        for (r = 0; r < MR; r++) for (v = 0; v < NV; v++) fv_storen(C + r * ldc + FV_N * v, acc[r][v], nc - FV_N * v); \
     }
     FNN_BC(main, FNN_BC_MR, FNN_BC_NV)
     FNN_BC(half, FNN_BC_MR / 2, FNN_BC_NV)
@@ -194,7 +280,7 @@ cdef extern from *:
        every tile of C passes over them). Elsewhere the copy only cost time (32/256: 3-6%). */
     static void fnn_sgemm_bc(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t si,
                              Py_ssize_t sj, const float* B, Py_ssize_t ldb, float* C, Py_ssize_t ldc, int acc_c) {
-        enum { NW = 16 * FNN_BC_NV, KB = FNN_BC_KB };
+        enum { NW = FV_N * FNN_BC_NV, KB = FNN_BC_KB };
         float bp[KB * NW] __attribute__((aligned(64)));
         Py_ssize_t n0, j0, kb, j;
         int v;
@@ -207,11 +293,11 @@ cdef extern from *:
                 const float* Bj = B + j0 * ldb + n0;
                 Py_ssize_t ldbj = ldb;
                 kb = K - j0;
-                if (M >= FNN_BC_PACK_ROWS && (ldb % 1024 == 0 || K > KB)) {
+                if ((M >= FNN_BC_ALIAS_ROWS && ldb % 1024 == 0) || (M >= FNN_BC_PACK_ROWS && K > KB)) {
                     kb = kb < KB ? kb : KB;
                     for (j = 0; j < kb; j++)
                         for (v = 0; v < FNN_BC_NV; v++)
-                            fv_storen(bp + j * NW + 16 * v, fv_loadn(Bj + j * ldb + 16 * v, nc - 16 * v), 16);
+                            fv_storen(bp + j * NW + FV_N * v, fv_loadn(Bj + j * ldb + FV_N * v, nc - FV_N * v), FV_N);
                     Bj = bp;
                     ldbj = NW;
                 }
@@ -221,36 +307,11 @@ cdef extern from *:
         }
     }
 
-    /* dst[c * ldd + r] = src[r * lds + c] for r, c < 16 */
-    static inline void fnn_tr16(const float* src, Py_ssize_t lds, float* dst, Py_ssize_t ldd) {
-        __m512 r[16], t[16], u[16];
-        int i, c;
-        for (i = 0; i < 16; i++) r[i] = _mm512_loadu_ps(src + i * lds);
-        for (i = 0; i < 8; i++) {
-            t[2*i] = _mm512_unpacklo_ps(r[2*i], r[2*i+1]);
-            t[2*i+1] = _mm512_unpackhi_ps(r[2*i], r[2*i+1]);
-        }
-        for (i = 0; i < 4; i++) {
-            u[4*i+0] = _mm512_shuffle_ps(t[4*i], t[4*i+2], 0x44);
-            u[4*i+1] = _mm512_shuffle_ps(t[4*i], t[4*i+2], 0xEE);
-            u[4*i+2] = _mm512_shuffle_ps(t[4*i+1], t[4*i+3], 0x44);
-            u[4*i+3] = _mm512_shuffle_ps(t[4*i+1], t[4*i+3], 0xEE);
-        }
-        for (c = 0; c < 4; c++) {
-            __m512 a = _mm512_shuffle_f32x4(u[c], u[4+c], 0x88), b = _mm512_shuffle_f32x4(u[c], u[4+c], 0xDD);
-            __m512 p = _mm512_shuffle_f32x4(u[8+c], u[12+c], 0x88), q = _mm512_shuffle_f32x4(u[8+c], u[12+c], 0xDD);
-            _mm512_storeu_ps(dst + c * ldd, _mm512_shuffle_f32x4(a, p, 0x88));
-            _mm512_storeu_ps(dst + (8 + c) * ldd, _mm512_shuffle_f32x4(a, p, 0xDD));
-            _mm512_storeu_ps(dst + (4 + c) * ldd, _mm512_shuffle_f32x4(b, q, 0x88));
-            _mm512_storeu_ps(dst + (12 + c) * ldd, _mm512_shuffle_f32x4(b, q, 0xDD));
-        }
-    }
-
     /* C[i, j] = sum_k A[i, k] B[j, k] (C = A B^T, B is N x K) as fnn_sgemm_bc's tiles over
        B^T, copied FNN_BC_KB x 64 at a time; each entry one FMA chain in k order */
     static void fnn_sgemm_bt(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t lda,
                              const float* B, Py_ssize_t ldb, float* C, Py_ssize_t ldc) {
-        enum { NW = 16 * FNN_BC_NV, KB = FNN_BC_KB };
+        enum { NW = FV_N * FNN_BC_NV, KB = FNN_BC_KB };
         float bp[KB * NW] __attribute__((aligned(64)));
         Py_ssize_t n0, j0, kb, j, n;
         for (n0 = 0; n0 < N; n0 += NW) {
@@ -259,12 +320,12 @@ cdef extern from *:
             do {
                 kb = K - j0 < KB ? K - j0 : KB;
                 const float* Bj = B + n0 * ldb + j0;
-                for (n = 0; n < nc; n += 16)
-                    for (j = 0; j < kb; j += 16) {
-                        if (n + 16 <= nc && j + 16 <= kb) {
-                            fnn_tr16(Bj + n * ldb + j, ldb, bp + j * NW + n, NW);
+                for (n = 0; n < nc; n += FV_N)
+                    for (j = 0; j < kb; j += FV_N) {
+                        if (n + FV_N <= nc && j + FV_N <= kb) {
+                            fnn_trv(Bj + n * ldb + j, ldb, bp + j * NW + n, NW);
                         } else {
-                            int jn = kb - j < 16 ? (int)(kb - j) : 16, nn = nc - n < 16 ? (int)(nc - n) : 16, a, b;
+                            int jn = kb - j < FV_N ? (int)(kb - j) : FV_N, nn = nc - n < FV_N ? (int)(nc - n) : FV_N, a, b;
                             for (a = 0; a < jn; a++)
                                 for (b = 0; b < nn; b++)
                                     bp[(j + a) * NW + n + b] = Bj[(n + b) * ldb + j + a];
@@ -278,14 +339,17 @@ cdef extern from *:
 
     /* C = A B^T (B is N x K): the dot-product kernel below FNN_BT_ROWS rows, where the transposed
        copy costs more than the broadcast tiles gain, the broadcast one from there on */
-    #define FNN_BT_ROWS 64
     static void fnn_sgemm_fwd(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t lda,
                               const float* B, Py_ssize_t ldb, float* C, Py_ssize_t ldc) {
-        if (M < FNN_BT_ROWS) fnn_sgemm_nt(M, N, K, A, lda, B, ldb, C, ldc);
-        else fnn_sgemm_bt(M, N, K, A, lda, B, ldb, C, ldc);
+    #if FNN_BT_ROWS
+        if (M < FNN_BT_ROWS) {
+            fnn_sgemm_nt(M, N, K, A, lda, B, ldb, C, ldc);
+            return;
+        }
+    #endif
+        fnn_sgemm_bt(M, N, K, A, lda, B, ldb, C, ldc);
     }
     #else
-    #define FNN_SMALL_GEMM 0
     static void fnn_sgemm_bc(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t si,
                              Py_ssize_t sj, const float* B, Py_ssize_t ldb, float* C, Py_ssize_t ldc,
                              int acc_c) { }
@@ -293,7 +357,7 @@ cdef extern from *:
                               const float* B, Py_ssize_t ldb, float* C, Py_ssize_t ldc) { }
     #endif
     """
-    bint FNN_SMALL_GEMM
+    int FNN_SMALL_GEMM
     enum: FNN_OWN, FNN_BLAS, FNN_FWD, FNN_DIN, FNN_WGRAD
     int fnn_counting
     long long fnn_counts[6]
@@ -303,3 +367,27 @@ cdef extern from *:
                       int acc_c) nogil
     void fnn_sgemm_fwd(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t lda,
                        const float* B, Py_ssize_t ldb, float* C, Py_ssize_t ldc) nogil
+
+
+def own_gemm(str kind, const float[:, :] A, const float[:, :] B, float[:, :] C, bint accumulate=False):
+    """The own kernels alone, for tests and benchmarks: kind "fwd", C = A B^T; kind "bc", C = A B (+ C
+    with accumulate). Rows of B and C (and of A for "fwd") must be contiguous; "bc" reads A with any
+    strides (a transposed view: the weight gradient's D^T)."""
+    if not FNN_SMALL_GEMM:
+        raise RuntimeError("this build has no own GEMM kernels")
+    cdef Py_ssize_t M = C.shape[0], N = C.shape[1], K = A.shape[1], f = sizeof(float)
+    if B.strides[1] != f or C.strides[1] != f or (kind == "fwd" and A.strides[1] != f):
+        raise ValueError("the rows of B and C (and of A for 'fwd') must be contiguous")
+    cdef Py_ssize_t si = A.strides[0] // f, sj = A.strides[1] // f, ldb = B.strides[0] // f, ldc = C.strides[0] // f
+    if kind == "fwd":
+        if A.shape[0] != M or B.shape[0] != N or B.shape[1] != K:
+            raise ValueError("fwd: C (M, N) = A (M, K) B^T, B (N, K)")
+        with nogil:
+            fnn_sgemm_fwd(M, N, K, &A[0, 0], si, &B[0, 0], ldb, &C[0, 0], ldc)
+    elif kind == "bc":
+        if A.shape[0] != M or B.shape[0] != K or B.shape[1] != N:
+            raise ValueError("bc: C (M, N) = A (M, K) B (K, N)")
+        with nogil:
+            fnn_sgemm_bc(M, N, K, &A[0, 0], si, sj, &B[0, 0], ldb, &C[0, 0], ldc, accumulate)
+    else:
+        raise ValueError(f"kind must be 'fwd' or 'bc', not {kind!r}")

@@ -31,7 +31,8 @@ def load_digits(return_X_y=True):
     """The bundled UCI optical-recognition digits: 1,797 8x8 images, classes 0-9.
 
     Returns ``(X, y)``: X float32 (1797, 64) with pixel values 0..16 scaled to [0, 1],
-    y int64. Source and citation: ``fastnn/data/DIGITS-CITATION.txt``.
+    y int64. Source: the UCI "Optical Recognition of Handwritten Digits" data set (E. Alpaydin,
+    C. Kaynak, 1998; CC BY 4.0), as scikit-learn ships it.
     """
     import os
 
@@ -85,7 +86,7 @@ def split_indices(labels, n, fraction, seed):
 
 def subsample(X, y, ratio=0.1, seed=None):
     """Randomly drop examples of over-represented classes until every class has at least
-    ``ratio`` times as many examples as the largest remaining class (the lecture's 1/10 rule):
+    ``ratio`` times as many examples as the largest remaining class (a 1:10 rule of thumb):
     each class keeps at most ceil(n_min / ratio) examples. Returns (X_sub, y_sub) in the
     original order."""
     ratio = float(ratio)

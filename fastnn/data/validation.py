@@ -1,5 +1,5 @@
-"""Every input check of fastnn, in one place: arrays, targets, weights, sequence lengths, and
-whether a loss fits the network's output.
+"""Every input check of fastnn, in one place: arrays, targets, weights, sequence lengths, the loss
+(the one given, or the model's last) and whether it fits the network's output.
 
 The functions take what they need (a model's ``Plan`` for the shapes, the loss, the dtype) and
 return the data as the compiled core reads it, or raise a ValueError/TypeError that names the
@@ -18,7 +18,7 @@ import numpy as np
 
 from .._config import get_num_threads
 from .._core import _engine
-from ..losses import CrossEntropy, NLLLoss
+from ..losses import CrossEntropy, NLLLoss, check_loss
 
 _MASK64 = (1 << 64) - 1
 
@@ -75,6 +75,17 @@ def check_seed(seed, name="seed"):
     if seed < 0:
         raise ValueError(f"{name} must be >= 0, got {seed}")
     return int(seed) & _MASK64
+
+
+def resolve_loss(loss, last):
+    """``loss`` checked, or, when it is None, ``last`` (the loss the model last trained with);
+    a ValueError when there is neither."""
+    if loss is None:
+        if last is None:
+            raise ValueError("no loss given and the model has not been trained; pass loss=, "
+                             "e.g. loss=fn.CrossEntropy()")
+        loss = last
+    return check_loss(loss)
 
 
 # ---------------------------------------------------------------- X

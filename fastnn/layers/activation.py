@@ -75,7 +75,7 @@ class Dropout(Layer):
     """Zero each input unit with probability ``p`` during training.
 
     ``mode="inverted"`` (PyTorch's): surviving units are scaled by 1/(1-p) in training,
-    inference is the identity. ``mode="classic"`` (the lecture's): no scaling in training,
+    inference is the identity. ``mode="classic"``: no scaling in training,
     inference multiplies by (1-p). Both keep the expected input of the next layer.
     """
 

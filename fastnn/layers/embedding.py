@@ -7,7 +7,7 @@ class Embedding(Layer):
 
     The input is token ids, per example ``(T,)``, in the model's float dtype (an integer array is
     converted; ids must be whole numbers in ``[0, num_embeddings)``, checked on every call; float32
-    holds them exactly up to 2**24). It must be the model's first layer.
+    holds them exactly up to ``2**24``). It must be the model's first layer.
 
     Args:
         num_embeddings: the number of tokens.
