@@ -316,4 +316,3 @@ def check_loss(loss):
     if not isinstance(loss, Loss):
         raise TypeError(f"loss must be a fastnn loss such as fn.CrossEntropy() or fn.MSE(), got {loss!r}")
     return loss
-
