@@ -61,9 +61,9 @@ def isa_env(isa):
         return {}
     if isa != "avx2":
         raise ValueError(f"isa must be 'native' or 'avx2', not {isa!r}")
-    from fastnn._core import _cpu_features
+    from fastnn._core import cpu_features
 
-    if not all(_cpu_features().get(k) for k in ("AVX2", "FMA3")):
+    if not all(cpu_features().get(k) for k in ("AVX2", "FMA3")):
         raise ValueError("--isa avx2 needs a CPU with AVX2 and FMA; this one has neither, so it runs "
                          "no faster instruction set to hold back from (leave --isa out)")
     return dict(AVX2_ENV)
