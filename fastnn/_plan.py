@@ -44,13 +44,16 @@ CONV_CHUNK_BYTES = 2 << 20    # a convolutional net's chunk of rows, at most (me
 CONV_SUB_ELEMS = 1 << 14     # a convolution's columns per sub-block of examples, at most (measured: larger is slower)
 TILE_ROWS = 128         # most rows of dW per gradient tile
 # Where the own float32 GEMMs of smallgemm.pxi run, by the build's kernels (measured against OpenBLAS
-# on the MLP grid's layer shapes): float32 Dense layers with SMALL_MIN_WEIGHTS weights or more
-# multiply at most SMALL_MAX_ROWS rows (a chunk, or the batch) there and sum their weight gradients
-# over at most SMALL_MAX_GRAD_ROWS rows there; smaller layers sum theirs there over
-# SMALL_GRAD_MIN_ROWS to SMALL_MAX_GRAD_ROWS rows. The AVX2 kernels (6 x 16 -> 4 x 24 tiles in 16
-# registers) beat OpenBLAS's Haswell kernels by 5-40% up to 64 rows of every layer size and lose
-# from 128 rows; their weight gradients lose from 64 rows.
-SMALL_LIMITS = {"avx512": (256 * 256, 512, 512, 64), "avx2": (0, 64, 32, 0), None: (0, 0, 0, 0)}
+# end to end on the MLP grid): float32 Dense layers with SMALL_MIN_WEIGHTS weights or more and
+# SMALL_MIN_OUT outputs or more multiply at most SMALL_MAX_ROWS rows (a chunk, or the batch) there,
+# and every float32 Dense layer sums its weight gradients there over SMALL_GRAD_MIN_ROWS (layers whose
+# products stay on BLAS) to SMALL_MAX_GRAD_ROWS rows. AVX2 (Intel Xeon held to AVX2, OpenBLAS's
+# Haswell kernels, 1 thread, CPU time): against BLAS alone 1.28x / 1.29x / 1.16x at H = 64 (batch
+# 32 / 128 / 512), 1.16x at 32/256, level (0.99-1.04x) at 128 and 512 rows of 256- and 1024-wide
+# layers; with at most 64 rows of products 128/256 lost 8%, and with every layer on them (no
+# SMALL_MIN_OUT) the 10-wide output layers cost 3-5%.
+SMALL_MIN_OUT = 16
+SMALL_LIMITS = {"avx512": (256 * 256, 512, 512, 64), "avx2": (0, 256, 128, 0), None: (0, 0, 0, 0)}
 SMALL_MIN_WEIGHTS, SMALL_MAX_ROWS, SMALL_MAX_GRAD_ROWS, SMALL_GRAD_MIN_ROWS = SMALL_LIMITS[_engine.SMALL_GEMM_ISA]
 
 
@@ -137,7 +140,8 @@ class Plan:
         op.update(kw)
         if kind == "dense":
             op["sg_grad_rows"] = SMALL_MAX_GRAD_ROWS
-            if (op["n_in"] // op["groups"]) * (n_out // op["groups"]) >= SMALL_MIN_WEIGHTS:
+            if (n_out // op["groups"] >= SMALL_MIN_OUT
+                    and (op["n_in"] // op["groups"]) * (n_out // op["groups"]) >= SMALL_MIN_WEIGHTS):
                 op["sg_rows"] = SMALL_MAX_ROWS
             else:
                 op["sg_grad_min"] = SMALL_GRAD_MIN_ROWS

@@ -45,3 +45,27 @@ def _pick():
 _engine, _name = _pick()
 #: the instruction set of the build in use
 ISA = {"_engine_v1": "baseline", "_engine_v3": "x86-64-v3 (AVX2)", "_engine_v4": "x86-64-v4 (AVX-512)"}[_name]
+
+
+def l1_data_cache_bytes():
+    """The L1 data cache of a core as the OS reports it (Linux sysfs), or 0 where it says nothing."""
+    base = "/sys/devices/system/cpu/cpu0/cache"
+    try:
+        for index in sorted(os.listdir(base)):
+            d = os.path.join(base, index)
+            with open(os.path.join(d, "level")) as f:
+                level = f.read().strip()
+            with open(os.path.join(d, "type")) as f:
+                kind = f.read().strip()
+            if level == "1" and kind in ("Data", "Unified"):
+                with open(os.path.join(d, "size")) as f:
+                    size = f.read().strip().upper()
+                scale = {"K": 1 << 10, "M": 1 << 20}.get(size[-1:], 1)
+                return int(size.rstrip("KM")) * scale
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+# the own GEMMs' blocks sized to this CPU's L1 (their sums do not depend on it)
+_engine.set_l1_cache(l1_data_cache_bytes())
