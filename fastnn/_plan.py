@@ -156,13 +156,13 @@ class Plan:
     def _emit(self, layers, prefix, src):
         prev = None
         for i, layer in enumerate(layers):
-            if isinstance(layer, L._Activation) and isinstance(prev, L.Dense):
+            if isinstance(layer, L.Activation) and isinstance(prev, L.Dense):
                 self.dense[-1][2] = layer      # picks the Dense's default init
             prev = layer
             name = f"{prefix}{i}"
             if not isinstance(layer, L.Layer):
                 raise TypeError(f"layer {name} is {layer!r}, not a fastnn layer (fn.Dense, fn.ReLU, ...)")
-            if id(layer) in self._seen and not isinstance(layer, (L._Activation, L.Dropout, L.Identity,
+            if id(layer) in self._seen and not isinstance(layer, (L.Activation, L.Dropout, L.Identity,
                                                                   L.Flatten)):
                 raise ValueError(f"layer {name}: the same {type(layer).__name__} object appears twice; "
                                  "create a new one")
@@ -182,7 +182,7 @@ class Plan:
                 self.dense.append([name, layer, None])
                 self.diag.append((name, k, layer.n_params(), math.prod(out_shape)))
                 src = _Buf(k, self.ops[k]["a_col"], out_shape)
-            elif isinstance(layer, (L._Activation, L.Dropout, L.Dropout2d)):
+            elif isinstance(layer, (L.Activation, L.Dropout, L.Dropout2d)):
                 src = self._activation(name, layer, src)
             elif isinstance(layer, L.Conv1d) or isinstance(layer, L.Conv2d):
                 offs = self._param(name + ".", layer, layer.param_shapes())
@@ -261,14 +261,14 @@ class Plan:
                 self.embeddings.append((name, layer))
                 self.diag.append((name, k, layer.n_params(), math.prod(out_shape)))
                 src = _Buf(k, self.ops[k]["a_col"], out_shape)
-            elif isinstance(layer, L._Recurrent):
+            elif isinstance(layer, L.RNNBase):
                 src = self._recurrent(name, layer, src)
             else:
                 raise TypeError(f"layer {name} ({layer!r}) is not supported by Sequential")
         return src
 
     def _activation(self, name, layer, src):
-        is_act = isinstance(layer, L._Activation)
+        is_act = isinstance(layer, L.Activation)
         if is_act and layer.code == L.ACT_IDENTITY:
             return src
         if isinstance(layer, (L.Dropout, L.Dropout2d)) and layer.p == 0:

@@ -59,7 +59,7 @@ def _available(name):
 
 
 def test_the_widest_build_the_cpu_runs_is_picked():
-    f = core._cpu_features()
+    f = core.cpu_features()
     want = ("x86-64-v4 (AVX-512)" if all(f.get(k) for k in core._V4) and _available("_engine_v4") else
             "x86-64-v3 (AVX2)" if all(f.get(k) for k in core._V3) and _available("_engine_v3") else "baseline")
     if os.environ.get("FASTNN_ISA"):
@@ -68,7 +68,7 @@ def test_the_widest_build_the_cpu_runs_is_picked():
 
 
 def test_every_build_gives_the_same_bits(tmp_path):
-    f = core._cpu_features()
+    f = core.cpu_features()
     isas = ["baseline"]
     if all(f.get(k) for k in core._V3) and _available("_engine_v3"):
         isas.append("v3")

@@ -12,7 +12,8 @@ _V4 = ("AVX512F", "AVX512CD", "AVX512BW", "AVX512DQ", "AVX512VL")
 _V3 = ("AVX2", "FMA3", "F16C", "POPCNT")
 
 
-def _cpu_features():
+def cpu_features():
+    """NumPy's runtime CPU feature flags ({"AVX2": True, ...}; empty where NumPy has none)."""
     try:
         from numpy._core._multiarray_umath import __cpu_features__
     except ImportError:            # NumPy 1.x
@@ -27,7 +28,7 @@ def _pick():
     forced = os.environ.get("FASTNN_ISA", "").strip().lower()
     order = {"v4": ["_engine_v4"], "v3": ["_engine_v3"], "baseline": []}.get(forced)
     if order is None:
-        f = _cpu_features()
+        f = cpu_features()
         order = []
         if all(f.get(k) for k in _V4):
             order.append("_engine_v4")
