@@ -11,7 +11,8 @@ __version__ = "0.1.0"
 _num_threads = None
 
 
-def _cpu_count():
+def cpu_count():
+    """Cores this process may run on (its affinity mask where the OS has one)."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux
@@ -37,7 +38,7 @@ def _check_threads(n, name):
     if n == 0:
         raise ValueError(f"{name}=0 is not a thread count; use a positive number, or -1 for all cores")
     if n < 0:
-        n = max(1, _cpu_count() + 1 + n)
+        n = max(1, cpu_count() + 1 + n)
     return n
 
 
@@ -53,7 +54,7 @@ def get_num_threads():
             return max(1, int(env))
         except ValueError:
             pass
-    return _cpu_count()
+    return cpu_count()
 
 
 def resolve_threads(threads):
@@ -102,7 +103,7 @@ def show_config(file=None):
         f"  threads per fit: {get_num_threads()}"
         + (" (set_num_threads)" if _num_threads is not None else
            " (OMP_NUM_THREADS)" if os.environ.get("OMP_NUM_THREADS") else " (all cores)"),
-        f"  cores available: {_cpu_count()}",
+        f"  cores available: {cpu_count()}",
     ]
     if blas:
         for b in blas:

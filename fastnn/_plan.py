@@ -44,18 +44,30 @@ CONV_CHUNK_BYTES = 2 << 20    # a convolutional net's chunk of rows, at most (me
 CONV_SUB_ELEMS = 1 << 14     # a convolution's columns per sub-block of examples, at most (measured: larger is slower)
 TILE_ROWS = 128         # most rows of dW per gradient tile
 # Where the own float32 GEMMs of smallgemm.pxi run, by the build's kernels (measured against OpenBLAS
-# on the MLP grid's layer shapes): float32 Dense layers with SMALL_MIN_WEIGHTS weights or more
-# multiply at most SMALL_MAX_ROWS rows (a chunk, or the batch) there and sum their weight gradients
-# over at most SMALL_MAX_GRAD_ROWS rows there; smaller layers sum theirs there over
-# SMALL_GRAD_MIN_ROWS to SMALL_MAX_GRAD_ROWS rows. The AVX2 kernels (6 x 16 -> 4 x 24 tiles in 16
-# registers) beat OpenBLAS's Haswell kernels by 5-40% up to 64 rows of every layer size and lose
-# from 128 rows; their weight gradients lose from 64 rows.
-SMALL_LIMITS = {"avx512": (256 * 256, 512, 512, 64), "avx2": (0, 64, 32, 0), None: (0, 0, 0, 0)}
+# end to end on the MLP grid): float32 Dense layers with SMALL_MIN_WEIGHTS weights or more and
+# SMALL_MIN_OUT outputs or more multiply at most SMALL_MAX_ROWS rows (a chunk, or the batch) there,
+# and every float32 Dense layer sums its weight gradients there over SMALL_GRAD_MIN_ROWS (layers whose
+# products stay on BLAS) to SMALL_MAX_GRAD_ROWS rows. AVX2 (Intel Xeon held to AVX2, OpenBLAS's
+# Haswell kernels, 1 thread, CPU time): against BLAS alone 1.28x / 1.29x / 1.16x at H = 64 (batch
+# 32 / 128 / 512), 1.16x at 32/256, level (0.99-1.04x) at 128 and 512 rows of 256- and 1024-wide
+# layers; with at most 64 rows of products 128/256 lost 8%, and with every layer on them (no
+# SMALL_MIN_OUT) the 10-wide output layers cost 3-5%.
+SMALL_MIN_OUT = 16
+SMALL_LIMITS = {"avx512": (256 * 256, 512, 512, 64), "avx2": (0, 256, 128, 0), None: (0, 0, 0, 0)}
 SMALL_MIN_WEIGHTS, SMALL_MAX_ROWS, SMALL_MAX_GRAD_ROWS, SMALL_GRAD_MIN_ROWS = SMALL_LIMITS[_engine.SMALL_GEMM_ISA]
 
 
 def _next_pow2(n):
     return 1 << max(0, math.ceil(math.log2(max(1, n))))
+
+
+def _op_rows(op_dicts):
+    """The core's op table (int64, the OP_FIELDS columns) of a list of op dicts."""
+    ops = np.zeros((len(op_dicts), len(_engine.OP_FIELDS)), dtype=np.int64)
+    for k, op in enumerate(op_dicts):
+        for j, f in enumerate(_engine.OP_FIELDS):
+            ops[k, j] = op[f]
+    return ops
 
 
 class _Buf:
@@ -138,7 +150,8 @@ class Plan:
         op.update(kw)
         if kind == "dense":
             op["sg_grad_rows"] = SMALL_MAX_GRAD_ROWS
-            if (op["n_in"] // op["groups"]) * (n_out // op["groups"]) >= SMALL_MIN_WEIGHTS:
+            if (n_out // op["groups"] >= SMALL_MIN_OUT
+                    and (op["n_in"] // op["groups"]) * (n_out // op["groups"]) >= SMALL_MIN_WEIGHTS):
                 op["sg_rows"] = SMALL_MAX_ROWS
             else:
                 op["sg_grad_min"] = SMALL_GRAD_MIN_ROWS
@@ -153,13 +166,13 @@ class Plan:
     def _emit(self, layers, prefix, src):
         prev = None
         for i, layer in enumerate(layers):
-            if isinstance(layer, L._Activation) and isinstance(prev, L.Dense):
+            if isinstance(layer, L.Activation) and isinstance(prev, L.Dense):
                 self.dense[-1][2] = layer      # picks the Dense's default init
             prev = layer
             name = f"{prefix}{i}"
             if not isinstance(layer, L.Layer):
                 raise TypeError(f"layer {name} is {layer!r}, not a fastnn layer (fn.Dense, fn.ReLU, ...)")
-            if id(layer) in self._seen and not isinstance(layer, (L._Activation, L.Dropout, L.Identity,
+            if id(layer) in self._seen and not isinstance(layer, (L.Activation, L.Dropout, L.Identity,
                                                                   L.Flatten)):
                 raise ValueError(f"layer {name}: the same {type(layer).__name__} object appears twice; "
                                  "create a new one")
@@ -179,7 +192,7 @@ class Plan:
                 self.dense.append([name, layer, None])
                 self.diag.append((name, k, layer.n_params(), math.prod(out_shape)))
                 src = _Buf(k, self.ops[k]["a_col"], out_shape)
-            elif isinstance(layer, (L._Activation, L.Dropout, L.Dropout2d)):
+            elif isinstance(layer, (L.Activation, L.Dropout, L.Dropout2d)):
                 src = self._activation(name, layer, src)
             elif isinstance(layer, L.Conv1d) or isinstance(layer, L.Conv2d):
                 offs = self._param(name + ".", layer, layer.param_shapes())
@@ -258,14 +271,14 @@ class Plan:
                 self.embeddings.append((name, layer))
                 self.diag.append((name, k, layer.n_params(), math.prod(out_shape)))
                 src = _Buf(k, self.ops[k]["a_col"], out_shape)
-            elif isinstance(layer, L._Recurrent):
+            elif isinstance(layer, L.RNNBase):
                 src = self._recurrent(name, layer, src)
             else:
                 raise TypeError(f"layer {name} ({layer!r}) is not supported by Sequential")
         return src
 
     def _activation(self, name, layer, src):
-        is_act = isinstance(layer, L._Activation)
+        is_act = isinstance(layer, L.Activation)
         if is_act and layer.code == L.ACT_IDENTITY:
             return src
         if isinstance(layer, (L.Dropout, L.Dropout2d)) and layer.p == 0:
@@ -354,16 +367,8 @@ class Plan:
                 op[key + "_acc"] = 1 if src.op in written else 0
                 written.add(src.op)
 
-    @staticmethod
-    def _op_rows(op_dicts):
-        ops = np.zeros((len(op_dicts), len(_engine.OP_FIELDS)), dtype=np.int64)
-        for k, op in enumerate(op_dicts):
-            for j, f in enumerate(_engine.OP_FIELDS):
-                ops[k, j] = op[f]
-        return ops
-
     def _tables(self):
-        ops = self._op_rows(self.ops)
+        ops = _op_rows(self.ops)
         opf = np.zeros((len(self.ops), len(_engine.OPF_FIELDS)), dtype=np.float64)
         for k, op in enumerate(self.ops):
             for j, f in enumerate(_engine.OPF_FIELDS):
@@ -601,7 +606,7 @@ class Bf16Plan:
             self.pb_size += -(-K // 16) * 16 * Kpo
         self.row_width = self._col
         self.ops = ops
-        self.op_table = plan._op_rows(ops)
+        self.op_table = _op_rows(ops)
         # each chunk's scratch starts on a 64-byte boundary (the kernels' tile rows are cache lines)
         self.scratch = _rup(self.scratch, 16)
 

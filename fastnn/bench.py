@@ -66,9 +66,9 @@ def isa_env(isa):
         return {}
     if isa != "avx2":
         raise ValueError(f"isa must be 'native' or 'avx2', not {isa!r}")
-    from fastnn._core import _cpu_features
+    from fastnn._core import cpu_features
 
-    if not all(_cpu_features().get(k) for k in ("AVX2", "FMA3")):
+    if not all(cpu_features().get(k) for k in ("AVX2", "FMA3")):
         raise ValueError("--isa avx2 needs a CPU with AVX2 and FMA; this one has neither, so it runs "
                          "no faster instruction set to hold back from (leave --isa out)")
     return dict(AVX2_ENV)
@@ -565,7 +565,7 @@ def parse_args(argv=None, prog=None):
 
 def run(args) -> dict:
     """Run the comparison of ``args`` (from ``parse_args``); print it; return the results."""
-    from ._config import _cpu_count, get_num_threads
+    from ._config import cpu_count, get_num_threads
     from ._core import _engine
 
     installed = available_libs()
@@ -583,7 +583,7 @@ def run(args) -> dict:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     cpu = cpu_name()
     openmp = bool(_engine.OPENMP)
-    print(f"CPU: {cpu}; {os.cpu_count()} logical cores, {_cpu_count()} usable by this process", flush=True)
+    print(f"CPU: {cpu}; {os.cpu_count()} logical cores, {cpu_count()} usable by this process", flush=True)
     print(f"threads: fastnn {args.threads} (OpenMP {'on' if openmp else 'OFF: serial build'}), "
           f"scikit-learn's BLAS {args.threads}, torch 1 and {args.threads} (the faster shown), "
           "jax its own pool", flush=True)

@@ -102,7 +102,7 @@ class EarlyStopping(Callback):
         if self.best is None or value < self.best - self.min_delta:
             self.best, self.best_epoch, self.wait = value, epoch, 0
             if self.restore_best:
-                self.best_weights = self.model._params.copy()
+                self.best_weights = self.model.flat_params.copy()
         else:
             self.wait += 1
             if self.wait >= self.patience:
@@ -111,7 +111,7 @@ class EarlyStopping(Callback):
 
     def on_train_end(self, logs=None):
         if self.restore_best and self.best_weights is not None:
-            self.model._params[...] = self.best_weights
+            self.model.flat_params[...] = self.best_weights
 
     @property
     def best_value(self):

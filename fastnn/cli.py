@@ -121,11 +121,12 @@ def _train(args):
 
     comm, say = None, print
     if args.distributed:
-        from .distributed import _mpi, threads_per_rank
+        from ._util import mpi
+        from .distributed import threads_per_rank
 
         if args.diagnostics or args.plot:
             raise ValueError("--diagnostics and --plot are not available with --distributed")
-        comm = _mpi().COMM_WORLD
+        comm = mpi().COMM_WORLD
         if args.threads is None:
             args.threads = threads_per_rank(comm)
         if comm.Get_rank() != 0:        # rank 0 alone prints and saves
@@ -134,9 +135,9 @@ def _train(args):
             def say(*a, **k):
                 pass
     if args.save is not None:
-        from .io import _check_write_path
+        from ._util import check_write_path
 
-        _check_write_path(args.save)      # before training, not after it
+        check_write_path(args.save)      # before training, not after it
     X, y = _load(args.data, args.target)
     X = np.asarray(X, dtype=np.float64)
     classes, y_enc = np.unique(y, return_inverse=True)

@@ -27,6 +27,7 @@ import numpy as np
 from . import _plan
 from . import layers as L
 from .callbacks import Callback
+from .data.validation import check_input, resolve_loss
 
 KEYS = ("grad_mean_abs", "grad_norm", "update_ratio", "saturated", "dead", "act_mean", "act_std")
 
@@ -69,7 +70,7 @@ class Diagnostics(Callback):
     # ------------------------------------------------------------ called by fit
     def allocate(self, model, batch_size, n_steps=1):
         """Buffers for the compiled step; zeroed at every epoch by ``begin_epoch``."""
-        plan = model._plan
+        plan = model.plan
         slots = plan.slots(batch_size)
         n_layers = len(plan.diag)
         self.n_units = int(plan.n_units)
@@ -116,7 +117,7 @@ class Diagnostics(Callback):
         sampled_examples = max(1, int(sizes[sampled].sum()))
         out = {k: [] for k in KEYS}
         unit0 = 0
-        plan = m._plan
+        plan = m.plan
         for j, (name, k, n_par, n_units) in enumerate(plan.diag):
             t = tiles[plan.tiles[:, 0] == k].sum(axis=0)
             code = plan.ops[k]["act"]
@@ -186,10 +187,10 @@ def gradient_norms_through_time(model, X, y, loss=None, sample_weight=None, thre
     from ._core import _engine
     from ._plan import OP
 
-    loss = loss if loss is not None else model._need_loss()
-    Xc = model._check_X(X)
+    loss = resolve_loss(loss, model.loss)
+    Xc = check_input(model.build_for(X), model.plan, model.dtype)
     model.loss_and_grad(Xc, y, loss, sample_weight=sample_weight, threads=threads, lengths=lengths)
-    n, plan, work = Xc.shape[0], model._plan, model._work_buf
+    n, plan, work = Xc.shape[0], model.plan, model.work_buffer
     out = {}
     for name, k, _, _ in plan.diag:
         op = plan.ops[k]

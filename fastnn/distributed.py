@@ -7,9 +7,9 @@ taking positions ``[b0 + r*size//R, b0 + (r+1)*size//R)``; when ``size`` does no
 number of ranks R the shares differ by one example, and a batch smaller than R leaves some
 ranks without examples (they contribute zero).
 
-Each step (a Python loop over steps: the Allreduce between a step's gradient and its update is
-the one per-step cost this inherently adds), each rank runs the compiled core once on its share
-with the update off: forward,
+``DistributedFit`` runs the epoch loop of ``training.Fit`` with its own ``step``, handed one step
+at a time (the Allreduce between a step's gradient and its update is the one per-step cost this
+inherently adds): each rank runs the compiled core once on its share with the update off: forward,
 loss and backward, dropout masks keyed by the example's position in the global batch, and the
 gradient tiles scaled by the *global* normaliser (the whole batch's sum of example weights), so
 its ``grads`` hold its part of the global mean gradient. One ``Allreduce`` (sum) over the flat
@@ -40,7 +40,11 @@ import zlib
 
 import numpy as np
 
-from .training import Fit, TrainingDiverged
+from ._core import _engine
+from ._util import mpi
+from .data.validation import check_input, check_targets, loss_steps
+from .metrics import scores
+from .training import Fit
 
 __all__ = ["RemoteError", "fit_distributed", "threads_per_rank"]
 
@@ -49,17 +53,9 @@ class RemoteError(RuntimeError):
     """Raised on every rank but the failing one when a rank of a distributed fit fails."""
 
 
-def _mpi():
-    try:
-        from mpi4py import MPI
-    except ImportError:
-        raise ImportError('comm= needs mpi4py and an MPI library: pip install "fastnn-cpu[mpi]"') from None
-    return MPI
-
-
 def check_comm(comm):
     """``comm`` as an mpi4py intra-communicator, or a TypeError."""
-    MPI = _mpi()
+    MPI = mpi()
     if not isinstance(comm, MPI.Intracomm):
         raise TypeError(f"comm must be an mpi4py communicator such as MPI.COMM_WORLD, got {comm!r}")
     return comm
@@ -68,7 +64,7 @@ def check_comm(comm):
 def agree(comm, err, what):
     """Collective: raise on every rank when ``err`` (an exception or None) is set on any rank."""
     flag = np.array([0.0 if err is None else 1.0])
-    comm.Allreduce(_mpi().IN_PLACE, flag)
+    comm.Allreduce(mpi().IN_PLACE, flag)
     if flag[0] == 0:
         return
     _raise_all(comm, err, what)
@@ -108,7 +104,11 @@ def _describe(obj):
 
 
 class DistributedFit(Fit):
-    """``Fit`` with each step's batch split across the ranks of ``comm``."""
+    """``Fit``'s epoch loop with each step's batch split across the ranks of ``comm``: its own
+    ``step`` (one step per call), ``validate``, ``everywhere`` and ``stop_requested``."""
+
+    interruptible = False
+    max_steps_per_call = 1
 
     def __init__(self, *args, comm, **kw):
         super().__init__(*args, **kw)
@@ -120,14 +120,19 @@ class DistributedFit(Fit):
             self.verbose = 0
             self.callbacks = [cb for cb in self.callbacks if not isinstance(cb, Checkpoint)]
         self.history.params["ranks"] = self.size
-        m = self.model
-        self._l2_spans = m._l2_spans(self.l2_bias)
+        m, d = self.model, self.data
+        self.l2_spans = m.l2_spans(self.l2_bias)
+        self.lengths = self.run_kw.get("lengths")
+        self.loss_steps = loss_steps(self.loss, d.yi, self.lengths, m.plan)
+        self.n_classes = m.plan.out_shape[-1] if self.loss_steps > 1 else m.n_outputs
+        self.sw = d.sw.astype(np.float64) if d.sw.size else None
+        self.part = np.empty(1)
 
     # ------------------------------------------------------------ start
     def signature(self):
         m, d, o = self.model, self.data, self.opt
         return {
-            "model": (m.n_params, m.dtype.name, tuple(m.input_shape), _crc(m._params), _crc(m._running),
+            "model": (m.n_params, m.dtype.name, tuple(m.input_shape), _crc(m.flat_params), _crc(m.flat_running),
                       m.epochs_trained, m.steps_trained),
             "optimizer": (repr(o), o.step_count, _crc(o.state) if o.state is not None else None),
             "data X": _sample_crc(d.X),
@@ -150,36 +155,8 @@ class DistributedFit(Fit):
                     raise ValueError(f"rank {k} was given a different {key} than rank 0{hint}; every rank of "
                                      "a distributed fit must be given the same model, data and fit arguments")
 
-    # ------------------------------------------------------------ epochs
-    def run(self):
-        m, h = self.model, self.history
-        cbs = self._bind()
-        self._everywhere(lambda: [cb.on_train_begin() for cb in cbs], "starting the callbacks")
-        from ._config import blas_single_thread
-
-        try:
-            with blas_single_thread():
-                for _ in range(self.epochs):
-                    logs = self.epoch()
-                    ep = m.epochs_trained - 1
-                    self._everywhere(lambda: [cb.on_epoch_end(ep, logs) for cb in cbs],
-                                     f"running the callbacks of epoch {ep + 1}")
-                    self._check_weights(ep)
-                    stop = np.array([1.0 if m.stop_training else 0.0])
-                    self.comm.Allreduce(self._MPI.IN_PLACE, stop, op=self._MPI.MAX)
-                    if stop[0]:
-                        break
-        finally:
-            for cb in cbs:
-                cb.on_train_end()
-        h.best_epoch = self._best_epoch()
-        return h
-
-    @property
-    def _MPI(self):
-        return _mpi()
-
-    def _everywhere(self, fn, what):
+    # ------------------------------------------------------------ the loop's parts, across ranks
+    def everywhere(self, fn, what):
         err = None
         try:
             fn()
@@ -187,19 +164,24 @@ class DistributedFit(Fit):
             err = e
         agree(self.comm, err, what)
 
-    def _check_weights(self, ep):
-        crcs = self.comm.allgather(_crc(self.model._params))
+    def stop_requested(self, ep):
+        """The weights compared across ranks, then whether a callback on any rank stopped training."""
+        MPI = mpi()
+        crcs = self.comm.allgather(_crc(self.model.flat_params))
         if len(set(crcs)) > 1:
             raise RuntimeError(f"the ranks' weights differ after epoch {ep + 1} (checksums {crcs}); the MPI "
                                "library's Allreduce did not give every rank the same sum")
+        stop = np.array([1.0 if self.model.stop_training else 0.0])
+        self.comm.Allreduce(MPI.IN_PLACE, stop, op=MPI.MAX)
+        return bool(stop[0])
 
-    def _validate(self):
+    def validate(self):
         """``evaluate`` on the validation data, each rank computing the outputs of a share of its
         rows; the outputs are gathered, so every rank scores all of them alike."""
-        MPI, m, comm = self._MPI, self.model, self.comm
+        MPI, m, comm = mpi(), self.model, self.comm
         Xv, yv, swv, lv = self.data.val
-        X = m._check_X(Xv)
-        yi, yf, sw, pw = m._targets(yv, self.loss, X.shape[0], swv)
+        X = check_input(Xv, m.plan, m.dtype)
+        targets = check_targets(yv, self.loss, X.shape[0], m.plan, m.dtype, swv)
         n, k = X.shape[0], m.n_outputs
         bounds = [(r * n) // self.size for r in range(self.size + 1)]
         lo, hi = bounds[self.rank], bounds[self.rank + 1]
@@ -214,85 +196,86 @@ class DistributedFit(Fit):
         out = np.empty((n, k), dtype=m.dtype)
         counts = [(b - a) * k for a, b in zip(bounds[:-1], bounds[1:])]
         comm.Allgatherv(local, [out, counts, [a * k for a in bounds[:-1]], MPI.FLOAT if out.dtype == np.float32 else MPI.DOUBLE])
-        return m._scores(out, yi, yf, sw, pw, self.loss, lv)
+        return scores(out, targets, self.loss, m.plan, lv)
 
-    def _steps(self, order, lrs, ep, step_loss):
-        MPI = self._MPI
-        m, d, opt, comm = self.model, self.data, self.opt, self.comm
-        R, r, bs = self.size, self.rank, d.batch_size
-        state, hp = opt.bind(m), opt.hyper()
-        l2, clip_value, clip_norm = self.l2, self.run_kw["clip_value"], self.run_kw["clip_norm"]
-        from ._core import _engine
-
-        red, ncls = self.loss.reduction_code, m.n_outputs
-        sw = d.sw.astype(np.float64) if d.sw.size else None
-        lengths = self.run_kw.get("lengths")
-        steps = m._loss_steps(self.loss, d.yi, lengths)
-        if steps > 1:
-            ncls = m._plan.out_shape[-1]
-        mine = []
-        part = np.empty(1)
-        status = np.empty(2)
-        c2 = m.dtype.type(2.0 * l2)
-        for s in range(d.n_steps):
-            b0, size = s * bs, int(d.sizes[s])
-            lo, hi = b0 + (r * size) // R, b0 + ((r + 1) * size) // R
-            err = None
-            part[0] = 0.0
-            try:
-                # the global normaliser, summed in example order as the core sums it
-                if red == 2:
-                    norm = 1.0
-                elif steps > 1:
-                    norm = _steps_norm(order[b0:b0 + size], sw, lengths, steps) * (ncls if red == 1 else 1)
-                else:
-                    norm = float(np.cumsum(sw[order[b0:b0 + size]])[-1]) if sw is not None else float(size)
-                    norm *= ncls if red == 1 else 1
-                if hi > lo:
-                    idx = order[lo:hi]
-                    mine.append(idx)
-                    m._run(d.X, d.yi, d.yf, d.sw, d.pw, self.loss, idx, hi - lo, 1, None, np.zeros(1),
-                           self.seed, ep, m.steps_trained, self.n_threads, part, pred=self.pred,
-                           pos0=lo - b0, norm_of_step=norm if norm > 0 else 0.0, lengths=lengths,
-                           precision=self.precision)
-                else:
-                    m._grads.fill(0)
-            except Exception as e:      # noqa: BLE001 - re-raised on every rank
-                err = e
-            status[0], status[1] = (0.0 if err is None else 1.0), part[0]
-            comm.Allreduce(MPI.IN_PLACE, status)
-            if status[0]:
-                _raise_all(comm, err, f"computing step {s + 1} of epoch {ep + 1}")
-            step_loss[s] = v = status[1]
-            if not math.isfinite(v):
-                raise TrainingDiverged(
-                    f"training loss became {v} at epoch {ep + 1}, step {s + 1}; training stopped and the "
-                    f"weights from before that step were kept. Lower the learning rate (now {lrs[s]:g}), "
-                    "clip gradients (clip_norm=1.0), or check the data and targets.", ep, s, v)
-            g, p = m._grads, m._params
-            comm.Allreduce(MPI.IN_PLACE, g)
-            # the core's order: L2 term, value clipping, global-norm clipping, update
-            for off, n in self._l2_spans if l2 > 0 else ():
-                g[off:off + n] += c2 * p[off:off + n]
-            if clip_value > 0:
-                cv = m.dtype.type(clip_value)
-                np.clip(g, -cv, cv, out=g)
-            if clip_norm > 0:
-                _engine.clip_grad_norm(g, clip_norm, self.n_threads)
-            _engine.optimizer_step(opt.code, p, g, state, hp, float(lrs[s]), opt.step_count + 1,
-                                   self.n_threads)
-            opt.step_count += 1
-            m.steps_trained += 1
+    def steps(self, order, lrs, ep, step_loss):
+        """``Fit.steps``, then each rank's training predictions shared with all."""
+        self.mine = []
+        self.state, self.hyper = self.opt.bind(self.model), self.opt.hyper()
+        super().steps(order, lrs, ep, step_loss)
         if self.track:
-            idx = np.concatenate(mine) if mine else np.zeros(0, dtype=np.intp)
+            d = self.data
+            idx = np.concatenate(self.mine) if self.mine else np.zeros(0, dtype=np.intp)
             contrib = np.zeros_like(self.pred)
             if d.yi.ndim == 2:      # per-step predictions, step-major
                 T = d.yi.shape[1]
                 contrib.reshape(T, d.n)[:, idx] = self.pred.reshape(T, d.n)[:, idx]
             else:
                 contrib[idx] = self.pred[idx]
-            comm.Allreduce(MPI.IN_PLACE, contrib)
+            self.comm.Allreduce(mpi().IN_PLACE, contrib)
             self.pred[...] = contrib
+
+    def step(self, order, lrs, ep, s, k, step_loss):
+        """Step ``s`` (k is 1): this rank's share of the batch through the core with the update off,
+        the loss and any failure agreed across ranks, then ``update``. Returns 0 when the loss is
+        not finite (nothing updated), else 1."""
+        m, d, comm = self.model, self.data, self.comm
+        R, r, bs = self.size, self.rank, d.batch_size
+        b0, size = s * bs, int(d.sizes[s])
+        lo, hi = b0 + (r * size) // R, b0 + ((r + 1) * size) // R
+        err = None
+        part = self.part
+        part[0] = 0.0
+        try:
+            norm = self.normaliser(order[b0:b0 + size])
+            if hi > lo:
+                idx = order[lo:hi]
+                self.mine.append(idx)
+                m.run_steps(d.X, d.targets, self.loss, idx, hi - lo, 1, None, np.zeros(1), self.seed, ep,
+                            m.steps_trained, self.n_threads, part, pred=self.pred, pos0=lo - b0,
+                            norm_of_step=norm if norm > 0 else 0.0, lengths=self.lengths, precision=self.precision)
+            else:
+                m.flat_grads.fill(0)
+        except Exception as e:      # noqa: BLE001 - re-raised on every rank
+            err = e
+        status = np.array([0.0 if err is None else 1.0, part[0]])
+        comm.Allreduce(mpi().IN_PLACE, status)
+        if status[0]:
+            _raise_all(comm, err, f"computing step {s + 1} of epoch {ep + 1}")
+        step_loss[s] = v = status[1]
+        if not math.isfinite(v):
+            return 0
+        self.update(float(lrs[s]))
+        return 1
+
+    def normaliser(self, batch):
+        """The whole batch's normaliser of the loss, summed in example order as the core sums it."""
+        red = self.loss.reduction_code
+        if red == 2:
+            return 1.0
+        if self.loss_steps > 1:
+            norm = _steps_norm(batch, self.sw, self.lengths, self.loss_steps)
+        else:
+            norm = float(np.cumsum(self.sw[batch])[-1]) if self.sw is not None else float(batch.size)
+        return norm * (self.n_classes if red == 1 else 1)
+
+    def update(self, lr):
+        """The ranks' gradients summed, then the core's order: L2 term, value clipping, global-norm
+        clipping, the optimizer's update."""
+        m, opt = self.model, self.opt
+        g, p = m.flat_grads, m.flat_params
+        self.comm.Allreduce(mpi().IN_PLACE, g)
+        if self.l2 > 0:
+            c2 = m.dtype.type(2.0 * self.l2)
+            for off, n in self.l2_spans:
+                g[off:off + n] += c2 * p[off:off + n]
+        clip_value, clip_norm = self.run_kw["clip_value"], self.run_kw["clip_norm"]
+        if clip_value > 0:
+            cv = m.dtype.type(clip_value)
+            np.clip(g, -cv, cv, out=g)
+        if clip_norm > 0:
+            _engine.clip_grad_norm(g, clip_norm, self.n_threads)
+        _engine.optimizer_step(opt.code, p, g, self.state, self.hyper, lr, opt.step_count + 1, self.n_threads)
 
 
 def _steps_norm(idx, sw, lengths, steps):
@@ -312,7 +295,7 @@ def threads_per_rank(comm):
     """Collective: this machine's default thread count shared among the ranks running on it."""
     from ._config import get_num_threads
 
-    local = comm.Split_type(_mpi().COMM_TYPE_SHARED)
+    local = comm.Split_type(mpi().COMM_TYPE_SHARED)
     n = local.Get_size()
     local.Free()
     return max(1, get_num_threads() // n)
@@ -330,7 +313,7 @@ def fit_distributed(comm, model, X, y, **kw):
         if kw.get("diagnostics") not in (None, False):
             raise ValueError("diagnostics are not available in a distributed fit (comm=); run them in one "
                              "process")
-        if model._plan.has_bn:
+        if model.plan.has_bn:
             raise ValueError("BatchNorm couples the examples of a batch, which a distributed fit (comm=) "
                              "splits across ranks; use LayerNorm, or train in one process")
         run = make_fit(model, X, y, fit_class=DistributedFit, comm=comm, **kw)

@@ -25,13 +25,13 @@ import functools
 import json
 import math
 import os
-import uuid
 
 import numpy as np
 
 from . import layers as L
 from . import losses as LS
 from . import optim as O
+from ._util import atomic_write, check_write_path
 from .callbacks import Callback
 
 FORMAT = "fastnn"
@@ -141,11 +141,11 @@ def save_model(model, path, include_optimizer=False, metadata=None):
 
     if not isinstance(model, Sequential):
         raise TypeError(f"model must be a fastnn Sequential, got {type(model).__name__}")
-    path = _check_write_path(path)
+    path = check_write_path(path)
     if include_optimizer and (model.optimizer is None or model.loss is None):
         raise ValueError("include_optimizer=True needs a model that has been trained (model.optimizer "
                          "and model.loss are None); train it first or pass include_optimizer=False")
-    if not (np.all(np.isfinite(model._params)) and np.all(np.isfinite(model._running))):
+    if not (np.all(np.isfinite(model.flat_params)) and np.all(np.isfinite(model.flat_running))):
         raise ValueError("the model's parameters or running statistics contain NaN or Inf; such a file "
                          "could not be loaded")
     meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION),
@@ -165,58 +165,7 @@ def save_model(model, path, include_optimizer=False, metadata=None):
         if k in _RESERVED:
             raise ValueError(f"metadata key {k!r} is reserved by fastnn; use another name")
         meta[k] = v
-    _atomic_write(path, save(tensors, metadata=meta))
-
-
-def _check_write_path(path):
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
-    path = os.fspath(path)
-    if isinstance(path, bytes):
-        path = os.fsdecode(path)
-    if os.path.isdir(path):
-        raise ValueError(f"path {path!r} is a directory; give a file name such as model.safetensors")
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        raise ValueError(f"path {path!r}: directory {parent!r} does not exist; create it first")
-    return path
-
-
-def _atomic_write(path, data):
-    """Write to a new file in the same directory, fsync it, rename it over ``path``, fsync the
-    directory: readers see the old file or the new one, never a partial one."""
-    d, base = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(d, f".{base}.{uuid.uuid4().hex}.tmp")
-    # O_EXCL: never follow or clobber anything already there; mode 0o666 lets the umask decide,
-    # as for any file the user creates
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(d)
-
-
-def _fsync_dir(d):
-    # makes the rename itself durable; some platforms (Windows) cannot open a directory
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    atomic_write(path, save(tensors, metadata=meta))
 
 
 def _model_config(model):
@@ -461,9 +410,9 @@ def _parse(header, path):
 
     # every tensor now fits in the file, so planning (work ~ the sizes) is cheap; it checks the chain
     from ._plan import Plan
-    from .model import Sequential, _infer_input_shape
+    from .model import Sequential, infer_input_shape
 
-    input_shape = tuple(cfg["input_shape"]) if "input_shape" in cfg else _infer_input_shape(layers)
+    input_shape = tuple(cfg["input_shape"]) if "input_shape" in cfg else infer_input_shape(layers)
     if input_shape is None:
         raise ValueError(f"{path}: the model has no input_shape and its first layers do not imply one")
     try:
@@ -575,7 +524,7 @@ def _check_optimizer_config(cfg, path):
     _obj(cfg, ("type", "lr", "step", "hyper", "state"), "optimizer", path)
     if not _is_num(cfg["lr"]) or not _is_int(cfg["step"]) or not 0 <= cfg["step"] < MAX_COUNT:
         raise ValueError(f"{path}: optimizer lr must be a number and step an int in [0, {MAX_COUNT})")
-    defaults = _OPTIMIZERS[cfg["type"]](lr=1.0)._hyper_dict()
+    defaults = _OPTIMIZERS[cfg["type"]](lr=1.0).hyper_dict()
     hyper = _obj(cfg["hyper"], tuple(defaults), "optimizer hyper", path)
     for k, d in defaults.items():
         v = hyper[k]
@@ -592,7 +541,7 @@ def _check_optimizer_config(cfg, path):
                                                         for k, v in hyper.items()})
     except (ValueError, TypeError, OverflowError) as e:
         raise ValueError(f"{path}: the optimizer is invalid: {e}") from None
-    names = list(opt._state_names[:opt.n_state])
+    names = list(opt.state_names[:opt.n_state])
     if cfg["state"] not in (names, []):
         raise ValueError(f"{path}: {cfg['type']} state buffers must be {names} (or none), "
                          f"got {_short(cfg['state'])}")
@@ -607,7 +556,7 @@ def _restore_optimizer(opt, cfg, arrays, model, path):
             raise ValueError(f"{path}: optimizer state {name} contains NaN or Inf")
         buffers[name] = v
     opt.load_state_dict({"type": cfg["type"], "lr": cfg["lr"], "step": cfg["step"],
-                         "hyper": opt._hyper_dict(), **buffers})
+                         "hyper": opt.hyper_dict(), **buffers})
     opt.bind(model)
     return opt
 
@@ -650,7 +599,7 @@ class Checkpoint(Callback):
 
     def on_train_begin(self, logs=None):
         # fail before the first epoch, not after it
-        _check_write_path(self.path)
+        check_write_path(self.path)
         _loss_config(self.model.loss)
         _optimizer_config(self.model.optimizer, self.model)
 

@@ -10,7 +10,8 @@ import math
 import numpy as np
 
 from ._config import blas_single_thread, resolve_threads
-from .data import check_seed, check_X, rng_for
+from .data import rng_for
+from .data.validation import Targets, check_seed, check_targets, check_X
 from .losses import check_loss
 from .optim import check_optimizer
 
@@ -64,8 +65,8 @@ def _steps_order(n, steps, batch_size, seed):
 
 def _train_steps(model, X, yi, yf, sw, pw, loss, opt, lrs, batch_size, order, seed, n_threads):
     step_loss = np.full(len(lrs), np.nan)
-    done = model._run(X, yi, yf, sw, pw, loss, order, batch_size, len(lrs), opt, lrs, seed, 0, 0,
-                      n_threads, step_loss)
+    done = model.run_steps(X, Targets(yi, yf, sw, pw), loss, order, batch_size, len(lrs), opt, lrs, seed, 0, 0,
+                           n_threads, step_loss)
     return step_loss, done
 
 
@@ -99,17 +100,18 @@ def find_lr(model, X, y, loss, optimizer, lr0=0.01, factor=3.0, steps=50, batch_
         raise ValueError(f"steps must be >= 5, got {steps}")
     steps, batch_size, seed = int(steps), int(batch_size), check_seed(seed)
     X = check_X(X, model.n_features, model.dtype)
-    yi, yf, sw, pw = model._targets(y, loss, X.shape[0])
+    yi, yf, sw, pw = check_targets(y, loss, X.shape[0], model.plan, model.dtype)
     n_threads = resolve_threads(threads)
     bs = min(batch_size, X.shape[0])
     order = _steps_order(X.shape[0], steps, bs, seed)
-    saved = model._params.copy()
+    params = model.flat_params
+    saved = params.copy()
     counters = (model.epochs_trained, model.steps_trained)
 
     def trial(lrs):
-        model._params[...] = saved
+        params[...] = saved
         opt = copy.deepcopy(optimizer)
-        opt.state, opt._model_key, opt.step_count = None, None, 0
+        opt.reset()
         return _train_steps(model, X, yi, yf, sw, pw, loss, opt, lrs, bs, order, seed, n_threads)
 
     try:
@@ -142,7 +144,7 @@ def find_lr(model, X, y, loss, optimizer, lr0=0.01, factor=3.0, steps=50, batch_
             best = max(table, key=lambda r: r["score"])
             return LRFinderResult(best["lr"], table, "factor")
     finally:
-        model._params[...] = saved
+        params[...] = saved
         model.epochs_trained, model.steps_trained = counters
 
 

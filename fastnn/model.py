@@ -1,9 +1,25 @@
 """Sequential: layers -> a plan for the core (fastnn/_plan.py); inference, single steps, fit.
 
-The Python side validates input once, allocates buffers once per fit (or per
-batch size), resolves the thread count, holds BLAS to one thread, and makes one
-call into the compiled core per epoch (or per ~2% of an epoch when a progress
-bar is shown); no Python code runs per example or per step.
+The Python side validates input once (the functions of ``fastnn.data``), allocates buffers once
+per fit (or per batch size), resolves the thread count, holds BLAS to one thread, and makes one
+call into the compiled core per epoch (or per ~2% of an epoch when a progress bar is shown); no
+Python code runs per example or per step.
+
+The package-internal interface of a model: what training.py, distributed.py, diagnostics.py,
+lr_finder.py and the optimizers, callbacks, files and scikit-learn wrappers use beyond the public
+API (they use nothing private; tests/test_structure.py holds them to it):
+
+- ``plan``: the compiled ``Plan`` (shapes, ops, tiles, the layers' places in the buffers);
+- ``flat_params``, ``flat_grads``, ``flat_running``: the flat buffers of the parameters, their
+  gradients and the running statistics, which the layers' arrays view;
+- ``work_buffer``: the work buffer of the last call (every op's output and delta), or None;
+- ``build_for(X)``: fix the input shape from the first data, if the model has none yet;
+- ``run_steps(...)``: the step call, one call into the core for a run of training steps (``precision=``
+  "bf16-mixed" for bfloat16 products);
+- ``l2_spans(bias)``: the spans of ``flat_params`` that ``fit(l2=)`` penalises.
+
+Input checks are not part of it: they are functions of ``fastnn.data`` taking the plan, the loss
+and the dtype, which the model's own methods call as every other caller does.
 """
 import math
 
@@ -13,25 +29,14 @@ from . import layers as L
 from ._config import blas_single_thread, resolve_threads
 from ._core import _engine
 from ._plan import Plan
-from .data import check_seed, check_X, rng_for
-from .losses import BinaryCrossEntropy, CrossEntropy, NLLLoss, check_loss, reduce_loss
-from .metrics import classification_metrics
+from .data import rng_for
+from .data.validation import (check_batch, check_dtype, check_input, check_int, check_lengths, check_number,
+                              check_precision, check_seed, check_targets, input_shape_of, loss_steps,
+                              resolve_loss)
+from .losses import check_loss
+from .metrics import scores
 from .optim import OPT_NONE, check_optimizer
 from .training import TrainingDiverged
-
-
-def _dtype(dtype):
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        dt = None
-    if dt not in (np.float32, np.float64):
-        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
-    return dt
-
-
-def _next_pow2(n):
-    return 1 << max(0, math.ceil(math.log2(max(1, n))))
 
 
 def _aligned_empty(n, dtype):
@@ -43,25 +48,7 @@ def _aligned_empty(n, dtype):
     return raw[off:off + n * item].view(dtype)
 
 
-def _nonneg(v, name, positive=False):
-    try:
-        v = float(v)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a number, got {v!r}") from None
-    if not math.isfinite(v) or v < 0 or (positive and v == 0):
-        raise ValueError(f"{name} must be {'> 0' if positive else '>= 0'} and finite, got {v}")
-    return v
-
-
-def _pos_int(v, name, minimum=1):
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {v!r}")
-    if v < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {v}")
-    return int(v)
-
-
-def _infer_input_shape(layers):
+def infer_input_shape(layers):
     """The per-example input shape the first shape-defining layer implies, or None."""
     for layer in layers:
         if isinstance(layer, L.Dense):
@@ -71,11 +58,11 @@ def _infer_input_shape(layers):
         if isinstance(layer, L.LayerNorm):
             return layer.normalized_shape
         if isinstance(layer, L.Residual):
-            return _infer_input_shape(layer.layers) or (
+            return infer_input_shape(layer.layers) or (
                 (layer.projection.in_features,) if layer.projection is not None else None)
-        if isinstance(layer, (L._Recurrent, L.Embedding)):
+        if isinstance(layer, (L.RNNBase, L.Embedding)):
             return None
-        if not isinstance(layer, (L._Activation, L.Dropout, L.Identity)):
+        if not isinstance(layer, (L.Activation, L.Dropout, L.Identity)):
             return None             # a convolution, pooling, Flatten: the data will tell
     return None
 
@@ -104,7 +91,7 @@ class Sequential:
             if not isinstance(layer, L.Layer):
                 raise TypeError(f"layer {i} is {layer!r}, not a fastnn layer (fn.Dense, fn.ReLU, ...)")
         self.layers = list(layers)
-        self.dtype = _dtype(dtype)
+        self.dtype = check_dtype(dtype)
         self.seed = check_seed(seed)
         self._work_buf = self._scratch_buf = None
         self.loss = None
@@ -114,7 +101,7 @@ class Sequential:
         self.stop_training = False
         self.input_shape = None
         if input_shape is None:
-            input_shape = _infer_input_shape(self.layers)
+            input_shape = infer_input_shape(self.layers)
         elif isinstance(input_shape, (int, np.integer)):
             input_shape = (input_shape,)
         if input_shape is not None:
@@ -124,7 +111,7 @@ class Sequential:
     _BUILT = ("_plan", "n_params", "n_features", "n_outputs", "_params", "_grads", "_running")
 
     def __getattr__(self, name):
-        if name in Sequential._BUILT:
+        if name in self._BUILT:
             raise ValueError("the model is not built yet: its input shape is unknown until it sees data; "
                              "pass input_shape=, e.g. Sequential(..., input_shape=(1, 28, 28)), or call fit "
                              "or forward first")
@@ -132,7 +119,7 @@ class Sequential:
 
     def _build(self, input_shape):
         try:
-            input_shape = tuple(_pos_int(s, "input_shape entries") for s in input_shape)
+            input_shape = tuple(check_int(s, "input_shape entries") for s in input_shape)
         except TypeError:
             raise TypeError(f"input_shape must be a tuple of positive ints, got {input_shape!r}") from None
         self._plan = Plan(self.layers, input_shape)
@@ -254,6 +241,32 @@ class Sequential:
         """Examples per work unit of a training step (from the shapes and the batch size only)."""
         return self._plan.chunk_for(batch_size)
 
+    # ------------------------------------------------------------ package-internal interface
+    @property
+    def plan(self):
+        """The compiled ``Plan`` of the layers."""
+        return self._plan
+
+    @property
+    def flat_params(self):
+        """The one flat buffer of all parameters (``parameters()`` are views into it)."""
+        return self._params
+
+    @property
+    def flat_grads(self):
+        """The gradients, laid out as ``flat_params``."""
+        return self._grads
+
+    @property
+    def flat_running(self):
+        """The running statistics of the norm layers, in one flat buffer."""
+        return self._running
+
+    @property
+    def work_buffer(self):
+        """The work buffer of the last call into the core (every op's output and delta), or None."""
+        return self._work_buf
+
     # ------------------------------------------------------------ buffers
     def _work(self, rows, size=None):
         size = int(self._plan.work_size(rows) if size is None else size)
@@ -270,18 +283,6 @@ class Sequential:
             self._scratch_buf = _aligned_empty(max(size, 1), self.dtype)
         return self._scratch_buf
 
-    def _check_precision(self, precision):
-        """``precision`` as the core runs it: None (products in the model's dtype) or "bf16-mixed"."""
-        if precision is None or (isinstance(precision, str) and precision == self.dtype.name):
-            return None
-        if isinstance(precision, str) and precision == "bf16-mixed":
-            if self.dtype != np.float32:
-                raise ValueError(f"precision='bf16-mixed' keeps float32 master weights: it needs a float32 model, "
-                                 f"this one is {self.dtype.name} (build it with dtype='float32')")
-            return precision
-        raise ValueError(f"precision must be None, {self.dtype.name!r} (the model's dtype) or 'bf16-mixed', "
-                         f"got {precision!r}")
-
     def _precision_args(self, precision, rows, chunk=None, threads=0):
         """(op table, phases' source, work buffer, the core's bf16 argument, scratch, scratch stride)
         for a call over ``rows`` rows in chunks of ``chunk`` (training: on ``threads`` threads)."""
@@ -292,111 +293,21 @@ class Sequential:
         return (b.op_table, b, self._work(rows, b.work_size(rows, threads)), b.info(rows),
                 self._scratch(rows, chunk, b.scratch), b.scratch)
 
-    def _check_X(self, X, name="X"):
-        """X as a C-contiguous (N, n_features) array in the model's dtype; examples shaped
-        ``input_shape`` are flattened (a view)."""
+    def build_for(self, X, name="X"):
+        """Returns X, after fixing the model's input shape from it if the model has none yet
+        (``fastnn.data.input_shape_of``: X may come back as an array)."""
         if self.input_shape is None:
-            shape = getattr(X, "shape", None)
-            if shape is None or len(shape) < 2:
-                X = np.asarray(X)
-                shape = X.shape
-            if len(shape) < 2 or shape[0] == 0:
-                raise ValueError(f"{name} must be shaped (N, ...) with N >= 1 to fix the model's input shape, "
-                                 f"got shape {tuple(shape)}")
-            self._build(tuple(shape[1:]))
-        if isinstance(X, np.ndarray) and X.ndim > 2 and X.shape[1:] == self.input_shape:
-            X = X.reshape(X.shape[0], -1)
-        X = check_X(X, self.n_features, self.dtype, name=name, stream=not self._plan.embeddings)
-        if self._plan.embeddings:
-            n = self._plan.embeddings[0][1].num_embeddings
-            bad = (X < 0) | (X >= n) | (X != np.floor(X))
-            if bad.any():
-                v = float(X[bad].flat[0])
-                raise ValueError(f"{name} holds token ids for the Embedding: whole numbers in [0, {n}); "
-                                 f"got {v!r}")
-            if self.dtype == np.float32 and n > 2 ** 24:
-                raise ValueError(f"Embedding with {n} rows: float32 inputs hold token ids exactly only "
-                                 "below 2**24; use dtype='float64'")
+            X, shape = input_shape_of(X, name)
+            self._build(shape)
         return X
 
-    def _check_lengths(self, lengths, n):
-        """``lengths`` as an int64 array of n sequence lengths in [1, T], or None."""
-        if lengths is None:
-            return None
-        rec = [op for op in self._plan.ops if op["kind"] == _engine.OP_KINDS["rnn"]]
-        if not rec:
-            raise ValueError("lengths= is for models with a recurrent layer (fn.RNN, fn.LSTM, fn.GRU)")
-        T = rec[0]["steps"]
-        a = np.asarray(lengths)
-        if a.dtype.kind not in "iu" and not (a.dtype.kind == "f" and np.all(a == np.floor(a))):
-            raise TypeError(f"lengths must hold whole numbers, got dtype {a.dtype}")
-        if a.shape != (n,):
-            raise ValueError(f"lengths must have shape ({n},), one per example, got {a.shape}")
-        if n and (a.min() < 1 or a.max() > T):
-            raise ValueError(f"lengths must lie in [1, {T}] (the sequences' steps), got {a.min()} .. {a.max()}")
-        return np.ascontiguousarray(a, dtype=np.int64)
-
-    def _step_targets(self, y, loss, n, sample_weight, shape):
-        """Per-step class labels for an output of ``shape`` (..., C) per example: yi of shape
-        (n, steps), every step a row of C classes. The weights are per example (n,), or per step
-        (n, steps) when the loss has class weights or ``sample_weight`` is (n, steps)."""
-        steps, C = math.prod(shape[:-1]), shape[-1]
-        step_dims = ", ".join(map(str, shape[:-1]))
-        if not isinstance(loss, (CrossEntropy, NLLLoss)):
-            raise ValueError(f"the network outputs shape {shape} per example (a Dense on every step); of the "
-                             "classification losses only CrossEntropy and NLLLoss take per-step labels of shape "
-                             f"(N, {step_dims}); otherwise end with fn.Flatten() and a fn.Dense")
-        a = np.asarray(y)
-        if a.shape != (n,) + tuple(shape[:-1]):
-            raise ValueError(f"y must hold one class label per example and step, shape "
-                             f"({n}, {step_dims}), got {a.shape}")
-        yi = loss.prepare(a.reshape(-1), n * steps, C, self.dtype)[0].reshape(n, steps)
-        cw = loss.example_weights(yi.reshape(-1), self.dtype)     # the loss's class weight of every step
-        s = None if sample_weight is None else np.asarray(sample_weight)
-        if s is not None and s.ndim > 1 and s.size != n:
-            # one weight per step (Keras's temporal sample weights)
-            if s.shape != (n,) + tuple(shape[:-1]):
-                raise ValueError(f"sample_weight with per-step labels is (N,) per example or (N, {step_dims}) "
-                                 f"per step, got shape {s.shape}")
-            sw = self._weights(None, s.reshape(-1), n * steps).reshape(n, steps)
-            if cw is not None:
-                sw = np.ascontiguousarray(cw.reshape(n, steps) * sw)
-        else:
-            sw = self._weights(None, sample_weight, n)
-            if cw is not None:
-                cw = cw.reshape(n, steps)
-                sw = cw if sw.size == 0 else np.ascontiguousarray(cw * sw[:, None])
-        return yi, np.zeros((0, C), dtype=self.dtype), sw, np.zeros(0, self.dtype)
+    def _check_X(self, X, name="X"):
+        """``fastnn.data.check_input`` for this model, built from X if it was not."""
+        return check_input(self.build_for(X, name), self._plan, self.dtype, name)
 
     def _targets(self, y, loss, n, sample_weight=None):
-        shape = self._plan.out_shape
-        if len(shape) > 1:
-            if loss.classification:
-                return self._step_targets(y, loss, n, sample_weight, shape)
-            if isinstance(y, np.ndarray) and y.ndim == len(shape) + 1 and y.shape[1:] == shape:
-                y = y.reshape(y.shape[0], -1)
-        yi, yf = loss.prepare(y, n, self.n_outputs, self.dtype)
-        if yf.size == 0:
-            yf = np.zeros((0, self.n_outputs), dtype=self.dtype)
-        sw = self._weights(loss.example_weights(yi, self.dtype), sample_weight, n)
-        pw = loss.pos_weight_array(self.n_outputs, self.dtype)
-        return yi, yf, sw, pw
-
-    def _weights(self, sw, sample_weight, n):
-        """Per-example weights: the loss's ``sw`` (or None) times ``sample_weight``; empty if none."""
-        if sample_weight is not None:
-            s = np.asarray(sample_weight)
-            if s.dtype.kind not in "biuf":
-                raise TypeError(f"sample_weight must be numeric, got dtype {s.dtype}")
-            s = np.ascontiguousarray(s, dtype=self.dtype).reshape(-1)
-            if s.shape[0] != n:
-                raise ValueError(f"sample_weight has {s.shape[0]} entries but X has {n} examples")
-            if not np.all(np.isfinite(s)) or np.any(s < 0):
-                raise ValueError("sample_weight must be finite and non-negative")
-            sw = s if sw is None else np.ascontiguousarray(sw * s, dtype=self.dtype)
-        if sw is None:
-            sw = np.zeros(0, dtype=self.dtype)
-        return sw
+        """``fastnn.data.check_targets`` for this model."""
+        return check_targets(y, loss, n, self._plan, self.dtype, sample_weight)
 
     # ------------------------------------------------------------ inference
     def forward(self, X, threads=None, training=False, lengths=None, precision=None):
@@ -409,11 +320,13 @@ class Sequential:
         X as one batch (running statistics unchanged). ``lengths``: each sequence's length (models
         with recurrent layers): its steps past that keep the state and output zeros.
         ``precision``: ``"bf16-mixed"`` multiplies bfloat16 operands, as training in it does."""
-        precision = self._check_precision(precision)
-        X = self._check_X(X)
-        n = X.shape[0]
-        lengths = self._check_lengths(lengths, n)
+        precision = check_precision(precision, self.dtype)
+        if self.input_shape is None:
+            X = self.build_for(X)
         p = self._plan
+        X = check_input(X, p, self.dtype)
+        n = X.shape[0]
+        lengths = check_lengths(lengths, n, p)
         mode = "train_forward" if training else "infer"
         if training and p.has_bn and n < 2:
             raise ValueError("BatchNorm in training mode needs at least 2 examples; got 1")
@@ -448,75 +361,27 @@ class Sequential:
         classification losses (elementwise accuracy alone for multi-label BCE), over all of X.
         Per-step outputs count the steps within ``lengths`` only. ``precision``: as in
         ``forward``."""
-        loss = check_loss(loss if loss is not None else self._need_loss())
+        loss = resolve_loss(loss, self.loss)
         X = self._check_X(X)
-        yi, yf, sw, pw = self._targets(y, loss, X.shape[0], sample_weight)
-        lengths = self._check_lengths(lengths, X.shape[0])
+        targets = self._targets(y, loss, X.shape[0], sample_weight)
+        lengths = check_lengths(lengths, X.shape[0], self._plan)
         out = self.forward(X, threads, lengths=lengths, precision=precision).reshape(X.shape[0], -1)
-        return self._scores(out, yi, yf, sw, pw, loss, lengths)
-
-    def _scores(self, out, yi, yf, sw, pw, loss, lengths=None):
-        """``evaluate``'s numbers from the network's outputs ``out`` (one row per example) for
-        the prepared targets; with per-step losses, over the steps within ``lengths``."""
-        steps = self._loss_steps(loss, yi, lengths)
-        if steps > 1:
-            # a loss per step: torch's mean over every real (example, step), steps past a
-            # sequence's length left out (for MSE over real steps x outputs)
-            n, C = out.shape[0], self._plan.out_shape[-1]
-            lens = lengths if lengths is not None else np.full(n, steps)
-            valid = np.arange(steps)[None, :] < lens[:, None]
-            rows = out.reshape(-1, C)
-            if yi.ndim == 2:
-                per = np.empty(yi.size)
-                _engine.loss_per_example(rows, yi.reshape(-1), yf, pw, loss.kernel_code(yf), per)
-            else:
-                diff = rows.astype(np.float64) - yf.reshape(-1, C)
-                per = np.sum(diff * diff, axis=1)
-            w = sw if sw.ndim == 2 else (sw[:, None] if sw.size else np.ones((n, 1)))
-            w = w * valid
-            total = float((per.reshape(n, steps) * w).sum())
-            norm = float(w.sum()) * (C if loss.reduction_code == 1 else 1)
-            res = {"loss": total if loss.reduction_code == 2 else total / max(norm, 1e-300)}
-            if yi.ndim != 2:
-                return res
-            return self._metrics(res, rows[valid.ravel()], yi[valid], yf, loss, C)
-        per = np.empty(out.shape[0])
-        _engine.loss_per_example(out, yi, yf, pw, loss.kernel_code(yf), per)
-        res = {"loss": reduce_loss(per, sw if sw.size else None, loss.reduction_code, self.n_outputs)}
-        return self._metrics(res, out, yi, yf, loss, self.n_outputs)
-
-    def _loss_steps(self, loss, yi, lengths):
-        """Steps with a loss of their own per example: those of per-step class labels, or of a
-        per-step MSE given ``lengths``; 1 otherwise (one loss row per example)."""
-        shape = self._plan.out_shape
-        if len(shape) < 2 or (yi.ndim != 2 and (lengths is None or loss.classification)):
-            return 1
-        if lengths is not None:
-            T = next(op["steps"] for op in self._plan.ops if op["kind"] == _engine.OP_KINDS["rnn"])
-            if len(shape) != 2 or shape[0] != T:
-                raise ValueError(f"lengths= with an output of shape {shape} per example: steps past a length "
-                                 f"are left out of a per-step loss only for outputs (T, C) = ({T}, C), a Dense "
-                                 "on every step of the recurrent layer")
-        return math.prod(shape[:-1])
-
-    def _metrics(self, res, out, yi, yf, loss, n_classes):
-        """``res`` with the classification metrics of ``out`` against the targets added."""
-        if loss.classification:
-            if yi.size or yf.shape[1] == 1 or not isinstance(loss, BinaryCrossEntropy):
-                truth = yi if yi.size else (yf.argmax(1) if yf.shape[1] > 1 else (yf[:, 0] > 0.5).astype(np.int64))
-                pred = out.argmax(1) if out.shape[1] > 1 else (out[:, 0] > 0).astype(np.int64)
-                res.update(classification_metrics(truth, pred, n_classes))
-            else:
-                res["accuracy"] = loss.accuracy(out, yi, yf)
-        return res
-
-    def _need_loss(self):
-        if self.loss is None:
-            raise ValueError("no loss given and the model has not been trained; pass loss=, "
-                             "e.g. loss=fn.CrossEntropy()")
-        return self.loss
+        return scores(out, targets, loss, self._plan, lengths)
 
     # ------------------------------------------------------------ training
+    def run_steps(self, X, targets, loss, order, batch_size, n_steps, opt, lrs, seed, epoch, step0, n_threads,
+                  step_loss, **kw):
+        """The step call of the training code: ``n_steps`` steps of ``batch_size`` examples of the
+        checked X and ``targets`` (a ``fastnn.data.Targets``), taken in ``order``, in one call into
+        the core. ``opt`` None computes the gradients alone; ``lrs`` holds each step's rate and
+        ``step_loss`` receives each step's loss; (seed, epoch, step0) key the dropout masks. ``kw``:
+        the core's options (``l2``, ``l2_bias``, ``clip_norm``, ``clip_value``, ``pred``, ``lengths``,
+        ``diag``, ``pos0``, ``norm_of_step``) and ``precision`` (None or "bf16-mixed", checked). Returns the steps done: fewer than ``n_steps`` when a
+        step's loss is not finite (that step's update skipped)."""
+        yi, yf, sw, pw = targets
+        return self._run(X, yi, yf, sw, pw, loss, order, batch_size, n_steps, opt, lrs, seed, epoch, step0,
+                         n_threads, step_loss, **kw)
+
     def _run(self, X, yi, yf, sw, pw, loss, order, batch_size, n_steps, opt, lrs, seed, epoch,
              step0, n_threads, step_loss, update_running=True, precision=None, **kw):
         p = self._plan
@@ -531,7 +396,7 @@ class Sequential:
             for (_, layer), k in zip(p.bn_layers, (k for k, op in enumerate(p.ops) if op["kind"] == 2)):
                 ops[k, nbt] = layer.num_batches_tracked
         running = self._running if update_running else self._running.copy()
-        steps = self._loss_steps(loss, yi, kw.get("lengths"))
+        steps = loss_steps(loss, yi, kw.get("lengths"), p)
         step_weight = None
         if sw.ndim == 2:        # per-step weights go step-major, as the labels
             step_weight, sw = np.ascontiguousarray(sw.T).reshape(-1), sw[:0, 0]
@@ -561,11 +426,6 @@ class Sequential:
         work = 6.0 * rows * self._plan.n_applied
         return int(max(1, min(n_threads, work // self.MIN_FLOP_PER_THREAD)))
 
-    def _check_batch(self, n, what):
-        if self._plan.has_bn and n < 2:
-            raise ValueError(f"{what}: BatchNorm in training mode needs at least 2 examples per batch, "
-                             f"got {n}")
-
     def loss_and_grad(self, X, y, loss, sample_weight=None, l2=0.0, l2_bias=False, threads=None, lengths=None,
                       precision=None):
         """Loss of the whole of X as one batch and its gradient (mean over the batch, as the
@@ -575,17 +435,18 @@ class Sequential:
         sequence's length (recurrent layers). ``precision``: ``"bf16-mixed"`` multiplies bfloat16
         operands (see ``fit``). Nothing of the model changes, its running statistics included."""
         loss = check_loss(loss)
-        precision = self._check_precision(precision)
-        l2 = _nonneg(l2, "l2")
+        precision = check_precision(precision, self.dtype)
+        l2 = check_number(l2, "l2")
         X = self._check_X(X)
         yi, yf, sw, pw = self._targets(y, loss, X.shape[0], sample_weight)
         n = X.shape[0]
-        self._check_batch(n, "loss_and_grad")
+        check_batch(n, self._plan, "loss_and_grad")
         step_loss = np.empty(1)
         with blas_single_thread():
             self._run(X, yi, yf, sw, pw, loss, np.arange(n, dtype=np.intp), n, 1, None, np.zeros(1),
                       self.seed, 0, 0, resolve_threads(threads), step_loss, update_running=False,
-                      l2=l2, l2_bias=bool(l2_bias), lengths=self._check_lengths(lengths, n), precision=precision)
+                      l2=l2, l2_bias=bool(l2_bias), lengths=check_lengths(lengths, n, self._plan),
+                      precision=precision)
         value = float(step_loss[0]) + (self.l2_penalty(l2, l2_bias) if l2 > 0 else 0.0)
         return value, [g.copy() for g in self.grads]
 
@@ -595,16 +456,16 @@ class Sequential:
         ``precision``: ``"bf16-mixed"`` multiplies bfloat16 operands (see ``fit``). Returns the
         loss."""
         loss, opt = check_loss(loss), check_optimizer(optimizer)
-        precision = self._check_precision(precision)
+        precision = check_precision(precision, self.dtype)
         X = self._check_X(X)
         yi, yf, sw, pw = self._targets(y, loss, X.shape[0], sample_weight)
         n = X.shape[0]
-        self._check_batch(n, "train_step")
+        check_batch(n, self._plan, "train_step")
         step_loss = np.empty(1)
         with blas_single_thread():
             done = self._run(X, yi, yf, sw, pw, loss, np.arange(n, dtype=np.intp), n, 1, opt,
                              np.array([opt.lr]), self.seed, self.epochs_trained, self.steps_trained,
-                             resolve_threads(threads), step_loss, lengths=self._check_lengths(lengths, n),
+                             resolve_threads(threads), step_loss, lengths=check_lengths(lengths, n, self._plan),
                              precision=precision)
         if done < 1:
             raise TrainingDiverged(f"loss is {step_loss[0]} on this batch; the update was skipped. "
@@ -690,9 +551,9 @@ class Sequential:
         table (its padding row left out), and their biases with ``bias``, in float64."""
         P = self._params
         return l2 * sum(float(np.sum(np.square(P[off:off + n], dtype=np.float64)))
-                        for off, n in self._l2_spans(bias))
+                        for off, n in self.l2_spans(bias))
 
-    def _l2_spans(self, bias=False):
+    def l2_spans(self, bias=False):
         """(offset, size) spans of the flat buffer that ``fit(l2=)`` penalises, as the core does:
         Dense, conv and recurrent weights (biases with ``bias``) and the Embedding table except
         its padding row (never trained, as in torch); norm layers' parameters are not."""

@@ -60,7 +60,8 @@ class GraphBuilder:
         self.shape = None           # per-example shape of the tensor the current layer reads
         self._names = {"input", "output"}     # the graph's own input and output
 
-    def _fresh(self, base):
+    def fresh(self, base):
+        """A tensor or node name not used yet in the graph: ``base``, else ``base_1``, ``base_2``..."""
         name, k = base, 1
         while name in self._names:
             name, k = f"{base}_{k}", k + 1
@@ -71,13 +72,13 @@ class GraphBuilder:
         """Add an initializer holding ``value`` (in the model's dtype unless ``dtype``); returns
         its name."""
         arr = np.ascontiguousarray(value, dtype=self.dtype if dtype is None else dtype)
-        name = self._fresh(name)
+        name = self.fresh(name)
         self.initializers.append(self.onnx.numpy_helper.from_array(arr, name))
         return name
 
     def node(self, op, inputs, name, **attrs):
         """Append one node of ONNX operator ``op``; returns the name of its (single) output."""
-        out = self._fresh(name)
+        out = self.fresh(name)
         self.nodes.append(self.onnx.helper.make_node(op, list(inputs), [out], name=out, **attrs))
         return out
 
@@ -219,7 +220,7 @@ def _rows(g, y, name):
 
 @register(L.Conv1d, L.Conv2d)
 def _conv(layer, g, x, name):
-    pads = list(layer._pads())
+    pads = list(layer.pads())
     ends = pads
     if layer.padding == "same":     # the odd one out of an odd total goes after, as in PyTorch
         ends = [d * (k - 1) - p for k, d, p in zip(layer.kernel_size, layer.dilation, pads)]
@@ -283,9 +284,9 @@ def _recurrent(layer, g, x, name):
             attrs["linear_before_reset"] = 1       # torch applies r after W_hn h + b_hn
         if op == "RNN":
             attrs["activations"] = ["Relu" if layer.nonlinearity == "relu" else "Tanh"]
-        y, yh = g._fresh(f"{p}.Y"), g._fresh(f"{p}.Y_h")
-        outs = [y, yh] + ([g._fresh(f"{p}.Y_c")] if op == "LSTM" else [])
-        g.nodes.append(onnx.helper.make_node(op, inputs, outs, name=g._fresh(f"{p}.{op.lower()}"), **attrs))
+        y, yh = g.fresh(f"{p}.Y"), g.fresh(f"{p}.Y_h")
+        outs = [y, yh] + ([g.fresh(f"{p}.Y_c")] if op == "LSTM" else [])
+        g.nodes.append(onnx.helper.make_node(op, inputs, outs, name=g.fresh(f"{p}.{op.lower()}"), **attrs))
         seq = g.node("Squeeze", [y, g.constant(f"{p}.dir", [1], np.int64)], f"{p}.squeeze")   # (T, N, H)
     if layer.return_sequences:
         y = g.node("Transpose", [seq], f"{name}.batch_major", perm=[1, 0, 2])
@@ -392,9 +393,9 @@ def export(model, path, opset=None, *, standardize=None, metadata=None):
     Raises:
         NotImplementedError: a layer has no exporter (the message names it).
     """
-    from .io import _atomic_write, _check_write_path
+    from ._util import atomic_write, check_write_path
 
-    path = _check_write_path(path)
+    path = check_write_path(path)
     proto = to_model_proto(model, opset, standardize=standardize, metadata=metadata)
-    _atomic_write(path, proto.SerializeToString())
+    atomic_write(path, proto.SerializeToString())
     return proto

@@ -35,7 +35,8 @@ class Optimizer:
 
     code = OPT_NONE
     n_state = 0
-    _state_names = ()
+    #: names of the state buffers (torch's), in the order of the rows of ``state``
+    state_names = ()
 
     def __init__(self, lr):
         self.lr = _check_lr(lr)
@@ -52,6 +53,10 @@ class Optimizer:
     def hyper(self):
         """Hyper-parameters as the compiled kernel reads them."""
         return np.zeros(0)
+
+    def reset(self):
+        """Forget the state buffers and the step count: the next step starts afresh."""
+        self.state, self._model_key, self.step_count = None, None, 0
 
     def _init_state(self, state):
         pass
@@ -83,22 +88,22 @@ class Optimizer:
         from ._config import resolve_threads
 
         state = self.bind(model)
-        g = model._grads if grads is None else np.ascontiguousarray(
+        g = model.flat_grads if grads is None else np.ascontiguousarray(
             np.concatenate([np.ravel(x) for x in grads]) if isinstance(grads, (list, tuple)) else grads,
             dtype=model.dtype)
         if g.shape != (model.n_params,):
             raise ValueError(f"grads must hold {model.n_params} values (the model's parameters)")
-        _engine.optimizer_step(self.code, model._params, g, state, self.hyper(), self.lr,
+        _engine.optimizer_step(self.code, model.flat_params, g, state, self.hyper(), self.lr,
                                self.step_count + 1, resolve_threads(threads))
         self.step_count += 1
 
     def state_dict(self):
         """Hyper-parameters, step count and state buffers (copies)."""
         d = {"type": type(self).__name__, "lr": self.lr, "step": self.step_count,
-             "hyper": self._hyper_dict()}
+             "hyper": self.hyper_dict()}
         if self.state is not None:
             for i in range(self.state.shape[0]):
-                d[self._state_names[i]] = self.state[i].copy()
+                d[self.state_names[i]] = self.state[i].copy()
         return d
 
     def load_state_dict(self, d):
@@ -109,7 +114,7 @@ class Optimizer:
         self.step_count = int(d["step"])
         for k, v in d.get("hyper", {}).items():
             setattr(self, k, v)
-        names = self._state_names[:self.n_state]
+        names = self.state_names[:self.n_state]
         if names and all(n in d for n in names):
             arrs = [np.asarray(d[n]) for n in names]
             if len({a.shape for a in arrs}) != 1 or arrs[0].ndim != 1:
@@ -121,11 +126,12 @@ class Optimizer:
         else:
             self.state = None
 
-    def _hyper_dict(self):
+    def hyper_dict(self):
+        """The hyper-parameters beyond ``lr`` by name, as the constructor takes them."""
         return {}
 
     def __repr__(self):
-        h = ", ".join(f"{k}={v!r}" for k, v in self._hyper_dict().items())
+        h = ", ".join(f"{k}={v!r}" for k, v in self.hyper_dict().items())
         return f"{type(self).__name__}(lr={self.lr}" + (f", {h})" if h else ")")
 
 
@@ -151,12 +157,12 @@ class SGD(Optimizer):
     def n_state(self):
         return 1 if self.momentum != 0 else 0
 
-    _state_names = ("momentum_buffer",)
+    state_names = ("momentum_buffer",)
 
     def hyper(self):
         return np.array([self.momentum, self.dampening, float(self.nesterov), self.weight_decay])
 
-    def _hyper_dict(self):
+    def hyper_dict(self):
         return {"momentum": self.momentum, "dampening": self.dampening, "nesterov": self.nesterov,
                 "weight_decay": self.weight_decay}
 
@@ -170,7 +176,7 @@ class Adam(Optimizer):
 
     code = OPT_ADAM
     n_state = 3
-    _state_names = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+    state_names = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
     _decoupled = False
 
     def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False):
@@ -187,7 +193,7 @@ class Adam(Optimizer):
         return np.array([self.betas[0], self.betas[1], self.eps, self.weight_decay,
                          float(self.amsgrad), float(self._decoupled)])
 
-    def _hyper_dict(self):
+    def hyper_dict(self):
         return {"betas": self.betas, "eps": self.eps, "weight_decay": self.weight_decay,
                 "amsgrad": self.amsgrad}
 
@@ -206,7 +212,7 @@ class Adagrad(Optimizer):
 
     code = OPT_ADAGRAD
     n_state = 1
-    _state_names = ("sum",)
+    state_names = ("sum",)
 
     def __init__(self, lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0, eps=1e-10):
         super().__init__(lr)
@@ -222,7 +228,7 @@ class Adagrad(Optimizer):
     def hyper(self):
         return np.array([self.lr_decay, self.eps, self.weight_decay, self.initial_accumulator_value])
 
-    def _hyper_dict(self):
+    def hyper_dict(self):
         return {"lr_decay": self.lr_decay, "weight_decay": self.weight_decay,
                 "initial_accumulator_value": self.initial_accumulator_value, "eps": self.eps}
 
@@ -233,7 +239,7 @@ class RMSprop(Optimizer):
 
     code = OPT_RMSPROP
     n_state = 3
-    _state_names = ("square_avg", "momentum_buffer", "grad_avg")
+    state_names = ("square_avg", "momentum_buffer", "grad_avg")
 
     def __init__(self, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False):
         super().__init__(lr)
@@ -246,7 +252,7 @@ class RMSprop(Optimizer):
     def hyper(self):
         return np.array([self.alpha, self.eps, self.momentum, float(self.centered), self.weight_decay])
 
-    def _hyper_dict(self):
+    def hyper_dict(self):
         return {"alpha": self.alpha, "eps": self.eps, "weight_decay": self.weight_decay,
                 "momentum": self.momentum, "centered": self.centered}
 

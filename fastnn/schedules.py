@@ -27,12 +27,13 @@ class Schedule:
 
     def rates(self, t0, n):
         """Rates of steps t0 .. t0 + n - 1 as a float64 array."""
-        return self._rates(np.arange(t0, t0 + n, dtype=np.float64))
+        return self.rates_at(np.arange(t0, t0 + n, dtype=np.float64))
 
     def __call__(self, t):
-        return float(self._rates(np.array([float(t)]))[0])
+        return float(self.rates_at(np.array([float(t)]))[0])
 
-    def _rates(self, t):
+    def rates_at(self, t):
+        """Rates at the steps ``t`` (a float64 array); what a schedule defines."""
         raise NotImplementedError
 
 
@@ -42,7 +43,7 @@ class Constant(Schedule):
     def __init__(self, lr):
         self.lr = _pos("lr", lr, strict=False)
 
-    def _rates(self, t):
+    def rates_at(self, t):
         return np.full(t.shape, self.lr)
 
     def __repr__(self):
@@ -60,7 +61,7 @@ class Linear(Schedule):
         self.low = _pos("low", low, strict=False)
         self.t_max = _steps("t_max", t_max)
 
-    def _rates(self, t):
+    def rates_at(self, t):
         a = np.minimum(t / self.t_max, 1.0)
         return (1 - a) * self.high + a * self.low
 
@@ -76,7 +77,7 @@ class Step(Schedule):
         self.step_size = _steps("step_size", step_size)
         self.gamma = _pos("gamma", gamma)
 
-    def _rates(self, t):
+    def rates_at(self, t):
         return self.lr * self.gamma ** np.floor(t / self.step_size)
 
 
@@ -88,7 +89,7 @@ class Cosine(Schedule):
         self.lr_min = _pos("lr_min", lr_min, strict=False)
         self.t_max = _steps("t_max", t_max)
 
-    def _rates(self, t):
+    def rates_at(self, t):
         tt = np.minimum(t, self.t_max)
         return self.lr_min + (self.lr_max - self.lr_min) * (1 + np.cos(np.pi * tt / self.t_max)) / 2
 
@@ -123,7 +124,7 @@ class OneCycle(Schedule):
             return end + (start - end) / 2.0 * (np.cos(np.pi * pct) + 1)
         return (end - start) * pct + start
 
-    def _rates(self, t):
+    def rates_at(self, t):
         out = np.empty(t.shape)
         t = np.minimum(t, self.total_steps - 1)
         start_step = 0.0
@@ -149,9 +150,9 @@ class Warmup(Schedule):
             raise ValueError(f"start_factor must be in [0, 1], got {start_factor}")
         self.start_factor = float(start_factor)
 
-    def _rates(self, t):
+    def rates_at(self, t):
         ramp = self.start_factor + (1 - self.start_factor) * np.minimum(t / self.warmup_steps, 1.0)
-        return self.schedule._rates(t) * ramp
+        return self.schedule.rates_at(t) * ramp
 
 
 class Sequence(Schedule):
@@ -175,19 +176,19 @@ class Sequence(Schedule):
                     raise TypeError(f"piece {i} is not a fastnn schedule: {sched!r}")
                 self.pieces.append((sched, _steps(f"length of piece {i}", n)))
 
-    def _rates(self, t):
+    def rates_at(self, t):
         out = np.empty(t.shape)
         start = 0.0
         done = np.zeros(t.shape, bool)
         for sched, n in self.pieces:
             sel = ~done if n is None else ~done & (t < start + n)
-            out[sel] = sched._rates(t[sel] - start)
+            out[sel] = sched.rates_at(t[sel] - start)
             done |= sel
             if n is not None:
                 start += n
         if not done.all():           # past the end of a fully bounded sequence: hold the last rate
             last, n = self.pieces[-1]
-            out[~done] = last._rates(np.array([float(n - 1)]))[0]
+            out[~done] = last.rates_at(np.array([float(n - 1)]))[0]
         return out
 
 

@@ -24,6 +24,7 @@ except ImportError as e:  # pragma: no cover - depends on the environment
                       "pip install 'fastnn-cpu[sklearn]'") from e
 
 from . import layers as L
+from .data.validation import check_sample_weight
 from .losses import MSE, CrossEntropy
 from .model import Sequential
 from .optim import SGD, Adam
@@ -224,20 +225,6 @@ class _BaseMLP(BaseEstimator):
         check_is_fitted(self, "model_")
         return [p for name, p in self.model_.named_parameters() if name.endswith("bias")]
 
-    def __setstate__(self, state):
-        super().__setstate__(state)
-        model = self.__dict__.get("model_")
-        if model is not None:
-            # Pickling stores each layer's weight view as a separate array, and a memory-mapped
-            # load makes them read-only: rebuild a writable buffer and the views into it.
-            model._params = np.array(model._params)
-            model._grads = np.array(model._grads)
-            model._work_buf = None
-            model._bind_views()
-        opt = self.__dict__.get("_optimizer")
-        if opt is not None and opt.state is not None:
-            opt.state = np.array(opt.state)
-
     # ------------------------------------------------------------ training
     def _optimizer_for(self, incremental, g):
         """The optimizer for this fit; ``g`` is fastnn's gradient over scikit-learn's."""
@@ -379,6 +366,8 @@ class _BaseMLP(BaseEstimator):
 
     @staticmethod
     def _check_sample_weight(sample_weight, n):
+        """scikit-learn's shapes (a scalar weighs every sample alike; one dimension), then fastnn's
+        check of the values; float64, a copy: the caller's array is never changed."""
         if sample_weight is None:
             return None
         try:
@@ -387,15 +376,10 @@ class _BaseMLP(BaseEstimator):
             raise TypeError(f"sample_weight must be a 1-D numeric array: {e}") from None
         if sw.ndim == 0:
             sw = np.full(n, sw)
-        if sw.dtype.kind not in "biuf":
-            raise TypeError(f"sample_weight must be numeric, got dtype {sw.dtype}")
-        if sw.ndim != 1 or sw.shape[0] != n:
+        if sw.dtype.kind in "biuf" and (sw.ndim != 1 or sw.shape[0] != n):
             raise ValueError(f"sample_weight must have shape ({n},), one weight per sample, "
                              f"got shape {sw.shape}")
-        sw = sw.astype(np.float64)   # a copy: the caller's array is never changed
-        if not np.all(np.isfinite(sw)) or np.any(sw < 0):
-            raise ValueError("sample_weight must be finite and non-negative")
-        return sw
+        return np.array(check_sample_weight(sw, n, np.float64))
 
     def _forward(self, X):
         check_is_fitted(self, "model_")

@@ -87,7 +87,7 @@ def test_bf16_mixed_compares_fastnn_with_torch_autocast(monkeypatch):
 
 
 def test_isa_avx2_holds_every_library_and_leaves_jax_out(tmp_path):
-    f = __import__("fastnn._core", fromlist=["_cpu_features"])._cpu_features()
+    f = __import__("fastnn._core", fromlist=["cpu_features"]).cpu_features()
     if not (f.get("AVX2") and f.get("FMA3")):
         import pytest
         with pytest.raises(ValueError, match="--isa avx2 needs a CPU with AVX2"):

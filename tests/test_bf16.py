@@ -139,7 +139,7 @@ def test_mlp_gradients_match_a_numpy_bfloat16_reference(kernel, n):
     # every Dense product ran on the bfloat16 kernels, none in float32
     assert all(v > 0 for (path, _), v in calls.items() if path == "bf16")
     assert all(v == 0 for (path, _), v in calls.items() if path != "bf16")
-    assert [op["prec"] for op in m._plan.bf16().ops if op["kind"] == _engine.OP_KINDS["dense"]] == [1, 1, 1]
+    assert [op["prec"] for op in m.plan.bf16().ops if op["kind"] == _engine.OP_KINDS["dense"]] == [1, 1, 1]
 
 
 def test_loss_and_forward_match_the_reference(kernel):

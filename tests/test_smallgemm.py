@@ -1,8 +1,10 @@
-"""The float32 GEMMs of fastnn/_core/smallgemm.pxi (AVX-512 build): a Dense layer's products over a
+"""The float32 GEMMs of fastnn/_core/smallgemm.pxi (AVX-512 and AVX2 builds): a Dense layer's products over a
 batch's or a chunk's rows. Odd shapes against float64 (the same weights, rounded to float32), on both
 forward kernels (below 64 rows and from there on: 131 rows), in the chunk phases and the neuron-split
 (wide) ones, with input deltas that overwrite and that add, on several rows per example; thread-count
 invariance; and the planner's choice of layers."""
+import os
+
 import numpy as np
 import pytest
 
@@ -18,6 +20,7 @@ needs_kernels = pytest.mark.skipif(not _engine.SMALL_GEMM, reason="this build mu
 def everywhere(monkeypatch):
     """Every Dense layer, however small, on the kernels at any row count."""
     monkeypatch.setattr(_plan, "SMALL_MIN_WEIGHTS", 1)
+    monkeypatch.setattr(_plan, "SMALL_MIN_OUT", 1)
     monkeypatch.setattr(_plan, "SMALL_MAX_ROWS", 10 ** 6)
     monkeypatch.setattr(_plan, "SMALL_MAX_GRAD_ROWS", 10 ** 6)
 
@@ -233,3 +236,36 @@ def test_own_gemm_checks_shapes():
         _engine.own_gemm("fwd", a, np.zeros((3, 6), np.float32), np.zeros((4, 3), np.float32))
     with pytest.raises(ValueError, match="kind"):
         _engine.own_gemm("nt", a, a, a)
+
+
+@needs_kernels
+def test_the_kernels_sum_in_the_same_order_whatever_the_cache_size(rng):
+    """The blocks of B are sized to the CPU's L1 (fastnn._core.l1_data_cache_bytes); each entry's
+    FMA chain goes on across blocks, so every cache size gives the same bits."""
+    from fastnn import _core
+    A = rng.normal(size=(131, 700)).astype(np.float32)
+    W = rng.normal(size=(300, 700)).astype(np.float32)
+    D = rng.normal(size=(131, 300)).astype(np.float32)
+    outs = []
+    try:
+        for l1 in (16 << 10, 32 << 10, 48 << 10, 1 << 20):
+            kb = _engine.set_l1_cache(l1)
+            C, Ci, G = np.empty((131, 300), np.float32), np.empty((131, 700), np.float32), np.empty((300, 700), np.float32)
+            _engine.own_gemm("fwd", A, W, C)
+            _engine.own_gemm("bc", D, W, Ci)
+            _engine.own_gemm("bc", D.T, A, G)
+            outs.append((kb, C, Ci, G))
+    finally:
+        _engine.set_l1_cache(_core.l1_data_cache_bytes() or 48 << 10)
+    assert len({o[0] for o in outs}) >= 3            # the blocks did change size
+    for o in outs[1:]:
+        for a, b in zip(o[1:], outs[0][1:]):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_the_l1_size_is_read_from_the_machine():
+    from fastnn import _core
+    n = _core.l1_data_cache_bytes()
+    assert isinstance(n, int) and n >= 0
+    if os.path.exists("/sys/devices/system/cpu/cpu0/cache/index0/size"):
+        assert n >= 8 << 10

@@ -18,7 +18,8 @@ _V4 = ("AVX512F", "AVX512CD", "AVX512BW", "AVX512DQ", "AVX512VL")
 _V3 = ("AVX2", "FMA3", "F16C", "POPCNT")
 
 
-def _cpu_features():
+def cpu_features():
+    """NumPy's runtime CPU feature flags ({"AVX2": True, ...}; empty where NumPy has none)."""
     try:
         from numpy._core._multiarray_umath import __cpu_features__
     except ImportError:            # NumPy 1.x
@@ -33,7 +34,7 @@ def _pick():
     forced = os.environ.get("FASTNN_ISA", "").strip().lower()
     order = {"v4": ["_engine_v4"], "v3": ["_engine_v3"], "baseline": []}.get(forced)
     if order is None:
-        f = _cpu_features()
+        f = cpu_features()
         order = []
         if all(f.get(k) for k in _V4):
             order.append("_engine_v4")
@@ -50,6 +51,38 @@ def _pick():
 _engine, _name = _pick()
 #: the instruction set of the build in use
 ISA = {"_engine_v1": "baseline", "_engine_v3": "x86-64-v3 (AVX2)", "_engine_v4": "x86-64-v4 (AVX-512)"}[_name]
+#: the same, as FASTNN_ISA names it
+BUILD = {"_engine_v1": "baseline", "_engine_v3": "v3", "_engine_v4": "v4"}[_name]
+
+
+def runnable_builds():
+    """The builds this CPU runs, as FASTNN_ISA names them, narrowest first."""
+    f = cpu_features()
+    return ["baseline"] + ["v3"] * all(f.get(k) for k in _V3) + ["v4"] * all(f.get(k) for k in _V4)
+
+
+def l1_data_cache_bytes():
+    """The L1 data cache of a core as the OS reports it (Linux sysfs), or 0 where it says nothing."""
+    base = "/sys/devices/system/cpu/cpu0/cache"
+    try:
+        for index in sorted(os.listdir(base)):
+            d = os.path.join(base, index)
+            with open(os.path.join(d, "level")) as f:
+                level = f.read().strip()
+            with open(os.path.join(d, "type")) as f:
+                kind = f.read().strip()
+            if level == "1" and kind in ("Data", "Unified"):
+                with open(os.path.join(d, "size")) as f:
+                    size = f.read().strip().upper()
+                scale = {"K": 1 << 10, "M": 1 << 20}.get(size[-1:], 1)
+                return int(size.rstrip("KM")) * scale
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+# the own GEMMs' blocks sized to this CPU's L1 (their sums do not depend on it)
+_engine.set_l1_cache(l1_data_cache_bytes())
 
 
 def _pick_bf16():

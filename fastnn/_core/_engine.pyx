@@ -38,7 +38,7 @@ Every unit size comes from the shapes and the batch size (planner), never from t
 and every sum runs in a fixed order, so the result is bit-for-bit the same on any number of
 threads. GEMMs are single-threaded BLAS calls (``scipy.linalg.cython_blas``) made from inside the
 parallel loops; the Python side holds BLAS to one thread. In the AVX-512 and AVX2 builds, float32
-Dense products over few rows (up to 512 with AVX-512, 64 with AVX2) run on own kernels instead
+Dense products over few rows (up to 512 with AVX-512, 256 with AVX2) run on own kernels instead
 (smallgemm.pxi), which do not pack both operands on every call as BLAS does; the planner chooses per
 layer and build (``sg_rows``, ``sg_grad_rows``, ``sg_grad_min``). Random numbers (dropout masks) come from a counter-based hash keyed by (seed,
 epoch, step, op, example, unit).

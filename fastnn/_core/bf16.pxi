@@ -269,7 +269,7 @@ cdef extern from *:
 
     /* The A operand of a product from float32: y[i Kp + k] = bf16(op(a)[i][k]), op(a)[i][k] = a[i lda + k]
        (or a[k lda + i] with trans), zero for k in [K, Kp) */
-    static void fnn_pack_a(const float* a, Py_ssize_t lda, int trans, Py_ssize_t M, Py_ssize_t K, fnn_u16* y,
+    static void fnn_bf16_pack_a(const float* a, Py_ssize_t lda, int trans, Py_ssize_t M, Py_ssize_t K, fnn_u16* y,
                            Py_ssize_t Kp) {
         if (!trans) { fnn_bf16_rows(a, lda, M, 0, K, Kp, y, Kp); return; }
         fnn_bf16_trans(a, lda, K, 0, M, y, Kp);
@@ -278,7 +278,7 @@ cdef extern from *:
 
     /* The B operand [K x N] from float32 as VNNI panels (ps = 16 Kp): op(b)[k][n] = b[k ldb + n] (or
        b[n ldb + k] with trans); zero past K and N */
-    static void fnn_pack_b(const float* b, Py_ssize_t ldb, int trans, Py_ssize_t K, Py_ssize_t N, fnn_u16* v,
+    static void fnn_bf16_pack_b(const float* b, Py_ssize_t ldb, int trans, Py_ssize_t K, Py_ssize_t N, fnn_u16* v,
                            Py_ssize_t Kp) {
         Py_ssize_t nq = (N + 15) / 16, q, p0 = K / 2;
         /* zero what the packers leave: pair rows past K (and the half of a last odd pair), and the
@@ -591,9 +591,9 @@ cdef extern from *:
                      Py_ssize_t Kp, fnn_u16* f) nogil
     void fnn_pack_wb(const float* W, Py_ssize_t ldw, Py_ssize_t o0, Py_ssize_t o1, Py_ssize_t K,
                      Py_ssize_t Kp, fnn_u16* b) nogil
-    void fnn_pack_a(const float* a, Py_ssize_t lda, int trans, Py_ssize_t M, Py_ssize_t K, fnn_u16* y,
+    void fnn_bf16_pack_a(const float* a, Py_ssize_t lda, int trans, Py_ssize_t M, Py_ssize_t K, fnn_u16* y,
                     Py_ssize_t Kp) nogil
-    void fnn_pack_b(const float* b, Py_ssize_t ldb, int trans, Py_ssize_t K, Py_ssize_t N, fnn_u16* v,
+    void fnn_bf16_pack_b(const float* b, Py_ssize_t ldb, int trans, Py_ssize_t K, Py_ssize_t N, fnn_u16* v,
                     Py_ssize_t Kp) nogil
     void fnn_bgemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t Kp, const fnn_u16* A, Py_ssize_t lda,
                    const fnn_u16* B, Py_ssize_t ps, float* C, Py_ssize_t ldc, int acc) nogil
@@ -643,8 +643,8 @@ def bf16_matmul(const float[:, ::1] A, const float[:, ::1] B, float[:, ::1] C, b
     cdef fnn_u16[::1] a = ap
     cdef fnn_u16[::1] b = bp
     with nogil:
-        fnn_pack_a(&A[0, 0], K, 0, M, K, &a[0], Kp)
-        fnn_pack_b(&B[0, 0], N, 0, K, N, &b[0], Kp)
+        fnn_bf16_pack_a(&A[0, 0], K, 0, M, K, &a[0], Kp)
+        fnn_bf16_pack_b(&B[0, 0], N, 0, K, N, &b[0], Kp)
         fnn_bgemm(M, N, Kp, &a[0], Kp, &b[0], Kp * 16, &C[0, 0], N, accumulate)
 
 
@@ -890,7 +890,7 @@ cdef void bf16_conv_filter_grad(Op* o, float* Wk, Py_ssize_t M, Py_ssize_t gi, P
     cdef Py_ssize_t K = (o.g[0] // o.g[12]) * o.g[4] * o.g[5], Og = o.g[3] // o.g[12], Mp = rup(M, 32)
     cdef fnn_u16* pb = bf16_conv_pack(o, dout)
     cdef float* ct = <float*>(pb + Mp * rup(Og, 16))
-    fnn_pack_b(dout, M, 1, M, Og, pb, Mp)
+    fnn_bf16_pack_b(dout, M, 1, M, Og, pb, Mp)
     fnn_bgemm(K, Og, Mp, bf16_conv_cols(o, Wk, e0, gi, M), Mp, pb, Mp * 16, ct, Og, 0)
     fnn_trans_f32(ct, Og, K, Og, part, K)
 
@@ -899,7 +899,7 @@ cdef void bf16_conv_col_delta(Op* o, float* Wk, float* dout, Py_ssize_t M, Py_ss
     """dcol[K x M] = bf16(W_gi)^T bf16(dout) (dout at the chunk's scratch)."""
     cdef Py_ssize_t K = (o.g[0] // o.g[12]) * o.g[4] * o.g[5], Og = o.g[3] // o.g[12], Ogp = rup(Og, 32)
     cdef fnn_u16* pk = bf16_conv_pack(o, dout)
-    fnn_pack_b(dout, M, 0, Og, M, pk, Ogp)
+    fnn_bf16_pack_b(dout, M, 0, Og, M, pk, Ogp)
     fnn_bgemm(K, M, Ogp, u16(Wk, 0) + o.wb_e + gi * K * Ogp, Ogp, pk, Ogp * 16, dcol, M, 0)
 
 
@@ -988,7 +988,7 @@ cdef void bf16_rnn_mm(Op* o, float* Wk, int which, float* A, Py_ssize_t lda, Py_
     i0 = 0
     while i0 < m:
         mi = RNN_MM_ROWS if i0 + RNN_MM_ROWS <= m else m - i0
-        fnn_pack_a(A + i0 * lda, lda, 0, mi, K, pk, Kp)
+        fnn_bf16_pack_a(A + i0 * lda, lda, 0, mi, K, pk, Kp)
         fnn_bgemm(mi, N, Kp, pk, Kp, B, Kp * 16, C + i0 * ldc, ldc, acc)
         i0 += mi
 
@@ -1003,10 +1003,10 @@ cdef void bf16_rnn_weight_grad(Op* o, Tile* Tl, float* Wk, float* G, Py_ssize_t 
     cdef float* xh = Wk + o.xh_e
     cdef fnn_u16* pa = sc
     cdef fnn_u16* pb = sc + nr * Rp
-    fnn_pack_a(di + r0, GH, 1, nr, R, pa, Rp)
-    fnn_pack_b(xh, K, 0, R, F, pb, Rp)
+    fnn_bf16_pack_a(di + r0, GH, 1, nr, R, pa, Rp)
+    fnn_bf16_pack_b(xh, K, 0, R, F, pb, Rp)
     fnn_bgemm(nr, F, Rp, pa, Rp, pb, Rp * 16, G + o.w_off + r0 * F, F, 0)
     if dhh != di:
-        fnn_pack_a(dhh + r0, GH, 1, nr, R, pa, Rp)
-    fnn_pack_b(xh + F, K, 0, R, H, pb, Rp)
+        fnn_bf16_pack_a(dhh + r0, GH, 1, nr, R, pa, Rp)
+    fnn_bf16_pack_b(xh + F, K, 0, R, H, pb, Rp)
     fnn_bgemm(nr, H, Rp, pa, Rp, pb, Rp * 16, G + o.w2_off + r0 * H, H, 0)

@@ -17,6 +17,16 @@
 # 12 groups, 13 Hout, 14 Wout, 15 pool mode (0 max, 1 avg, 2 adaptive avg), 16 count_include_pad
 
 cdef enum:
+    # In float32, the own GEMMs of smallgemm.pxi form a sub-block's filter gradient (dout col^T: dot
+    # products over its positions) and, for CONV_OWN_MIN_OUT output channels per group or more, its
+    # output (W col); the column delta stays on BLAS. Intel Xeon, AVX-512, 1 thread, batch 128,
+    # against BLAS for all three: filter gradient LeNet-5 +3%, CIFAR-size net +5%; output CIFAR +6%
+    # but LeNet-5 (6 and 16 channels: short tiles) -4%; column delta LeNet -5%, CIFAR -2%. Together,
+    # batch 32 / 128: LeNet-5 +2% / +1%, 1-D CNN +6% / +11%, CIFAR-size +14% / +9%; held to AVX2
+    # (OpenBLAS's Haswell kernels) +6% / +10%, +9% / +24%, +5% / +8%.
+    CONV_OWN_MIN_OUT = 24
+
+cdef enum:
     POOL_MAX = 0
     POOL_AVG = 1
     POOL_ADAPTIVE = 2
@@ -187,6 +197,8 @@ cdef void conv_forward(Op* o, floating* P, floating* Wk, Py_ssize_t r0, Py_ssize
                 im2col(Wk + o.in_e + (e0 + j) * o.n_in, colg + j * L, M, g, gi * Cg, Cg)
             if floating is float and o.prec == PREC_BF16:
                 bf16_conv_forward(o, Wk, colg, M, gi, e0, tmp)
+            elif floating is float and FNN_SMALL_GEMM and Og >= CONV_OWN_MIN_OUT:
+                fnn_sgemm_bc(Og, M, K, P + o.w_off + gi * Og * K, K, 1, colg, M, tmp, M, 0)
             else:
                 gemm(c'N', c'N', <int>M, <int>Og, <int>K, <floating>1, colg, <int>M, P + o.w_off + gi * Og * K,
                      <int>K, <floating>0, tmp, <int>M)
@@ -229,6 +241,8 @@ cdef void conv_backward(Op* o, floating* P, floating* Wk, Py_ssize_t r0, Py_ssiz
             # partial[co, k] = sum over the sub-block's positions of dout[co, .] col[k, .]
             if floating is float and o.prec == PREC_BF16:
                 bf16_conv_filter_grad(o, Wk, M, gi, e0, scratch, part + gi * Og * K)
+            elif floating is float and FNN_SMALL_GEMM:
+                fnn_sgemm_fwd(Og, K, M, scratch, M, colg, M, part + gi * Og * K, K)
             else:
                 gemm(c'T', c'N', <int>K, <int>Og, <int>M, <floating>1, colg, <int>M, scratch, <int>M,
                      <floating>0, part + gi * Og * K, <int>K)

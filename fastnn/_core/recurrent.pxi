@@ -247,7 +247,10 @@ cdef enum:
     # each block contiguous and small enough for L1 (LSTM, F = 32, H = 128, batch 32, 1 thread:
     # 128 rows with a row's stride 6.6k ex/s, 64 rows strided 6.6k, 64 contiguous 7.1k, 32
     # contiguous 6.9k), and backward sums blocks of STEP_ROWS_BACK gate rows (measured, H = 128,
-    # 16 rows: 86 -> 175 and 178 -> 216 GFLOP/s).
+    # 16 rows: 86 -> 175 and 178 -> 216 GFLOP/s). OpenBLAS's Haswell kernels have no such unpacked
+    # path, so the AVX2 build multiplies a step on smallgemm.pxi's broadcast kernel instead (Intel
+    # Xeon as an AVX2 machine, 1 thread, batch 32: LSTM and GRU +43%); in the AVX-512 build the
+    # same kernel lost 3-11% to OpenBLAS's small-matrix path (FNN_STEP_OWN).
     STEP_ROWS = 64
     STEP_ROWS_BACK = 64
 
@@ -283,8 +286,11 @@ cdef inline void step_gemm(Py_ssize_t GH, Py_ssize_t c, Py_ssize_t H, floating* 
     cdef Py_ssize_t j0 = 0, nb
     while j0 < GH:
         nb = STEP_ROWS if j0 + STEP_ROWS <= GH else GH - j0
-        gemm(c'N', c'N', <int>nb, <int>c, <int>H, <floating>1, Wt + j0 * K, <int>nb, h, <int>ldh,
-             <floating>beta, out + j0, <int>ldo)
+        if floating is float and FNN_STEP_OWN:
+            fnn_sgemm_bc(c, nb, H, h, ldh, 1, Wt + j0 * K, nb, out + j0, ldo, beta)
+        else:
+            gemm(c'N', c'N', <int>nb, <int>c, <int>H, <floating>1, Wt + j0 * K, <int>nb, h, <int>ldh,
+                 <floating>beta, out + j0, <int>ldo)
         j0 += nb
 
 
@@ -294,8 +300,11 @@ cdef inline void step_gemm_back(Py_ssize_t H, Py_ssize_t c, Py_ssize_t GH, float
     cdef Py_ssize_t j0 = 0, nb
     while j0 < GH:
         nb = STEP_ROWS_BACK if j0 + STEP_ROWS_BACK <= GH else GH - j0
-        gemm(c'N', c'N', <int>H, <int>c, <int>nb, <floating>1, W + j0 * H, <int>H, d + j0, <int>ldd,
-             <floating>(beta if j0 == 0 else 1), out, <int>ldo)
+        if floating is float and FNN_STEP_OWN:
+            fnn_sgemm_bc(c, H, nb, d + j0, ldd, 1, W + j0 * H, H, out, ldo, beta if j0 == 0 else 1)
+        else:
+            gemm(c'N', c'N', <int>H, <int>c, <int>nb, <floating>1, W + j0 * H, <int>H, d + j0, <int>ldd,
+                 <floating>(beta if j0 == 0 else 1), out, <int>ldo)
         j0 += nb
 
 

@@ -44,6 +44,7 @@ cdef extern from *:
     #if defined(__AVX512F__) && defined(__GNUC__)
     #define FNN_SMALL_GEMM 1
     #include <immintrin.h>
+    #include <stdlib.h>
     #define FV_N 16               /* lanes of a vector */
     typedef __m512 fv;
     static inline fv fv_zero(void) { return _mm512_setzero_ps(); }
@@ -55,9 +56,12 @@ cdef extern from *:
     static inline fv fv_fma(fv a, fv b, fv c) { return _mm512_fmadd_ps(a, b, c); }
     #define FNN_BC_MR 6
     #define FNN_BC_NV 4
-    #define FNN_BC_KB 128
-    #define FNN_BC_PACK_ROWS 48   /* fewer rows of C: the copy costs more than it saves (32/256: -3%) */
-    #define FNN_BC_ALIAS_ROWS 48
+    #define FNN_BC_KB 128         /* rows of a block of B (32 KB); fnn_set_l1 sizes it to the CPU's L1 */
+    #define FNN_BC_KB_MAX 256
+    #define FNN_BC_PACK_ROWS 48   /* fewer rows of C: the copy of a long B costs more than it saves (32/256: -3%) */
+    #ifndef FNN_BC_APACK_ROWS
+    #define FNN_BC_APACK_ROWS 48
+    #endif
 
     /* lane 4 r + c of the result: the sum of a[4 c + r]'s 16 lanes p, as q_m = (p_m + p_m+8) +
        (p_m+4 + p_m+12), then (q_0 + q_2) + (q_1 + q_3) */
@@ -180,6 +184,7 @@ cdef extern from *:
     /* AVX2: 16 registers of 8 lanes, so 6 x 16 tiles (12 accumulators, BLIS's Haswell shape) */
     #define FNN_SMALL_GEMM 2
     #include <immintrin.h>
+    #include <stdlib.h>
     #define FV_N 8
     typedef __m256 fv;
     static inline fv fv_zero(void) { return _mm256_setzero_ps(); }
@@ -200,9 +205,12 @@ cdef extern from *:
     #define FNN_BC_MR 4
     #define FNN_BC_NV 3
     #endif
-    #define FNN_BC_KB 256
+    #define FNN_BC_KB 256         /* rows of a block of B (24 KB); fnn_set_l1 sizes it to the CPU's L1 */
+    #define FNN_BC_KB_MAX 512
     #define FNN_BC_PACK_ROWS 48
-    #define FNN_BC_ALIAS_ROWS 0
+    #ifndef FNN_BC_APACK_ROWS
+    #define FNN_BC_APACK_ROWS 48
+    #endif
     #define FNN_BT_ROWS 0
 
     /* dst[c * ldd + r] = src[r * lds + c] for r, c < 8 */
@@ -229,7 +237,20 @@ cdef extern from *:
     #define FNN_SMALL_GEMM 0
     #endif
 
+    /* the recurrent steps' products on the own kernels (recurrent.pxi): where OpenBLAS has no
+       unpacked small-matrix path for them */
+    #define FNN_STEP_OWN (FNN_SMALL_GEMM == 2)
+
     #if FNN_SMALL_GEMM
+    /* Rows of B per block (FNN_BC_KB) as the CPU's L1 data cache allows: two thirds of it, the
+       rest for the rows of A and C a tile reads, in whole vectors. The blocking changes no sum's
+       order (each entry's FMA chain goes on from block to block), only where the block lives. */
+    static Py_ssize_t fnn_kb = FNN_BC_KB;
+    static void fnn_set_l1(Py_ssize_t bytes) {
+        Py_ssize_t kb = bytes * 2 / 3 / (FV_N * FNN_BC_NV * (Py_ssize_t)sizeof(float)) / FV_N * FV_N;
+        fnn_kb = kb < 2 * FV_N ? 2 * FV_N : kb > FNN_BC_KB_MAX ? FNN_BC_KB_MAX : kb;
+    }
+
     /* One MR x (FV_N NV) block of C (+)= op(A) B over K rows of B, op(A)[i, j] = A[i si + j sj]; columns
        [0, nc). Starts from zero, or (load) from C: a longer sum runs in blocks of rows, each chain
        going on from where the last one stopped, so every entry is one FMA chain in j order. */
@@ -273,65 +294,142 @@ cdef extern from *:
             fnn_bc_one(K, A + i0 * si, si, sj, B, ldb, C + i0 * ldc, ldc, nc, load);
     }
 
+    /* Rows [0, M) x columns [0, kb) of op(A) as fnn_bc_rows_p reads them: tile by tile (FNN_BC_MR
+       rows, then FNN_BC_MR / 2, then 1, as fnn_bc_rows cuts them), a tile's mr rows interleaved per
+       column: ap[i0 kb + j mr + r] = op(A)[i0 + r, j] */
+    static void fnn_pack_a(Py_ssize_t M, Py_ssize_t kb, const float* A, Py_ssize_t si, Py_ssize_t sj, float* ap) {
+        Py_ssize_t i0 = 0, j;
+        int r, mr;
+        while (i0 < M) {
+            mr = M - i0 >= FNN_BC_MR ? FNN_BC_MR : M - i0 >= FNN_BC_MR / 2 ? FNN_BC_MR / 2 : 1;
+            float* p = ap + i0 * kb;
+            const float* a = A + i0 * si;
+            for (j = 0; j < kb; j++)
+                for (r = 0; r < mr; r++)
+                    p[j * mr + r] = a[r * si + j * sj];
+            i0 += mr;
+        }
+    }
+
+    static inline void fnn_bc_rows_p(Py_ssize_t M, Py_ssize_t kb, const float* ap, const float* B, Py_ssize_t ldb,
+                                     float* C, Py_ssize_t ldc, int nc, int load) {
+        Py_ssize_t i0;
+        for (i0 = 0; i0 + FNN_BC_MR <= M; i0 += FNN_BC_MR)
+            fnn_bc_main(kb, ap + i0 * kb, 1, FNN_BC_MR, B, ldb, C + i0 * ldc, ldc, nc, load);
+        for (; i0 + FNN_BC_MR / 2 <= M; i0 += FNN_BC_MR / 2)
+            fnn_bc_half(kb, ap + i0 * kb, 1, FNN_BC_MR / 2, B, ldb, C + i0 * ldc, ldc, nc, load);
+        for (; i0 < M; i0++)
+            fnn_bc_one(kb, ap + i0 * kb, 1, 1, B, ldb, C + i0 * ldc, ldc, nc, load);
+    }
+
+    /* A thread's buffer for packed rows of op(A), grown as needed and kept for the thread's life
+       (the kernels run inside the engine's parallel loops, where nothing may be allocated per step) */
+    static __thread float* fnn_ap_buf = NULL;
+    static __thread Py_ssize_t fnn_ap_cap = 0;
+    static float* fnn_ap_get(Py_ssize_t n) {
+        if (n > fnn_ap_cap) {
+            free(fnn_ap_buf);
+            fnn_ap_buf = (float*)aligned_alloc(64, (size_t)((n + 15) & ~(Py_ssize_t)15) * sizeof(float));
+            fnn_ap_cap = fnn_ap_buf ? n : 0;
+        }
+        return fnn_ap_buf;
+    }
+
+    /* B's rows [0, kb) x columns [0, nc) copied to bp (rows of NW) */
+    static inline void fnn_copy_b(Py_ssize_t kb, int nc, const float* B, Py_ssize_t ldb, float* bp) {
+        enum { NW = FV_N * FNN_BC_NV };
+        Py_ssize_t j;
+        int v;
+        for (j = 0; j < kb; j++)
+            for (v = 0; v < FNN_BC_NV; v++)
+                fv_storen(bp + j * NW + FV_N * v, fv_loadn(B + j * ldb + FV_N * v, nc - FV_N * v), FV_N);
+    }
+
     /* C (=|+=) op(A) B: C is M x N (ldc), B is K x N (ldb), op(A)[i, j] = A[i si + j sj] (M x K). With
-       acc_c, each entry's chain starts from C. For FNN_BC_PACK_ROWS rows of C or more, B goes in
-       blocks of FNN_BC_KB rows x 64 columns, copied to a contiguous block first, where its rows are a
-       multiple of 4 KB apart (1024-wide layers: they all fall into the same few L1 sets; +5-15%) or
-       where K is longer than a block (64 columns of B over all K rows would not stay in L1 while
-       every tile of C passes over them). Elsewhere the copy only cost time (32/256: 3-6%). */
+       acc_c, each entry's chain starts from C. B goes in blocks of FNN_BC_KB rows x NW columns, copied
+       to a contiguous block first, where its rows are a multiple of 4 KB apart (1024-wide layers:
+       they all fall into the same few L1 sets; Intel Xeon, one core, 1024x1024 input delta over 32
+       rows 41 -> 100 GFLOP/s, over 256 +5-15%) or, for FNN_BC_PACK_ROWS rows of C or more, where K is
+       longer than a block (NW columns of B over all K rows would not stay in L1 while every tile of
+       C passes over them); elsewhere the copy only cost time (32/256: 3-6%). From FNN_BC_APACK_ROWS
+       rows and 8 column blocks on, op(A) is packed too where it is a transposed view (the weight
+       gradient's D^T: each broadcast otherwise reads a new row of D) or its rows are 4 KB apart, a
+       block of FNN_BC_KB columns at a time shared by every column block of C, so the broadcasts
+       read one contiguous stream (Intel Xeon, one core, 128 rows of a 1024x1024 weight gradient
+       over 512 examples: 100-106 -> 130-150 GFLOP/s; with fewer column blocks it lost 4-6%). */
     static void fnn_sgemm_bc(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t si,
                              Py_ssize_t sj, const float* B, Py_ssize_t ldb, float* C, Py_ssize_t ldc, int acc_c) {
-        enum { NW = FV_N * FNN_BC_NV, KB = FNN_BC_KB };
-        float bp[KB * NW] __attribute__((aligned(64)));
-        Py_ssize_t n0, j0, kb, j;
-        int v;
+        enum { NW = FV_N * FNN_BC_NV };
+        float bp[FNN_BC_KB_MAX * NW] __attribute__((aligned(64)));
+        const Py_ssize_t KB = fnn_kb;
+        Py_ssize_t n0, j0, kb;
+        int copy = ldb % 1024 == 0 || (M >= FNN_BC_PACK_ROWS && K > KB);
+        float* ap = M >= FNN_BC_APACK_ROWS && N >= 8 * NW && K > 0 && (sj != 1 || si % 1024 == 0) ?
+                    fnn_ap_get(M * (K < KB ? K : KB)) : NULL;
+        if (ap) {
+            for (j0 = 0; j0 < K; j0 += kb) {
+                kb = K - j0 < KB ? K - j0 : KB;
+                fnn_pack_a(M, kb, A + j0 * sj, si, sj, ap);
+                for (n0 = 0; n0 < N; n0 += NW) {
+                    int nc = N - n0 < NW ? (int)(N - n0) : NW;
+                    const float* Bj = B + j0 * ldb + n0;
+                    if (copy) fnn_copy_b(kb, nc, Bj, ldb, bp);
+                    fnn_bc_rows_p(M, kb, ap, copy ? bp : Bj, copy ? NW : ldb, C + n0, ldc, nc, j0 > 0 || acc_c);
+                }
+            }
+            return;
+        }
         for (n0 = 0; n0 < N; n0 += NW) {
             int nc = N - n0 < NW ? (int)(N - n0) : NW;
             j0 = 0;
             do {        /* once at least: K = 0 still writes C */
-                int load = j0 > 0 || acc_c;
-                const float* Aj = A + j0 * sj;
                 const float* Bj = B + j0 * ldb + n0;
                 Py_ssize_t ldbj = ldb;
                 kb = K - j0;
-                if ((M >= FNN_BC_ALIAS_ROWS && ldb % 1024 == 0) || (M >= FNN_BC_PACK_ROWS && K > KB)) {
+                if (copy) {
                     kb = kb < KB ? kb : KB;
-                    for (j = 0; j < kb; j++)
-                        for (v = 0; v < FNN_BC_NV; v++)
-                            fv_storen(bp + j * NW + FV_N * v, fv_loadn(Bj + j * ldb + FV_N * v, nc - FV_N * v), FV_N);
+                    fnn_copy_b(kb, nc, Bj, ldb, bp);
                     Bj = bp;
                     ldbj = NW;
                 }
-                fnn_bc_rows(M, kb, Aj, si, sj, Bj, ldbj, C + n0, ldc, nc, load);
+                fnn_bc_rows(M, kb, A + j0 * sj, si, sj, Bj, ldbj, C + n0, ldc, nc, j0 > 0 || acc_c);
                 j0 += kb;
             } while (j0 < K);
         }
     }
 
+    /* B's rows [0, nc) x columns [0, kb), transposed into bp (rows of NW) */
+    static inline void fnn_copy_bt(Py_ssize_t kb, int nc, const float* B, Py_ssize_t ldb, float* bp) {
+        enum { NW = FV_N * FNN_BC_NV };
+        Py_ssize_t j, n;
+        for (n = 0; n < nc; n += FV_N)
+            for (j = 0; j < kb; j += FV_N) {
+                if (n + FV_N <= nc && j + FV_N <= kb) {
+                    fnn_trv(B + n * ldb + j, ldb, bp + j * NW + n, NW);
+                } else {
+                    int jn = kb - j < FV_N ? (int)(kb - j) : FV_N, nn = nc - n < FV_N ? (int)(nc - n) : FV_N, a, b;
+                    for (a = 0; a < jn; a++)
+                        for (b = 0; b < nn; b++)
+                            bp[(j + a) * NW + n + b] = B[(n + b) * ldb + j + a];
+                }
+            }
+    }
+
     /* C[i, j] = sum_k A[i, k] B[j, k] (C = A B^T, B is N x K) as fnn_sgemm_bc's tiles over
-       B^T, copied FNN_BC_KB x 64 at a time; each entry one FMA chain in k order */
+       B^T, copied FNN_BC_KB x NW at a time; each entry one FMA chain in k order (A's rows read in
+       place: packing them measured level for 1024-wide inputs and 5-25% slower for narrower ones) */
     static void fnn_sgemm_bt(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t lda,
                              const float* B, Py_ssize_t ldb, float* C, Py_ssize_t ldc) {
-        enum { NW = FV_N * FNN_BC_NV, KB = FNN_BC_KB };
-        float bp[KB * NW] __attribute__((aligned(64)));
-        Py_ssize_t n0, j0, kb, j, n;
+        enum { NW = FV_N * FNN_BC_NV };
+        float bp[FNN_BC_KB_MAX * NW] __attribute__((aligned(64)));
+        const Py_ssize_t KB = fnn_kb;
+        Py_ssize_t n0, j0, kb;
         for (n0 = 0; n0 < N; n0 += NW) {
             int nc = N - n0 < NW ? (int)(N - n0) : NW;
             j0 = 0;
             do {
                 kb = K - j0 < KB ? K - j0 : KB;
-                const float* Bj = B + n0 * ldb + j0;
-                for (n = 0; n < nc; n += FV_N)
-                    for (j = 0; j < kb; j += FV_N) {
-                        if (n + FV_N <= nc && j + FV_N <= kb) {
-                            fnn_trv(Bj + n * ldb + j, ldb, bp + j * NW + n, NW);
-                        } else {
-                            int jn = kb - j < FV_N ? (int)(kb - j) : FV_N, nn = nc - n < FV_N ? (int)(nc - n) : FV_N, a, b;
-                            for (a = 0; a < jn; a++)
-                                for (b = 0; b < nn; b++)
-                                    bp[(j + a) * NW + n + b] = Bj[(n + b) * ldb + j + a];
-                        }
-                    }
+                fnn_copy_bt(kb, nc, B + n0 * ldb + j0, ldb, bp);
                 fnn_bc_rows(M, kb, A + j0, lda, 1, bp, NW, C + n0, ldc, nc, j0 > 0);
                 j0 += kb;
             } while (j0 < K);
@@ -351,6 +449,8 @@ cdef extern from *:
         fnn_sgemm_bt(M, N, K, A, lda, B, ldb, C, ldc);
     }
     #else
+    static Py_ssize_t fnn_kb = 0;
+    static void fnn_set_l1(Py_ssize_t bytes) { }
     static void fnn_sgemm_bc(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t si,
                              Py_ssize_t sj, const float* B, Py_ssize_t ldb, float* C, Py_ssize_t ldc,
                              int acc_c) { }
@@ -359,15 +459,26 @@ cdef extern from *:
     #endif
     """
     int FNN_SMALL_GEMM
+    bint FNN_STEP_OWN
     enum: FNN_OWN, FNN_BLAS, FNN_BF16P, FNN_FWD, FNN_DIN, FNN_WGRAD
     int fnn_counting
     long long fnn_counts[9]
     void fnn_count(int path, int kind) nogil
+    Py_ssize_t fnn_kb
+    void fnn_set_l1(Py_ssize_t bytes) nogil
     void fnn_sgemm_bc(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t si,
                       Py_ssize_t sj, const float* B, Py_ssize_t ldb, float* C, Py_ssize_t ldc,
                       int acc_c) nogil
     void fnn_sgemm_fwd(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t lda,
                        const float* B, Py_ssize_t ldb, float* C, Py_ssize_t ldc) nogil
+
+
+def set_l1_cache(Py_ssize_t nbytes):
+    """Size the own kernels' blocks of B to an L1 data cache of ``nbytes`` (done once at import from
+    what the machine reports); returns the rows per block (0 in a build without the kernels)."""
+    if nbytes > 0:
+        fnn_set_l1(nbytes)
+    return fnn_kb
 
 
 def own_gemm(str kind, const float[:, :] A, const float[:, :] B, float[:, :] C, bint accumulate=False):

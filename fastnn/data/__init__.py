@@ -1,81 +1,15 @@
-"""Input checks, batching order and bundled data sets."""
-import sys
+"""The data layer: input checks (``fastnn.data.validation``), the order of an epoch's examples,
+class weights, the validation split, subsampling and the bundled digits.
 
+Every check of X, targets, sample weights and sequence lengths lives in ``validation``;
+``Sequential``, ``training``, ``distributed`` and the other callers all use it. Nothing in this
+package imports the model or the training code.
+"""
 import numpy as np
 
-from .._config import get_num_threads
-from .._core import _engine
+from .validation import STREAM_DTYPES, check_seed, check_X  # noqa: F401 - fastnn.data's names too
 
 _MASK64 = (1 << 64) - 1
-
-
-def _frame_values(X, dtype, name):
-    """A pandas DataFrame's values in ``dtype``; every column must be numeric (or bool)."""
-    pd = sys.modules["pandas"]
-    for col, dt in X.dtypes.items():
-        if isinstance(dt, pd.CategoricalDtype) or not pd.api.types.is_numeric_dtype(dt):
-            raise ValueError(f"{name} column {col!r} has dtype {dt}, not numeric; encode it first "
-                             "(e.g. pd.get_dummies or .cat.codes) or drop it")
-    # missing values of nullable columns become NaN, which the finite check below reports
-    return X.to_numpy(dtype=dtype, na_value=np.nan)
-
-
-def _is_frame(X):
-    # pandas is never imported here: an object can only be a DataFrame if pandas already is
-    pd = sys.modules.get("pandas")
-    return pd is not None and isinstance(X, pd.DataFrame)
-
-
-#: element types the compiled core reads directly, converting each row as it gathers it
-STREAM_DTYPES = tuple(_engine.X_CODES)
-
-
-def check_X(X, n_features, dtype, name="X", stream=False):
-    """Validate X once and return it C-contiguous in ``dtype`` (copied only if needed).
-
-    X may be a NumPy array (or anything ``np.asarray`` takes) or a pandas DataFrame of
-    numeric columns. With ``stream``, a C-contiguous array of another ``STREAM_DTYPES`` type
-    (a memory-mapped uint8 or float64 data set, say) comes back as it is: the core converts
-    each row as it reads it, so X is never copied whole."""
-    if hasattr(X, "toarray") and not isinstance(X, np.ndarray):
-        raise TypeError(f"{name} is a sparse matrix; pass a dense array (X.toarray())")
-    if _is_frame(X):
-        a = _frame_values(X, dtype, name)
-    else:
-        try:
-            a = np.asarray(X)
-        except Exception as e:
-            raise TypeError(f"{name} must be a 2-D numeric array: {e}") from None
-    if a.dtype.kind not in "biuf":
-        raise TypeError(f"{name} must be numeric (float or int), got dtype {a.dtype}; "
-                        "convert it with np.asarray(X, dtype=np.float32)")
-    if a.ndim != 2:
-        hint = (" Use X.reshape(-1, 1) for a single feature or X.reshape(1, -1) for a single example."
-                if a.ndim == 1 else "")
-        raise ValueError(f"{name} must be 2-D (n_samples, n_features), got {a.ndim}-D shape {a.shape}.{hint}")
-    if a.shape[0] == 0:
-        raise ValueError(f"{name} is empty (0 examples); pass at least one example")
-    if a.shape[1] != n_features:
-        raise ValueError(f"{name} has {a.shape[1]} features but the model's first Dense layer expects "
-                         f"{n_features}; check the data or the model's in_features")
-    if not (stream and a.dtype in STREAM_DTYPES and a.flags.c_contiguous):
-        a = np.ascontiguousarray(a, dtype=dtype)
-    # one parallel pass, no full-size temporary (integers hold no NaN or Inf); a is C-contiguous
-    # float32/float64 here: converted above, or a streamed float array
-    if a.size and a.dtype.kind == "f" and not _engine.all_finite(a, get_num_threads()):
-        raise ValueError(f"{name} contains NaN or Inf; remove or impute those values before training")
-    return a
-
-
-def check_seed(seed, name="seed"):
-    """A non-negative int seed; None draws a fresh one from the OS."""
-    if seed is None:
-        return int(np.random.SeedSequence().entropy) & _MASK64
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"{name} must be a non-negative int or None, got {seed!r}")
-    if seed < 0:
-        raise ValueError(f"{name} must be >= 0, got {seed}")
-    return int(seed) & _MASK64
 
 
 def rng_for(seed, *counters):

@@ -4,8 +4,7 @@ One module per family (dense, activation, norm, conv, containers, recurrent, emb
 holds no storage until a ``Sequential`` places it, then its parameters (``weight``, ``bias``, ...) are views into the
 model's one flat parameter buffer and its running statistics views into the buffer array.
 """
-from .activation import (Dropout, Flatten, Identity, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh,
-                         _Activation)
+from .activation import Activation, Dropout, Flatten, Identity, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
 from .base import (ACT_IDENTITY, ACT_LEAKY, ACT_RELU, ACT_SIGMOID, ACT_SOFTMAX, ACT_TANH, DROP_CLASSIC,
                    DROP_INVERTED, DROP_NONE, INITS, Layer)
 from .containers import Residual
@@ -14,7 +13,7 @@ from .conv import (AdaptiveAvgPool1d, AdaptiveAvgPool2d, AvgPool1d, AvgPool2d, B
 from .dense import Dense, init_weights
 from .embedding import Embedding
 from .norm import BatchNorm1d, LayerNorm
-from .recurrent import CELL_GRU, CELL_LSTM, CELL_RELU, CELL_TANH, GRU, LSTM, RNN, _Recurrent
+from .recurrent import CELL_GRU, CELL_LSTM, CELL_RELU, CELL_TANH, GRU, LSTM, RNN, RNNBase
 
 #: layer classes by name, for model files and torch interop
 LAYER_TYPES = {c.__name__: c for c in (Dense, Identity, Flatten, Sigmoid, Tanh, ReLU, LeakyReLU, Softmax,

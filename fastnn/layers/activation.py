@@ -18,29 +18,31 @@ class Flatten(Layer):
         return (math.prod(in_shape),)
 
 
-class _Activation(Layer):
+class Activation(Layer):
+    """Base of the elementwise activations: the core's code and parameter, the preferred init."""
+
     code = ACT_IDENTITY
     param = 0.0
     default_init = "xavier"
 
 
-class Sigmoid(_Activation):
+class Sigmoid(Activation):
     """Logistic sigmoid, 1 / (1 + exp(-x))."""
     code = ACT_SIGMOID
 
 
-class Tanh(_Activation):
+class Tanh(Activation):
     """Hyperbolic tangent."""
     code = ACT_TANH
 
 
-class ReLU(_Activation):
+class ReLU(Activation):
     """max(0, x)."""
     code = ACT_RELU
     default_init = "he"
 
 
-class LeakyReLU(_Activation):
+class LeakyReLU(Activation):
     """x for x > 0, negative_slope * x otherwise (0 <= negative_slope)."""
     code = ACT_LEAKY
     default_init = "he"
@@ -58,7 +60,7 @@ class LeakyReLU(_Activation):
         return f"negative_slope={self.negative_slope}"
 
 
-class Softmax(_Activation):
+class Softmax(Activation):
     """Softmax over the features of each example."""
     code = ACT_SOFTMAX
 

@@ -51,7 +51,7 @@ class _ConvNd(Layer):
         self.weight = self.bias = None
 
     # ------------------------------------------------------------ shapes
-    def _pads(self):
+    def pads(self):
         """Leading padding per dimension (for 'same' the extra one of an odd total goes after, as
         PyTorch does)."""
         if self.padding == "valid":
@@ -71,7 +71,7 @@ class _ConvNd(Layer):
             out = size
         else:
             out = tuple(_out_size(n, k, s, p, d) for n, k, s, p, d in
-                        zip(size, self.kernel_size, self.stride, self._pads(), self.dilation))
+                        zip(size, self.kernel_size, self.stride, self.pads(), self.dilation))
         if min(out) < 1:
             raise ValueError(f"{owner}: input of spatial size {size} is smaller than the kernel "
                              f"{self.kernel_size} (dilation {self.dilation}, padding {self.padding})")
@@ -83,7 +83,7 @@ class _ConvNd(Layer):
     def geometry(self, in_shape):
         """The core's 17 geometry values (see fastnn/_core/conv.pxi), 1-D as height 1."""
         size, out = self._spatial(in_shape)
-        pad = self._pads()
+        pad = self.pads()
         if self.dims == 1:
             size, out, pad = (1,) + size, (1,) + out, (0,) + pad
         k = self.kernel_size if self.dims == 2 else (1,) + self.kernel_size

@@ -5,7 +5,7 @@ from .base import Layer, check_float, check_int
 CELL_TANH, CELL_RELU, CELL_LSTM, CELL_GRU = range(4)
 
 
-class _Recurrent(Layer):
+class RNNBase(Layer):
     """A stack of ``num_layers`` recurrent layers over inputs ``(N, T, input_size)``, batch first.
 
     Parameters are PyTorch's, per layer ``l``: ``weight_ih_l{l}`` ``(G*hidden, in)``,
@@ -77,9 +77,9 @@ class _Recurrent(Layer):
         return s
 
 
-class RNN(_Recurrent):
+class RNN(RNNBase):
     """Elman RNN (``torch.nn.RNN``): ``h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)``,
-    ``act`` tanh or relu (``nonlinearity``). See ``_Recurrent`` for shapes and parameters."""
+    ``act`` tanh or relu (``nonlinearity``). See ``RNNBase`` for shapes and parameters."""
 
     gates = 1
 
@@ -104,17 +104,17 @@ class RNN(_Recurrent):
         return s + (", nonlinearity='relu'" if self.nonlinearity == "relu" else "")
 
 
-class LSTM(_Recurrent):
+class LSTM(RNNBase):
     """LSTM (``torch.nn.LSTM``), gates (i, f, g, o) in that order of the weight rows:
-    ``c_t = f*c_{t-1} + i*g``, ``h_t = o*tanh(c_t)``. See ``_Recurrent`` for shapes and parameters."""
+    ``c_t = f*c_{t-1} + i*g``, ``h_t = o*tanh(c_t)``. See ``RNNBase`` for shapes and parameters."""
 
     gates = 4
     cell = CELL_LSTM
 
 
-class GRU(_Recurrent):
+class GRU(RNNBase):
     """GRU (``torch.nn.GRU``), gates (r, z, n): ``n = tanh(W_in x + b_in + r*(W_hn h + b_hn))``,
-    ``h_t = (1-z)*n + z*h_{t-1}``. See ``_Recurrent`` for shapes and parameters."""
+    ``h_t = (1-z)*n + z*h_{t-1}``. See ``RNNBase`` for shapes and parameters."""
 
     gates = 3
     cell = CELL_GRU
