@@ -116,6 +116,7 @@ class Plan:
         self.has_conv = any(op["kind"] == OP["conv"] for op in self.ops)
         self.batch_coupled_inference = any(not layer.track_running_stats for _, layer in self.bn_layers)
         self._phase_cache = {}
+        self._infer_ops = None
 
     # ------------------------------------------------------------ walking the layers
     def _alloc(self, width):
@@ -532,3 +533,38 @@ class Plan:
 
     def work_size(self, rows):
         return self.row_width * rows
+
+    # ------------------------------------------------------------ inference
+    @property
+    def infer_op_table(self):
+        """The op table of inference: in a build with the own float32 kernels every Dense product
+        runs on them (at inference a unit's rows never exceed a chunk), so a float32 MLP calls no
+        BLAS and needs no limit on BLAS's threads."""
+        if self._infer_ops is None:
+            ops = self.op_table.copy()
+            if _engine.SMALL_GEMM:
+                dense = ops[:, COL["kind"]] == OP["dense"]
+                ops[dense, COL["sg_rows"]] = 1 << 40
+            self._infer_ops = ops
+        return self._infer_ops
+
+    def infer_uses_blas(self, dtype):
+        """Whether inference in ``dtype`` calls BLAS (then its threads are held to one while the
+        core's run in parallel)."""
+        own = _engine.SMALL_GEMM and np.dtype(dtype) == np.float32
+        return any(op["kind"] in (OP["conv"], OP["rnn"]) or (op["kind"] == OP["dense"] and not own)
+                   for op in self.ops)
+
+    def infer_unit(self, n, min_flop):
+        """Rows per work unit of inference on n rows: the training chunk (so the products run on
+        the kernels they always did), shortened for convolutional nets so a unit's rows stay near the
+        core's cache; a batch of at most one chunk is one unit, or two where each has ``min_flop``
+        of work to pay a second thread. From the shapes and n alone, never the thread count."""
+        unit = self.chunk
+        while self.has_conv and unit > 8 and unit * self.row_width * 4 > CONV_CHUNK_BYTES:
+            unit //= 2
+        if n > unit:
+            return unit
+        if n >= 2 and 2 * n * self.n_applied >= 2 * min_flop:
+            return -(-n // 2)
+        return n

@@ -447,6 +447,49 @@ cdef extern from *:
     #endif
         fnn_sgemm_bt(M, N, K, A, lda, B, ldb, C, ldc);
     }
+
+    /* y[j] = sum_k x[k] W[j, k], j < N: one row against a layer's weights (inference on one example),
+       FV_N rows of W at a time, each entry an FV_N-lane FMA chain over k, then a fixed tree over the
+       lanes. AVX-512: fnn_hsum16's tree, so every entry has the bits fnn_sgemm_nt gives that row in a
+       batch, at a quarter of its work (its 4-row tiles would repeat the one row). AVX2: a new rounding
+       (fnn_sgemm_fwd sums each entry in k order there, which needs W transposed). W is read in place. */
+    static inline void fnn_gemv_store(fv* acc, float* y, int nc) {
+    #if FNN_SMALL_GEMM == 1
+        /* lane 4 r + c of fnn_hsum16 is the sum of acc[4 c + r]: entry j is lane 4 (j % 4) + j / 4 */
+        const __m512i idx = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+        fv_storen(y, _mm512_permutexvar_ps(idx, fnn_hsum16(acc)), nc);
+    #else
+        float t[FV_N][FV_N];
+        int c;
+        for (c = 0; c < nc; c++) {
+            _mm256_storeu_ps(t[c], acc[c]);
+            y[c] = ((t[c][0] + t[c][4]) + (t[c][2] + t[c][6])) + ((t[c][1] + t[c][5]) + (t[c][3] + t[c][7]));
+        }
+    #endif
+    }
+
+    static void fnn_sgemv(Py_ssize_t N, Py_ssize_t K, const float* x, const float* W, Py_ssize_t ldw, float* y) {
+        Py_ssize_t j0, k, Kv = K - K % FV_N;
+        int c, kt = (int)(K % FV_N);
+        for (j0 = 0; j0 < N; j0 += FV_N) {
+            int nc = N - j0 < FV_N ? (int)(N - j0) : FV_N;
+            const float* w[FV_N];
+            fv acc[FV_N], xv;
+            for (c = 0; c < FV_N; c++) {
+                w[c] = W + (j0 + (c < nc ? c : nc - 1)) * ldw;
+                acc[c] = fv_zero();
+            }
+            for (k = 0; k < Kv; k += FV_N) {
+                xv = fv_load(x + k);
+                for (c = 0; c < FV_N; c++) acc[c] = fv_fma(xv, fv_load(w[c] + k), acc[c]);
+            }
+            if (kt) {
+                xv = fv_loadn(x + k, kt);
+                for (c = 0; c < FV_N; c++) acc[c] = fv_fma(xv, fv_loadn(w[c] + k, kt), acc[c]);
+            }
+            fnn_gemv_store(acc, y + j0, nc);
+        }
+    }
     #else
     static Py_ssize_t fnn_kb = 0;
     static void fnn_set_l1(Py_ssize_t bytes) { }
@@ -455,6 +498,7 @@ cdef extern from *:
                              int acc_c) { }
     static void fnn_sgemm_fwd(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t lda,
                               const float* B, Py_ssize_t ldb, float* C, Py_ssize_t ldc) { }
+    static void fnn_sgemv(Py_ssize_t N, Py_ssize_t K, const float* x, const float* W, Py_ssize_t ldw, float* y) { }
     #endif
     """
     int FNN_SMALL_GEMM
@@ -470,6 +514,7 @@ cdef extern from *:
                       int acc_c) nogil
     void fnn_sgemm_fwd(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t lda,
                        const float* B, Py_ssize_t ldb, float* C, Py_ssize_t ldc) nogil
+    void fnn_sgemv(Py_ssize_t N, Py_ssize_t K, const float* x, const float* W, Py_ssize_t ldw, float* y) nogil
 
 
 def set_l1_cache(Py_ssize_t nbytes):
@@ -481,13 +526,14 @@ def set_l1_cache(Py_ssize_t nbytes):
 
 
 def own_gemm(str kind, const float[:, :] A, const float[:, :] B, float[:, :] C, bint accumulate=False):
-    """The own kernels alone, for tests and benchmarks: kind "fwd", C = A B^T; kind "bc", C = A B (+ C
-    with accumulate). Rows of B and C (and of A for "fwd") must be contiguous; "bc" reads A with any
-    strides (a transposed view: the weight gradient's D^T)."""
+    """The own kernels alone, for tests and benchmarks: kind "fwd", C = A B^T; kind "gemv", the same for
+    one row of A (inference on one example); kind "bc", C = A B (+ C with accumulate). Rows of B and C
+    (and of A for "fwd" and "gemv") must be contiguous; "bc" reads A with any strides (a transposed
+    view: the weight gradient's D^T)."""
     if not FNN_SMALL_GEMM:
         raise RuntimeError("this build has no own GEMM kernels")
     cdef Py_ssize_t M = C.shape[0], N = C.shape[1], K = A.shape[1], f = sizeof(float)
-    if B.strides[1] != f or C.strides[1] != f or (kind == "fwd" and A.strides[1] != f):
+    if B.strides[1] != f or C.strides[1] != f or (kind != "bc" and A.strides[1] != f):
         raise ValueError("the rows of B and C (and of A for 'fwd') must be contiguous")
     cdef Py_ssize_t si = A.strides[0] // f, sj = A.strides[1] // f, ldb = B.strides[0] // f, ldc = C.strides[0] // f
     if kind == "fwd":
@@ -495,10 +541,15 @@ def own_gemm(str kind, const float[:, :] A, const float[:, :] B, float[:, :] C, 
             raise ValueError("fwd: C (M, N) = A (M, K) B^T, B (N, K)")
         with nogil:
             fnn_sgemm_fwd(M, N, K, &A[0, 0], si, &B[0, 0], ldb, &C[0, 0], ldc)
+    elif kind == "gemv":
+        if M != 1 or A.shape[0] != 1 or B.shape[0] != N or B.shape[1] != K:
+            raise ValueError("gemv: C (1, N) = A (1, K) B^T, B (N, K)")
+        with nogil:
+            fnn_sgemv(N, K, &A[0, 0], &B[0, 0], ldb, &C[0, 0])
     elif kind == "bc":
         if A.shape[0] != M or B.shape[0] != K or B.shape[1] != N:
             raise ValueError("bc: C (M, N) = A (M, K) B (K, N)")
         with nogil:
             fnn_sgemm_bc(M, N, K, &A[0, 0], si, sj, &B[0, 0], ldb, &C[0, 0], ldc, accumulate)
     else:
-        raise ValueError(f"kind must be 'fwd' or 'bc', not {kind!r}")
+        raise ValueError(f"kind must be 'fwd', 'gemv' or 'bc', not {kind!r}")
