@@ -3,7 +3,9 @@
 Workload: the MLP 784-256-256-10 (ReLU, float32) with a softmax output, on batches of 1, 32 and
 4096 rows. Each library computes the same probabilities:
 
-- fastnn: ``model.predict(X)`` (CrossEntropy's link, softmax, in the compiled call);
+- fastnn: ``model.predict(X, threads=t)`` (CrossEntropy's link, softmax, in the compiled call), at
+  1 and at its default thread count (the faster is compared: on a busy machine a second thread can
+  cost more than it gives, for every library);
 - PyTorch: ``torch.softmax(model(x), 1)`` under ``torch.inference_mode()``, at 1 and at fastnn's
   thread count (the faster is compared);
 - onnxruntime: fastnn's own ONNX export (``model.to_onnx``) with a Softmax node appended, at 1 and
@@ -160,10 +162,10 @@ def run(args, script):
     libs = [lib for lib in args.libs if lib == "fastnn" or importlib.util.find_spec(lib)]
     if "onnxruntime" in libs and not importlib.util.find_spec("onnx"):
         libs.remove("onnxruntime")
-    tvals = {"fastnn": [threads], "torch": sorted({1, threads}), "onnxruntime": sorted({1, threads})}
+    tvals = {lib: sorted({1, threads}) for lib in LIBS}
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    print(f"# CPU: {cpu_name()}; fastnn {threads} threads, torch and onnxruntime the better of "
-          f"{' and '.join(map(str, tvals['torch']))} threads; median of {args.rounds} interleaved rounds"
+    print(f"# CPU: {cpu_name()}; each library the better of {' and '.join(map(str, tvals['torch']))} "
+          f"threads; median of {args.rounds} interleaved rounds"
           + (f"; load average {load:.2f} at the start: a busy machine" if load > 0.5 else ""), flush=True)
     cells = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -205,8 +207,7 @@ def print_row(cell, libs, header):
     row = [cell["model"], str(cell["batch"])]
     for lib in libs:
         v = r[lib]
-        row.append(fmt_time(v["us"]) + (f" ({v['threads']}t)" if lib != "fastnn" else "")
-                   if "us" in v else "error")
+        row.append(fmt_time(v["us"]) + f" ({v['threads']}t)" if "us" in v else "error")
     f = r.get("fastnn", {}).get("us")
     for p in peers:
         v = r[p].get("us")
@@ -224,7 +225,8 @@ def build_parser(prog=None, models=None):
     p.add_argument("--models", nargs="+", default=["mlp"], choices=sorted(models or MODELS))
     p.add_argument("--batch", type=int, nargs="+", default=[1, 32, 4096])
     p.add_argument("--rounds", type=int, default=5, help="processes per library and cell, interleaved")
-    p.add_argument("--threads", type=int, default=None, help="fastnn's threads (default fn.get_num_threads())")
+    p.add_argument("--threads", type=int, default=None,
+                   help="the thread count tried besides 1 (default fn.get_num_threads())")
     p.add_argument("--libs", nargs="+", default=list(LIBS), choices=LIBS)
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per worker process")
     p.add_argument("--json", metavar="PATH", help="write the raw results here")

@@ -367,11 +367,10 @@ class Sequential:
         runner = self._runner(unit)
         code, per = link
         if n_threads > 1 and p.infer_uses_blas(self.dtype):
+            # BLAS runs inside the core's threads: held to one thread (a serial call leaves BLAS as
+            # NumPy's own calls find it)
             with blas_single_thread():
                 ok = runner.run(self._params, self._running, X, res, unit, n_threads, code, per, lengths)
-        elif p.infer_uses_blas(self.dtype):
-            with blas_single_thread():
-                ok = runner.run(self._params, self._running, X, res, unit, 1, code, per, lengths)
         else:
             ok = runner.run(self._params, self._running, X, res, unit, n_threads, code, per, lengths)
         if not ok:

@@ -64,7 +64,10 @@ cdef struct InferCall:
     void* work
     Py_ssize_t slot_size
     int link
+    bint direct               # only Dense layers read the network's input (from X, when of their type)
     bint gemv                 # float32 with the own kernels: a one-row Dense product is a GEMV
+    float* pk                 # ... Dense weights in fnn_pack_bt's blocks for this call, or NULL
+    const int64_t* pk_off     # [op]: where in pk (-1: none)
     unsigned char* bad        # [slot]: a unit of this slot saw NaN or Inf in X
 
 
@@ -83,13 +86,34 @@ cdef void infer_unit(Net* net, Ctx* cx0, InferCall* ic, Py_ssize_t u, int slot, 
     cx.bsz = c
     if cx.lens != NULL:
         cx.lens = cx.lens + r0        # rows are read at ordp[b0 + i] = i within the unit
-    if not gather_checked(Wk, ic.X, ic.xcode, r0, c, ic.n_in0):
+    # X in the model's type and read only by Dense layers: they multiply its rows in place
+    cdef floating* xin = NULL
+    if ic.direct and ((floating is float and ic.xcode == X_F32) or (floating is double and ic.xcode == X_F64)):
+        xin = <floating*>ic.X + r0 * ic.n_in0
+        if not (fastnn_finite_f(<float*>xin, c * ic.n_in0) if floating is float else
+                fastnn_finite_d(<double*>xin, c * ic.n_in0)):
+            ic.bad[slot] = 1
+    elif not gather_checked(Wk, ic.X, ic.xcode, r0, c, ic.n_in0):
         ic.bad[slot] = 1
+    cdef floating* a_in
+    cdef Py_ssize_t K, N
     for k in range(net.n_ops):
         o = &net.ops[k]
+        K = o.n_in // o.groups
+        N = o.n_out // o.groups
+        a_in = xin if (xin != NULL and o.in_e == 0) else Wk + o.in_e
         if floating is float and ic.gemv and o.kind == OP_DENSE and c * o.groups == 1:
-            fnn_sgemv(o.n_out, o.n_in, Wk + o.in_e, P + o.w_off, o.n_in, Wk + o.a_e)
+            fnn_count(FNN_OWN, FNN_FWD)
+            fnn_sgemv(N, K, a_in, P + o.w_off, K, Wk + o.a_e)
             op_tail(o, &cx, Wk, P, 0, 1, slot)
+        elif (floating is float and ic.pk != NULL and o.kind == OP_DENSE and ic.pk_off[k] >= 0
+                and fnn_fwd_uses_bt(c * o.groups, N)):
+            fnn_count(FNN_OWN, FNN_FWD)
+            fnn_sgemm_bt_packed(c * o.groups, N, K, a_in, K, ic.pk + ic.pk_off[k], Wk + o.a_e, N)
+            op_tail(o, &cx, Wk, P, 0, c, slot)
+        elif o.kind == OP_DENSE and a_in != Wk + o.in_e:
+            dense_rows(o, P, a_in, Wk + o.a_e, c)
+            op_tail(o, &cx, Wk, P, 0, c, slot)
         else:
             op_forward(o, &cx, Wk, P, 0, c, slot)
     link_rows(Wk + last.ad_e, c * ic.n_out // ic.link_n, ic.link_n, ic.link)
@@ -103,12 +127,13 @@ cdef class InferRunner:
     cdef readonly Py_ssize_t cap
     cdef readonly object dtype
     cdef Py_ssize_t n_in0, n_out, slot_size, scratch_stride, n_slots
-    cdef bint dbl, own
-    cdef object work, scratch, stats, ident, bad
+    cdef bint dbl, own, direct
+    cdef object work, scratch, stats, ident, bad, pk, pk_off, pk_use
 
     def __cinit__(self, const int64_t[:, ::1] ops, const double[:, ::1] opsf, Py_ssize_t cap,
                   Py_ssize_t n_in0, Py_ssize_t n_out, Py_ssize_t row_width, Py_ssize_t scratch_stride,
                   Py_ssize_t n_stats, dtype):
+        cdef Py_ssize_t k, total = 0, g
         if cap < 1:
             raise ValueError("cap must be >= 1")
         phases = np.array([[PH_CHUNK, -1, 0, 1, -1, 0, ops.shape[0], 0, 0, 0, -1, -1, -1]], dtype=np.int64)
@@ -117,6 +142,10 @@ cdef class InferRunner:
         self.dtype = np.dtype(dtype)
         self.dbl = self.dtype == np.float64
         self.own = FNN_SMALL_GEMM != 0 and not self.dbl
+        self.direct = True
+        for k in range(ops.shape[0]):
+            if (ops[k, 7] == 0 and ops[k, 0] != OP_DENSE) or ops[k, 8] == 0:
+                self.direct = False
         self.n_in0 = n_in0
         self.n_out = n_out
         self.slot_size = row_width * cap
@@ -125,6 +154,16 @@ cdef class InferRunner:
         self.ident = np.arange(cap, dtype=np.intp)
         self.n_slots = 0
         self._slots(1)
+        # where each float32 Dense op's weights go when a call packs them (fnn_pack_bt)
+        self.pk_off = np.full(ops.shape[0], -1, dtype=np.int64)
+        self.pk_use = np.full(ops.shape[0], -1, dtype=np.int64)
+        if self.own:
+            for k in range(ops.shape[0]):
+                if ops[k, 0] == OP_DENSE:
+                    g = ops[k, 19]
+                    self.pk_off[k] = total
+                    total += fnn_bt_packed_size(ops[k, 2] // g, ops[k, 1] // g)
+        self.pk = np.empty(total, dtype=np.float32) if total > 0 else None
 
     def __dealloc__(self):
         net_free(self.net)
@@ -148,6 +187,7 @@ cdef class InferRunner:
         cdef int xcode
         cdef Py_ssize_t N, n_units, u, k
         cdef int nt, slot
+        cdef Op* o
         cdef InferCall ic
         cdef Ctx cx
         for a, name in ((params, "params"), (running, "running"), (out, "out")):
@@ -184,8 +224,23 @@ cdef class InferRunner:
         ic.slot_size = self.slot_size
         ic.link = link
         ic.gemv = self.own
+        ic.direct = self.direct
         ic.bad = <unsigned char*>cnp.PyArray_DATA(<cnp.ndarray>self.bad)
         memset(ic.bad, 0, nt)
+        ic.pk = NULL
+        ic.pk_off = NULL
+        cdef int64_t* use = <int64_t*>cnp.PyArray_DATA(<cnp.ndarray>self.pk_use)
+        cdef const int64_t* offs = <int64_t*>cnp.PyArray_DATA(<cnp.ndarray>self.pk_off)
+        cdef bint pack = False
+        if self.pk is not None and n_units >= 2:
+            # the units share one copy of each Dense layer's weights in the broadcast kernel's blocks
+            for k in range(self.net.n_ops):
+                o = &self.net.ops[k]
+                use[k] = offs[k] if offs[k] >= 0 and fnn_fwd_uses_bt(unit * o.groups, o.n_out // o.groups) else -1
+                pack = pack or use[k] >= 0
+            if pack:
+                ic.pk = <float*>cnp.PyArray_DATA(<cnp.ndarray>self.pk)
+                ic.pk_off = use
         cx.P = cnp.PyArray_DATA(params)
         cx.G = NULL
         cx.Wk = NULL
@@ -208,7 +263,14 @@ cdef class InferRunner:
         cx.ssw = NULL
         cdef Net* net = self.net
         cdef bint dbl = self.dbl
+        cdef float* Pf = <float*>cx.P
         with nogil:
+            if ic.pk != NULL:
+                for k in range(net.n_ops):
+                    o = &net.ops[k]
+                    if use[k] >= 0:
+                        fnn_pack_bt(o.n_out // o.groups, o.n_in // o.groups, Pf + o.w_off, o.n_in // o.groups,
+                                    ic.pk + use[k])
             for k in range(net.n_ops):
                 if net.ops[k].kind == OP_BN and net.ops[k].r_off >= 0:
                     if dbl:

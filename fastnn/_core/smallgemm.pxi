@@ -19,7 +19,11 @@
 # - fnn_sgemm_bt: C = A B^T with fnn_sgemm_bc's tiles over a transposed copy of B's block (register
 #   transposes of FV_N x FV_N). AVX-512, from FNN_BT_ROWS rows on, where the copy is shared by enough
 #   rows: one core, 1024x1024 layer in blocks of 128 neurons, 128 rows 223 -> 236 GFLOP/s against
-#   fnn_sgemm_nt, 512 rows 218 -> 243 (OpenBLAS 213); AVX2 at every row count. fnn_sgemm_fwd picks.
+#   fnn_sgemm_nt, 512 rows 218 -> 243 (OpenBLAS 213); AVX2 at every row count. fnn_sgemm_fwd picks
+#   (fewer columns than a vector's lanes stay on fnn_sgemm_nt). fnn_pack_bt makes every block's copy
+#   at once for products that share B (inference's units), fnn_sgemm_bt_packed runs on them;
+# - fnn_sgemv: one row against B^T (inference on one example), B read in place; with AVX-512 the
+#   bits of fnn_sgemm_nt.
 # Each entry's sum runs in a fixed order (an FMA chain per lane, then, in fnn_sgemm_nt, a fixed tree
 # over the lanes) whichever thread computes it, so training stays bit-identical on any thread count;
 # the broadcast kernels give the same bits in both builds. The baseline build and float64 use BLAS.
@@ -435,17 +439,67 @@ cdef extern from *:
         }
     }
 
-    /* C = A B^T (B is N x K): the dot-product kernel below FNN_BT_ROWS rows, where the transposed
-       copy costs more than the broadcast tiles gain, the broadcast one from there on */
+    /* Whether fnn_sgemm_fwd multiplies M rows against N x K weights with the broadcast kernel: from
+       FNN_BT_ROWS rows on, where the transposed copy is shared by enough rows, unless B has fewer rows
+       than a vector has lanes (a 10-class output layer: the broadcast tiles' 64 columns would be
+       mostly masked lanes, 5x slower at 64 rows than the dot-product kernel) */
+    static inline int fnn_fwd_uses_bt(Py_ssize_t M, Py_ssize_t N) {
+    #if FNN_BT_ROWS
+        return M >= FNN_BT_ROWS && N >= FV_N;
+    #else
+        return 1;
+    #endif
+    }
+
+    /* C = A B^T (B is N x K): the dot-product kernel where fnn_fwd_uses_bt says no, the broadcast one
+       elsewhere */
     static void fnn_sgemm_fwd(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t lda,
                               const float* B, Py_ssize_t ldb, float* C, Py_ssize_t ldc) {
     #if FNN_BT_ROWS
-        if (M < FNN_BT_ROWS) {
+        if (!fnn_fwd_uses_bt(M, N)) {
             fnn_sgemm_nt(M, N, K, A, lda, B, ldb, C, ldc);
             return;
         }
     #endif
         fnn_sgemm_bt(M, N, K, A, lda, B, ldb, C, ldc);
+    }
+
+    /* All of fnn_sgemm_bt's transposed blocks of B (N x K) at once: block (n0, j0) at bp + n0 K + j0 NW,
+       so that many products against the same B (the units of an inference call over a large batch)
+       share one copy instead of making one each. fnn_sgemm_bt_packed then runs fnn_sgemm_bt's tiles
+       over them: the same bits. */
+    static Py_ssize_t fnn_bt_packed_size(Py_ssize_t N, Py_ssize_t K) {
+        const Py_ssize_t NW = FV_N * FNN_BC_NV;
+        return (N + NW - 1) / NW * NW * K;
+    }
+
+    static void fnn_pack_bt(Py_ssize_t N, Py_ssize_t K, const float* B, Py_ssize_t ldb, float* bp) {
+        enum { NW = FV_N * FNN_BC_NV };
+        const Py_ssize_t KB = fnn_kb;
+        Py_ssize_t n0, j0, kb;
+        for (n0 = 0; n0 < N; n0 += NW) {
+            int nc = N - n0 < NW ? (int)(N - n0) : NW;
+            for (j0 = 0; j0 < K; j0 += kb) {
+                kb = K - j0 < KB ? K - j0 : KB;
+                fnn_copy_bt(kb, nc, B + n0 * ldb + j0, ldb, bp + n0 * K + j0 * NW);
+            }
+        }
+    }
+
+    static void fnn_sgemm_bt_packed(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t lda,
+                                    const float* bp, float* C, Py_ssize_t ldc) {
+        enum { NW = FV_N * FNN_BC_NV };
+        const Py_ssize_t KB = fnn_kb;
+        Py_ssize_t n0, j0, kb;
+        for (n0 = 0; n0 < N; n0 += NW) {
+            int nc = N - n0 < NW ? (int)(N - n0) : NW;
+            j0 = 0;
+            do {
+                kb = K - j0 < KB ? K - j0 : KB;
+                fnn_bc_rows(M, kb, A + j0, lda, 1, bp + n0 * K + j0 * NW, NW, C + n0, ldc, nc, j0 > 0);
+                j0 += kb;
+            } while (j0 < K);
+        }
     }
 
     /* y[j] = sum_k x[k] W[j, k], j < N: one row against a layer's weights (inference on one example),
@@ -499,6 +553,11 @@ cdef extern from *:
     static void fnn_sgemm_fwd(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t lda,
                               const float* B, Py_ssize_t ldb, float* C, Py_ssize_t ldc) { }
     static void fnn_sgemv(Py_ssize_t N, Py_ssize_t K, const float* x, const float* W, Py_ssize_t ldw, float* y) { }
+    static inline int fnn_fwd_uses_bt(Py_ssize_t M, Py_ssize_t N) { return 0; }
+    static Py_ssize_t fnn_bt_packed_size(Py_ssize_t N, Py_ssize_t K) { return 0; }
+    static void fnn_pack_bt(Py_ssize_t N, Py_ssize_t K, const float* B, Py_ssize_t ldb, float* bp) { }
+    static void fnn_sgemm_bt_packed(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t lda,
+                                    const float* bp, float* C, Py_ssize_t ldc) { }
     #endif
     """
     int FNN_SMALL_GEMM
@@ -515,6 +574,11 @@ cdef extern from *:
     void fnn_sgemm_fwd(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t lda,
                        const float* B, Py_ssize_t ldb, float* C, Py_ssize_t ldc) nogil
     void fnn_sgemv(Py_ssize_t N, Py_ssize_t K, const float* x, const float* W, Py_ssize_t ldw, float* y) nogil
+    int fnn_fwd_uses_bt(Py_ssize_t M, Py_ssize_t N) nogil
+    Py_ssize_t fnn_bt_packed_size(Py_ssize_t N, Py_ssize_t K) nogil
+    void fnn_pack_bt(Py_ssize_t N, Py_ssize_t K, const float* B, Py_ssize_t ldb, float* bp) nogil
+    void fnn_sgemm_bt_packed(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t lda,
+                             const float* bp, float* C, Py_ssize_t ldc) nogil
 
 
 def set_l1_cache(Py_ssize_t nbytes):
