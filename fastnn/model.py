@@ -366,9 +366,9 @@ class Sequential:
             n_threads = self._threads_for(n // 3, resolve_threads(threads))
         runner = self._runner(unit)
         code, per = link
-        if n_threads > 1 and p.infer_uses_blas(self.dtype):
-            # BLAS runs inside the core's threads: held to one thread (a serial call leaves BLAS as
-            # NumPy's own calls find it)
+        if p.infer_uses_blas(self.dtype):
+            # held to one thread even in a serial call: OpenBLAS would otherwise thread the larger
+            # products (a recurrent layer's input projection) and spin its threads between them
             with blas_single_thread():
                 ok = runner.run(self._params, self._running, X, res, unit, n_threads, code, per, lengths)
         else:
