@@ -87,3 +87,13 @@ def test_every_build_gives_the_same_bits(tmp_path):
             # 20 Adam steps of at most lr = 1e-2 each; its normalised step turns float32 rounding
             # in a near-zero gradient into up to ~1e-4, against weights of order 0.1
             np.testing.assert_allclose(r[4], blas[0][4], rtol=0, atol=1e-3)
+
+
+def test_the_builds_this_cpu_runs_are_listed():
+    f = core.cpu_features()
+    builds = core.runnable_builds()
+    assert builds == ["baseline"] + ["v3"] * all(f.get(k) for k in ("AVX2", "FMA3")) + \
+        ["v4"] * all(f.get(k) for k in ("AVX512F", "AVX512BW", "AVX512VL"))
+    assert core.BUILD == {"baseline": "baseline", "x86-64-v3 (AVX2)": "v3", "x86-64-v4 (AVX-512)": "v4"}[core.ISA]
+    if not os.environ.get("FASTNN_ISA"):
+        assert core.BUILD == builds[-1] or not _available(f"_engine_{builds[-1]}")

@@ -45,6 +45,14 @@ def _pick():
 _engine, _name = _pick()
 #: the instruction set of the build in use
 ISA = {"_engine_v1": "baseline", "_engine_v3": "x86-64-v3 (AVX2)", "_engine_v4": "x86-64-v4 (AVX-512)"}[_name]
+#: the same, as FASTNN_ISA names it
+BUILD = {"_engine_v1": "baseline", "_engine_v3": "v3", "_engine_v4": "v4"}[_name]
+
+
+def runnable_builds():
+    """The builds this CPU runs, as FASTNN_ISA names them, narrowest first."""
+    f = cpu_features()
+    return ["baseline"] + ["v3"] * all(f.get(k) for k in _V3) + ["v4"] * all(f.get(k) for k in _V4)
 
 
 def l1_data_cache_bytes():
