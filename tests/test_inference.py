@@ -307,3 +307,16 @@ def test_other_input_types_convert_as_before():
     np.testing.assert_array_equal(m.forward(np.asfortranarray(X)), ref)
     Xi = (X * 10).astype(np.int16)
     np.testing.assert_array_equal(m.forward(Xi), m.forward(Xi.astype(np.float32)))
+
+
+def test_calls_from_several_python_threads_get_their_own_results():
+    from concurrent.futures import ThreadPoolExecutor
+
+    m = _mlp()
+    m.loss = fn.CrossEntropy()
+    inputs = [_x(n, seed=n) for n in (1, 3, 40, 200, 1, 40, 3, 200) * 3]
+    expected = [m.predict(X) for X in inputs]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda X: m.predict(X, threads=2), inputs))
+    for a, b in zip(got, expected):
+        np.testing.assert_array_equal(a, b)

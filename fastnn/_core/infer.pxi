@@ -9,6 +9,8 @@
 # One unit, or one thread asked for, runs without an OpenMP region (no thread team is woken). The
 # units are consecutive slices of ``unit`` rows, from the shapes and the batch, never from the
 # thread count, so every row's result is the same on any number of threads.
+import threading
+
 cimport numpy as cnp
 
 cnp.import_array()
@@ -128,7 +130,7 @@ cdef class InferRunner:
     cdef readonly object dtype
     cdef Py_ssize_t n_in0, n_out, slot_size, scratch_stride, n_slots
     cdef bint dbl, own, direct
-    cdef object work, scratch, stats, ident, bad, pk, pk_off, pk_use
+    cdef object work, scratch, stats, ident, bad, pk, pk_off, pk_use, lock
 
     def __cinit__(self, const int64_t[:, ::1] ops, const double[:, ::1] opsf, Py_ssize_t cap,
                   Py_ssize_t n_in0, Py_ssize_t n_out, Py_ssize_t row_width, Py_ssize_t scratch_stride,
@@ -153,6 +155,7 @@ cdef class InferRunner:
         self.stats = np.zeros(max(n_stats, 1))
         self.ident = np.arange(cap, dtype=np.intp)
         self.n_slots = 0
+        self.lock = threading.Lock()
         self._slots(1)
         # where each float32 Dense op's weights go when a call packs them (fnn_pack_bt)
         self.pk_off = np.full(ops.shape[0], -1, dtype=np.int64)
@@ -210,87 +213,90 @@ cdef class InferRunner:
             raise ValueError("lengths must be a contiguous int64 array of one length per row")
         n_units = (N + unit - 1) // unit
         nt = <int>max(1, min(n_threads, n_units))
-        self._slots(nt)
-        xcode = X_CODES[X.dtype]
-        ic.X = cnp.PyArray_DATA(X)
-        ic.xcode = xcode
-        ic.N = N
-        ic.unit = unit
-        ic.n_in0 = self.n_in0
-        ic.n_out = self.n_out
-        ic.link_n = link_n
-        ic.out = cnp.PyArray_DATA(out)
-        ic.work = cnp.PyArray_DATA(<cnp.ndarray>self.work)
-        ic.slot_size = self.slot_size
-        ic.link = link
-        ic.gemv = self.own
-        ic.direct = self.direct
-        ic.bad = <unsigned char*>cnp.PyArray_DATA(<cnp.ndarray>self.bad)
-        memset(ic.bad, 0, nt)
-        ic.pk = NULL
-        ic.pk_off = NULL
         cdef int64_t* use = <int64_t*>cnp.PyArray_DATA(<cnp.ndarray>self.pk_use)
         cdef const int64_t* offs = <int64_t*>cnp.PyArray_DATA(<cnp.ndarray>self.pk_off)
         cdef bint pack = False
-        if self.pk is not None and n_units >= 2:
-            # the units share one copy of each Dense layer's weights in the broadcast kernel's blocks
-            for k in range(self.net.n_ops):
-                o = &self.net.ops[k]
-                use[k] = offs[k] if offs[k] >= 0 and fnn_fwd_uses_bt(unit * o.groups, o.n_out // o.groups) else -1
-                pack = pack or use[k] >= 0
-            if pack:
-                ic.pk = <float*>cnp.PyArray_DATA(<cnp.ndarray>self.pk)
-                ic.pk_off = use
-        cx.P = cnp.PyArray_DATA(params)
-        cx.G = NULL
-        cx.Wk = NULL
-        cx.X = ic.X
-        cx.xcode = xcode
-        cx.R = cnp.PyArray_DATA(running) if running.shape[0] > 0 else NULL
-        cx.st = <double*>cnp.PyArray_DATA(<cnp.ndarray>self.stats)
-        cx.scratch = cnp.PyArray_DATA(<cnp.ndarray>self.scratch) if self.scratch_stride > 0 else NULL
-        cx.scratch_stride = self.scratch_stride
-        cx.ordp = <Py_ssize_t*>cnp.PyArray_DATA(<cnp.ndarray>self.ident)
-        cx.b0 = 0
-        cx.training = False
-        cx.seed = 0
-        cx.epoch = 0
-        cx.step = 0
-        cx.dg = NULL
-        cx.full = False
-        cx.lens = <const int64_t*>cnp.PyArray_DATA(lengths) if lengths is not None else NULL
-        cx.steps = 1
-        cx.ssw = NULL
         cdef Net* net = self.net
         cdef bint dbl = self.dbl
-        cdef float* Pf = <float*>cx.P
-        with nogil:
-            if ic.pk != NULL:
+        cdef float* Pf = NULL
+        # one call at a time per runner: its buffers are shared (a model served from several threads)
+        with self.lock:
+            self._slots(nt)
+            xcode = X_CODES[X.dtype]
+            ic.X = cnp.PyArray_DATA(X)
+            ic.xcode = xcode
+            ic.N = N
+            ic.unit = unit
+            ic.n_in0 = self.n_in0
+            ic.n_out = self.n_out
+            ic.link_n = link_n
+            ic.out = cnp.PyArray_DATA(out)
+            ic.work = cnp.PyArray_DATA(<cnp.ndarray>self.work)
+            ic.slot_size = self.slot_size
+            ic.link = link
+            ic.gemv = self.own
+            ic.direct = self.direct
+            ic.bad = <unsigned char*>cnp.PyArray_DATA(<cnp.ndarray>self.bad)
+            memset(ic.bad, 0, nt)
+            ic.pk = NULL
+            ic.pk_off = NULL
+            if self.pk is not None and n_units >= 2:
+                # the units share one copy of each Dense layer's weights in the broadcast kernel's blocks
+                for k in range(self.net.n_ops):
+                    o = &self.net.ops[k]
+                    use[k] = offs[k] if offs[k] >= 0 and fnn_fwd_uses_bt(unit * o.groups, o.n_out // o.groups) else -1
+                    pack = pack or use[k] >= 0
+                if pack:
+                    ic.pk = <float*>cnp.PyArray_DATA(<cnp.ndarray>self.pk)
+                    ic.pk_off = use
+            cx.P = cnp.PyArray_DATA(params)
+            cx.G = NULL
+            cx.Wk = NULL
+            cx.X = ic.X
+            cx.xcode = xcode
+            cx.R = cnp.PyArray_DATA(running) if running.shape[0] > 0 else NULL
+            cx.st = <double*>cnp.PyArray_DATA(<cnp.ndarray>self.stats)
+            cx.scratch = cnp.PyArray_DATA(<cnp.ndarray>self.scratch) if self.scratch_stride > 0 else NULL
+            cx.scratch_stride = self.scratch_stride
+            cx.ordp = <Py_ssize_t*>cnp.PyArray_DATA(<cnp.ndarray>self.ident)
+            cx.b0 = 0
+            cx.training = False
+            cx.seed = 0
+            cx.epoch = 0
+            cx.step = 0
+            cx.dg = NULL
+            cx.full = False
+            cx.lens = <const int64_t*>cnp.PyArray_DATA(lengths) if lengths is not None else NULL
+            cx.steps = 1
+            cx.ssw = NULL
+            Pf = <float*>cx.P
+            with nogil:
+                if ic.pk != NULL:
+                    for k in range(net.n_ops):
+                        o = &net.ops[k]
+                        if use[k] >= 0:
+                            fnn_pack_bt(o.n_out // o.groups, o.n_in // o.groups, Pf + o.w_off, o.n_in // o.groups,
+                                        ic.pk + use[k])
                 for k in range(net.n_ops):
-                    o = &net.ops[k]
-                    if use[k] >= 0:
-                        fnn_pack_bt(o.n_out // o.groups, o.n_in // o.groups, Pf + o.w_off, o.n_in // o.groups,
-                                    ic.pk + use[k])
-            for k in range(net.n_ops):
-                if net.ops[k].kind == OP_BN and net.ops[k].r_off >= 0:
-                    if dbl:
-                        bn_eval_prepare(&net.ops[k], <double*>cx.R, cx.st)
-                    else:
-                        bn_eval_prepare(&net.ops[k], <float*>cx.R, cx.st)
-            if nt == 1:
-                for u in range(n_units):
-                    if dbl:
-                        infer_unit(net, &cx, &ic, u, 0, <double*>NULL)
-                    else:
-                        infer_unit(net, &cx, &ic, u, 0, <float*>NULL)
-            else:
-                for u in prange(n_units, schedule='dynamic', num_threads=nt):
-                    slot = threadid()
-                    if dbl:
-                        infer_unit(net, &cx, &ic, u, slot, <double*>NULL)
-                    else:
-                        infer_unit(net, &cx, &ic, u, slot, <float*>NULL)
-        for k in range(nt):
-            if ic.bad[k]:
-                return False
-        return True
+                    if net.ops[k].kind == OP_BN and net.ops[k].r_off >= 0:
+                        if dbl:
+                            bn_eval_prepare(&net.ops[k], <double*>cx.R, cx.st)
+                        else:
+                            bn_eval_prepare(&net.ops[k], <float*>cx.R, cx.st)
+                if nt == 1:
+                    for u in range(n_units):
+                        if dbl:
+                            infer_unit(net, &cx, &ic, u, 0, <double*>NULL)
+                        else:
+                            infer_unit(net, &cx, &ic, u, 0, <float*>NULL)
+                else:
+                    for u in prange(n_units, schedule='dynamic', num_threads=nt):
+                        slot = threadid()
+                        if dbl:
+                            infer_unit(net, &cx, &ic, u, slot, <double*>NULL)
+                        else:
+                            infer_unit(net, &cx, &ic, u, slot, <float*>NULL)
+            for k in range(nt):
+                if ic.bad[k]:
+                    return False
+            return True
