@@ -77,16 +77,24 @@ def _blas_controller():
     return _controller
 
 
+_blas_libs = None
+
+
 @contextmanager
 def blas_single_thread():
-    """Hold BLAS to one thread: fastnn calls it from inside its own parallel loops."""
-    ctl = _blas_controller()
-    blas = [lib for lib in ctl.lib_controllers if lib.user_api == "blas"]
-    if all(lib.num_threads == 1 for lib in blas):
+    """Hold BLAS to one thread: fastnn calls it from inside its own parallel loops. The libraries
+    are found once per process; a call only reads and sets their thread counts."""
+    global _blas_libs
+    if _blas_libs is None:
+        _blas_libs = [lib for lib in _blas_controller().lib_controllers if lib.user_api == "blas"]
+    changed = [(lib, n) for lib, n in ((lib, lib.get_num_threads()) for lib in _blas_libs) if n != 1]
+    for lib, _ in changed:
+        lib.set_num_threads(1)
+    try:
         yield
-        return
-    with ctl.limit(limits=1, user_api="blas"):
-        yield
+    finally:
+        for lib, n in changed:
+            lib.set_num_threads(n)
 
 
 def show_config(file=None):

@@ -43,6 +43,7 @@ NORM_TILE = 64          # features per norm-parameter gradient tile
 CONV_CHUNK_BYTES = 2 << 20    # a convolutional net's chunk of rows, at most (measured: LeNet 1.05x)
 CONV_SUB_ELEMS = 1 << 14     # a convolution's columns per sub-block of examples, at most (measured: larger is slower)
 TILE_ROWS = 128         # most rows of dW per gradient tile
+INFER_SEQ_UNIT = 64     # rows per inference unit, at least, of nets with a GRU or plain RNN layer
 # Where the own float32 GEMMs of smallgemm.pxi run, by the build's kernels (measured against OpenBLAS
 # end to end on the MLP grid): float32 Dense layers with SMALL_MIN_WEIGHTS weights or more and
 # SMALL_MIN_OUT outputs or more multiply at most SMALL_MAX_ROWS rows (a chunk, or the batch) there,
@@ -126,6 +127,8 @@ class Plan:
         self.batch_coupled_inference = any(not layer.track_running_stats for _, layer in self.bn_layers)
         self._phase_cache = {}
         self._bf16 = None
+        self._infer_ops = None
+        self._infer_blas = {}
 
     # ------------------------------------------------------------ walking the layers
     def _alloc(self, width):
@@ -542,6 +545,49 @@ class Plan:
 
     def work_size(self, rows):
         return self.row_width * rows
+
+    # ------------------------------------------------------------ inference
+    @property
+    def infer_op_table(self):
+        """The op table of inference: in a build with the own float32 kernels every Dense product
+        runs on them (at inference a unit's rows never exceed a chunk), so a float32 MLP calls no
+        BLAS and needs no limit on BLAS's threads."""
+        if self._infer_ops is None:
+            ops = self.op_table.copy()
+            if _engine.SMALL_GEMM:
+                dense = ops[:, COL["kind"]] == OP["dense"]
+                ops[dense, COL["sg_rows"]] = 1 << 40
+            self._infer_ops = ops
+        return self._infer_ops
+
+    def infer_uses_blas(self, dtype):
+        """Whether inference in ``dtype`` calls BLAS (then its threads are held to one)."""
+        key = np.dtype(dtype)
+        if key not in self._infer_blas:
+            own = _engine.SMALL_GEMM and key == np.float32
+            self._infer_blas[key] = any(op["kind"] in (OP["conv"], OP["rnn"]) or (op["kind"] == OP["dense"] and not own)
+                                        for op in self.ops)
+        return self._infer_blas[key]
+
+    def infer_unit(self, n, min_flop):
+        """Rows per work unit of inference on n rows: the training chunk (so the products run on
+        the kernels they always did), shortened for convolutional nets so a unit's rows stay near the
+        core's cache and lengthened for GRU and RNN layers; a batch of at most one unit is one unit,
+        or (not for those recurrent layers) two where each has ``min_flop`` of work to pay a second
+        thread. From the shapes and n alone, never the thread count."""
+        unit = self.chunk
+        while self.has_conv and unit > 8 and unit * self.row_width * 4 > CONV_CHUNK_BYTES:
+            unit //= 2
+        seq = any(op["kind"] == OP["rnn"] and op["cell"] != L.CELL_LSTM for op in self.ops)
+        if seq:
+            # a GRU or plain RNN multiplies every step's input of a unit in one product: longer
+            # units pay (GRU 32-128, batch 32 and 256, one thread: 64 rows 1.5x and 2.8x faster than 16)
+            unit = max(unit, INFER_SEQ_UNIT)
+        if n > unit:
+            return unit
+        if n >= 2 and not seq and 2 * n * self.n_applied >= 2 * min_flop:
+            return -(-n // 2)
+        return n
 
     def bf16(self):
         """The plan with bfloat16 products (precision="bf16-mixed"): ``Bf16Plan``, made once."""

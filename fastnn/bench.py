@@ -19,6 +19,7 @@ scikit-learn have no such mode here and are left out). Examples::
     fastnn bench --precision bf16-mixed --batch 128 512 --hidden 1024 --libs fastnn torch
     fastnn bench --batch 32 512 --hidden 64 --repeats 3
     fastnn bench --libs torch jax --n 6000 --json results.json --markdown
+    fastnn bench --inference          # predict's latency and throughput (fastnn/infer_bench.py)
 """
 # Run as a file (the workers are), the package directory would come first on sys.path and
 # its modules (sklearn.py, onnx.py, ...) would shadow the real packages: drop it.
@@ -541,6 +542,9 @@ def build_parser(prog=None):
                         "OpenBLAS's Haswell kernels, PyTorch/MKL/oneDNN held to AVX2; JAX left out)")
     p.add_argument("--json", "--out", dest="json", metavar="PATH", help="write raw results as JSON here")
     p.add_argument("--markdown", action="store_true", help="also print a GitHub markdown table")
+    p.add_argument("--inference", action="store_true",
+                   help="measure predict's latency and throughput against torch and onnxruntime instead "
+                        "(fastnn bench --inference --help lists its options)")
     # Internal: run one measurement in this process and print JSON.
     p.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     return p
@@ -638,6 +642,13 @@ def run(args) -> dict:
 
 
 def main(argv=None, prog=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--inference" in argv:
+        # predict's latency and throughput against torch and onnxruntime (fastnn/infer_bench.py)
+        from fastnn import infer_bench
+
+        argv.remove("--inference")
+        return infer_bench.main(argv, prog=f"{prog or 'fastnn bench'} --inference")
     args = parse_args(argv, prog)
     if args.worker:
         run_worker(args)

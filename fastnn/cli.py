@@ -413,7 +413,8 @@ def main(argv=None):
     x.add_argument("out", help="the ONNX file to write, e.g. model.onnx")
     x.add_argument("--opset", type=int, default=None, help="ONNX opset (default 17)")
     sub.add_parser("bench", help="compare training speed with the installed peers (torch, jax, "
-                   "scikit-learn) on this machine; --quick: under a minute", add_help=False)
+                   "scikit-learn) on this machine; --quick: under a minute; --inference: predict's "
+                   "speed against torch and onnxruntime", add_help=False)
     sub.add_parser("info", help="show the build: version, OpenMP, threads, BLAS")
     if argv is None:
         argv = sys.argv[1:]

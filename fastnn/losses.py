@@ -14,21 +14,6 @@ RED_EXAMPLES, RED_ELEMENTS, RED_SUM = range(3)
 _EMPTY_I = np.zeros(0, dtype=np.int64)
 
 
-def _softmax(z):
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def _sigmoid(z):
-    out = np.empty_like(z)
-    pos = z >= 0
-    out[pos] = 1.0 / (1.0 + np.exp(-z[pos]))
-    e = np.exp(z[~pos])
-    out[~pos] = e / (1.0 + e)
-    return out
-
-
 def _check_finite(a, name):
     if not np.all(np.isfinite(a)):
         raise ValueError(f"{name} contains NaN or Inf; remove or impute those values")
@@ -110,8 +95,17 @@ class Loss:
     def pos_weight_array(self, n_out, dtype):
         return np.zeros(0, dtype=dtype)
 
+    #: the link as the compiled core applies it (``_engine.LINK_CODES``): ``predict`` runs it on each
+    #: chunk of outputs while they are in cache
+    link_code = _engine.LINK_CODES["identity"]
+
     def link(self, out):
-        """Map raw outputs to predictions (probabilities for classification)."""
+        """Map raw outputs (rows of a 2-D float array) to predictions (probabilities for
+        classification), in the compiled core: the same bits as ``predict`` gives."""
+        out = np.array(out, dtype=out.dtype if out.dtype in (np.float32, np.float64) else np.float64,
+                       order="C")
+        if self.link_code != _engine.LINK_CODES["identity"]:
+            _engine.apply_link(out.reshape(-1, out.shape[-1]) if out.ndim != 2 else out, self.link_code)
         return out
 
     def accuracy(self, out, yi, yf):
@@ -203,8 +197,7 @@ class BinaryCrossEntropy(Loss):
             raise ValueError(f"BinaryCrossEntropy: pos_weight has {pw.size} values, the model {n_out} outputs")
         return np.ascontiguousarray(pw, dtype=dtype)
 
-    def link(self, out):
-        return _sigmoid(out)
+    link_code = _engine.LINK_CODES["sigmoid"]
 
     def accuracy(self, out, yi, yf):
         return float(np.mean((out > 0) == (yf > 0.5)))
@@ -270,8 +263,7 @@ class CrossEntropy(_ClassLoss):
     def kernel_code(self, yf):
         return LOSS_CE_PROB if yf.size else LOSS_CE
 
-    def link(self, out):
-        return _softmax(out)
+    link_code = _engine.LINK_CODES["softmax"]
 
 
 class NLLLoss(_ClassLoss):
@@ -279,8 +271,7 @@ class NLLLoss(_ClassLoss):
 
     code = LOSS_NLL
 
-    def link(self, out):
-        return np.exp(out)
+    link_code = _engine.LINK_CODES["exp"]
 
 
 class KLDiv(Loss):
@@ -305,8 +296,7 @@ class KLDiv(Loss):
             raise ValueError("y for KLDiv must be probabilities (non-negative)")
         return yi, yf
 
-    def link(self, out):
-        return np.exp(out)
+    link_code = _engine.LINK_CODES["exp"]
 
     def accuracy(self, out, yi, yf):
         return float(np.mean(out.argmax(axis=1) == yf.argmax(axis=1)))

@@ -22,6 +22,7 @@ Input checks are not part of it: they are functions of ``fastnn.data`` taking th
 and the dtype, which the model's own methods call as every other caller does.
 """
 import math
+from collections import OrderedDict
 
 import numpy as np
 
@@ -29,11 +30,11 @@ from . import layers as L
 from ._config import blas_single_thread, resolve_threads
 from ._core import _engine
 from ._plan import Plan
-from .data import rng_for
+from .data import STREAM_DTYPES, rng_for
 from .data.validation import (check_batch, check_dtype, check_input, check_int, check_lengths, check_number,
                               check_precision, check_seed, check_targets, input_shape_of, loss_steps,
                               resolve_loss)
-from .losses import check_loss
+from .losses import Loss, check_loss
 from .metrics import scores
 from .optim import OPT_NONE, check_optimizer
 from .training import TrainingDiverged
@@ -94,6 +95,7 @@ class Sequential:
         self.dtype = check_dtype(dtype)
         self.seed = check_seed(seed)
         self._work_buf = self._scratch_buf = None
+        self._runners = None
         self.loss = None
         self.optimizer = None
         self.epochs_trained = 0
@@ -123,6 +125,7 @@ class Sequential:
         except TypeError:
             raise TypeError(f"input_shape must be a tuple of positive ints, got {input_shape!r}") from None
         self._plan = Plan(self.layers, input_shape)
+        self._layer_ids = tuple(map(id, self.layers))
         self.input_shape = input_shape
         self.n_params = self._plan.n_params
         self.n_features = self._plan.n_features
@@ -310,7 +313,95 @@ class Sequential:
         return check_targets(y, loss, n, self._plan, self.dtype, sample_weight)
 
     # ------------------------------------------------------------ inference
-    def forward(self, X, threads=None, training=False, lengths=None, precision=None):
+    # Runners kept per model, one per bucket of rows per work unit (a power of 2): a model serving
+    # every batch size from 1 to a chunk holds at most this many.
+    INFER_CACHE = 8
+
+    def _runner(self, unit):
+        """The compiled inference runner for units of ``unit`` rows (cached, least recently used
+        dropped); a runner holds the plan's records and per-thread buffers, never weights."""
+        cache = self._runners
+        if cache is None or cache[0] is not self._plan:
+            cache = self._runners = (self._plan, OrderedDict())
+        runners = cache[1]
+        cap = 1 << max(0, unit - 1).bit_length()
+        r = runners.get(cap)
+        if r is None:
+            p = self._plan
+            r = runners[cap] = _engine.InferRunner(p.infer_op_table, p.opf_table, cap, p.n_features,
+                                                   p.n_outputs, p.row_width, p.scratch, p.n_stats,
+                                                   self.dtype)
+            if len(runners) > self.INFER_CACHE:
+                runners.popitem(last=False)
+        else:
+            runners.move_to_end(cap)
+        return r
+
+    def _infer_input(self, X):
+        """X as the runner reads it, checked but for NaN/Inf (the core checks that as it reads
+        each row): C-contiguous (N, n_features) in a type the core converts row by row. Arrays in
+        that form pass without a copy or a pass over them; anything else goes through
+        ``fastnn.data.check_input``, with its messages."""
+        p = self._plan
+        if type(X) is np.ndarray and X.ndim > 2 and X.shape[1:] == p.in_shape:
+            X = X.reshape(X.shape[0], -1)
+        if (type(X) is np.ndarray and X.ndim == 2 and X.shape[0] > 0 and X.shape[1] == p.n_features
+                and (X.dtype == self.dtype or X.dtype in STREAM_DTYPES) and X.flags.c_contiguous
+                and not p.embeddings):
+            return X
+        return check_input(X, p, self.dtype, finite=False)
+
+    def _out_array(self, out, n, what):
+        """A new output array, or the caller's ``out`` checked: C-contiguous, writeable, the
+        model's dtype, shaped (N, n_outputs) or (N, *output shape)."""
+        p = self._plan
+        if out is None:
+            return np.empty((n, self.n_outputs), dtype=self.dtype)
+        shapes = {(n, self.n_outputs), (n,) + p.out_shape}
+        if (not isinstance(out, np.ndarray) or out.dtype != self.dtype or out.shape not in shapes
+                or not out.flags.c_contiguous or not out.flags.writeable):
+            got = (f"a {type(out).__name__}" if not isinstance(out, np.ndarray) else
+                   f"{out.dtype} shape {out.shape}"
+                   + ("" if out.flags.c_contiguous else ", not C-contiguous")
+                   + ("" if out.flags.writeable else ", read-only"))
+            raise ValueError(f"out for {what} must be a writeable C-contiguous {self.dtype.name} array of "
+                             f"shape {(n, self.n_outputs)}" + (f" or {(n,) + p.out_shape}" if len(p.out_shape) > 1
+                                                                 else "") + f", got {got}")
+        return out.reshape(n, self.n_outputs)
+
+    def _infer(self, X, threads, lengths, out, link, what):
+        """forward/predict in inference mode through a cached runner: out <- link(network(X))."""
+        if self.input_shape is None:
+            X = self.build_for(X)
+        p = self._plan
+        if self._layer_ids != tuple(map(id, self.layers)):
+            raise ValueError("the model's layers changed after it was built (its parameters and plan are "
+                             "laid out for the old ones); build a new fn.Sequential from the layers")
+        X = self._infer_input(X)
+        n = X.shape[0]
+        lengths = check_lengths(lengths, n, p)
+        res = self._out_array(out, n, what)
+        unit = p.infer_unit(n, self.MIN_FLOP_PER_THREAD)
+        n_units = -(-n // unit)
+        n_threads = 1
+        if n_units > 1:
+            n_threads = self._threads_for(n // 3, resolve_threads(threads))
+        runner = self._runner(unit)
+        code, per = link
+        if p.infer_uses_blas(self.dtype):
+            # held to one thread even in a serial call: OpenBLAS would otherwise thread the larger
+            # products (a recurrent layer's input projection) and spin its threads between them
+            with blas_single_thread():
+                ok = runner.run(self._params, self._running, X, res, unit, n_threads, code, per, lengths)
+        else:
+            ok = runner.run(self._params, self._running, X, res, unit, n_threads, code, per, lengths)
+        if not ok:
+            raise ValueError("X contains NaN or Inf; remove or impute those values before training")
+        if out is not None:
+            return out
+        return res.reshape((n,) + p.out_shape) if len(p.out_shape) > 1 else res
+
+    def forward(self, X, threads=None, training=False, lengths=None, out=None, precision=None):
         """Raw network output (logits) for X, shape ``(N, n_outputs)``, or ``(N, *shape)`` for a
         network whose output has several dimensions per example (a Dense on every step).
 
@@ -318,11 +409,21 @@ class Sequential:
         ``training=True``: then dropout draws the masks the next training step would (keyed by
         the model's seed and step counters) and BatchNorm normalises by the statistics of all of
         X as one batch (running statistics unchanged). ``lengths``: each sequence's length (models
-        with recurrent layers): its steps past that keep the state and output zeros.
-        ``precision``: ``"bf16-mixed"`` multiplies bfloat16 operands, as training in it does."""
+        with recurrent layers): its steps past that keep the state and output zeros. ``out``: a
+        C-contiguous array of the model's dtype and the output's shape to write the result into
+        (returned). ``precision``: ``"bf16-mixed"`` multiplies bfloat16 operands, as training in it
+        does."""
         precision = check_precision(precision, self.dtype)
         if self.input_shape is None:
             X = self.build_for(X)
+        if not training and not self._plan.batch_coupled_inference and precision is None:
+            return self._infer(X, threads, lengths, out, (_engine.LINK_CODES["identity"], 0), "forward")
+        return self._forward_batch(X, threads, training, lengths, out, precision)
+
+    def _forward_batch(self, X, threads, training, lengths, out, precision=None):
+        """forward through the training executor: BatchNorm with the statistics of X as one batch
+        (training mode, or a BatchNorm without running statistics), training-mode dropout, and
+        bfloat16 products."""
         p = self._plan
         X = check_input(X, p, self.dtype)
         n = X.shape[0]
@@ -330,7 +431,7 @@ class Sequential:
         mode = "train_forward" if training else "infer"
         if training and p.has_bn and n < 2:
             raise ValueError("BatchNorm in training mode needs at least 2 examples; got 1")
-        out = np.empty((n, self.n_outputs), dtype=self.dtype)
+        res = self._out_array(out, n, "forward")
         if (training and p.has_bn) or p.batch_coupled_inference:
             rows = n            # batch statistics over all of X
         else:
@@ -339,22 +440,39 @@ class Sequential:
         stats = np.zeros(max(p.n_stats, 1))
         with blas_single_thread():
             _engine.forward_rows(ops, p.opf_table, ph.phases(mode), p.chunk, self._params,
-                                 self._running, stats, X, out, work, rows,
+                                 self._running, stats, X, res, work, rows,
                                  self._threads_for(rows // 3, resolve_threads(threads)), bool(training),
                                  self.seed, self.epochs_trained, self.steps_trained, lengths=lengths,
                                  scratch=scratch, scratch_stride=stride, bf16=bf16)
-        return out.reshape((n,) + p.out_shape) if len(p.out_shape) > 1 else out
+        if out is not None:
+            return out
+        return res.reshape((n,) + p.out_shape) if len(p.out_shape) > 1 else res
 
     __call__ = forward
 
-    def predict(self, X, threads=None, lengths=None, precision=None):
+    def predict(self, X, threads=None, lengths=None, out=None, precision=None):
         """Output through the last loss's link: probabilities for classification losses
-        (softmax / sigmoid / exp), the raw output for MSE or before any loss is known.
-        ``precision``: as in ``forward``."""
-        out = self.forward(X, threads, lengths=lengths, precision=precision)
-        if self.loss is not None and out.ndim > 2:   # per-step outputs: the link over each step's row
-            return self.loss.link(out.reshape(-1, out.shape[-1])).reshape(out.shape)
-        return self.loss.link(out) if self.loss is not None else out
+        (softmax / sigmoid / exp), the raw output for MSE or before any loss is known; the link
+        runs in the compiled call, on each chunk of outputs while it is in cache. ``out`` and
+        ``precision`` as in ``forward``."""
+        precision = check_precision(precision, self.dtype)
+        loss = self.loss
+        if self.input_shape is None:
+            X = self.build_for(X)
+        p = self._plan
+        per = p.out_shape[-1] if len(p.out_shape) > 1 else 0    # per-step outputs: the link over each step's row
+        batch = p.batch_coupled_inference or precision is not None
+        if loss is None or type(loss).link is Loss.link:
+            code = loss.link_code if loss is not None else _engine.LINK_CODES["identity"]
+            if not batch:
+                return self._infer(X, threads, lengths, out, (code, per), "predict")
+        res = self._forward_batch(X, threads, False, lengths, out, precision) if batch else \
+            self._infer(X, threads, lengths, out, (_engine.LINK_CODES["identity"], 0), "predict")
+        if loss is None:
+            return res
+        flat = res.reshape(res.shape[0], -1)
+        flat[...] = loss.link(flat.reshape(-1, per) if per else flat).reshape(flat.shape)
+        return res
 
     def evaluate(self, X, y, loss=None, sample_weight=None, threads=None, lengths=None, precision=None):
         """``{"loss": ...}``, plus ``accuracy``, ``balanced_accuracy`` and ``f1_macro`` for
@@ -596,7 +714,8 @@ class Sequential:
     # ------------------------------------------------------------ pickling (joblib, sklearn clone)
     def __getstate__(self):
         state = self.__dict__.copy()
-        state["_work_buf"] = state["_scratch_buf"] = None
+        state["_work_buf"] = state["_scratch_buf"] = state["_runners"] = None
+        state.pop("_layer_ids", None)
         return state
 
     def __setstate__(self, state):
@@ -606,6 +725,9 @@ class Sequential:
         self._params = np.array(self._params)
         self._grads = np.array(self._grads)
         self._running = np.array(self._running)
+        self._runners = None
+        if self.input_shape is not None:
+            self._layer_ids = tuple(map(id, self.layers))
         self._bind_views()
 
     # ------------------------------------------------------------ misc

@@ -145,6 +145,9 @@ def main(argv=None):
         print(p)
     n = len([f for _, _, fs in os.walk(argv[0]) for f in fs if f.endswith(".html")])
     print(f"{n} pages checked, {len(problems)} problems", file=sys.stderr)
+    if n == 0:
+        print(f"no HTML page under {argv[0]}: is that the built site?", file=sys.stderr)
+        return 1
     return 1 if problems else 0
 
 

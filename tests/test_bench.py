@@ -119,3 +119,27 @@ def test_unknown_isa_is_refused():
     import pytest
     with pytest.raises(ValueError, match="isa must be"):
         bench.isa_env("sse2")
+
+
+def test_bench_inference_writes_the_latency_table_and_json(tmp_path):
+    # fastnn alone (the peers' processes take long to start), one round at batch 1 and 3
+    out = subprocess.run([sys.executable, "-m", "fastnn", "bench", "--inference", "--batch", "1", "3", "--rounds",
+                          "1", "--threads", "2", "--libs", "fastnn", "--json", "i.json"],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert out.returncode == 0, out.stderr
+    res = json.loads((tmp_path / "i.json").read_text())
+    assert res["cpu"] == bench.cpu_name() and res["cpu"] in out.stdout
+    assert res["libs"] == ["fastnn"] and res["rounds"] == 1
+    assert [(c["model"], c["batch"]) for c in res["cells"]] == [("mlp", 1), ("mlp", 3)]
+    for c in res["cells"]:
+        r = c["results"]["fastnn"]
+        assert r["us"] > 0 and r["threads"] in (1, 2) and len(r["rounds"]) == 1
+    assert "| mlp | 1 |" in out.stdout and "| mlp | 3 |" in out.stdout
+
+
+def test_inference_checkout_script_adds_the_layer_nets():
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "infer_bench.py"), "--help"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    for kind in ("mlp", "lenet", "cnn1d", "cifar", "lstm"):
+        assert kind in out.stdout

@@ -155,6 +155,16 @@ def test_loss_and_forward_match_the_reference(kernel):
     loss, _ = m.loss_and_grad(X, y, fn.CrossEntropy(), precision="bf16-mixed")
     assert loss == pytest.approx(ref.loss("ce", zs[-1], y)[0], rel=1e-4)
     np.testing.assert_array_equal(m.predict(X, precision="bf16-mixed"), out)     # no loss known: the raw output
+    buf = np.empty_like(out)
+    assert m.forward(X, precision="bf16-mixed", out=buf) is buf
+    np.testing.assert_array_equal(buf, out)
+    m.fit(X, y, loss=fn.CrossEntropy(), epochs=1)
+    probs = m.predict(X, precision="bf16-mixed")
+    np.testing.assert_allclose(probs.sum(axis=1), 1, rtol=1e-5)
+    buf = np.empty_like(probs)
+    assert m.predict(X, precision="bf16-mixed", out=buf) is buf
+    np.testing.assert_array_equal(buf, probs)
+    assert np.abs(probs - m.predict(X)).max() > 0       # the bfloat16 products, not inference's float32 runner
 
 
 # torch in float64 with every product's operands rounded: forward and backward

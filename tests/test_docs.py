@@ -227,3 +227,8 @@ def test_checker_flags_a_bad_page(tmp_path, body, expect):
     problems = checker().check(str(tmp_path))
     assert problems and all(p.startswith("page.html: ") for p in problems), problems
     assert any(expect in p for p in problems), problems
+
+
+def test_checker_fails_where_there_is_no_site(tmp_path, capsys):
+    assert checker().main([str(tmp_path)]) == 1
+    assert "no HTML page" in capsys.readouterr().err

@@ -48,7 +48,7 @@ recurrent, embedding): a new layer family
 is a new file plus its op code here and in the planner.
 """
 
-from cython.parallel cimport prange, parallel
+from cython.parallel cimport prange, parallel, threadid
 from libc.math cimport exp, expf, log, logf, log1p, log1pf, tanh, tanhf, sqrt, sqrtf, fabs, isfinite, pow
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
@@ -1218,6 +1218,13 @@ def all_finite(object X, int n_threads):
     cdef unsigned char[::1] ok = np.ones(max(nb, 1), dtype=np.uint8)
     cdef const float[::1] xf
     cdef const double[::1] xd
+    if nb == 1 or n_threads <= 1:
+        # one block: no thread team to wake
+        if X.dtype == np.float32:
+            xf = X.reshape(-1)
+            return n == 0 or bool(fastnn_finite_f(&xf[0], n))
+        xd = X.reshape(-1)
+        return n == 0 or bool(fastnn_finite_d(&xd[0], n))
     if X.dtype == np.float32:
         xf = X.reshape(-1)
         with nogil:
@@ -1231,6 +1238,9 @@ def all_finite(object X, int n_threads):
                 k = blk if (b + 1) * blk <= n else n - b * blk
                 ok[b] = <unsigned char>fastnn_finite_d(&xd[b * blk], k)
     return bool(np.all(ok))
+
+
+include "infer.pxi"
 
 
 def loss_per_example(const floating[:, ::1] O, const int64_t[::1] yi, const floating[:, ::1] yf,

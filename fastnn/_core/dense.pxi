@@ -8,20 +8,24 @@
 # rows. An op whose operand type is bfloat16 (``prec``, precision="bf16-mixed") multiplies on
 # bf16.pxi's kernels instead.
 
+cdef inline void dense_rows(Op* o, floating* P, floating* x, floating* z, Py_ssize_t c) noexcept nogil:
+    """z = x W^T for c examples' rows x of the Dense's input (the work buffer's, or X's own)."""
+    cdef Py_ssize_t K = o.n_in // o.groups, N = o.n_out // o.groups
+    if floating is float and c * o.groups <= o.sg_rows:
+        fnn_count(FNN_OWN, FNN_FWD)
+        fnn_sgemm_fwd(c * o.groups, N, K, x, K, P + o.w_off, K, z, N)
+        return
+    fnn_count(FNN_BLAS, FNN_FWD)
+    gemm(c'T', c'N', <int>N, <int>(c * o.groups), <int>K, <floating>1, P + o.w_off, <int>K, x, <int>K,
+         <floating>0, z, <int>N)
+
+
 cdef inline void dense_forward(Op* o, floating* P, floating* Wk, Py_ssize_t r0, Py_ssize_t c) noexcept nogil:
     """Rows [r0, r0+c) of Z = In W^T."""
-    cdef Py_ssize_t K = o.n_in // o.groups, N = o.n_out // o.groups
     if floating is float and o.prec == PREC_BF16:
         bf16_dense_forward(o, Wk, r0, c)
         return
-    if floating is float and c * o.groups <= o.sg_rows:
-        fnn_count(FNN_OWN, FNN_FWD)
-        fnn_sgemm_fwd(c * o.groups, N, K, Wk + o.in_e + r0 * o.n_in, K, P + o.w_off, K,
-                      Wk + o.a_e + r0 * o.n_out, N)
-        return
-    fnn_count(FNN_BLAS, FNN_FWD)
-    gemm(c'T', c'N', <int>N, <int>(c * o.groups), <int>K, <floating>1, P + o.w_off, <int>K,
-         Wk + o.in_e + r0 * o.n_in, <int>K, <floating>0, Wk + o.a_e + r0 * o.n_out, <int>N)
+    dense_rows(o, P, Wk + o.in_e + r0 * o.n_in, Wk + o.a_e + r0 * o.n_out, c)
 
 
 cdef inline void dense_backward(Op* o, floating* P, floating* Wk, Py_ssize_t r0, Py_ssize_t c) noexcept nogil:

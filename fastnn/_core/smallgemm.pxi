@@ -19,7 +19,11 @@
 # - fnn_sgemm_bt: C = A B^T with fnn_sgemm_bc's tiles over a transposed copy of B's block (register
 #   transposes of FV_N x FV_N). AVX-512, from FNN_BT_ROWS rows on, where the copy is shared by enough
 #   rows: one core, 1024x1024 layer in blocks of 128 neurons, 128 rows 223 -> 236 GFLOP/s against
-#   fnn_sgemm_nt, 512 rows 218 -> 243 (OpenBLAS 213); AVX2 at every row count. fnn_sgemm_fwd picks.
+#   fnn_sgemm_nt, 512 rows 218 -> 243 (OpenBLAS 213); AVX2 at every row count. fnn_sgemm_fwd picks
+#   (fewer columns than a vector's lanes stay on fnn_sgemm_nt). fnn_pack_bt makes every block's copy
+#   at once for products that share B (inference's units), fnn_sgemm_bt_packed runs on them;
+# - fnn_sgemv: one row against B^T (inference on one example), B read in place; with AVX-512 the
+#   bits of fnn_sgemm_nt.
 # Each entry's sum runs in a fixed order (an FMA chain per lane, then, in fnn_sgemm_nt, a fixed tree
 # over the lanes) whichever thread computes it, so training stays bit-identical on any thread count;
 # the broadcast kernels give the same bits in both builds. The baseline build and float64 use BLAS.
@@ -436,17 +440,110 @@ cdef extern from *:
         }
     }
 
-    /* C = A B^T (B is N x K): the dot-product kernel below FNN_BT_ROWS rows, where the transposed
-       copy costs more than the broadcast tiles gain, the broadcast one from there on */
+    /* Whether fnn_sgemm_fwd multiplies M rows against N x K weights with the broadcast kernel: from
+       FNN_BT_ROWS rows on, where the transposed copy is shared by enough rows, unless B has fewer rows
+       than a vector has lanes (a 10-class output layer: the broadcast tiles' 64 columns would be
+       mostly masked lanes, 5x slower at 64 rows than the dot-product kernel) */
+    static inline int fnn_fwd_uses_bt(Py_ssize_t M, Py_ssize_t N) {
+    #if FNN_BT_ROWS
+        return M >= FNN_BT_ROWS && N >= FV_N;
+    #else
+        return 1;
+    #endif
+    }
+
+    /* C = A B^T (B is N x K): the dot-product kernel where fnn_fwd_uses_bt says no, the broadcast one
+       elsewhere */
     static void fnn_sgemm_fwd(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t lda,
                               const float* B, Py_ssize_t ldb, float* C, Py_ssize_t ldc) {
     #if FNN_BT_ROWS
-        if (M < FNN_BT_ROWS) {
+        if (!fnn_fwd_uses_bt(M, N)) {
             fnn_sgemm_nt(M, N, K, A, lda, B, ldb, C, ldc);
             return;
         }
     #endif
         fnn_sgemm_bt(M, N, K, A, lda, B, ldb, C, ldc);
+    }
+
+    /* All of fnn_sgemm_bt's transposed blocks of B (N x K) at once: block (n0, j0) at bp + n0 K + j0 NW,
+       so that many products against the same B (the units of an inference call over a large batch)
+       share one copy instead of making one each. fnn_sgemm_bt_packed then runs fnn_sgemm_bt's tiles
+       over them: the same bits. */
+    static Py_ssize_t fnn_bt_packed_size(Py_ssize_t N, Py_ssize_t K) {
+        const Py_ssize_t NW = FV_N * FNN_BC_NV;
+        return (N + NW - 1) / NW * NW * K;
+    }
+
+    static void fnn_pack_bt(Py_ssize_t N, Py_ssize_t K, const float* B, Py_ssize_t ldb, float* bp) {
+        enum { NW = FV_N * FNN_BC_NV };
+        const Py_ssize_t KB = fnn_kb;
+        Py_ssize_t n0, j0, kb;
+        for (n0 = 0; n0 < N; n0 += NW) {
+            int nc = N - n0 < NW ? (int)(N - n0) : NW;
+            for (j0 = 0; j0 < K; j0 += kb) {
+                kb = K - j0 < KB ? K - j0 : KB;
+                fnn_copy_bt(kb, nc, B + n0 * ldb + j0, ldb, bp + n0 * K + j0 * NW);
+            }
+        }
+    }
+
+    static void fnn_sgemm_bt_packed(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t lda,
+                                    const float* bp, float* C, Py_ssize_t ldc) {
+        enum { NW = FV_N * FNN_BC_NV };
+        const Py_ssize_t KB = fnn_kb;
+        Py_ssize_t n0, j0, kb;
+        for (n0 = 0; n0 < N; n0 += NW) {
+            int nc = N - n0 < NW ? (int)(N - n0) : NW;
+            j0 = 0;
+            do {
+                kb = K - j0 < KB ? K - j0 : KB;
+                fnn_bc_rows(M, kb, A + j0, lda, 1, bp + n0 * K + j0 * NW, NW, C + n0, ldc, nc, j0 > 0);
+                j0 += kb;
+            } while (j0 < K);
+        }
+    }
+
+    /* y[j] = sum_k x[k] W[j, k], j < N: one row against a layer's weights (inference on one example),
+       FV_N rows of W at a time, each entry an FV_N-lane FMA chain over k, then a fixed tree over the
+       lanes. AVX-512: fnn_hsum16's tree, so every entry has the bits fnn_sgemm_nt gives that row in a
+       batch, at a quarter of its work (its 4-row tiles would repeat the one row). AVX2: a new rounding
+       (fnn_sgemm_fwd sums each entry in k order there, which needs W transposed). W is read in place. */
+    static inline void fnn_gemv_store(fv* acc, float* y, int nc) {
+    #if FNN_SMALL_GEMM == 1
+        /* lane 4 r + c of fnn_hsum16 is the sum of acc[4 c + r]: entry j is lane 4 (j % 4) + j / 4 */
+        const __m512i idx = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+        fv_storen(y, _mm512_permutexvar_ps(idx, fnn_hsum16(acc)), nc);
+    #else
+        float t[FV_N][FV_N];
+        int c;
+        for (c = 0; c < nc; c++) {
+            _mm256_storeu_ps(t[c], acc[c]);
+            y[c] = ((t[c][0] + t[c][4]) + (t[c][2] + t[c][6])) + ((t[c][1] + t[c][5]) + (t[c][3] + t[c][7]));
+        }
+    #endif
+    }
+
+    static void fnn_sgemv(Py_ssize_t N, Py_ssize_t K, const float* x, const float* W, Py_ssize_t ldw, float* y) {
+        Py_ssize_t j0, k, Kv = K - K % FV_N;
+        int c, kt = (int)(K % FV_N);
+        for (j0 = 0; j0 < N; j0 += FV_N) {
+            int nc = N - j0 < FV_N ? (int)(N - j0) : FV_N;
+            const float* w[FV_N];
+            fv acc[FV_N], xv;
+            for (c = 0; c < FV_N; c++) {
+                w[c] = W + (j0 + (c < nc ? c : nc - 1)) * ldw;
+                acc[c] = fv_zero();
+            }
+            for (k = 0; k < Kv; k += FV_N) {
+                xv = fv_load(x + k);
+                for (c = 0; c < FV_N; c++) acc[c] = fv_fma(xv, fv_load(w[c] + k), acc[c]);
+            }
+            if (kt) {
+                xv = fv_loadn(x + k, kt);
+                for (c = 0; c < FV_N; c++) acc[c] = fv_fma(xv, fv_loadn(w[c] + k, kt), acc[c]);
+            }
+            fnn_gemv_store(acc, y + j0, nc);
+        }
     }
     #else
     static Py_ssize_t fnn_kb = 0;
@@ -456,6 +553,12 @@ cdef extern from *:
                              int acc_c) { }
     static void fnn_sgemm_fwd(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t lda,
                               const float* B, Py_ssize_t ldb, float* C, Py_ssize_t ldc) { }
+    static void fnn_sgemv(Py_ssize_t N, Py_ssize_t K, const float* x, const float* W, Py_ssize_t ldw, float* y) { }
+    static inline int fnn_fwd_uses_bt(Py_ssize_t M, Py_ssize_t N) { return 0; }
+    static Py_ssize_t fnn_bt_packed_size(Py_ssize_t N, Py_ssize_t K) { return 0; }
+    static void fnn_pack_bt(Py_ssize_t N, Py_ssize_t K, const float* B, Py_ssize_t ldb, float* bp) { }
+    static void fnn_sgemm_bt_packed(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t lda,
+                                    const float* bp, float* C, Py_ssize_t ldc) { }
     #endif
     """
     int FNN_SMALL_GEMM
@@ -471,6 +574,12 @@ cdef extern from *:
                       int acc_c) nogil
     void fnn_sgemm_fwd(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t lda,
                        const float* B, Py_ssize_t ldb, float* C, Py_ssize_t ldc) nogil
+    void fnn_sgemv(Py_ssize_t N, Py_ssize_t K, const float* x, const float* W, Py_ssize_t ldw, float* y) nogil
+    int fnn_fwd_uses_bt(Py_ssize_t M, Py_ssize_t N) nogil
+    Py_ssize_t fnn_bt_packed_size(Py_ssize_t N, Py_ssize_t K) nogil
+    void fnn_pack_bt(Py_ssize_t N, Py_ssize_t K, const float* B, Py_ssize_t ldb, float* bp) nogil
+    void fnn_sgemm_bt_packed(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t lda,
+                             const float* bp, float* C, Py_ssize_t ldc) nogil
 
 
 def set_l1_cache(Py_ssize_t nbytes):
@@ -482,13 +591,14 @@ def set_l1_cache(Py_ssize_t nbytes):
 
 
 def own_gemm(str kind, const float[:, :] A, const float[:, :] B, float[:, :] C, bint accumulate=False):
-    """The own kernels alone, for tests and benchmarks: kind "fwd", C = A B^T; kind "bc", C = A B (+ C
-    with accumulate). Rows of B and C (and of A for "fwd") must be contiguous; "bc" reads A with any
-    strides (a transposed view: the weight gradient's D^T)."""
+    """The own kernels alone, for tests and benchmarks: kind "fwd", C = A B^T; kind "gemv", the same for
+    one row of A (inference on one example); kind "bc", C = A B (+ C with accumulate). Rows of B and C
+    (and of A for "fwd" and "gemv") must be contiguous; "bc" reads A with any strides (a transposed
+    view: the weight gradient's D^T)."""
     if not FNN_SMALL_GEMM:
         raise RuntimeError("this build has no own GEMM kernels")
     cdef Py_ssize_t M = C.shape[0], N = C.shape[1], K = A.shape[1], f = sizeof(float)
-    if B.strides[1] != f or C.strides[1] != f or (kind == "fwd" and A.strides[1] != f):
+    if B.strides[1] != f or C.strides[1] != f or (kind != "bc" and A.strides[1] != f):
         raise ValueError("the rows of B and C (and of A for 'fwd') must be contiguous")
     cdef Py_ssize_t si = A.strides[0] // f, sj = A.strides[1] // f, ldb = B.strides[0] // f, ldc = C.strides[0] // f
     if kind == "fwd":
@@ -496,10 +606,15 @@ def own_gemm(str kind, const float[:, :] A, const float[:, :] B, float[:, :] C, 
             raise ValueError("fwd: C (M, N) = A (M, K) B^T, B (N, K)")
         with nogil:
             fnn_sgemm_fwd(M, N, K, &A[0, 0], si, &B[0, 0], ldb, &C[0, 0], ldc)
+    elif kind == "gemv":
+        if M != 1 or A.shape[0] != 1 or B.shape[0] != N or B.shape[1] != K:
+            raise ValueError("gemv: C (1, N) = A (1, K) B^T, B (N, K)")
+        with nogil:
+            fnn_sgemv(N, K, &A[0, 0], &B[0, 0], ldb, &C[0, 0])
     elif kind == "bc":
         if A.shape[0] != M or B.shape[0] != K or B.shape[1] != N:
             raise ValueError("bc: C (M, N) = A (M, K) B (K, N)")
         with nogil:
             fnn_sgemm_bc(M, N, K, &A[0, 0], si, sj, &B[0, 0], ldb, &C[0, 0], ldc, accumulate)
     else:
-        raise ValueError(f"kind must be 'fwd' or 'bc', not {kind!r}")
+        raise ValueError(f"kind must be 'fwd', 'gemv' or 'bc', not {kind!r}")

@@ -120,13 +120,14 @@ def _is_frame(X):
     return pd is not None and isinstance(X, pd.DataFrame)
 
 
-def check_X(X, n_features, dtype, name="X", stream=False):
+def check_X(X, n_features, dtype, name="X", stream=False, finite=True):
     """Validate X once and return it C-contiguous in ``dtype`` (copied only if needed).
 
     X may be a NumPy array (or anything ``np.asarray`` takes) or a pandas DataFrame of
     numeric columns. With ``stream``, a C-contiguous array of another ``STREAM_DTYPES`` type
     (a memory-mapped uint8 or float64 data set, say) comes back as it is: the core converts
-    each row as it reads it, so X is never copied whole."""
+    each row as it reads it, so X is never copied whole. ``finite=False`` leaves the NaN/Inf
+    check to the caller (inference checks each row as the core reads it)."""
     if hasattr(X, "toarray") and not isinstance(X, np.ndarray):
         raise TypeError(f"{name} is a sparse matrix; pass a dense array (X.toarray())")
     if _is_frame(X):
@@ -152,7 +153,7 @@ def check_X(X, n_features, dtype, name="X", stream=False):
         a = np.ascontiguousarray(a, dtype=dtype)
     # one parallel pass, no full-size temporary (integers hold no NaN or Inf); a is C-contiguous
     # float32/float64 here: converted above, or a streamed float array
-    if a.size and a.dtype.kind == "f" and not _engine.all_finite(a, get_num_threads()):
+    if finite and a.size and a.dtype.kind == "f" and not _engine.all_finite(a, get_num_threads()):
         raise ValueError(f"{name} contains NaN or Inf; remove or impute those values before training")
     return a
 
@@ -170,13 +171,14 @@ def input_shape_of(X, name="X"):
     return X, tuple(shape[1:])
 
 
-def check_input(X, plan, dtype, name="X"):
+def check_input(X, plan, dtype, name="X", finite=True):
     """X for a model of ``plan``: a C-contiguous (N, n_features) array in ``dtype`` (or a streamed
     one, see ``check_X``); examples shaped like the plan's input are flattened (a view). With an
-    Embedding first, every entry must be a token id."""
+    Embedding first, every entry must be a token id. ``finite`` as in ``check_X``."""
     if isinstance(X, np.ndarray) and X.ndim > 2 and X.shape[1:] == plan.in_shape:
         X = X.reshape(X.shape[0], -1)
-    X = check_X(X, plan.n_features, dtype, name=name, stream=not plan.embeddings)
+    X = check_X(X, plan.n_features, dtype, name=name, stream=not plan.embeddings,
+                finite=finite or bool(plan.embeddings))
     if plan.embeddings:
         n = plan.embeddings[0][1].num_embeddings
         bad = (X < 0) | (X >= n) | (X != np.floor(X))
