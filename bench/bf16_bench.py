@@ -70,20 +70,7 @@ def worker(variant, model, batch, hidden, threads, n, repeats):
                               nn.Linear(hidden, 10))
         else:
             m = lb.torch_model(model)
-        opt = torch.optim.SGD(m.parameters(), lr=LR, momentum=MOM)
-        Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
-        lossf = nn.CrossEntropyLoss()
-        g = torch.Generator().manual_seed(0)
-
-        def epoch():
-            perm = torch.randperm(n, generator=g)
-            for i in range(0, n - batch + 1, batch):
-                idx = perm[i:i + batch]
-                opt.zero_grad(set_to_none=True)
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                    loss = lossf(m(Xt[idx]), yt[idx])
-                loss.backward()
-                opt.step()
+        epoch = lb.torch_epoch(m, X, y, batch, autocast=bf16)
     epoch()                                   # warm-up
     times = []
     for _ in range(repeats):

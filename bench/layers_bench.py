@@ -84,6 +84,30 @@ def fastnn_model(kind):
     return fn.Sequential(fn.Dense(D_IN, D_H), *blocks, fn.LayerNorm(D_H), fn.Dense(D_H, N_CLASSES), seed=0)
 
 
+def torch_epoch(m, X, y, batch, autocast=False):
+    """One epoch of torch model ``m`` (SGD with momentum, cross-entropy, a seeded shuffle, full
+    batches only) as a function; ``autocast``: under ``torch.autocast("cpu", dtype=torch.bfloat16)``."""
+    import torch
+
+    opt = torch.optim.SGD(m.parameters(), lr=LR, momentum=MOM)
+    Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
+    lossf = torch.nn.CrossEntropyLoss()
+    g = torch.Generator().manual_seed(0)
+    n = len(X)
+
+    def epoch():
+        perm = torch.randperm(n, generator=g)
+        for i in range(0, n - batch + 1, batch):
+            idx = perm[i:i + batch]
+            opt.zero_grad(set_to_none=True)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                loss = lossf(m(Xt[idx]), yt[idx])
+            loss.backward()
+            opt.step()
+
+    return epoch
+
+
 def torch_model(kind):
     import torch.nn as nn
 
@@ -256,19 +280,7 @@ def worker(lib, kind, batch, threads, n, repeats):
         import torch
 
         torch.set_num_threads(threads)
-        m = torch_model(kind)
-        opt = torch.optim.SGD(m.parameters(), lr=LR, momentum=MOM)
-        Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
-        lossf = torch.nn.CrossEntropyLoss()
-        g = torch.Generator().manual_seed(0)
-
-        def epoch():
-            perm = torch.randperm(n, generator=g)
-            for i in range(0, n - batch + 1, batch):
-                idx = perm[i:i + batch]
-                opt.zero_grad(set_to_none=True)
-                lossf(m(Xt[idx]), yt[idx]).backward()
-                opt.step()
+        epoch = torch_epoch(torch_model(kind), X, y, batch)
     epoch()                                   # warm-up (JAX compiles here)
     times = []
     for _ in range(repeats):
