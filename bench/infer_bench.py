@@ -13,8 +13,12 @@ import os
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))      # the checkout's fastnn, when it is not installed
-from fastnn import infer_bench  # noqa: E402
+try:
+    from fastnn import infer_bench
+except ImportError:
+    # not installed: the checkout's in-place build
+    sys.path.insert(0, os.path.dirname(HERE))
+    from fastnn import infer_bench
 
 sys.path.insert(0, HERE)
 import layers_bench  # noqa: E402

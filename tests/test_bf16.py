@@ -444,11 +444,13 @@ def test_precision_is_checked():
     np.testing.assert_array_equal(m64.forward(X, precision="float64"), m64.forward(X))
 
 
-def test_forced_kernel_that_is_missing_falls_back_with_a_warning():
+def test_forced_kernel_that_is_missing_falls_back_with_a_warning(tmp_path):
     import subprocess
     code = "import fastnn._core as c; print(c.BF16)"
     env = dict(os.environ, FASTNN_BF16="no-such-kernel")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    # from an empty folder: the installed fastnn, not a checkout's sources in the working directory
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True,
+                         cwd=tmp_path)
     assert out.stdout.strip() == _engine.bf16_kernels()[-1]
     assert "FASTNN_BF16='no-such-kernel'" in out.stderr
     with pytest.raises(ValueError, match="not available"):
