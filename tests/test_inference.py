@@ -48,6 +48,19 @@ def test_forward_equals_the_training_executor_where_the_same_kernels_run(n, dt):
         np.testing.assert_array_equal(m.forward(X, threads=t), ref)
 
 
+def test_weights_packed_by_several_threads_give_one_threads_bits():
+    # widths that are not whole blocks of the packed copy (shared out among the threads) and a batch
+    # of several units
+    def model():
+        return fn.Sequential(fn.Dense(300, 200), fn.ReLU(), fn.Dense(200, 70), fn.ReLU(), fn.Dense(70, 130), seed=3)
+
+    X = _x(517)
+    out = {t: model().forward(X, threads=t) for t in (3, 2, 1)}    # each a new model: nothing packed before
+    np.testing.assert_allclose(out[1], _reference(model(), X), rtol=1e-4, atol=1e-5)
+    for t in (2, 3):
+        np.testing.assert_array_equal(out[t], out[1])
+
+
 @pytest.mark.parametrize("n", [1, 2, 17, 64, 97, 1000])
 def test_forward_agrees_to_float32_rounding_where_new_kernels_run(n):
     m = _mlp("float32")                      # the 10-wide layer: BLAS in training, the own kernels here

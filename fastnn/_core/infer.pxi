@@ -122,6 +122,25 @@ cdef void infer_unit(Net* net, Ctx* cx0, InferCall* ic, Py_ssize_t u, int slot, 
     memcpy(<floating*>ic.out + r0 * ic.n_out, Wk + last.ad_e, c * ic.n_out * sizeof(floating))
 
 
+cdef void pack_block(Net* net, const int64_t* use, const float* P, float* pk, Py_ssize_t nw,
+                     Py_ssize_t b) noexcept nogil:
+    """Block b of the packed weights of every Dense op with use[k] >= 0, counted op after op in
+    blocks of nw rows (fnn_pack_bt's layout, one block at a time)."""
+    cdef Py_ssize_t k, n0, N, K
+    cdef Op* o
+    for k in range(net.n_ops):
+        if use[k] < 0:
+            continue
+        o = &net.ops[k]
+        N = o.n_out // o.groups
+        K = o.n_in // o.groups
+        if b * nw < N:
+            n0 = b * nw
+            fnn_pack_bt(min(nw, N - n0), K, P + o.w_off + n0 * K, K, pk + use[k] + n0 * K)
+            return
+        b -= (N + nw - 1) // nw
+
+
 cdef class InferRunner:
     """The forward ops of a plan (inference mode: running statistics, no dropout) for units of at
     most ``cap`` rows, with a work buffer and scratch area per thread; see ``run``."""
@@ -216,6 +235,7 @@ cdef class InferRunner:
         cdef int64_t* use = <int64_t*>cnp.PyArray_DATA(<cnp.ndarray>self.pk_use)
         cdef const int64_t* offs = <int64_t*>cnp.PyArray_DATA(<cnp.ndarray>self.pk_off)
         cdef bint pack = False
+        cdef Py_ssize_t nw, n_blocks, b
         cdef Net* net = self.net
         cdef bint dbl = self.dbl
         cdef float* Pf = NULL
@@ -272,12 +292,21 @@ cdef class InferRunner:
             cx.ssw = NULL
             Pf = <float*>cx.P
             with nogil:
-                if ic.pk != NULL:
+                if ic.pk != NULL and nt == 1:
                     for k in range(net.n_ops):
                         o = &net.ops[k]
                         if use[k] >= 0:
                             fnn_pack_bt(o.n_out // o.groups, o.n_in // o.groups, Pf + o.w_off, o.n_in // o.groups,
                                         ic.pk + use[k])
+                elif ic.pk != NULL:
+                    # the copy's blocks of rows are independent: every thread packs some
+                    nw = fnn_bt_block_rows()
+                    n_blocks = 0
+                    for k in range(net.n_ops):
+                        if use[k] >= 0:
+                            n_blocks = n_blocks + (net.ops[k].n_out // net.ops[k].groups + nw - 1) // nw
+                    for b in prange(n_blocks, schedule='dynamic', num_threads=nt):
+                        pack_block(net, use, Pf, ic.pk, nw, b)
                 for k in range(net.n_ops):
                     if net.ops[k].kind == OP_BN and net.ops[k].r_off >= 0:
                         if dbl:

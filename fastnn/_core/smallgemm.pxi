@@ -474,6 +474,10 @@ cdef extern from *:
         return (N + NW - 1) / NW * NW * K;
     }
 
+    /* Rows of B per block of fnn_pack_bt's copy: rows [n0, n0 + NW) pack on their own, by
+       fnn_pack_bt(nc, K, B + n0 ldb, ldb, bp + n0 K), so threads can share the packing. */
+    static Py_ssize_t fnn_bt_block_rows(void) { return FV_N * FNN_BC_NV; }
+
     static void fnn_pack_bt(Py_ssize_t N, Py_ssize_t K, const float* B, Py_ssize_t ldb, float* bp) {
         enum { NW = FV_N * FNN_BC_NV };
         const Py_ssize_t KB = fnn_kb;
@@ -556,6 +560,7 @@ cdef extern from *:
     static void fnn_sgemv(Py_ssize_t N, Py_ssize_t K, const float* x, const float* W, Py_ssize_t ldw, float* y) { }
     static inline int fnn_fwd_uses_bt(Py_ssize_t M, Py_ssize_t N) { return 0; }
     static Py_ssize_t fnn_bt_packed_size(Py_ssize_t N, Py_ssize_t K) { return 0; }
+    static Py_ssize_t fnn_bt_block_rows(void) { return 1; }
     static void fnn_pack_bt(Py_ssize_t N, Py_ssize_t K, const float* B, Py_ssize_t ldb, float* bp) { }
     static void fnn_sgemm_bt_packed(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t lda,
                                     const float* bp, float* C, Py_ssize_t ldc) { }
@@ -577,6 +582,7 @@ cdef extern from *:
     void fnn_sgemv(Py_ssize_t N, Py_ssize_t K, const float* x, const float* W, Py_ssize_t ldw, float* y) nogil
     int fnn_fwd_uses_bt(Py_ssize_t M, Py_ssize_t N) nogil
     Py_ssize_t fnn_bt_packed_size(Py_ssize_t N, Py_ssize_t K) nogil
+    Py_ssize_t fnn_bt_block_rows() nogil
     void fnn_pack_bt(Py_ssize_t N, Py_ssize_t K, const float* B, Py_ssize_t ldb, float* bp) nogil
     void fnn_sgemm_bt_packed(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t lda,
                              const float* bp, float* C, Py_ssize_t ldc) nogil
