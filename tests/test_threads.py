@@ -20,6 +20,7 @@ def _train(threads, dtype, batch_size, dropout, opt, shape=(37, 67, 29, 7), n=30
         layers.append(fn.Dropout(0.3))
     layers += [fn.Dense(shape[1], shape[2]), fn.Tanh(), fn.Dense(shape[2], shape[3])]
     m = fn.Sequential(*layers, dtype=dtype, seed=11)
+    m.MIN_FLOP_PER_THREAD = 1                # every thread asked for takes work, however small the net
     h = m.fit(X, y, loss=fn.CrossEntropy(), optimizer=opt(), epochs=epochs, batch_size=batch_size,
               seed=5, threads=threads, verbose=verbose)
     return m._params.copy(), h.history["loss"]
@@ -28,10 +29,10 @@ def _train(threads, dtype, batch_size, dropout, opt, shape=(37, 67, 29, 7), n=30
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("batch_size", [1, 32, 97])
 @pytest.mark.parametrize("dropout", [False, True])
-def test_fit_is_identical_on_1_2_3_threads(dtype, batch_size, dropout):
+def test_fit_is_identical_on_1_2_3_16_threads(dtype, batch_size, dropout):
     opt = lambda: fn.SGD(lr=0.05, momentum=0.9)
     p1, l1 = _train(1, dtype, batch_size, dropout, opt)
-    for t in (2, 3):
+    for t in (2, 3, 16):
         pt, lt = _train(t, dtype, batch_size, dropout, opt)
         np.testing.assert_array_equal(pt, p1)
         assert lt == l1
