@@ -85,27 +85,12 @@ def fastnn_model(kind):
 
 
 def torch_epoch(m, X, y, batch, autocast=False):
-    """One epoch of torch model ``m`` (SGD with momentum, cross-entropy, a seeded shuffle, full
-    batches only) as a function; ``autocast``: under ``torch.autocast("cpu", dtype=torch.bfloat16)``."""
+    """One epoch of torch model ``m`` on NumPy X, y (full batches only, as fastnn's drop_last=True):
+    ``fastnn.bench.torch_epoch``, the loop of ``fastnn bench``."""
     import torch
+    from fastnn.bench import torch_epoch as epoch
 
-    opt = torch.optim.SGD(m.parameters(), lr=LR, momentum=MOM)
-    Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
-    lossf = torch.nn.CrossEntropyLoss()
-    g = torch.Generator().manual_seed(0)
-    n = len(X)
-
-    def epoch():
-        perm = torch.randperm(n, generator=g)
-        for i in range(0, n - batch + 1, batch):
-            idx = perm[i:i + batch]
-            opt.zero_grad(set_to_none=True)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-                loss = lossf(m(Xt[idx]), yt[idx])
-            loss.backward()
-            opt.step()
-
-    return epoch
+    return epoch(m, torch.from_numpy(X), torch.from_numpy(y), batch, autocast=autocast, drop_last=True)
 
 
 def torch_model(kind):

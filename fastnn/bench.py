@@ -159,25 +159,38 @@ def worker_torch(args) -> dict:
     H, B, n = args.hidden, args.batch, args.n
     model = nn.Sequential(nn.Linear(N_FEATURES, H), nn.ReLU(), nn.Linear(H, H), nn.ReLU(),
                           nn.Linear(H, N_CLASSES))
-    loss_fn = nn.CrossEntropyLoss()
+    bf16 = args.precision == "bf16-mixed"
+    epoch = torch_epoch(model, X, y, B, autocast=bf16)
+    epoch()  # warm-up: one untimed epoch, as every library gets
+    times = time_epochs(epoch, args.repeats)
+    return {"version": torch.__version__, "times": times, "n": n, "threads": torch.get_num_threads(),
+            "note": "torch.autocast('cpu', dtype=torch.bfloat16)" if bf16 else ""}
+
+
+def torch_epoch(model, X, y, batch, autocast=False, drop_last=False):
+    """One training epoch of torch ``model`` on tensors X, y as a function: SGD(LR, MOMENTUM),
+    cross-entropy, a shuffle seeded with SEED; ``autocast``: under ``torch.autocast("cpu",
+    dtype=torch.bfloat16)`` (the products in bfloat16, the loss and the update in float32);
+    ``drop_last``: full batches only."""
+    import torch
+
+    loss_fn = torch.nn.CrossEntropyLoss()
     opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
     gen = torch.Generator().manual_seed(SEED)
-    bf16 = args.precision == "bf16-mixed"
+    n = len(X)
+    stop = n - batch + 1 if drop_last else n
 
-    def steps(perm):
-        for i in range(0, perm.numel(), B):
-            idx = perm[i:i + B]
+    def epoch():
+        perm = torch.randperm(n, generator=gen)
+        for i in range(0, stop, batch):
+            idx = perm[i:i + batch]
             opt.zero_grad(set_to_none=True)
-            # autocast: the products in bfloat16 (oneDNN), the loss and the update in float32
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
                 loss = loss_fn(model(X[idx]), y[idx])
             loss.backward()
             opt.step()
 
-    steps(torch.randperm(n, generator=gen))  # warm-up: one untimed epoch, as every library gets
-    times = time_epochs(lambda: steps(torch.randperm(n, generator=gen)), args.repeats)
-    return {"version": torch.__version__, "times": times, "n": n, "threads": torch.get_num_threads(),
-            "note": "torch.autocast('cpu', dtype=torch.bfloat16)" if bf16 else ""}
+    return epoch
 
 
 def worker_jax(args) -> dict:
