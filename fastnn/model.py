@@ -28,6 +28,7 @@ import numpy as np
 
 from . import layers as L
 from ._config import blas_single_thread, resolve_threads
+from ._util import aligned_empty, aligned_zeros
 from ._core import _engine
 from ._plan import Plan
 from .data import STREAM_DTYPES, rng_for
@@ -38,15 +39,6 @@ from .losses import Loss, check_loss
 from .metrics import scores
 from .optim import OPT_NONE, check_optimizer
 from .training import TrainingDiverged
-
-
-def _aligned_empty(n, dtype):
-    """An uninitialised 1-D array of n elements starting on a 64-byte boundary: the bfloat16
-    kernels read whole cache lines as tile rows (one straddling two lines halves AMX's speed)."""
-    item = np.dtype(dtype).itemsize
-    raw = np.empty(n * item + 64, dtype=np.uint8)
-    off = -raw.ctypes.data % 64
-    return raw[off:off + n * item].view(dtype)
 
 
 def infer_input_shape(layers):
@@ -130,9 +122,9 @@ class Sequential:
         self.n_params = self._plan.n_params
         self.n_features = self._plan.n_features
         self.n_outputs = self._plan.n_outputs
-        self._params = np.zeros(self.n_params, dtype=self.dtype)
-        self._grads = np.zeros(self.n_params, dtype=self.dtype)
-        self._running = np.zeros(max(self._plan.n_running, 0), dtype=self.dtype)
+        self._params = aligned_zeros(self.n_params, self.dtype)
+        self._grads = aligned_zeros(self.n_params, self.dtype)
+        self._running = aligned_zeros(max(self._plan.n_running, 0), self.dtype)
         self._bind_views()
         self.reset_parameters()
 
@@ -274,7 +266,7 @@ class Sequential:
     def _work(self, rows, size=None):
         size = int(self._plan.work_size(rows) if size is None else size)
         if self._work_buf is None or self._work_buf.size < size:
-            self._work_buf = _aligned_empty(size, self.dtype)
+            self._work_buf = aligned_empty(size, self.dtype)
         return self._work_buf
 
     def _scratch(self, batch_size, chunk=None, stride=None):
@@ -283,7 +275,7 @@ class Sequential:
         p = self._plan
         size = (p.scratch if stride is None else stride) * -(-batch_size // (chunk or p.chunk_for(batch_size)))
         if getattr(self, "_scratch_buf", None) is None or self._scratch_buf.size < max(size, 1):
-            self._scratch_buf = _aligned_empty(max(size, 1), self.dtype)
+            self._scratch_buf = aligned_empty(max(size, 1), self.dtype)
         return self._scratch_buf
 
     def _precision_args(self, precision, rows, chunk=None, threads=0):
@@ -722,9 +714,10 @@ class Sequential:
         self.__dict__.update(state)
         # the layers' views were pickled as separate arrays, and a memory-mapped load is read-only:
         # own writable buffers and point the views back into them
-        self._params = np.array(self._params)
-        self._grads = np.array(self._grads)
-        self._running = np.array(self._running)
+        for name in ("_params", "_grads", "_running"):
+            a = np.asarray(state[name])
+            setattr(self, name, aligned_empty(a.size, a.dtype))
+            getattr(self, name)[...] = a
         self._runners = None
         if self.input_shape is not None:
             self._layer_ids = tuple(map(id, self.layers))

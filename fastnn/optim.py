@@ -9,6 +9,7 @@ moments) in buffers that mirror the model's parameter layout.
 import numpy as np
 
 from ._core import _engine
+from ._util import aligned_zeros
 
 OPT_NONE, OPT_SGD, OPT_ADAM, OPT_ADAGRAD, OPT_RMSPROP = range(5)
 
@@ -72,7 +73,7 @@ class Optimizer:
             self.state = np.ascontiguousarray(self.state, dtype=model.dtype)
             self._model_key = key
         if self.state is None:
-            self.state = np.zeros((self.n_state, model.n_params), dtype=model.dtype)
+            self.state = aligned_zeros((self.n_state, model.n_params), model.dtype)
             self._init_state(self.state)
             self._model_key = key
         elif self._model_key != key:

@@ -311,6 +311,42 @@ def test_nan_is_found_in_any_row_and_in_float64_input():
             m.forward(X, threads=3)
 
 
+def _placed(X, shift):
+    """A C-contiguous copy of X starting ``shift`` elements past a 64-byte boundary."""
+    raw = np.empty(X.size + 64, dtype=X.dtype)
+    start = (-raw.ctypes.data % 64) // X.itemsize + shift
+    out = raw[start:start + X.size].reshape(X.shape)
+    out[...] = X
+    return out
+
+
+@pytest.mark.parametrize("n", [1, 40, 300])
+def test_input_read_in_place_or_copied_by_alignment_gives_the_same_bits(n):
+    # rows of 320 float32 are whole cache lines: read in place where X starts on one, copied where not
+    m = fn.Sequential(fn.Dense(320, 256), fn.ReLU(), fn.Dense(256, 10), seed=4)
+    X = _x(n, f=320)
+    outs = [m.forward(_placed(X, shift), threads=t) for shift in (0, 1, 3) for t in (1, 2)]
+    for out in outs[1:]:
+        np.testing.assert_array_equal(out, outs[0])
+    np.testing.assert_allclose(outs[0], _reference(m, X), rtol=1e-4, atol=1e-5)
+    X[n // 2, 7] = np.nan
+    for shift in (0, 1):
+        with pytest.raises(ValueError, match="NaN or Inf"):
+            m.forward(_placed(X, shift))
+
+
+def test_parameters_gradients_and_optimizer_state_start_on_cache_lines():
+    m = fn.Sequential(fn.Dense(30, 16), fn.BatchNorm1d(16), fn.ReLU(), fn.Dense(16, 3), seed=0)
+    opt = fn.Adam(lr=1e-3)
+    m.fit(_x(64, f=30), np.arange(64) % 3, loss=fn.CrossEntropy(), optimizer=opt, epochs=1, verbose=0)
+    for a in (m._params, m._grads, m._running, opt.state):
+        assert a.ctypes.data % 64 == 0
+    assert m.parameters()[0].ctypes.data % 64 == 0
+    m2 = pickle.loads(pickle.dumps(m))
+    assert m2._params.ctypes.data % 64 == 0 and m2.parameters()[0].ctypes.data % 64 == 0
+    np.testing.assert_array_equal(m2.forward(_x(5, f=30)), m.forward(_x(5, f=30)))
+
+
 def test_other_input_types_convert_as_before():
     m = _mlp()
     X = _x(11)
