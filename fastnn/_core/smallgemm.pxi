@@ -241,6 +241,12 @@ cdef extern from *:
     #define FNN_SMALL_GEMM 0
     #endif
 
+    /* rows ahead that the copies of operands with rows a multiple of 4 KB apart prefetch (a prefetch
+       past the end of an array is harmless: it never faults) */
+    #ifndef FNN_PF_ROWS
+    #define FNN_PF_ROWS 8
+    #endif
+
     /* the recurrent steps' products on the own kernels (recurrent.pxi): where OpenBLAS has no
        unpacked small-matrix path for them */
     #define FNN_STEP_OWN (FNN_SMALL_GEMM == 2)
@@ -284,46 +290,74 @@ cdef extern from *:
     }
     FNN_BC(main, FNN_BC_MR, FNN_BC_NV)
     FNN_BC(half, FNN_BC_MR / 2, FNN_BC_NV)
+    FNN_BC(two, 2, FNN_BC_NV)
     FNN_BC(one, 1, FNN_BC_NV)
 
-    /* M rows of a block of C (+)= op(A) B over K rows of B (columns [0, nc)), FNN_BC_MR at a time */
+    /* Rows per tile from the rows left: whole FNN_BC_MR tiles, then the rest in tiles of at least two
+       rows where it can (a 1-row tile has too few FMA chains to hide the FMA latency), e.g. with
+       6-row tiles 5 = 3 + 2 and 4 = 2 + 2. Which tile sums a row changes none of its bits. */
+    static inline int fnn_bc_cut(Py_ssize_t left) {
+        if (left >= FNN_BC_MR) return FNN_BC_MR;
+        if (left >= FNN_BC_MR / 2 && left != 4) return FNN_BC_MR / 2;
+        return left >= 2 ? 2 : 1;
+    }
+
+    #define FNN_BC_DISPATCH(MR, K, A, SI, SJ, B, LDB, C, LDC, NC, LOAD) \
+        switch (MR) { \
+        case FNN_BC_MR: fnn_bc_main(K, A, SI, SJ, B, LDB, C, LDC, NC, LOAD); break; \
+        case FNN_BC_MR / 2: fnn_bc_half(K, A, SI, SJ, B, LDB, C, LDC, NC, LOAD); break; \
+        default: if ((MR) == 2) fnn_bc_two(K, A, SI, SJ, B, LDB, C, LDC, NC, LOAD); \
+                 else fnn_bc_one(K, A, SI, SJ, B, LDB, C, LDC, NC, LOAD); }
+
+    /* M rows of a block of C (+)= op(A) B over K rows of B (columns [0, nc)), in fnn_bc_cut's tiles */
     static inline void fnn_bc_rows(Py_ssize_t M, Py_ssize_t K, const float* A, Py_ssize_t si, Py_ssize_t sj,
                                    const float* B, Py_ssize_t ldb, float* C, Py_ssize_t ldc, int nc, int load) {
         Py_ssize_t i0;
-        for (i0 = 0; i0 + FNN_BC_MR <= M; i0 += FNN_BC_MR)
-            fnn_bc_main(K, A + i0 * si, si, sj, B, ldb, C + i0 * ldc, ldc, nc, load);
-        for (; i0 + FNN_BC_MR / 2 <= M; i0 += FNN_BC_MR / 2)
-            fnn_bc_half(K, A + i0 * si, si, sj, B, ldb, C + i0 * ldc, ldc, nc, load);
-        for (; i0 < M; i0++)
-            fnn_bc_one(K, A + i0 * si, si, sj, B, ldb, C + i0 * ldc, ldc, nc, load);
+        int mr;
+        for (i0 = 0; i0 < M; i0 += mr) {
+            mr = fnn_bc_cut(M - i0);
+            FNN_BC_DISPATCH(mr, K, A + i0 * si, si, sj, B, ldb, C + i0 * ldc, ldc, nc, load);
+        }
     }
 
-    /* Rows [0, M) x columns [0, kb) of op(A) as fnn_bc_rows_p reads them: tile by tile (FNN_BC_MR
-       rows, then FNN_BC_MR / 2, then 1, as fnn_bc_rows cuts them), a tile's mr rows interleaved per
-       column: ap[i0 kb + j mr + r] = op(A)[i0 + r, j] */
+    /* Rows [0, M) x columns [0, kb) of op(A) as fnn_bc_rows_p reads them: tile by tile (fnn_bc_cut's
+       tiles), a tile's mr rows interleaved per column: ap[i0 kb + j mr + r] = op(A)[i0 + r, j]. Where
+       op(A) is a transposed view (si = 1: the weight gradient's D^T), column by column, each tile's
+       rows one masked vector move: a column's entries share cache lines, which a tile-by-tile pass
+       would fetch again for every tile (D's rows are 4 KB apart in a 1024-wide layer). */
     static void fnn_pack_a(Py_ssize_t M, Py_ssize_t kb, const float* A, Py_ssize_t si, Py_ssize_t sj, float* ap) {
-        Py_ssize_t i0 = 0, j;
+        Py_ssize_t i0, j;
         int r, mr;
-        while (i0 < M) {
-            mr = M - i0 >= FNN_BC_MR ? FNN_BC_MR : M - i0 >= FNN_BC_MR / 2 ? FNN_BC_MR / 2 : 1;
+        if (si == 1) {
+            for (j = 0; j < kb; j++) {
+                const float* a = A + j * sj;
+                for (i0 = 0; i0 < M; i0 += 16)      /* rows 4 KB apart defeat the hardware prefetch */
+                    _mm_prefetch((const char*)(a + FNN_PF_ROWS * sj + i0), _MM_HINT_T0);
+                for (i0 = 0; i0 < M; i0 += mr) {
+                    mr = fnn_bc_cut(M - i0);
+                    fv_storen(ap + i0 * kb + j * mr, fv_loadn(a + i0, mr), mr);
+                }
+            }
+            return;
+        }
+        for (i0 = 0; i0 < M; i0 += mr) {
+            mr = fnn_bc_cut(M - i0);
             float* p = ap + i0 * kb;
             const float* a = A + i0 * si;
             for (j = 0; j < kb; j++)
                 for (r = 0; r < mr; r++)
                     p[j * mr + r] = a[r * si + j * sj];
-            i0 += mr;
         }
     }
 
     static inline void fnn_bc_rows_p(Py_ssize_t M, Py_ssize_t kb, const float* ap, const float* B, Py_ssize_t ldb,
                                      float* C, Py_ssize_t ldc, int nc, int load) {
         Py_ssize_t i0;
-        for (i0 = 0; i0 + FNN_BC_MR <= M; i0 += FNN_BC_MR)
-            fnn_bc_main(kb, ap + i0 * kb, 1, FNN_BC_MR, B, ldb, C + i0 * ldc, ldc, nc, load);
-        for (; i0 + FNN_BC_MR / 2 <= M; i0 += FNN_BC_MR / 2)
-            fnn_bc_half(kb, ap + i0 * kb, 1, FNN_BC_MR / 2, B, ldb, C + i0 * ldc, ldc, nc, load);
-        for (; i0 < M; i0++)
-            fnn_bc_one(kb, ap + i0 * kb, 1, 1, B, ldb, C + i0 * ldc, ldc, nc, load);
+        int mr;
+        for (i0 = 0; i0 < M; i0 += mr) {
+            mr = fnn_bc_cut(M - i0);
+            FNN_BC_DISPATCH(mr, kb, ap + i0 * kb, 1, mr, B, ldb, C + i0 * ldc, ldc, nc, load);
+        }
     }
 
     /* A thread's buffer for packed rows of op(A), grown as needed and kept for the thread's life
@@ -344,9 +378,12 @@ cdef extern from *:
         enum { NW = FV_N * FNN_BC_NV };
         Py_ssize_t j;
         int v;
-        for (j = 0; j < kb; j++)
+        for (j = 0; j < kb; j++) {
+            for (v = 0; v < FNN_BC_NV * FV_N; v += 16)
+                _mm_prefetch((const char*)(B + (j + FNN_PF_ROWS) * ldb + v), _MM_HINT_T0);
             for (v = 0; v < FNN_BC_NV; v++)
                 fv_storen(bp + j * NW + FV_N * v, fv_loadn(B + j * ldb + FV_N * v, nc - FV_N * v), FV_N);
+        }
     }
 
     /* C (=|+=) op(A) B: C is M x N (ldc), B is K x N (ldb), op(A)[i, j] = A[i si + j sj] (M x K). With
