@@ -1206,9 +1206,20 @@ cdef extern from *:
         const fastnn_u64a* u = (const fastnn_u64a*)x; uint64_t m = 0; Py_ssize_t i;
         for (i = 0; i < n; i++) { uint64_t v = u[i] & 0x7fffffffffffffffull; m = v > m ? v : m; }
         return m < 0x7ff0000000000000ull; }
+    /* dst <- x and fastnn_finite_* of x, in one pass over x */
+    static int fastnn_copy_finite_f(float* dst, const float* x, Py_ssize_t n) {
+        const fastnn_u32a* u = (const fastnn_u32a*)x; fastnn_u32a* d = (fastnn_u32a*)dst; uint32_t m = 0; Py_ssize_t i;
+        for (i = 0; i < n; i++) { uint32_t w = u[i], v = w & 0x7fffffffu; d[i] = w; m = v > m ? v : m; }
+        return m < 0x7f800000u; }
+    static int fastnn_copy_finite_d(double* dst, const double* x, Py_ssize_t n) {
+        const fastnn_u64a* u = (const fastnn_u64a*)x; fastnn_u64a* d = (fastnn_u64a*)dst; uint64_t m = 0; Py_ssize_t i;
+        for (i = 0; i < n; i++) { uint64_t w = u[i], v = w & 0x7fffffffffffffffull; d[i] = w; m = v > m ? v : m; }
+        return m < 0x7ff0000000000000ull; }
     """
     int fastnn_finite_f(const float* x, Py_ssize_t n) nogil
     int fastnn_finite_d(const double* x, Py_ssize_t n) nogil
+    int fastnn_copy_finite_f(float* dst, const float* x, Py_ssize_t n) nogil
+    int fastnn_copy_finite_d(double* dst, const double* x, Py_ssize_t n) nogil
 
 
 def all_finite(object X, int n_threads):

@@ -57,6 +57,10 @@ cdef inline bint gather_checked(floating* dst, void* X, int code, Py_ssize_t r0,
     check on X's own values, before any conversion)."""
     cdef bint ok = True
     cdef Py_ssize_t i
+    if floating is float and code == X_F32:
+        return fastnn_copy_finite_f(<float*>dst, <float*>X + r0 * n, c * n)
+    if floating is double and code == X_F64:
+        return fastnn_copy_finite_d(<double*>dst, <double*>X + r0 * n, c * n)
     if code == X_F32:
         ok = fastnn_finite_f(<float*>X + r0 * n, c * n)
     elif code == X_F64:
