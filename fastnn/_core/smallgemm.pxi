@@ -335,7 +335,14 @@ cdef extern from *:
                     _mm_prefetch((const char*)(a + FNN_PF_ROWS * sj + i0), _MM_HINT_T0);
                 for (i0 = 0; i0 < M; i0 += mr) {
                     mr = fnn_bc_cut(M - i0);
+    #if FNN_SMALL_GEMM == 1
                     fv_storen(ap + i0 * kb + j * mr, fv_loadn(a + i0, mr), mr);
+    #else
+                    /* AVX2's masked stores are slow (microcoded on AMD): a 4-row tile as one 128-bit
+                       move, the rest by scalar moves */
+                    if (mr == 4) _mm_storeu_ps(ap + i0 * kb + j * 4, _mm_loadu_ps(a + i0));
+                    else for (r = 0; r < mr; r++) ap[i0 * kb + j * mr + r] = a[i0 + r];
+    #endif
                 }
             }
             return;
