@@ -11,17 +11,11 @@
 # thread count, so every row's result is the same on any number of threads.
 import threading
 
+from fastnn._util import aligned_empty
+
 cimport numpy as cnp
 
 cnp.import_array()
-
-def _aligned_empty(Py_ssize_t n, dtype):
-    """An uninitialised 1-D array of n elements on a 64-byte boundary."""
-    cdef Py_ssize_t item = np.dtype(dtype).itemsize
-    raw = np.empty(n * item + 64, dtype=np.uint8)
-    cdef Py_ssize_t off = <Py_ssize_t>((64 - <size_t>cnp.PyArray_DATA(raw) % 64) % 64)
-    return raw[off:off + n * item].view(dtype)
-
 
 cdef enum:
     LINK_IDENTITY = 0
@@ -197,7 +191,7 @@ cdef class InferRunner:
                     g = ops[k, 19]
                     self.pk_off[k] = total
                     total += fnn_bt_packed_size(ops[k, 2] // g, ops[k, 1] // g)
-        self.pk = _aligned_empty(total, np.float32) if total > 0 else None
+        self.pk = aligned_empty(total, np.float32) if total > 0 else None
 
     def __dealloc__(self):
         net_free(self.net)
@@ -205,7 +199,7 @@ cdef class InferRunner:
     cdef _slots(self, Py_ssize_t n):
         """Buffers for n threads (kept, grown when more are asked for)."""
         if n > self.n_slots:
-            self.work = _aligned_empty(n * self.slot_size, self.dtype)
+            self.work = aligned_empty(n * self.slot_size, self.dtype)
             self.scratch = np.empty(max(n * self.scratch_stride, 1), dtype=self.dtype)
             self.bad = np.zeros(n, dtype=np.uint8)
             self.n_slots = n
