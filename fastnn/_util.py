@@ -1,9 +1,12 @@
-"""Helpers shared by the file writers (``io``, ``onnx``), the command line and the distributed fit.
+"""Helpers shared by the file writers (``io``, ``onnx``), the command line, the distributed fit and the
+buffers of the model, the optimizers and the inference runners.
 
 - ``check_write_path``: a path fit to write a file to, checked before the work that produces it;
 - ``atomic_write``: replace a file whole, so a reader never sees a partial one;
-- ``mpi``: the ``mpi4py.MPI`` module, or an ImportError saying how to install it.
+- ``mpi``: the ``mpi4py.MPI`` module, or an ImportError saying how to install it;
+- ``aligned_empty``, ``aligned_zeros``: arrays that start on a 64-byte boundary (cache lines).
 """
+import math
 import os
 import uuid
 
@@ -84,9 +87,6 @@ def aligned_empty(n, dtype):
 def aligned_zeros(shape, dtype):
     """Zeros of ``shape`` (C order) starting on a 64-byte boundary."""
     shape = (shape,) if isinstance(shape, int) else tuple(shape)
-    n = 1
-    for d in shape:
-        n *= d
-    out = aligned_empty(n, dtype)
+    out = aligned_empty(math.prod(shape), dtype)
     out[...] = 0
     return out.reshape(shape)

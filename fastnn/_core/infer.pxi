@@ -301,21 +301,19 @@ cdef class InferRunner:
             cx.ssw = NULL
             Pf = <float*>cx.P
             with nogil:
-                if ic.pk != NULL and nt == 1:
-                    for k in range(net.n_ops):
-                        o = &net.ops[k]
-                        if use[k] >= 0:
-                            fnn_pack_bt(o.n_out // o.groups, o.n_in // o.groups, Pf + o.w_off, o.n_in // o.groups,
-                                        ic.pk + use[k])
-                elif ic.pk != NULL:
-                    # the copy's blocks of rows are independent: every thread packs some
+                if ic.pk != NULL:
+                    # the copy's blocks of rows are independent: with several threads each packs some
                     nw = fnn_bt_block_rows()
                     n_blocks = 0
                     for k in range(net.n_ops):
                         if use[k] >= 0:
                             n_blocks = n_blocks + (net.ops[k].n_out // net.ops[k].groups + nw - 1) // nw
-                    for b in prange(n_blocks, schedule='dynamic', num_threads=nt):
-                        pack_block(net, use, Pf, ic.pk, nw, b)
+                    if nt == 1:
+                        for b in range(n_blocks):
+                            pack_block(net, use, Pf, ic.pk, nw, b)
+                    else:
+                        for b in prange(n_blocks, schedule='dynamic', num_threads=nt):
+                            pack_block(net, use, Pf, ic.pk, nw, b)
                 for k in range(net.n_ops):
                     if net.ops[k].kind == OP_BN and net.ops[k].r_off >= 0:
                         if dbl:
