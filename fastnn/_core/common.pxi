@@ -74,10 +74,12 @@ cdef extern from *:
 
 cdef extern from *:
     """
-    /* The compute-bound update rules (Adam/AdamW, Adagrad) in C, cloned for AVX-512, AVX2 and
-       baseline x86-64 and picked at load time (the wheel itself targets baseline x86-64).
-       Elementwise IEEE operations only, with contraction off: every clone gives the same bits. */
-    #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
+    /* The compute-bound update rules (Adam/AdamW, Adagrad) in C. The baseline build clones them
+       for AVX-512 and AVX2, picked at load time; the x86-64-v3 and -v4 builds are compiled for
+       their ISA as a whole, so forcing one (FASTNN_ISA=v3 on an AVX-512 CPU) runs its code and
+       not a wider clone. Elementwise IEEE operations only, with contraction off: every clone
+       gives the same bits. */
+    #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__) && !defined(__AVX2__)
     #define FASTNN_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
     #else
     #define FASTNN_CLONES
