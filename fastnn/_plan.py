@@ -124,6 +124,8 @@ class Plan:
         self.tiles = self._make_tiles()
         self.has_bn = bool(self.bn_layers)
         self.has_conv = any(op["kind"] == OP["conv"] for op in self.ops)
+        # a GRU or plain RNN: every step's input projection of a unit is one product
+        self.has_seq_projection = any(op["kind"] == OP["rnn"] and op["cell"] != L.CELL_LSTM for op in self.ops)
         self.batch_coupled_inference = any(not layer.track_running_stats for _, layer in self.bn_layers)
         self._phase_cache = {}
         self._bf16 = None
@@ -578,7 +580,7 @@ class Plan:
         unit = self.chunk
         while self.has_conv and unit > 8 and unit * self.row_width * 4 > CONV_CHUNK_BYTES:
             unit //= 2
-        seq = any(op["kind"] == OP["rnn"] and op["cell"] != L.CELL_LSTM for op in self.ops)
+        seq = self.has_seq_projection
         if seq:
             # a GRU or plain RNN multiplies every step's input of a unit in one product: longer
             # units pay (GRU 32-128, batch 32 and 256, one thread: 64 rows 1.5x and 2.8x faster than 16)
