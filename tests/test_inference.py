@@ -347,6 +347,29 @@ def test_parameters_gradients_and_optimizer_state_start_on_cache_lines():
     np.testing.assert_array_equal(m2.forward(_x(5, f=30)), m.forward(_x(5, f=30)))
 
 
+@pytest.mark.parametrize("kind", ["lstm", "conv", "mlp"])
+def test_every_threads_work_buffer_and_scratch_start_on_cache_lines(kind):
+    # a product whose operand rows straddle cache lines runs slower (an LSTM step's transposed
+    # weights live in the scratch area), so every thread's areas start on 64-byte boundaries
+    if kind == "lstm":
+        m = fn.Sequential(fn.LSTM(5, 7), fn.Dense(7, 3), input_shape=(6, 5), seed=0)
+    elif kind == "conv":
+        m = fn.Sequential(fn.Conv2d(1, 3, 3), fn.ReLU(), fn.Flatten(), fn.Dense(75, 3), input_shape=(1, 7, 7),
+                          seed=0)
+    else:
+        m = fn.Sequential(fn.Dense(9, 13), fn.ReLU(), fn.Dense(13, 3), seed=0)
+    m.MIN_FLOP_PER_THREAD = 1
+    X = np.random.default_rng(0).standard_normal((300,) + m.input_shape).astype(np.float32)
+    outs = [m.forward(X, threads=t) for t in (1, 2, 3)]
+    for out in outs[1:]:
+        np.testing.assert_array_equal(out, outs[0])
+    runners = list(m._runners[1].values())
+    assert runners
+    for r in runners:
+        for buf, stride in ((r.work, r.slot_size), (r.scratch, r.scratch_stride)):
+            assert buf.ctypes.data % 64 == 0 and (stride * buf.itemsize) % 64 == 0
+
+
 def test_other_input_types_convert_as_before():
     m = _mlp()
     X = _x(11)

@@ -153,9 +153,11 @@ cdef class InferRunner:
     cdef Net* net
     cdef readonly Py_ssize_t cap
     cdef readonly object dtype
-    cdef Py_ssize_t n_in0, n_out, slot_size, scratch_stride, n_slots
+    cdef Py_ssize_t n_in0, n_out, n_slots
+    cdef readonly Py_ssize_t slot_size, scratch_stride      # elements per thread's work buffer and scratch area
     cdef bint dbl, own, direct
-    cdef object work, scratch, stats, ident, bad, pk, pk_off, pk_use, lock
+    cdef readonly object work, scratch
+    cdef object stats, ident, bad, pk, pk_off, pk_use, lock
 
     def __cinit__(self, const int64_t[:, ::1] ops, const double[:, ::1] opsf, Py_ssize_t cap,
                   Py_ssize_t n_in0, Py_ssize_t n_out, Py_ssize_t row_width, Py_ssize_t scratch_stride,
@@ -176,7 +178,7 @@ cdef class InferRunner:
         self.n_in0 = n_in0
         self.n_out = n_out
         self.slot_size = (row_width * cap + 15) // 16 * 16     # every slot on a 64-byte boundary
-        self.scratch_stride = scratch_stride
+        self.scratch_stride = (scratch_stride + 15) // 16 * 16     # each thread's area on a 64-byte boundary
         self.stats = np.zeros(max(n_stats, 1))
         self.ident = np.arange(cap, dtype=np.intp)
         self.n_slots = 0
@@ -200,7 +202,7 @@ cdef class InferRunner:
         """Buffers for n threads (kept, grown when more are asked for)."""
         if n > self.n_slots:
             self.work = aligned_empty(n * self.slot_size, self.dtype)
-            self.scratch = np.empty(max(n * self.scratch_stride, 1), dtype=self.dtype)
+            self.scratch = aligned_empty(max(n * self.scratch_stride, 1), self.dtype)
             self.bad = np.zeros(n, dtype=np.uint8)
             self.n_slots = n
 
