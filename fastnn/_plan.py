@@ -106,6 +106,7 @@ class Plan:
         self._col = self.n_features
         self._seen = set()
         out = self._emit(layers, "", _Buf(-1, 0, self.in_shape))
+        self.scratch = _rup(self.scratch, 16)     # each chunk's scratch on a 64-byte boundary, as the first's
         self.n_applied += self.n_params
         if not self.ops:
             raise ValueError("the model has no layer that computes anything (add a fn.Dense)")

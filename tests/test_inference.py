@@ -370,6 +370,15 @@ def test_every_threads_work_buffer_and_scratch_start_on_cache_lines(kind):
             assert buf.ctypes.data % 64 == 0 and (stride * buf.itemsize) % 64 == 0
 
 
+def test_training_scratch_of_every_chunk_starts_on_a_cache_line():
+    # a GRU of 5 units: its transposed weights (75 floats) are not a whole number of cache lines
+    m = fn.Sequential(fn.GRU(3, 5), fn.Dense(5, 3), input_shape=(4, 3), seed=0)
+    X = np.random.default_rng(0).standard_normal((64, 4, 3)).astype(np.float32)
+    m.fit(X, np.arange(64) % 3, loss=fn.CrossEntropy(), optimizer=fn.SGD(0.01), epochs=1, batch_size=32,
+          verbose=0)
+    assert m._scratch_buf.ctypes.data % 64 == 0 and (m._plan.scratch * 4) % 64 == 0
+
+
 def test_other_input_types_convert_as_before():
     m = _mlp()
     X = _x(11)
