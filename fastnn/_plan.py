@@ -209,6 +209,7 @@ class Plan:
                 self.ops[k]["s_col"] = self._alloc(layer.in_channels * geo[4] * geo[5] * geo[13] * geo[14])
                 k_len = layer.in_channels // layer.groups * geo[4] * geo[5]
                 L_out = geo[13] * geo[14]
+                self.n_applied += (L_out - 1) * layer.n_params()      # at every output position
                 # examples per sub-block (a power of 2, at most 16, so that it divides every chunk): the
                 # most whose columns of one group fit in CONV_SUB_ELEMS
                 sub = 1

@@ -370,6 +370,18 @@ def test_every_threads_work_buffer_and_scratch_start_on_cache_lines(kind):
             assert buf.ctypes.data % 64 == 0 and (stride * buf.itemsize) % 64 == 0
 
 
+def test_work_per_example_counts_a_convolution_at_every_output_position():
+    # the thread and unit choices weigh a call by multiply-adds per example: LeNet-5's convolutions
+    # apply their weights at 28x28 and 10x10 positions (counted once, batch 32 ran on one thread)
+    m = fn.Sequential(fn.Conv2d(1, 6, 5, padding=2), fn.ReLU(), fn.MaxPool2d(2), fn.Conv2d(6, 16, 5), fn.ReLU(),
+                      fn.MaxPool2d(2), fn.Flatten(), fn.Dense(400, 120), fn.ReLU(), fn.Dense(120, 10),
+                      input_shape=(1, 28, 28), seed=0)
+    m.predict(np.zeros((1, 1, 28, 28), np.float32))
+    expected = (6 * 25 + 6) * 28 * 28 + (16 * 6 * 25 + 16) * 10 * 10 + (400 * 120 + 120) + (120 * 10 + 10)
+    assert m._plan.n_applied == expected
+    assert m._threads_for(32 // 3, 2) == 2
+
+
 def test_training_scratch_of_every_chunk_starts_on_a_cache_line():
     # a GRU of 5 units: its transposed weights (75 floats) are not a whole number of cache lines
     m = fn.Sequential(fn.GRU(3, 5), fn.Dense(5, 3), input_shape=(4, 3), seed=0)
