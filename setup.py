@@ -88,9 +88,9 @@ def _extensions():
     omp = _openmp_flags()
     # -ffp-contract=off: no FMA contraction behind the formulas, so results do not depend on the
     # target; -fno-math-errno: sqrt need not set errno, and -fno-trapping-math: no operation raises
-    # a trap the program would see, so loops with a division under a condition (the recurrent gates'
-    # tanh, the optimizer updates) vectorize with AVX2's blends as they do with AVX-512's masks
-    # (AVX2 LSTM gates were scalar, 6x slower). Values are unchanged, unlike -ffast-math.
+    # a trap the program would see, so a loop with a division under a condition (the recurrent
+    # gates' tanh) vectorizes with AVX2's blends as it does with AVX-512's masks (without it the AVX2
+    # LSTM gates ran scalar, 6x slower). Values are unchanged, unlike -ffast-math.
     compile_args = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math"]
     link_args = []
     if omp is None:
