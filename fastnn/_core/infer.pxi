@@ -178,7 +178,7 @@ cdef class InferRunner:
         self.n_in0 = n_in0
         self.n_out = n_out
         self.slot_size = (row_width * cap + 15) // 16 * 16     # every slot on a 64-byte boundary
-        self.scratch_stride = (scratch_stride + 15) // 16 * 16     # each thread's area on a 64-byte boundary
+        self.scratch_stride = scratch_stride     # the plan's: whole cache lines, so each thread's area starts on one
         self.stats = np.zeros(max(n_stats, 1))
         self.ident = np.arange(cap, dtype=np.intp)
         self.n_slots = 0
