@@ -228,6 +228,27 @@ def test_each_kernel_matches_float64(M, K, N, rng):
 
 
 @needs_kernels
+@pytest.mark.parametrize("M", [1, 4, 7])
+def test_an_entry_has_the_same_bits_whatever_the_width_of_its_tile(M, rng):
+    """A product's last block of columns runs on a tile only as wide as it needs: every column of
+    C = A B (and C = A W^T) has the bits it has in a wider product, and matches float64."""
+    K, N = 97, 2 * 64 + 24 + 3
+    A = rng.normal(size=(M, K)).astype(np.float32)
+    B = rng.normal(size=(K, N)).astype(np.float32)
+    W = np.ascontiguousarray(B.T)
+    wide, wide_fwd = np.empty((M, N), np.float32), np.empty((M, N), np.float32)
+    _engine.own_gemm("bc", A, B, wide)
+    _engine.own_gemm("fwd", A, W, wide_fwd)
+    np.testing.assert_allclose(wide, A.astype(np.float64) @ B, rtol=0, atol=4e-5 * np.sqrt(K))
+    for n in list(range(1, 26)) + [31, 33, 47, 49, 63, 65, 71, 73, 100, N - 1]:
+        C, Cf = np.empty((M, n), np.float32), np.empty((M, n), np.float32)
+        _engine.own_gemm("bc", A, np.ascontiguousarray(B[:, :n]), C)
+        _engine.own_gemm("fwd", A, W[:n], Cf)
+        np.testing.assert_array_equal(C, wide[:, :n])
+        np.testing.assert_array_equal(Cf, wide_fwd[:, :n])
+
+
+@needs_kernels
 def test_own_gemm_checks_shapes():
     a = np.zeros((4, 5), np.float32)
     with pytest.raises(ValueError, match="contiguous"):

@@ -288,10 +288,18 @@ cdef extern from *:
         } \
         for (r = 0; r < MR; r++) for (v = 0; v < NV; v++) fv_storen(C + r * ldc + FV_N * v, acc[r][v], nc - FV_N * v); \
     }
-    FNN_BC(main, FNN_BC_MR, FNN_BC_NV)
-    FNN_BC(half, FNN_BC_MR / 2, FNN_BC_NV)
-    FNN_BC(two, 2, FNN_BC_NV)
-    FNN_BC(one, 1, FNN_BC_NV)
+    /* Each row count in every width from one vector to FNN_BC_NV: a product's last block of columns
+       (N not a multiple of NW) runs the tile as wide as it needs, not NW wide over masked lanes (an
+       LSTM step's 64 gate columns are 24 + 24 + 16 on AVX2: a third of the last tile's FMAs were on
+       zeros). Which tile sums an entry changes none of its bits. */
+    #define FNN_BC_SET(S, NV) FNN_BC(main##S, FNN_BC_MR, NV) FNN_BC(half##S, FNN_BC_MR / 2, NV) \
+        FNN_BC(two##S, 2, NV) FNN_BC(one##S, 1, NV)
+    FNN_BC_SET(, FNN_BC_NV)
+    FNN_BC_SET(_1, 1)
+    FNN_BC_SET(_2, 2)
+    #if FNN_BC_NV > 3
+    FNN_BC_SET(_3, 3)
+    #endif
 
     /* Rows per tile from the rows left: whole FNN_BC_MR tiles, then the rest in tiles of at least two
        rows where it can (a 1-row tile has too few FMA chains to hide the FMA latency), e.g. with
@@ -302,12 +310,23 @@ cdef extern from *:
         return left >= 2 ? 2 : 1;
     }
 
-    #define FNN_BC_DISPATCH(MR, K, A, SI, SJ, B, LDB, C, LDC, NC, LOAD) \
+    #define FNN_BC_DISPATCH_S(S, MR, K, A, SI, SJ, B, LDB, C, LDC, NC, LOAD) \
         switch (MR) { \
-        case FNN_BC_MR: fnn_bc_main(K, A, SI, SJ, B, LDB, C, LDC, NC, LOAD); break; \
-        case FNN_BC_MR / 2: fnn_bc_half(K, A, SI, SJ, B, LDB, C, LDC, NC, LOAD); break; \
-        default: if ((MR) == 2) fnn_bc_two(K, A, SI, SJ, B, LDB, C, LDC, NC, LOAD); \
-                 else fnn_bc_one(K, A, SI, SJ, B, LDB, C, LDC, NC, LOAD); }
+        case FNN_BC_MR: fnn_bc_main##S(K, A, SI, SJ, B, LDB, C, LDC, NC, LOAD); break; \
+        case FNN_BC_MR / 2: fnn_bc_half##S(K, A, SI, SJ, B, LDB, C, LDC, NC, LOAD); break; \
+        default: if ((MR) == 2) fnn_bc_two##S(K, A, SI, SJ, B, LDB, C, LDC, NC, LOAD); \
+                 else fnn_bc_one##S(K, A, SI, SJ, B, LDB, C, LDC, NC, LOAD); }
+    #if FNN_BC_NV > 3
+    #define FNN_BC_CASE3(...) case 3: FNN_BC_DISPATCH_S(_3, __VA_ARGS__) break;
+    #else
+    #define FNN_BC_CASE3(...)
+    #endif
+    #define FNN_BC_DISPATCH(MR, K, A, SI, SJ, B, LDB, C, LDC, NC, LOAD) \
+        switch (((NC) + FV_N - 1) / FV_N) { \
+        case 1: FNN_BC_DISPATCH_S(_1, MR, K, A, SI, SJ, B, LDB, C, LDC, NC, LOAD) break; \
+        case 2: FNN_BC_DISPATCH_S(_2, MR, K, A, SI, SJ, B, LDB, C, LDC, NC, LOAD) break; \
+        FNN_BC_CASE3(MR, K, A, SI, SJ, B, LDB, C, LDC, NC, LOAD) \
+        default: FNN_BC_DISPATCH_S(, MR, K, A, SI, SJ, B, LDB, C, LDC, NC, LOAD) }
 
     /* M rows of a block of C (+)= op(A) B over K rows of B (columns [0, nc)), in fnn_bc_cut's tiles */
     static inline void fnn_bc_rows(Py_ssize_t M, Py_ssize_t K, const float* A, Py_ssize_t si, Py_ssize_t sj,
