@@ -40,14 +40,15 @@ def rng():
 
 
 @contextlib.contextmanager
-def counting_gemm_calls():
-    """Yields a dict that holds, on exit, the Dense products run inside the block: {(path, kind):
-    calls}, path "own" (the own GEMM kernels) or "blas", kind "forward"/"input_delta"/"weight_grad"."""
+def counting_gemm_calls(layer="dense"):
+    """Yields a dict that holds, on exit, the Dense (or, with layer="conv", convolution) products run
+    inside the block: {(path, kind): calls}, path "own" (the own GEMM kernels) or "blas", kind
+    "forward"/"input_delta"/"weight_grad"."""
     from fastnn._core import _engine
     calls = {}
     _engine.count_gemm_calls(True)
     try:
         yield calls
     finally:
-        calls.update(_engine.gemm_calls())
+        calls.update(_engine.gemm_calls(layer))
         _engine.count_gemm_calls(False)

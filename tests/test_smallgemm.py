@@ -290,3 +290,44 @@ def test_the_l1_size_is_read_from_the_machine():
     assert isinstance(n, int) and n >= 0
     if os.path.exists("/sys/devices/system/cpu/cpu0/cache/index0/size"):
         assert n >= 8 << 10
+
+
+def _conv(channels):
+    def build(dt):
+        # the second convolution has an input delta; 'groups' splits its products per group
+        return fn.Sequential(fn.Conv2d(3, channels, 3, padding=1), fn.ReLU(), fn.MaxPool2d(2),
+                             fn.Conv2d(channels, channels, 3, groups=2), fn.ReLU(), fn.Flatten(),
+                             fn.Dense(channels * 16, 3), input_shape=(3, 12, 12), dtype=dt, seed=5)
+    return build
+
+
+@needs_kernels
+@pytest.mark.parametrize("channels", [6, 16, 64])
+def test_convolutions_run_on_the_kernels_the_build_picks_and_match_float64(channels, rng):
+    """The AVX2 build multiplies every convolution's output, and the column delta of those with fewer
+    than 32 channels per group, on the own kernels (OpenBLAS's Haswell kernels pack even tiny
+    operands); the AVX-512 build the output from 24 channels per group, the column delta on BLAS.
+    Both form every filter gradient on the kernels. Whichever path runs matches float64."""
+    m32, m64 = _pair(_conv(channels))
+    X = rng.normal(size=(37, 3, 12, 12))
+    y = rng.integers(0, 3, 37)
+    with counting_gemm_calls("conv") as calls:
+        l32, g32 = m32.loss_and_grad(X.astype(np.float32), y, fn.CrossEntropy(), threads=2)
+    l64, g64 = m64.loss_and_grad(X, y, fn.CrossEntropy(), threads=2)
+    per_group = [channels, channels // 2]
+    avx2 = _engine.SMALL_GEMM_ISA == "avx2"
+    own_fwd = sum(c >= (1 if avx2 else 24) for c in per_group)
+    own_din = per_group[1] < 32 if avx2 else 0
+    assert (calls["own", "forward"] > 0) + (calls["blas", "forward"] > 0) == (2 if 0 < own_fwd < 2 else 1)
+    assert (calls["own", "forward"] > 0) == (own_fwd > 0)
+    assert (calls["own", "input_delta"] > 0) == own_din
+    assert (calls["blas", "input_delta"] > 0) == (not own_din)
+    assert calls["own", "weight_grad"] > 0 and calls["blas", "weight_grad"] == 0
+    assert abs(l32 - l64) <= 1e-5 * max(1.0, abs(l64))
+    for (name, _), a, b in zip(m64.named_parameters(), g32, g64):
+        np.testing.assert_allclose(a, b, rtol=0, atol=2e-5 * max(np.abs(b).max(), 1e-3), err_msg=name)
+
+
+def test_gemm_calls_names_the_layer():
+    with pytest.raises(ValueError, match="'dense' or 'conv'"):
+        _engine.gemm_calls("lstm")

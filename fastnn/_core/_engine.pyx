@@ -140,18 +140,22 @@ SMALL_GEMM_ISA = {1: "avx512", 2: "avx2"}.get(FNN_SMALL_GEMM)
 
 
 def count_gemm_calls(bint on):
-    """Start (and zero) or stop counting the Dense layers' matrix products by path; see gemm_calls."""
+    """Start (and zero) or stop counting the Dense and convolutional layers' matrix products by path;
+    see gemm_calls."""
     global fnn_counting
     if on:
         memset(fnn_counts, 0, sizeof(fnn_counts))
     fnn_counting = on
 
 
-def gemm_calls():
-    """The Dense products counted since count_gemm_calls(True): {(path, kind): calls}, path "own"
-    (smallgemm.pxi's kernels), "blas" or "bf16" (bfloat16 operands, bf16.pxi), kind "forward",
-    "input_delta" or "weight_grad"."""
-    return {(path, kind): int(fnn_counts[p * 3 + k])
+def gemm_calls(str layer="dense"):
+    """The products of the Dense (layer "dense") or convolutional ("conv") layers counted since
+    count_gemm_calls(True): {(path, kind): calls}, path "own" (smallgemm.pxi's kernels), "blas" or
+    "bf16" (bfloat16 operands, bf16.pxi), kind "forward", "input_delta" or "weight_grad"."""
+    if layer not in ("dense", "conv"):
+        raise ValueError(f"layer must be 'dense' or 'conv', not {layer!r}")
+    cdef int base = 9 if layer == "conv" else 0
+    return {(path, kind): int(fnn_counts[base + p * 3 + k])
             for p, path in enumerate(("own", "blas", "bf16"))
             for k, kind in enumerate(("forward", "input_delta", "weight_grad"))}
 

@@ -16,15 +16,15 @@
 # geometry (Op.g): 0 Cin, 1 H, 2 W, 3 Cout, 4 kh, 5 kw, 6 sh, 7 sw, 8 ph, 9 pw, 10 dh, 11 dw,
 # 12 groups, 13 Hout, 14 Wout, 15 pool mode (0 max, 1 avg, 2 adaptive avg), 16 count_include_pad
 
-cdef enum:
-    # In float32, the own GEMMs of smallgemm.pxi form a sub-block's filter gradient (dout col^T: dot
-    # products over its positions) and, for CONV_OWN_MIN_OUT output channels per group or more, its
-    # output (W col); the column delta stays on BLAS. Intel Xeon, AVX-512, 1 thread, batch 128,
-    # against BLAS for all three: filter gradient LeNet-5 +3%, CIFAR-size net +5%; output CIFAR +6%
-    # but LeNet-5 (6 and 16 channels: short tiles) -4%; column delta LeNet -5%, CIFAR -2%. Together,
-    # batch 32 / 128: LeNet-5 +2% / +1%, 1-D CNN +6% / +11%, CIFAR-size +14% / +9%; held to AVX2
-    # (OpenBLAS's Haswell kernels) +6% / +10%, +9% / +24%, +5% / +8%.
-    CONV_OWN_MIN_OUT = 24
+# In float32, the own GEMMs of smallgemm.pxi form a sub-block's filter gradient (dout col^T: dot
+# products over its positions) and, for FNN_CONV_OWN_MIN_OUT output channels per group or more, its
+# output (W col); the column delta runs on them below FNN_CONV_DCOL_MAX_OUT channels. Both limits
+# are the build's (smallgemm.pxi). AVX-512, Intel Xeon, 1 thread, batch 128, against BLAS for all
+# three: filter gradient LeNet-5 +3%, CIFAR-size net +5%; output CIFAR +6% but LeNet-5 (6 and 16
+# channels: short tiles, where OpenBLAS's SkylakeX small-matrix path is quicker) -4%; column delta
+# LeNet -5%, CIFAR -2%. Together, batch 32 / 128: LeNet-5 +2% / +1%, 1-D CNN +6% / +11%, CIFAR-size
+# +14% / +9%.
+
 
 cdef enum:
     POOL_MAX = 0
@@ -196,10 +196,13 @@ cdef void conv_forward(Op* o, floating* P, floating* Wk, Py_ssize_t r0, Py_ssize
             for j in range(nb):
                 im2col(Wk + o.in_e + (e0 + j) * o.n_in, colg + j * L, M, g, gi * Cg, Cg)
             if floating is float and o.prec == PREC_BF16:
+                fnn_count_conv(FNN_BF16P, FNN_FWD)
                 bf16_conv_forward(o, Wk, colg, M, gi, e0, tmp)
-            elif floating is float and FNN_SMALL_GEMM and Og >= CONV_OWN_MIN_OUT:
+            elif floating is float and FNN_SMALL_GEMM and Og >= FNN_CONV_OWN_MIN_OUT:
+                fnn_count_conv(FNN_OWN, FNN_FWD)
                 fnn_sgemm_bc(Og, M, K, P + o.w_off + gi * Og * K, K, 1, colg, M, tmp, M, 0)
             else:
+                fnn_count_conv(FNN_BLAS, FNN_FWD)
                 gemm(c'N', c'N', <int>M, <int>Og, <int>K, <floating>1, colg, <int>M, P + o.w_off + gi * Og * K,
                      <int>K, <floating>0, tmp, <int>M)
             for j in range(nb):
@@ -240,10 +243,13 @@ cdef void conv_backward(Op* o, floating* P, floating* Wk, Py_ssize_t r0, Py_ssiz
                            L * sizeof(floating))
             # partial[co, k] = sum over the sub-block's positions of dout[co, .] col[k, .]
             if floating is float and o.prec == PREC_BF16:
+                fnn_count_conv(FNN_BF16P, FNN_WGRAD)
                 bf16_conv_filter_grad(o, Wk, M, gi, e0, scratch, part + gi * Og * K)
             elif floating is float and FNN_SMALL_GEMM:
+                fnn_count_conv(FNN_OWN, FNN_WGRAD)
                 fnn_sgemm_fwd(Og, K, M, scratch, M, colg, M, part + gi * Og * K, K)
             else:
+                fnn_count_conv(FNN_BLAS, FNN_WGRAD)
                 gemm(c'T', c'N', <int>K, <int>Og, <int>M, <floating>1, colg, <int>M, scratch, <int>M,
                      <floating>0, part + gi * Og * K, <int>K)
             if o.b_off >= 0:
@@ -254,8 +260,13 @@ cdef void conv_backward(Op* o, floating* P, floating* Wk, Py_ssize_t r0, Py_ssiz
             if o.din_e >= 0:
                 dcol = scratch + Og * M
                 if floating is float and o.prec == PREC_BF16:
+                    fnn_count_conv(FNN_BF16P, FNN_DIN)
                     bf16_conv_col_delta(o, Wk, scratch, M, gi, dcol)
+                elif floating is float and Og < FNN_CONV_DCOL_MAX_OUT:
+                    fnn_count_conv(FNN_OWN, FNN_DIN)
+                    fnn_sgemm_bc(K, M, Og, P + o.w_off + gi * Og * K, 1, K, scratch, M, dcol, M, 0)
                 else:
+                    fnn_count_conv(FNN_BLAS, FNN_DIN)
                     gemm(c'N', c'T', <int>M, <int>K, <int>Og, <floating>1, scratch, <int>M,
                          P + o.w_off + gi * Og * K, <int>K, <floating>0, dcol, <int>M)
                 for j in range(nb):

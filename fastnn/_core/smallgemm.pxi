@@ -29,22 +29,24 @@
 # the broadcast kernels give the same bits in both builds. The baseline build and float64 use BLAS.
 cdef extern from *:
     """
-    /* Dense products by path (own kernels, BLAS, or bf16.pxi's bfloat16 kernels) and kind, counted
-       only while fnn_counting is set (tests read them to see which path ran; a flag test costs
-       nothing when off) */
+    /* Dense (fnn_count) and convolution (fnn_count_conv) products by path (own kernels, BLAS, or
+       bf16.pxi's bfloat16 kernels) and kind, counted only while fnn_counting is set (tests read them
+       to see which path ran; a flag test costs nothing when off) */
     enum { FNN_OWN = 0, FNN_BLAS = 1, FNN_BF16P = 2 };
     enum { FNN_FWD = 0, FNN_DIN = 1, FNN_WGRAD = 2 };
     static int fnn_counting = 0;
-    static long long fnn_counts[9];
-    static inline void fnn_count(int path, int kind) {
+    static long long fnn_counts[18];
+    static inline void fnn_count_at(int i) {
         if (fnn_counting) {
     #if defined(__GNUC__)
-            __atomic_fetch_add(&fnn_counts[path * 3 + kind], 1, __ATOMIC_RELAXED);
+            __atomic_fetch_add(&fnn_counts[i], 1, __ATOMIC_RELAXED);
     #else
-            fnn_counts[path * 3 + kind]++;
+            fnn_counts[i]++;
     #endif
         }
     }
+    static inline void fnn_count(int path, int kind) { fnn_count_at(path * 3 + kind); }
+    static inline void fnn_count_conv(int path, int kind) { fnn_count_at(9 + path * 3 + kind); }
     #if defined(__AVX512F__) && defined(__GNUC__)
     #define FNN_SMALL_GEMM 1
     #include <immintrin.h>
@@ -184,6 +186,10 @@ cdef extern from *:
     }
 
     #define FNN_BT_ROWS 64
+    /* A convolution's output on the own kernels from 24 channels per group, its column delta on
+       OpenBLAS (conv.pxi) */
+    #define FNN_CONV_OWN_MIN_OUT 24
+    #define FNN_CONV_DCOL_MAX_OUT 0
     #elif defined(__AVX2__) && defined(__FMA__) && defined(__GNUC__)
     /* AVX2: 16 registers of 8 lanes, so 6 x 16 tiles (12 accumulators, BLIS's Haswell shape) */
     #define FNN_SMALL_GEMM 2
@@ -216,6 +222,14 @@ cdef extern from *:
     #define FNN_BC_APACK_ROWS 48
     #endif
     #define FNN_BT_ROWS 0
+    /* A convolution's products on the own kernels (conv.pxi): its output for every channel count,
+       its column delta below 32 output channels per group. OpenBLAS's Haswell kernels pack even
+       the smallest operands (they have no unpacked small-matrix path), which LeNet-5's 6 and 16
+       channels cannot repay. Intel Xeon as an AVX2 machine, 2 threads, against OpenBLAS for both:
+       output LeNet-5 batch 32 / 128 +18% / +22%; column delta as well, LeNet-5 +4%, 1-D CNN (25
+       channels) +3%, but the CIFAR-size net's 64 and 128 channels -2%. */
+    #define FNN_CONV_OWN_MIN_OUT 1
+    #define FNN_CONV_DCOL_MAX_OUT 32
 
     /* dst[c * ldd + r] = src[r * lds + c] for r, c < 8 */
     static inline void fnn_trv(const float* src, Py_ssize_t lds, float* dst, Py_ssize_t ldd) {
@@ -239,6 +253,8 @@ cdef extern from *:
     }
     #else
     #define FNN_SMALL_GEMM 0
+    #define FNN_CONV_OWN_MIN_OUT 0
+    #define FNN_CONV_DCOL_MAX_OUT 0
     #endif
 
     /* rows ahead that the copies of operands with rows a multiple of 4 KB apart prefetch (a prefetch
@@ -630,11 +646,14 @@ cdef extern from *:
     #endif
     """
     int FNN_SMALL_GEMM
+    int FNN_CONV_OWN_MIN_OUT
+    int FNN_CONV_DCOL_MAX_OUT
     bint FNN_STEP_OWN
     enum: FNN_OWN, FNN_BLAS, FNN_BF16P, FNN_FWD, FNN_DIN, FNN_WGRAD
     int fnn_counting
-    long long fnn_counts[9]
+    long long fnn_counts[18]
     void fnn_count(int path, int kind) nogil
+    void fnn_count_conv(int path, int kind) nogil
     Py_ssize_t fnn_kb
     void fnn_set_l1(Py_ssize_t bytes) nogil
     void fnn_sgemm_bc(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t si,
