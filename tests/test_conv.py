@@ -84,6 +84,38 @@ def test_same_width_stride_one_convolutions(kernel, padding, dilation, hw, rng):
     check_finite_differences(m, X, y, fn.CrossEntropy(), rng, per_param=9)
 
 
+@pytest.mark.parametrize("kernel, padding, hw", [
+    ((5, 5), (0, 0), (14, 14)),     # LeNet-5's second convolution: rows of 14 -> 10
+    ((5, 5), (2, 1), (9, 20)),      # padding on the left of some rows, 20 -> 18
+    ((3, 5), (1, 1), (6, 37)),      # rows of 37 -> 35: several vectors
+    ((2, 5), (0, 1), (5, 70)),      # rows of 70 -> 68: col2im past the row accumulators
+])
+def test_stride_one_convolutions_with_shorter_output_rows(kernel, padding, hw, rng):
+    # these im2col/col2im run row by row in conv.pxi's C; a 1x1 convolution before it makes its
+    # input delta (col2im) reach a gradient. float64 against the naive reference and finite
+    # differences; float32 (vector code where the build has it) against float64.
+    ho = hw[0] + 2 * padding[0] - kernel[0] + 1
+    wo = hw[1] + 2 * padding[1] - kernel[1] + 1
+    assert wo < hw[1]
+
+    def build(dt):
+        return fn.Sequential(fn.Conv2d(2, 3, 1), fn.Conv2d(3, 4, kernel, padding=padding), fn.Tanh(), fn.Flatten(),
+                             fn.Dense(4 * ho * wo, 3), input_shape=(2,) + hw, dtype=dt, seed=1)
+    m, m32 = build("float64"), build("float32")
+    m32.load_state_dict({k: v.astype(np.float32) for k, v in m.state_dict().items()})
+    X, y = rng.normal(size=(5, 2) + hw), rng.integers(0, 3, 5)
+    c1, c, d = m.layers[0], m.layers[1], m.layers[4]
+    h = _conv2d_ref(X, c1.weight, c1.bias, c1.stride, c1.padding, c1.dilation, c1.groups)
+    ref = _conv2d_ref(h, c.weight, c.bias, c.stride, c.padding, c.dilation, c.groups)
+    np.testing.assert_allclose(m.forward(X), np.tanh(ref).reshape(5, -1) @ d.weight.T + d.bias, rtol=1e-12,
+                               atol=1e-12)
+    check_finite_differences(m, X, y, fn.CrossEntropy(), rng, per_param=9)
+    _, g64 = m.loss_and_grad(X, y, fn.CrossEntropy())
+    _, g32 = m32.loss_and_grad(X.astype(np.float32), y, fn.CrossEntropy(), threads=2)
+    for (name, _), a, b in zip(m.named_parameters(), g32, g64):
+        np.testing.assert_allclose(a, b, rtol=0, atol=2e-5 * max(np.abs(b).max(), 1e-3), err_msg=name)
+
+
 def test_pools_match_naive_reference(rng):
     X = rng.normal(size=(2, 3, 5, 7))
     mx = fn.Sequential(fn.MaxPool2d(2, stride=2, padding=1), input_shape=(3, 5, 7), dtype="float64")

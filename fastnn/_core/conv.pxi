@@ -50,7 +50,132 @@ cdef extern from *:
             a[i] = u ? q : a[i]; } }
     FASTNN_MAXPOS(float, fastnn_maxpos_f)
     FASTNN_MAXPOS(double, fastnn_maxpos_d)
+
+    /* im2col and col2im for stride 1 and no dilation where an output row is shorter than an input
+       row (no 'same' padding: LeNet-5's 14 -> 10). Short rows cost the general loops more in
+       bookkeeping than in moves, and col2im's pass for kernel column j + 1 re-read every row one
+       element off the stores of pass j, which the CPU cannot forward. Here col2im sums each input
+       row's contributions in a row of accumulators first (kernel row i, then column j, in order)
+       and adds the row to dx once; with AVX-512 in registers, the same adds lane by lane (a lane
+       outside a row adds +0.0 to a sum that starts at +0.0: no change), so every build gives the
+       same bits. FASTNN_S1_MAX_W: the widest input row col2im takes this way. */
+    #define FASTNN_S1_MAX_W 64
+    static inline int fastnn_clip(int v, int lo, int hi) { return v < lo ? lo : v > hi ? hi : v; }
+    #if defined(__AVX512F__)
+    static inline __mmask16 fastnn_lanes(int lo, int hi) {   /* lanes l with lo <= l < hi */
+        int a = fastnn_clip(lo, 0, 16), b = fastnn_clip(hi, 0, 16);
+        return b <= a ? 0 : (__mmask16)(((1u << b) - 1u) & ~((1u << a) - 1u));
+    }
+    #endif
+    #define FASTNN_IM2COL_S1(T, NAME, SIMD) \
+    static void NAME(const T* restrict x, T* restrict col, Py_ssize_t ld, int H, int W, int kh, int kw, \
+                     int ph, int pw, int Ho, int Wo, int nc) { \
+        for (int c = 0; c < nc; c++) for (int i = 0; i < kh; i++) for (int j = 0; j < kw; j++) { \
+            T* dst = col + ((Py_ssize_t)(c * kh + i) * kw + j) * ld; \
+            int off = j - pw, lo = fastnn_clip(-off, 0, Wo), hi = fastnn_clip(W - off, lo, Wo); \
+            for (int oh = 0; oh < Ho; oh++) { \
+                int ih = oh - ph + i; \
+                T* d = dst + (Py_ssize_t)oh * Wo; \
+                if (ih < 0 || ih >= H) { for (int w = 0; w < Wo; w++) d[w] = 0; continue; } \
+                const T* s = x + ((Py_ssize_t)c * H + ih) * W + off; \
+                if (SIMD) { FASTNN_IM2COL_ROW } \
+                else { for (int w = 0; w < lo; w++) d[w] = 0; \
+                       for (int w = lo; w < hi; w++) d[w] = s[w]; \
+                       for (int w = hi; w < Wo; w++) d[w] = 0; } } } }
+    #define FASTNN_COL2IM_S1(T, NAME, SIMD) \
+    static void NAME(const T* restrict col, Py_ssize_t ld, T* restrict dx, int H, int W, int kh, int kw, \
+                     int ph, int pw, int Ho, int Wo, int nc) { \
+        T acc[FASTNN_S1_MAX_W]; \
+        for (int c = 0; c < nc; c++) for (int ih = 0; ih < H; ih++) { \
+            if (SIMD) { FASTNN_COL2IM_ROW } \
+            else { \
+                for (int w = 0; w < W; w++) acc[w] = 0; \
+                for (int i = 0; i < kh; i++) { \
+                    int oh = ih + ph - i; \
+                    if (oh < 0 || oh >= Ho) continue; \
+                    for (int j = 0; j < kw; j++) { \
+                        int off = j - pw, a = fastnn_clip(off, 0, W), b = fastnn_clip(Wo + off, a, W); \
+                        const T* s = col + ((Py_ssize_t)(c * kh + i) * kw + j) * ld + (Py_ssize_t)oh * Wo - off; \
+                        for (int w = a; w < b; w++) acc[w] += s[w]; } } \
+                T* d = dx + ((Py_ssize_t)c * H + ih) * W; \
+                for (int w = 0; w < W; w++) d[w] += acc[w]; } } }
+    #if defined(__AVX512F__)
+    /* one output row in 16-lane pieces: lanes [lo, hi) from the input, the rest of [0, Wo) zero */
+    #define FASTNN_IM2COL_ROW \
+        for (int w0 = 0; w0 < Wo; w0 += 16) \
+            _mm512_mask_storeu_ps(d + w0, fastnn_lanes(0, Wo - w0), \
+                                  _mm512_maskz_loadu_ps(fastnn_lanes(lo - w0, hi - w0), s + w0));
+    /* one input row: up to 4 vectors of sums; a vector lane w takes column w - off of row oh */
+    #define FASTNN_COL2IM_ROW \
+        __m512 v[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()}; \
+        int nv = (W + 15) / 16; \
+        for (int i = 0; i < kh; i++) { \
+            int oh = ih + ph - i; \
+            if (oh < 0 || oh >= Ho) continue; \
+            for (int j = 0; j < kw; j++) { \
+                int off = j - pw, a = fastnn_clip(off, 0, W), b = fastnn_clip(Wo + off, a, W); \
+                const float* s = col + ((Py_ssize_t)(c * kh + i) * kw + j) * ld + (Py_ssize_t)oh * Wo - off; \
+                for (int q = 0; q < nv; q++) \
+                    v[q] = _mm512_add_ps(v[q], _mm512_maskz_loadu_ps(fastnn_lanes(a - 16 * q, b - 16 * q), s + 16 * q)); } } \
+        float* d = dx + ((Py_ssize_t)c * H + ih) * W; \
+        for (int q = 0; q < nv; q++) { \
+            __mmask16 m = fastnn_lanes(0, W - 16 * q); \
+            _mm512_mask_storeu_ps(d + 16 * q, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, d + 16 * q), v[q])); }
+    #elif defined(__AVX2__)
+    static inline __m256i fastnn_lanes8(int lo, int hi) {  /* lanes l with lo <= l < hi */
+        const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        return _mm256_and_si256(_mm256_cmpgt_epi32(_mm256_set1_epi32(hi), idx),
+                                _mm256_cmpgt_epi32(_mm256_add_epi32(idx, _mm256_set1_epi32(1)), _mm256_set1_epi32(lo)));
+    }
+    /* AVX2's masked stores are slow (microcoded on AMD): whole vectors, a row's last piece running
+       into the next row (written after it) unless it is the block's last row */
+    #define FASTNN_IM2COL_ROW \
+        for (int w0 = 0; w0 < Wo; w0 += 8) { \
+            __m256 v = _mm256_maskload_ps(s + w0, fastnn_lanes8(lo - w0, hi - w0)); \
+            if (w0 + 8 <= Wo || (oh + 1 < Ho && Wo >= 8)) _mm256_storeu_ps(d + w0, v); \
+            else _mm256_maskstore_ps(d + w0, fastnn_lanes8(0, Wo - w0), v); }
+    #define FASTNN_COL2IM_ROW \
+        __m256 v[8]; \
+        int nv = (W + 7) / 8; \
+        for (int q = 0; q < 8; q++) v[q] = _mm256_setzero_ps(); \
+        for (int i = 0; i < kh; i++) { \
+            int oh = ih + ph - i; \
+            if (oh < 0 || oh >= Ho) continue; \
+            for (int j = 0; j < kw; j++) { \
+                int off = j - pw, a = fastnn_clip(off, 0, W), b = fastnn_clip(Wo + off, a, W); \
+                const float* s = col + ((Py_ssize_t)(c * kh + i) * kw + j) * ld + (Py_ssize_t)oh * Wo - off; \
+                for (int q = 0; q < nv; q++) \
+                    v[q] = _mm256_add_ps(v[q], _mm256_maskload_ps(s + 8 * q, fastnn_lanes8(a - 8 * q, b - 8 * q))); } } \
+        float* d = dx + ((Py_ssize_t)c * H + ih) * W; \
+        for (int q = 0; q < nv; q++) { \
+            if (8 * q + 8 <= W) _mm256_storeu_ps(d + 8 * q, _mm256_add_ps(_mm256_loadu_ps(d + 8 * q), v[q])); \
+            else { __m256i m = fastnn_lanes8(0, W - 8 * q); \
+                   _mm256_maskstore_ps(d + 8 * q, m, _mm256_add_ps(_mm256_maskload_ps(d + 8 * q, m), v[q])); } }
+    #endif
+    #if defined(__AVX512F__) || defined(__AVX2__)
+    FASTNN_IM2COL_S1(float, fastnn_im2col_s1_f, 1)
+    FASTNN_COL2IM_S1(float, fastnn_col2im_s1_f, 1)
+    #undef FASTNN_IM2COL_ROW
+    #undef FASTNN_COL2IM_ROW
+    #endif
+    #define FASTNN_IM2COL_ROW
+    #define FASTNN_COL2IM_ROW
+    #if !defined(__AVX512F__) && !defined(__AVX2__)
+    FASTNN_IM2COL_S1(float, fastnn_im2col_s1_f, 0)
+    FASTNN_COL2IM_S1(float, fastnn_col2im_s1_f, 0)
+    #endif
+    FASTNN_IM2COL_S1(double, fastnn_im2col_s1_d, 0)
+    FASTNN_COL2IM_S1(double, fastnn_col2im_s1_d, 0)
     """
+    int FASTNN_S1_MAX_W
+    void fastnn_im2col_s1_f(const float* x, float* col, Py_ssize_t ld, int H, int W, int kh, int kw, int ph, int pw,
+                            int Ho, int Wo, int nc) noexcept nogil
+    void fastnn_im2col_s1_d(const double* x, double* col, Py_ssize_t ld, int H, int W, int kh, int kw, int ph,
+                            int pw, int Ho, int Wo, int nc) noexcept nogil
+    void fastnn_col2im_s1_f(const float* col, Py_ssize_t ld, float* dx, int H, int W, int kh, int kw, int ph, int pw,
+                            int Ho, int Wo, int nc) noexcept nogil
+    void fastnn_col2im_s1_d(const double* col, Py_ssize_t ld, double* dx, int H, int W, int kh, int kw, int ph,
+                            int pw, int Ho, int Wo, int nc) noexcept nogil
     void fastnn_maxpos_f(const float* x, const int* base, int off, int n, float* m, int* a) noexcept nogil
     void fastnn_maxpos_d(const double* x, const int* base, int off, int n, double* m, int* a) noexcept nogil
 
@@ -81,6 +206,14 @@ cdef void im2col(floating* x, floating* col, Py_ssize_t ld, Py_ssize_t* g, Py_ss
     cdef floating* src
     cdef Py_ssize_t h_lo, h_hi, t0, t1
     cdef bint flat = sh == 1 and sw == 1 and Wo == W
+    if sh == 1 and sw == 1 and dh == 1 and dw == 1 and not flat:
+        if floating is float:
+            fastnn_im2col_s1_f(x + c0 * H * W, col, ld, <int>H, <int>W, <int>kh, <int>kw, <int>ph, <int>pw,
+                               <int>Ho, <int>Wo, <int>nc)
+        else:
+            fastnn_im2col_s1_d(x + c0 * H * W, col, ld, <int>H, <int>W, <int>kh, <int>kw, <int>ph, <int>pw,
+                               <int>Ho, <int>Wo, <int>nc)
+        return
     for c in range(nc):
         xc = x + (c0 + c) * H * W
         for i in range(kh):
@@ -137,6 +270,14 @@ cdef void col2im_add(floating* col, Py_ssize_t ld, floating* dx, Py_ssize_t* g, 
     cdef floating* dst
     cdef Py_ssize_t h_lo, h_hi, t0, t1
     cdef bint flat = sh == 1 and sw == 1 and Wo == W
+    if sh == 1 and sw == 1 and dh == 1 and dw == 1 and not flat and W <= FASTNN_S1_MAX_W:
+        if floating is float:
+            fastnn_col2im_s1_f(col, ld, dx + c0 * H * W, <int>H, <int>W, <int>kh, <int>kw, <int>ph, <int>pw,
+                               <int>Ho, <int>Wo, <int>nc)
+        else:
+            fastnn_col2im_s1_d(col, ld, dx + c0 * H * W, <int>H, <int>W, <int>kh, <int>kw, <int>ph, <int>pw,
+                               <int>Ho, <int>Wo, <int>nc)
+        return
     for c in range(nc):
         dxc = dx + (c0 + c) * H * W
         for i in range(kh):
