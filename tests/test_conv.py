@@ -175,6 +175,53 @@ def test_max_pool_ties_route_to_the_first_maximum(k, s, p, dtype, rng):
     np.testing.assert_allclose(grads[0].ravel(), dW, rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("kind, hw", [("2d", (5, 9)), ("2d", (4, 70)), ("1d", (1, 37))])
+def test_pools_of_two_pick_the_first_maximum_and_let_nan_win(kind, hw, dtype, rng):
+    # max pools of 2 (x 2) with their stride (a vector path in conv.pxi): z = inf * x - inf is NaN
+    # where x > 0 and -inf where x < 0, and ties of small integers elsewhere; the routed gradient
+    # shows which of the tied inputs won
+    H, W = hw
+    X = rng.integers(-2, 3, size=(4, 2, H, W)).astype(np.float64)
+    pool = fn.MaxPool2d(2) if kind == "2d" else fn.MaxPool1d(2)
+    shape = (2,) + hw if kind == "2d" else (2, W)
+    kh = 2 if kind == "2d" else 1
+
+    def ref(z):
+        Ho, Wo = H // kh, W // 2
+        y, pos = np.empty(z.shape[:2] + (Ho, Wo)), np.empty(z.shape[:2] + (Ho, Wo), dtype=np.int64)
+        for idx in np.ndindex(y.shape):
+            n, c, i, j = idx
+            cells = [(r, q) for r in range(i * kh, i * kh + kh) for q in range(2 * j, 2 * j + 2)]
+            vals = [z[n, c, r, q] for r, q in cells]
+            nan = [t for t, v in enumerate(vals) if v != v]
+            best = nan[0] if nan else int(np.argmax(vals))
+            y[idx], pos[idx] = vals[best], cells[best][0] * W + cells[best][1]
+        return y, pos
+
+    m = fn.Sequential(fn.Conv2d(2, 1, 1) if kind == "2d" else fn.Conv1d(2, 1, 1), pool, fn.Flatten(),
+                      input_shape=shape, dtype=dtype, seed=0)
+    conv = m.layers[0]
+    conv.weight[...], conv.bias[...] = np.inf, -np.inf
+    Xn = -np.ones_like(X)
+    Xn[:, 0][rng.random(Xn[:, 0].shape) < 0.15] = 1.0
+    with np.errstate(invalid="ignore"):
+        z = np.inf * Xn[:, :1] + np.inf * Xn[:, 1:] - np.inf
+    assert np.isnan(z).any() and np.isneginf(z).any()
+    np.testing.assert_array_equal(m.forward(Xn.reshape((4,) + shape).astype(dtype)), ref(z)[0].reshape(4, -1))
+    # ties: z = x0 + x1, the gradient of x0's weight sums x0 at the winning positions
+    conv.weight[...], conv.bias[...] = 1.0, 0.0
+    z = X.sum(axis=1, keepdims=True)
+    y, pos = ref(z)
+    np.testing.assert_array_equal(m.forward(X.reshape((4,) + shape).astype(dtype)), y.reshape(4, -1))
+    T = rng.normal(size=y.reshape(4, -1).shape)
+    _, grads = m.loss_and_grad(X.reshape((4,) + shape).astype(dtype), T.astype(dtype), fn.MSE(), threads=2)
+    dy = 2 * (y.reshape(4, -1) - T) / T.size
+    want = [sum(dy[n, f] * X[n, ci].ravel()[pos.reshape(4, -1)[n, f]] for n in range(4) for f in range(dy.shape[1]))
+            for ci in range(2)]
+    np.testing.assert_allclose(grads[0].ravel(), want, rtol=1e-5, atol=1e-6)
+
+
 # ---------------------------------------------------------------- gradients
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_gradients_match_finite_differences(name, rng):
