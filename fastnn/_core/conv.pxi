@@ -59,8 +59,8 @@ cdef extern from *:
     }
     #endif
 
-    /* AVX-512, float32: max pooling over windows of kh (1 or 2) rows x 2 columns, stride kh x 2, no
-       padding (the common 2 x 2 pool, and 1-D pools of 2), 16 outputs of a row at a time: each
+    /* AVX-512 and AVX2, float32: max pooling over windows of kh (1 or 2) rows x 2 columns, stride kh x 2,
+       no padding (the common 2 x 2 pool, and 1-D pools of 2), 16 (8) outputs of a row at a time: each
        input row's even and odd columns split by permutes, the window's elements compared in
        row-major order under FASTNN_MAXPOS's rule, the argmax a position in the channel's plane.
        The general path's gathers cost LeNet-5's pools a tenth of its training time. */
@@ -99,6 +99,58 @@ cdef extern from *:
                 }
                 _mm512_mask_storeu_ps(yo + w0, out, m);
                 _mm512_mask_storeu_ps(ao + w0, out, _mm512_cvtepi32_ps(a));
+            }
+        }
+    }
+    #elif defined(__AVX2__)
+    #define FASTNN_HAS_MAXPOOL2 1
+    static inline __m256i fastnn_lanes8(int lo, int hi) {  /* lanes l with lo <= l < hi */
+        const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        return _mm256_and_si256(_mm256_cmpgt_epi32(_mm256_set1_epi32(hi), idx),
+                                _mm256_cmpgt_epi32(_mm256_add_epi32(idx, _mm256_set1_epi32(1)), _mm256_set1_epi32(lo)));
+    }
+    static inline void fastnn_max_step8(__m256 v, __m256i q, __m256* m, __m256i* a) {
+        __m256 u = _mm256_or_ps(_mm256_cmp_ps(v, *m, _CMP_GT_OQ),
+                                _mm256_and_ps(_mm256_cmp_ps(v, v, _CMP_UNORD_Q), _mm256_cmp_ps(*m, *m, _CMP_ORD_Q)));
+        *m = _mm256_blendv_ps(*m, v, u);
+        *a = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(*a), _mm256_castsi256_ps(q), u));
+    }
+    /* 16 consecutive floats -> their 8 even and 8 odd ones, in order */
+    static inline void fastnn_evenodd8(const float* p, __m256i lo, __m256i hi, __m256* ev, __m256* od) {
+        __m256 a = _mm256_maskload_ps(p, lo), b = _mm256_maskload_ps(p + 8, hi);
+        *ev = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a, b, 0x88)), 0xD8));
+        *od = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a, b, 0xDD)), 0xD8));
+    }
+    static void fastnn_maxpool2_f(const float* restrict x, float* restrict y, float* restrict arg, int C, int H,
+                                  int W, int kh, int Ho, int Wo) {
+        const __m256i ev = _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14), one = _mm256_set1_epi32(1);
+        for (int c = 0; c < C; c++) for (int oh = 0; oh < Ho; oh++) {
+            const float* r0 = x + ((Py_ssize_t)c * H + kh * oh) * W;
+            float* yo = y + ((Py_ssize_t)c * Ho + oh) * Wo;
+            float* ao = arg + ((Py_ssize_t)c * Ho + oh) * Wo;
+            int p0 = kh * oh * W;
+            for (int w0 = 0; w0 < Wo; w0 += 8) {
+                int n = Wo - w0 < 8 ? Wo - w0 : 8;
+                __m256i lo = fastnn_lanes8(0, 2 * n), hi = fastnn_lanes8(0, 2 * n - 8);
+                __m256i q = _mm256_add_epi32(_mm256_set1_epi32(p0 + 2 * w0), ev), a = q;
+                __m256 m, v;
+                fastnn_evenodd8(r0 + 2 * w0, lo, hi, &m, &v);
+                fastnn_max_step8(v, _mm256_add_epi32(q, one), &m, &a);
+                if (kh == 2) {
+                    __m256 e1, o1;
+                    __m256i q1 = _mm256_add_epi32(q, _mm256_set1_epi32(W));
+                    fastnn_evenodd8(r0 + W + 2 * w0, lo, hi, &e1, &o1);
+                    fastnn_max_step8(e1, q1, &m, &a);
+                    fastnn_max_step8(o1, _mm256_add_epi32(q1, one), &m, &a);
+                }
+                if (n == 8) {
+                    _mm256_storeu_ps(yo + w0, m);
+                    _mm256_storeu_ps(ao + w0, _mm256_cvtepi32_ps(a));
+                } else {
+                    __m256i out = fastnn_lanes8(0, n);
+                    _mm256_maskstore_ps(yo + w0, out, m);
+                    _mm256_maskstore_ps(ao + w0, out, _mm256_cvtepi32_ps(a));
+                }
             }
         }
     }
@@ -172,11 +224,6 @@ cdef extern from *:
             __mmask16 m = fastnn_lanes(0, W - 16 * q); \
             _mm512_mask_storeu_ps(d + 16 * q, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, d + 16 * q), v[q])); }
     #elif defined(__AVX2__)
-    static inline __m256i fastnn_lanes8(int lo, int hi) {  /* lanes l with lo <= l < hi */
-        const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-        return _mm256_and_si256(_mm256_cmpgt_epi32(_mm256_set1_epi32(hi), idx),
-                                _mm256_cmpgt_epi32(_mm256_add_epi32(idx, _mm256_set1_epi32(1)), _mm256_set1_epi32(lo)));
-    }
     /* AVX2's masked stores are slow (microcoded on AMD): whole vectors, a row's last piece running
        into the next row (written after it) unless it is the block's last row */
     #define FASTNN_IM2COL_ROW \
