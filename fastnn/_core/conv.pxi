@@ -162,12 +162,12 @@ cdef extern from *:
 
     /* im2col and col2im for stride 1 and no dilation where an output row is shorter than an input
        row (no 'same' padding: LeNet-5's 14 -> 10). Short rows cost the general loops more in
-       bookkeeping than in moves, and col2im's pass for kernel column j + 1 re-read every row one
-       element off the stores of pass j, which the CPU cannot forward. Here col2im sums each input
+       bookkeeping than in moves (skipped, im2col and col2im were a third of LeNet-5's training).
+       Here im2col moves each row as masked vector loads and stores, and col2im sums each input
        row's contributions in a row of accumulators first (kernel row i, then column j, in order)
-       and adds the row to dx once; with AVX-512 in registers, the same adds lane by lane (a lane
-       outside a row adds +0.0 to a sum that starts at +0.0: no change), so every build gives the
-       same bits. FASTNN_S1_MAX_W: the widest input row col2im takes this way. */
+       and adds the row to dx once; with AVX-512 or AVX2 in registers, the same adds lane by lane (a
+       lane outside a row adds +0.0 to a sum that starts at +0.0: no change), so every build gives
+       the same bits. FASTNN_S1_MAX_W: the widest input row col2im takes this way. */
     #define FASTNN_S1_MAX_W 64
     #define FASTNN_IM2COL_S1(T, NAME, SIMD) \
     static void NAME(const T* restrict x, T* restrict col, Py_ssize_t ld, int H, int W, int kh, int kw, \
