@@ -52,10 +52,9 @@ cdef extern from *:
     FASTNN_MAXPOS(double, fastnn_maxpos_d)
 
     static inline int fastnn_clip(int v, int lo, int hi) { return v < lo ? lo : v > hi ? hi : v; }
-    #if defined(__AVX512F__)
+    #if FNN_SMALL_GEMM == 1
     static inline __mmask16 fastnn_lanes(int lo, int hi) {   /* lanes l with lo <= l < hi */
-        int a = fastnn_clip(lo, 0, 16), b = fastnn_clip(hi, 0, 16);
-        return b <= a ? 0 : (__mmask16)(((1u << b) - 1u) & ~((1u << a) - 1u));
+        return fv_mask(hi) & (__mmask16)~fv_mask(lo);
     }
     #endif
 
@@ -64,7 +63,7 @@ cdef extern from *:
        input row's even and odd columns split by permutes, the window's elements compared in
        row-major order under FASTNN_MAXPOS's rule, the argmax a position in the channel's plane.
        The general path's gathers cost LeNet-5's pools a tenth of its training time. */
-    #if defined(__AVX512F__)
+    #if FNN_SMALL_GEMM == 1
     #define FASTNN_HAS_MAXPOOL2 1
     static inline void fastnn_max_step(__m512 v, __m512i q, __m512* m, __m512i* a) {
         __mmask16 u = _mm512_cmp_ps_mask(v, *m, _CMP_GT_OQ) |
@@ -102,12 +101,10 @@ cdef extern from *:
             }
         }
     }
-    #elif defined(__AVX2__)
+    #elif FNN_SMALL_GEMM == 2
     #define FASTNN_HAS_MAXPOOL2 1
     static inline __m256i fastnn_lanes8(int lo, int hi) {  /* lanes l with lo <= l < hi */
-        const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-        return _mm256_and_si256(_mm256_cmpgt_epi32(_mm256_set1_epi32(hi), idx),
-                                _mm256_cmpgt_epi32(_mm256_add_epi32(idx, _mm256_set1_epi32(1)), _mm256_set1_epi32(lo)));
+        return _mm256_andnot_si256(fv_mask(lo), fv_mask(hi));
     }
     static inline void fastnn_max_step8(__m256 v, __m256i q, __m256* m, __m256i* a) {
         __m256 u = _mm256_or_ps(_mm256_cmp_ps(v, *m, _CMP_GT_OQ),
@@ -201,7 +198,7 @@ cdef extern from *:
                         for (int w = a; w < b; w++) acc[w] += s[w]; } } \
                 T* d = dx + ((Py_ssize_t)c * H + ih) * W; \
                 for (int w = 0; w < W; w++) d[w] += acc[w]; } } }
-    #if defined(__AVX512F__)
+    #if FNN_SMALL_GEMM == 1
     /* one output row in 16-lane pieces: lanes [lo, hi) from the input, the rest of [0, Wo) zero */
     #define FASTNN_IM2COL_ROW \
         for (int w0 = 0; w0 < Wo; w0 += 16) \
@@ -223,7 +220,7 @@ cdef extern from *:
         for (int q = 0; q < nv; q++) { \
             __mmask16 m = fastnn_lanes(0, W - 16 * q); \
             _mm512_mask_storeu_ps(d + 16 * q, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, d + 16 * q), v[q])); }
-    #elif defined(__AVX2__)
+    #elif FNN_SMALL_GEMM == 2
     /* AVX2's masked stores are slow (microcoded on AMD): whole vectors, a row's last piece running
        into the next row (written after it) unless it is the block's last row */
     #define FASTNN_IM2COL_ROW \
@@ -249,7 +246,7 @@ cdef extern from *:
             else { __m256i m = fastnn_lanes8(0, W - 8 * q); \
                    _mm256_maskstore_ps(d + 8 * q, m, _mm256_add_ps(_mm256_maskload_ps(d + 8 * q, m), v[q])); } }
     #endif
-    #if defined(__AVX512F__) || defined(__AVX2__)
+    #if FNN_SMALL_GEMM
     FASTNN_IM2COL_S1(float, fastnn_im2col_s1_f, 1)
     FASTNN_COL2IM_S1(float, fastnn_col2im_s1_f, 1)
     #undef FASTNN_IM2COL_ROW
@@ -257,7 +254,7 @@ cdef extern from *:
     #endif
     #define FASTNN_IM2COL_ROW
     #define FASTNN_COL2IM_ROW
-    #if !defined(__AVX512F__) && !defined(__AVX2__)
+    #if !FNN_SMALL_GEMM
     FASTNN_IM2COL_S1(float, fastnn_im2col_s1_f, 0)
     FASTNN_COL2IM_S1(float, fastnn_col2im_s1_f, 0)
     #endif
