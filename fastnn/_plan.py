@@ -54,9 +54,11 @@ INFER_SEQ_UNIT = 64     # rows per inference unit, at least, of nets with a GRU 
 # Haswell kernels, 1 thread, CPU time): against BLAS alone 1.28x / 1.29x / 1.16x at H = 64 (batch
 # 32 / 128 / 512), 1.16x at 32/256, level (0.99-1.04x) at 128 and 512 rows of 256- and 1024-wide
 # layers; with at most 64 rows of products 128/256 lost 8%, and with every layer on them (no
-# SMALL_MIN_OUT) the 10-wide output layers cost 3-5%.
+# SMALL_MIN_OUT) the 10-wide output layers cost 3-5%. Weight gradients over up to 512 rows there (not
+# 128): at 2 threads OpenBLAS packs the batch's inputs once per gradient tile (AVX2, batch 512:
+# H = 64 / 256 / 1024 +5% / +7.5% / +5%; 1 thread +7% / +7% / +3%).
 SMALL_MIN_OUT = 16
-SMALL_LIMITS = {"avx512": (256 * 256, 512, 512, 64), "avx2": (0, 256, 128, 0), None: (0, 0, 0, 0)}
+SMALL_LIMITS = {"avx512": (256 * 256, 512, 512, 64), "avx2": (0, 256, 512, 0), None: (0, 0, 0, 0)}
 SMALL_MIN_WEIGHTS, SMALL_MAX_ROWS, SMALL_MAX_GRAD_ROWS, SMALL_GRAD_MIN_ROWS = SMALL_LIMITS[_engine.SMALL_GEMM_ISA]
 
 

@@ -249,6 +249,23 @@ def test_an_entry_has_the_same_bits_whatever_the_width_of_its_tile(M, rng):
 
 
 @needs_kernels
+@pytest.mark.parametrize("M", [16, 21, 32, 47, 48, 64])
+def test_an_entry_has_the_same_bits_whatever_the_rows_of_its_product(M, rng):
+    """A weight gradient's tile of M rows copies B's long blocks and packs D^T from a number of rows
+    on (the build's); a row of it has the bits of that row's product alone, and matches float64."""
+    K, N = 600, 8 * 64 + 9
+    D = rng.normal(size=(K, M + 3)).astype(np.float32)[:, 1:M + 1]      # strided, as dW's D^T
+    B = rng.normal(size=(K, N)).astype(np.float32)
+    C = np.empty((M, N), np.float32)
+    _engine.own_gemm("bc", D.T, B, C)
+    np.testing.assert_allclose(C, D.T.astype(np.float64) @ B, rtol=0, atol=4e-5 * np.sqrt(K))
+    for i in range(M):
+        row = np.empty((1, N), np.float32)
+        _engine.own_gemm("bc", D.T[i:i + 1], B, row)
+        np.testing.assert_array_equal(row[0], C[i])
+
+
+@needs_kernels
 def test_own_gemm_checks_shapes():
     a = np.zeros((4, 5), np.float32)
     with pytest.raises(ValueError, match="contiguous"):
