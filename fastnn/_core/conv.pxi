@@ -53,8 +53,13 @@ cdef extern from *:
 
     static inline int fastnn_clip(int v, int lo, int hi) { return v < lo ? lo : v > hi ? hi : v; }
     #if FNN_SMALL_GEMM == 1
+    /* lane masks from smallgemm.pxi's fv_mask, for the pools and the narrow-row im2col/col2im below */
     static inline __mmask16 fastnn_lanes(int lo, int hi) {   /* lanes l with lo <= l < hi */
         return fv_mask(hi) & (__mmask16)~fv_mask(lo);
+    }
+    #elif FNN_SMALL_GEMM == 2
+    static inline __m256i fastnn_lanes8(int lo, int hi) {  /* lanes l with lo <= l < hi */
+        return _mm256_andnot_si256(fv_mask(lo), fv_mask(hi));
     }
     #endif
 
@@ -103,9 +108,6 @@ cdef extern from *:
     }
     #elif FNN_SMALL_GEMM == 2
     #define FASTNN_HAS_MAXPOOL2 1
-    static inline __m256i fastnn_lanes8(int lo, int hi) {  /* lanes l with lo <= l < hi */
-        return _mm256_andnot_si256(fv_mask(lo), fv_mask(hi));
-    }
     static inline void fastnn_max_step8(__m256 v, __m256i q, __m256* m, __m256i* a) {
         __m256 u = _mm256_or_ps(_mm256_cmp_ps(v, *m, _CMP_GT_OQ),
                                 _mm256_and_ps(_mm256_cmp_ps(v, v, _CMP_UNORD_Q), _mm256_cmp_ps(*m, *m, _CMP_ORD_Q)));
