@@ -57,9 +57,12 @@ INFER_SEQ_UNIT = 64     # rows per inference unit, at least, of nets with a GRU 
 # SMALL_MIN_OUT) the 10-wide output layers cost 3-5%. Weight gradients over up to 512 rows there (not
 # 128): at 2 threads OpenBLAS packs the batch's inputs once per gradient tile (AVX2, batch 512:
 # H = 64 / 256 / 1024 +5% / +7.5% / +5%; 1 thread +7% / +7% / +3%).
+# Layers of WIDE_BIG_WEIGHTS weights or more multiply up to SMALL_BIG_MAX_ROWS rows there (AVX2, batch
+# 512, H = 1024, with the kernels' row blocks: +4-6% against BLAS).
 SMALL_MIN_OUT = 16
-SMALL_LIMITS = {"avx512": (256 * 256, 512, 512, 64), "avx2": (0, 256, 512, 0), None: (0, 0, 0, 0)}
-SMALL_MIN_WEIGHTS, SMALL_MAX_ROWS, SMALL_MAX_GRAD_ROWS, SMALL_GRAD_MIN_ROWS = SMALL_LIMITS[_engine.SMALL_GEMM_ISA]
+SMALL_LIMITS = {"avx512": (256 * 256, 512, 512, 64, 512), "avx2": (0, 256, 512, 0, 512), None: (0, 0, 0, 0, 0)}
+(SMALL_MIN_WEIGHTS, SMALL_MAX_ROWS, SMALL_MAX_GRAD_ROWS, SMALL_GRAD_MIN_ROWS,
+ SMALL_BIG_MAX_ROWS) = SMALL_LIMITS[_engine.SMALL_GEMM_ISA]
 
 
 def _next_pow2(n):
@@ -160,9 +163,9 @@ class Plan:
         op.update(kw)
         if kind == "dense":
             op["sg_grad_rows"] = SMALL_MAX_GRAD_ROWS
-            if (n_out // op["groups"] >= SMALL_MIN_OUT
-                    and (op["n_in"] // op["groups"]) * (n_out // op["groups"]) >= SMALL_MIN_WEIGHTS):
-                op["sg_rows"] = SMALL_MAX_ROWS
+            weights = (op["n_in"] // op["groups"]) * (n_out // op["groups"])
+            if n_out // op["groups"] >= SMALL_MIN_OUT and weights >= SMALL_MIN_WEIGHTS:
+                op["sg_rows"] = SMALL_BIG_MAX_ROWS if weights >= WIDE_BIG_WEIGHTS else SMALL_MAX_ROWS
             else:
                 op["sg_grad_min"] = SMALL_GRAD_MIN_ROWS
         k = len(self.ops)

@@ -22,6 +22,7 @@ def everywhere(monkeypatch):
     monkeypatch.setattr(_plan, "SMALL_MIN_WEIGHTS", 1)
     monkeypatch.setattr(_plan, "SMALL_MIN_OUT", 1)
     monkeypatch.setattr(_plan, "SMALL_MAX_ROWS", 10 ** 6)
+    monkeypatch.setattr(_plan, "SMALL_BIG_MAX_ROWS", 10 ** 6)
     monkeypatch.setattr(_plan, "SMALL_MAX_GRAD_ROWS", 10 ** 6)
 
 
@@ -136,18 +137,23 @@ def test_the_kernels_agree_with_blas(n, everywhere, monkeypatch, rng):
 @pytest.fixture
 def avx512_limits(monkeypatch):
     """The planner's limits for the AVX-512 kernels, whatever this build is."""
-    for name, v in zip(("SMALL_MIN_WEIGHTS", "SMALL_MAX_ROWS", "SMALL_MAX_GRAD_ROWS", "SMALL_GRAD_MIN_ROWS"),
-                       _plan.SMALL_LIMITS["avx512"]):
+    for name, v in zip(("SMALL_MIN_WEIGHTS", "SMALL_MAX_ROWS", "SMALL_MAX_GRAD_ROWS", "SMALL_GRAD_MIN_ROWS",
+                        "SMALL_BIG_MAX_ROWS"), _plan.SMALL_LIMITS["avx512"], strict=True):
         monkeypatch.setattr(_plan, name, v)
 
 
 def test_the_planner_takes_the_limits_of_the_build():
-    assert (_plan.SMALL_MIN_WEIGHTS, _plan.SMALL_MAX_ROWS, _plan.SMALL_MAX_GRAD_ROWS,
-            _plan.SMALL_GRAD_MIN_ROWS) == _plan.SMALL_LIMITS[_engine.SMALL_GEMM_ISA]
+    assert (_plan.SMALL_MIN_WEIGHTS, _plan.SMALL_MAX_ROWS, _plan.SMALL_MAX_GRAD_ROWS, _plan.SMALL_GRAD_MIN_ROWS,
+            _plan.SMALL_BIG_MAX_ROWS) == _plan.SMALL_LIMITS[_engine.SMALL_GEMM_ISA]
     assert _engine.SMALL_GEMM == (_engine.SMALL_GEMM_ISA is not None)
     m = fn.Sequential(fn.Dense(64, 1024), fn.ReLU(), fn.Dense(1024, 10), seed=0)
     want = (_plan.SMALL_MAX_ROWS, _plan.SMALL_MAX_GRAD_ROWS, 0)
     assert [(op["sg_rows"], op["sg_grad_rows"], op["sg_grad_min"]) for op in m._plan.ops][0] == want
+    # a layer of WIDE_BIG_WEIGHTS weights or more takes the big layers' row limit
+    big = fn.Sequential(fn.Dense(512, 512), fn.ReLU(), fn.Dense(512, 10), seed=0)
+    want = (_plan.SMALL_BIG_MAX_ROWS, _plan.SMALL_MAX_GRAD_ROWS, 0)
+    assert 512 * 512 >= _plan.WIDE_BIG_WEIGHTS
+    assert [(op["sg_rows"], op["sg_grad_rows"], op["sg_grad_min"]) for op in big._plan.ops][0] == want
 
 
 def test_the_planner_picks_big_dense_layers(avx512_limits):
@@ -299,6 +305,44 @@ def test_the_kernels_sum_in_the_same_order_whatever_the_cache_size(rng):
     for o in outs[1:]:
         for a, b in zip(o[1:], outs[0][1:]):
             np.testing.assert_array_equal(a, b)
+
+
+@needs_kernels
+def test_the_kernels_sum_in_the_same_order_whatever_the_l2_size(rng):
+    """Where A and a copy of B would not stay in the L2 cache together (fastnn._core.l2_cache_bytes),
+    A's rows go in blocks; each entry's sum is the same, so every L2 size gives the same bits, and
+    they agree with float64."""
+    from fastnn import _core
+    A = rng.normal(size=(131, 300)).astype(np.float32)
+    W = rng.normal(size=(40, 300)).astype(np.float32)
+    Wf = rng.normal(size=(300, 1024)).astype(np.float32)
+    Wi = Wf[:, :40]                 # rows 4 KB apart: the input delta's kernel copies B first
+    outs, blocks = [], []
+    try:
+        for l2 in (256 << 10, 512 << 10, 64 << 20):
+            assert _engine.set_l2_cache(l2) == l2
+            blocks.append(_engine.own_row_block(131, 40, 300))
+            C, Ci = np.empty((131, 40), np.float32), np.empty((131, 40), np.float32)
+            _engine.own_gemm("fwd", A, W, C)
+            _engine.own_gemm("bc", A, Wi, Ci)
+            outs.append((C, Ci))
+    finally:
+        _engine.set_l2_cache(_core.l2_cache_bytes() or 1 << 20)
+    assert blocks[0] < 131 and blocks[-1] == 131      # the small L2 did split the rows
+    for o in outs[1:]:
+        for a, b in zip(o, outs[0]):
+            np.testing.assert_array_equal(a, b)
+    A64 = A.astype(np.float64)
+    for got, ref in zip(outs[0], (A64 @ W.T.astype(np.float64), A64 @ Wi.astype(np.float64))):
+        np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+
+
+def test_the_l2_size_is_read_from_the_machine():
+    from fastnn import _core
+    n = _core.l2_cache_bytes()
+    assert isinstance(n, int) and n >= 0
+    if os.path.exists("/sys/devices/system/cpu/cpu0/cache/index2/size"):
+        assert n >= 64 << 10
 
 
 def test_the_l1_size_is_read_from_the_machine():

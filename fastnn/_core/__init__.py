@@ -61,17 +61,17 @@ def runnable_builds():
     return ["baseline"] + ["v3"] * all(f.get(k) for k in _V3) + ["v4"] * all(f.get(k) for k in _V4)
 
 
-def l1_data_cache_bytes():
-    """The L1 data cache of a core as the OS reports it (Linux sysfs), or 0 where it says nothing."""
+def _cache_bytes(level):
+    """A core's data (or unified) cache of ``level`` as the OS reports it (Linux sysfs), or 0."""
     base = "/sys/devices/system/cpu/cpu0/cache"
     try:
         for index in sorted(os.listdir(base)):
             d = os.path.join(base, index)
             with open(os.path.join(d, "level")) as f:
-                level = f.read().strip()
+                lv = f.read().strip()
             with open(os.path.join(d, "type")) as f:
                 kind = f.read().strip()
-            if level == "1" and kind in ("Data", "Unified"):
+            if lv == str(level) and kind in ("Data", "Unified"):
                 with open(os.path.join(d, "size")) as f:
                     size = f.read().strip().upper()
                 scale = {"K": 1 << 10, "M": 1 << 20}.get(size[-1:], 1)
@@ -81,8 +81,19 @@ def l1_data_cache_bytes():
     return 0
 
 
-# the own GEMMs' blocks sized to this CPU's L1 (their sums do not depend on it)
+def l1_data_cache_bytes():
+    """The L1 data cache of a core as the OS reports it (Linux sysfs), or 0 where it says nothing."""
+    return _cache_bytes(1)
+
+
+def l2_cache_bytes():
+    """The L2 cache of a core as the OS reports it (Linux sysfs), or 0 where it says nothing."""
+    return _cache_bytes(2)
+
+
+# the own GEMMs' blocks sized to this CPU's L1 and L2 (their sums do not depend on it)
 _engine.set_l1_cache(l1_data_cache_bytes())
+_engine.set_l2_cache(l2_cache_bytes())
 
 
 def _pick_bf16():

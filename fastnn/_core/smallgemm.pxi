@@ -21,7 +21,10 @@
 #   rows: one core, 1024x1024 layer in blocks of 128 neurons, 128 rows 223 -> 236 GFLOP/s against
 #   fnn_sgemm_nt, 512 rows 218 -> 243 (OpenBLAS 213); AVX2 at every row count. fnn_sgemm_fwd picks
 #   (fewer columns than a vector's lanes stay on fnn_sgemm_nt). fnn_pack_bt makes every block's copy
-#   at once for products that share B (inference's units), fnn_sgemm_bt_packed runs on them;
+#   at once for products that share B (inference's units), fnn_sgemm_bt_packed runs on them. Where
+#   A's rows and a copy of all of B would not stay in L2 together (512 rows against a 1024-wide
+#   layer's block of 128 neurons), fnn_sgemm_bt and fnn_sgemm_bc copy all of B once and go over A in
+#   blocks of rows that fit beside it (fnn_row_block; the L2 size from sysfs);
 # - fnn_sgemv: one row against B^T (inference on one example), B read in place; with AVX-512 the
 #   bits of fnn_sgemm_nt.
 # Each entry's sum runs in a fixed order (an FMA chain per lane, then, in fnn_sgemm_nt, a fixed tree
@@ -282,6 +285,26 @@ cdef extern from *:
         fnn_kb = kb < 2 * FV_N ? 2 * FV_N : kb > FNN_BC_KB_MAX ? FNN_BC_KB_MAX : kb;
     }
 
+    /* Rows of A per pass over the column blocks of C (fnn_sgemm_bt, fnn_sgemm_bc), where A (M x K)
+       and a copy of all of B's blocks (N x K) would not stay together in three quarters of the L2
+       cache of a core but the copy alone fills at most half of that: as many rows as fit beside the
+       copy, so that every column block finds them in L2 rather than streaming A again from L3 (AVX2,
+       one core, 512 rows against 128 x 1024 weights: +7-9% against no blocks). M otherwise. A row
+       block's products change no entry's sum. */
+    static Py_ssize_t fnn_l2 = 1 << 20;
+    static void fnn_set_l2(Py_ssize_t bytes) { fnn_l2 = bytes < (256 << 10) ? (256 << 10) : bytes; }
+    static inline Py_ssize_t fnn_row_block(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K) {
+        const Py_ssize_t NW = FV_N * FNN_BC_NV, room = fnn_l2 / 4 * 3 / (Py_ssize_t)sizeof(float);
+        const Py_ssize_t bsz = (N + NW - 1) / NW * NW * K;
+        Py_ssize_t fit, nblk, mb;
+        if (K < 1 || M * K + bsz <= room || 2 * bsz > room) return M;
+        fit = (room - bsz) / K;
+        if (fit < FNN_BC_MR) return M;
+        nblk = (M + fit - 1) / fit;
+        mb = (M + nblk - 1) / nblk;
+        return (mb + FNN_BC_MR - 1) / FNN_BC_MR * FNN_BC_MR;
+    }
+
     /* One MR x (FV_N NV) block of C (+)= op(A) B over K rows of B, op(A)[i, j] = A[i si + j sj]; columns
        [0, nc). Starts from zero, or (load) from C: a longer sum runs in blocks of rows, each chain
        going on from where the last one stopped, so every entry is one FMA chain in j order. */
@@ -350,14 +373,25 @@ cdef extern from *:
         default: FNN_BC_DISPATCH_S(, MR, K, A, SI, SJ, B, LDB, C, LDC, NC, LOAD) }
 
     /* M rows of a block of C (+)= op(A) B over K rows of B (columns [0, nc)), in fnn_bc_cut's tiles */
-    static inline void fnn_bc_rows(Py_ssize_t M, Py_ssize_t K, const float* A, Py_ssize_t si, Py_ssize_t sj,
-                                   const float* B, Py_ssize_t ldb, float* C, Py_ssize_t ldc, int nc, int load) {
+    static inline __attribute__((always_inline)) void fnn_bc_rows_in(Py_ssize_t M, Py_ssize_t K, const float* A,
+            Py_ssize_t si, Py_ssize_t sj, const float* B, Py_ssize_t ldb, float* C, Py_ssize_t ldc, int nc, int load) {
         Py_ssize_t i0;
         int mr;
         for (i0 = 0; i0 < M; i0 += mr) {
             mr = fnn_bc_cut(M - i0);
             FNN_BC_DISPATCH(mr, K, A + i0 * si, si, sj, B, ldb, C + i0 * ldc, ldc, nc, load);
         }
+    }
+    static void fnn_bc_rows(Py_ssize_t M, Py_ssize_t K, const float* A, Py_ssize_t si, Py_ssize_t sj,
+                            const float* B, Py_ssize_t ldb, float* C, Py_ssize_t ldc, int nc, int load) {
+        fnn_bc_rows_in(M, K, A, si, sj, B, ldb, C, ldc, nc, load);
+    }
+    /* the same over rows of A read in place (k contiguous) and a contiguous copy of B's block (the
+       forward's and the input delta's case), compiled for those strides: with them as variables the
+       AVX2 forward ran 1.4x slower (512 rows against 128 x 1024 weights) */
+    static __attribute__((noinline, noclone)) void fnn_bc_rows_t(Py_ssize_t M, Py_ssize_t K, const float* A,
+            Py_ssize_t lda, const float* bp, float* C, Py_ssize_t ldc, int nc, int load) {
+        fnn_bc_rows_in(M, K, A, lda, 1, bp, FV_N * FNN_BC_NV, C, ldc, nc, load);
     }
 
     /* Rows [0, M) x columns [0, kb) of op(A) as fnn_bc_rows_p reads them: tile by tile (fnn_bc_cut's
@@ -409,16 +443,21 @@ cdef extern from *:
 
     /* A thread's buffer for packed rows of op(A), grown as needed and kept for the thread's life
        (the kernels run inside the engine's parallel loops, where nothing may be allocated per step) */
+    static float* fnn_buf_get(float** buf, Py_ssize_t* cap, Py_ssize_t n) {
+        if (n > *cap) {
+            free(*buf);
+            *buf = (float*)aligned_alloc(64, (size_t)((n + 15) & ~(Py_ssize_t)15) * sizeof(float));
+            *cap = *buf ? n : 0;
+        }
+        return *buf;
+    }
     static __thread float* fnn_ap_buf = NULL;
     static __thread Py_ssize_t fnn_ap_cap = 0;
-    static float* fnn_ap_get(Py_ssize_t n) {
-        if (n > fnn_ap_cap) {
-            free(fnn_ap_buf);
-            fnn_ap_buf = (float*)aligned_alloc(64, (size_t)((n + 15) & ~(Py_ssize_t)15) * sizeof(float));
-            fnn_ap_cap = fnn_ap_buf ? n : 0;
-        }
-        return fnn_ap_buf;
-    }
+    static float* fnn_ap_get(Py_ssize_t n) { return fnn_buf_get(&fnn_ap_buf, &fnn_ap_cap, n); }
+    /* ... and for a copy of all of B's blocks, shared by blocks of rows (fnn_row_block) */
+    static __thread float* fnn_bp_buf = NULL;
+    static __thread Py_ssize_t fnn_bp_cap = 0;
+    static float* fnn_bp_get(Py_ssize_t n) { return fnn_buf_get(&fnn_bp_buf, &fnn_bp_cap, n); }
 
     /* B's rows [0, kb) x columns [0, nc) copied to bp (rows of NW) */
     static inline void fnn_copy_b(Py_ssize_t kb, int nc, const float* B, Py_ssize_t ldb, float* bp) {
@@ -430,6 +469,25 @@ cdef extern from *:
                 _mm_prefetch((const char*)(B + (j + FNN_PF_ROWS) * ldb + v), _MM_HINT_T0);
             for (v = 0; v < FNN_BC_NV; v++)
                 fv_storen(bp + j * NW + FV_N * v, fv_loadn(B + j * ldb + FV_N * v, nc - FV_N * v), FV_N);
+        }
+    }
+
+    /* All of B's column blocks at once: block n0 (rows [0, K) x columns [n0, n0 + NW)) at bp + n0 K,
+       rows of NW; row by row, so each of B's rows (4 KB apart in a 1024-wide layer, each on its own
+       page) is fetched once, not once per column block */
+    static void fnn_pack_b(Py_ssize_t K, Py_ssize_t N, const float* B, Py_ssize_t ldb, float* bp) {
+        enum { NW = FV_N * FNN_BC_NV };
+        Py_ssize_t j, n0;
+        int v;
+        for (j = 0; j < K; j++) {
+            for (v = 0; v < N; v += 16)
+                _mm_prefetch((const char*)(B + (j + FNN_PF_ROWS) * ldb + v), _MM_HINT_T0);
+            for (n0 = 0; n0 < N; n0 += NW) {
+                int nc = N - n0 < NW ? (int)(N - n0) : NW;
+                const float* b = B + j * ldb + n0;
+                for (v = 0; v < FNN_BC_NV; v++)
+                    fv_storen(bp + n0 * K + j * NW + FV_N * v, fv_loadn(b + FV_N * v, nc - FV_N * v), FV_N);
+            }
         }
     }
 
@@ -467,22 +525,53 @@ cdef extern from *:
             }
             return;
         }
-        for (n0 = 0; n0 < N; n0 += NW) {
-            int nc = N - n0 < NW ? (int)(N - n0) : NW;
-            j0 = 0;
-            do {        /* once at least: K = 0 still writes C */
-                const float* Bj = B + j0 * ldb + n0;
-                Py_ssize_t ldbj = ldb;
-                kb = K - j0;
-                if (copy) {
-                    kb = kb < KB ? kb : KB;
-                    fnn_copy_b(kb, nc, Bj, ldb, bp);
-                    Bj = bp;
-                    ldbj = NW;
+        const Py_ssize_t MB = fnn_row_block(M, N, K);
+        Py_ssize_t i0, mb;
+        float* bpa = MB < M && copy ? fnn_bp_get((N + NW - 1) / NW * NW * K) : NULL;
+        if (bpa) {
+            fnn_pack_b(K, N, B, ldb, bpa);
+            for (i0 = 0; i0 < M; i0 += MB) {
+                mb = M - i0 < MB ? M - i0 : MB;
+                for (n0 = 0; n0 < N; n0 += NW) {
+                    int nc = N - n0 < NW ? (int)(N - n0) : NW;
+                    for (j0 = 0; j0 < K; j0 += kb) {
+                        const float* bj = bpa + n0 * K + j0 * NW;
+                        kb = K - j0 < KB ? K - j0 : KB;
+                        if (sj == 1)
+                            fnn_bc_rows_t(mb, kb, A + i0 * si + j0, si, bj, C + i0 * ldc + n0, ldc, nc,
+                                          j0 > 0 || acc_c);
+                        else
+                            fnn_bc_rows(mb, kb, A + i0 * si + j0 * sj, si, sj, bj, NW, C + i0 * ldc + n0, ldc, nc,
+                                        j0 > 0 || acc_c);
+                    }
                 }
-                fnn_bc_rows(M, kb, A + j0 * sj, si, sj, Bj, ldbj, C + n0, ldc, nc, j0 > 0 || acc_c);
-                j0 += kb;
-            } while (j0 < K);
+            }
+            return;
+        }
+        for (i0 = 0; i0 < M; i0 += MB) {
+            mb = M - i0 < MB ? M - i0 : MB;
+            for (n0 = 0; n0 < N; n0 += NW) {
+                int nc = N - n0 < NW ? (int)(N - n0) : NW;
+                j0 = 0;
+                do {        /* once at least: K = 0 still writes C */
+                    const float* Bj = B + j0 * ldb + n0;
+                    Py_ssize_t ldbj = ldb;
+                    kb = K - j0;
+                    if (copy) {
+                        kb = kb < KB ? kb : KB;
+                        fnn_copy_b(kb, nc, Bj, ldb, bp);
+                        Bj = bp;
+                        ldbj = NW;
+                    }
+                    if (copy && sj == 1)
+                        fnn_bc_rows_t(mb, kb, A + i0 * si + j0, si, bp, C + i0 * ldc + n0, ldc, nc,
+                                      j0 > 0 || acc_c);
+                    else
+                        fnn_bc_rows(mb, kb, A + i0 * si + j0 * sj, si, sj, Bj, ldbj, C + i0 * ldc + n0, ldc, nc,
+                                    j0 > 0 || acc_c);
+                    j0 += kb;
+                } while (j0 < K);
+            }
         }
     }
 
@@ -503,6 +592,9 @@ cdef extern from *:
             }
     }
 
+    static void fnn_pack_bt(Py_ssize_t N, Py_ssize_t K, const float* B, Py_ssize_t ldb, float* bp);
+    static void fnn_sgemm_bt_packed(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t lda,
+                                    const float* bp, float* C, Py_ssize_t ldc);
     /* C[i, j] = sum_k A[i, k] B[j, k] (C = A B^T, B is N x K) as fnn_sgemm_bc's tiles over
        B^T, copied FNN_BC_KB x NW at a time; each entry one FMA chain in k order (A's rows read in
        place: packing them measured level for 1024-wide inputs and 5-25% slower for narrower ones) */
@@ -512,15 +604,29 @@ cdef extern from *:
         float bp[FNN_BC_KB_MAX * NW] __attribute__((aligned(64)));
         const Py_ssize_t KB = fnn_kb;
         Py_ssize_t n0, j0, kb;
-        for (n0 = 0; n0 < N; n0 += NW) {
-            int nc = N - n0 < NW ? (int)(N - n0) : NW;
-            j0 = 0;
-            do {
-                kb = K - j0 < KB ? K - j0 : KB;
-                fnn_copy_bt(kb, nc, B + n0 * ldb + j0, ldb, bp);
-                fnn_bc_rows(M, kb, A + j0, lda, 1, bp, NW, C + n0, ldc, nc, j0 > 0);
-                j0 += kb;
-            } while (j0 < K);
+        const Py_ssize_t MB = fnn_row_block(M, N, K);
+        Py_ssize_t i0, mb;
+        float* bpa = MB < M ? fnn_bp_get((N + NW - 1) / NW * NW * K) : NULL;
+        if (bpa) {
+            fnn_pack_bt(N, K, B, ldb, bpa);
+            for (i0 = 0; i0 < M; i0 += MB) {
+                mb = M - i0 < MB ? M - i0 : MB;
+                fnn_sgemm_bt_packed(mb, N, K, A + i0 * lda, lda, bpa, C + i0 * ldc, ldc);
+            }
+            return;
+        }
+        for (i0 = 0; i0 < M; i0 += MB) {
+            mb = M - i0 < MB ? M - i0 : MB;
+            for (n0 = 0; n0 < N; n0 += NW) {
+                int nc = N - n0 < NW ? (int)(N - n0) : NW;
+                j0 = 0;
+                do {
+                    kb = K - j0 < KB ? K - j0 : KB;
+                    fnn_copy_bt(kb, nc, B + n0 * ldb + j0, ldb, bp);
+                    fnn_bc_rows_t(mb, kb, A + i0 * lda + j0, lda, bp, C + i0 * ldc + n0, ldc, nc, j0 > 0);
+                    j0 += kb;
+                } while (j0 < K);
+            }
         }
     }
 
@@ -585,7 +691,7 @@ cdef extern from *:
             j0 = 0;
             do {
                 kb = K - j0 < KB ? K - j0 : KB;
-                fnn_bc_rows(M, kb, A + j0, lda, 1, bp + n0 * K + j0 * NW, NW, C + n0, ldc, nc, j0 > 0);
+                fnn_bc_rows_t(M, kb, A + j0, lda, bp + n0 * K + j0 * NW, C + n0, ldc, nc, j0 > 0);
                 j0 += kb;
             } while (j0 < K);
         }
@@ -636,6 +742,9 @@ cdef extern from *:
     #else
     static Py_ssize_t fnn_kb = 0;
     static void fnn_set_l1(Py_ssize_t bytes) { }
+    static Py_ssize_t fnn_l2 = 0;
+    static void fnn_set_l2(Py_ssize_t bytes) { }
+    static inline Py_ssize_t fnn_row_block(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K) { return M; }
     static void fnn_sgemm_bc(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t si,
                              Py_ssize_t sj, const float* B, Py_ssize_t ldb, float* C, Py_ssize_t ldc,
                              int acc_c) { }
@@ -661,6 +770,9 @@ cdef extern from *:
     void fnn_count_conv(int path, int kind) nogil
     Py_ssize_t fnn_kb
     void fnn_set_l1(Py_ssize_t bytes) nogil
+    Py_ssize_t fnn_l2
+    void fnn_set_l2(Py_ssize_t bytes) nogil
+    Py_ssize_t fnn_row_block(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K) nogil
     void fnn_sgemm_bc(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t si,
                       Py_ssize_t sj, const float* B, Py_ssize_t ldb, float* C, Py_ssize_t ldc,
                       int acc_c) nogil
@@ -681,6 +793,19 @@ def set_l1_cache(Py_ssize_t nbytes):
     if nbytes > 0:
         fnn_set_l1(nbytes)
     return fnn_kb
+
+
+def set_l2_cache(Py_ssize_t nbytes):
+    """Size the own kernels' blocks of rows to an L2 cache of ``nbytes`` per core (done once at import
+    from what the machine reports); returns the size in use (0 in a build without the kernels)."""
+    if nbytes > 0:
+        fnn_set_l2(nbytes)
+    return fnn_l2
+
+
+def own_row_block(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K):
+    """Rows of A per block in the own kernels' C = A B over an M x K A and a K x N B (M: one block)."""
+    return fnn_row_block(M, N, K)
 
 
 def own_gemm(str kind, const float[:, :] A, const float[:, :] B, float[:, :] C, bint accumulate=False):
