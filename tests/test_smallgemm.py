@@ -337,6 +337,32 @@ def test_the_kernels_sum_in_the_same_order_whatever_the_l2_size(rng):
         np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
 
 
+@needs_kernels
+def test_training_has_the_same_bits_whatever_the_l2_size(rng):
+    """300 rows against the 512-wide layer's units of 128 neurons go in blocks of rows with a 1 MB L2
+    and in one pass with a 64 MB one: the same bits on 1 and 2 threads."""
+    from fastnn import _core
+    X = rng.normal(size=(600, 64)).astype(np.float32)
+    y = rng.integers(0, 10, 600)
+    outs = []
+    try:
+        for l2 in (1 << 20, 64 << 20):
+            _engine.set_l2_cache(l2)
+            if l2 == 1 << 20:
+                assert _engine.own_row_block(300, 128, 512) < 300
+            for threads in (1, 2):
+                m = fn.Sequential(fn.Dense(64, 512), fn.ReLU(), fn.Dense(512, 512), fn.ReLU(), fn.Dense(512, 10), seed=3)
+                with counting_gemm_calls() as calls:
+                    m.fit(X, y, loss=fn.CrossEntropy(), optimizer=fn.SGD(lr=0.05, momentum=0.9), epochs=2,
+                          batch_size=300, threads=threads, seed=0, verbose=0)
+                assert calls["own", "forward"] > 0 and calls["own", "input_delta"] > 0
+                outs.append(m._params.copy())
+    finally:
+        _engine.set_l2_cache(_core.l2_cache_bytes() or 1 << 20)
+    for o in outs[1:]:
+        np.testing.assert_array_equal(o, outs[0])
+
+
 def test_the_l2_size_is_read_from_the_machine():
     from fastnn import _core
     n = _core.l2_cache_bytes()
