@@ -292,10 +292,15 @@ cdef extern from *:
        one core, 512 rows against 128 x 1024 weights: +7-9% against no blocks). M otherwise. A row
        block's products change no entry's sum. */
     static Py_ssize_t fnn_l2 = 1 << 20;
+    /* Floats in a copy of all of B's column blocks, NW columns each over its K rows (fnn_pack_b,
+       fnn_pack_bt) */
+    static Py_ssize_t fnn_bt_packed_size(Py_ssize_t N, Py_ssize_t K) {
+        const Py_ssize_t NW = FV_N * FNN_BC_NV;
+        return (N + NW - 1) / NW * NW * K;
+    }
     static void fnn_set_l2(Py_ssize_t bytes) { fnn_l2 = bytes < (256 << 10) ? (256 << 10) : bytes; }
     static inline Py_ssize_t fnn_row_block(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K) {
-        const Py_ssize_t NW = FV_N * FNN_BC_NV, room = fnn_l2 / 4 * 3 / (Py_ssize_t)sizeof(float);
-        const Py_ssize_t bsz = (N + NW - 1) / NW * NW * K;
+        const Py_ssize_t room = fnn_l2 / 4 * 3 / (Py_ssize_t)sizeof(float), bsz = fnn_bt_packed_size(N, K);
         Py_ssize_t fit, nblk, mb;
         if (K < 1 || M * K + bsz <= room || 2 * bsz > room) return M;
         fit = (room - bsz) / K;
@@ -527,27 +532,8 @@ cdef extern from *:
         }
         const Py_ssize_t MB = fnn_row_block(M, N, K);
         Py_ssize_t i0, mb;
-        float* bpa = MB < M && copy ? fnn_bp_get((N + NW - 1) / NW * NW * K) : NULL;
-        if (bpa) {
-            fnn_pack_b(K, N, B, ldb, bpa);
-            for (i0 = 0; i0 < M; i0 += MB) {
-                mb = M - i0 < MB ? M - i0 : MB;
-                for (n0 = 0; n0 < N; n0 += NW) {
-                    int nc = N - n0 < NW ? (int)(N - n0) : NW;
-                    for (j0 = 0; j0 < K; j0 += kb) {
-                        const float* bj = bpa + n0 * K + j0 * NW;
-                        kb = K - j0 < KB ? K - j0 : KB;
-                        if (sj == 1)
-                            fnn_bc_rows_t(mb, kb, A + i0 * si + j0, si, bj, C + i0 * ldc + n0, ldc, nc,
-                                          j0 > 0 || acc_c);
-                        else
-                            fnn_bc_rows(mb, kb, A + i0 * si + j0 * sj, si, sj, bj, NW, C + i0 * ldc + n0, ldc, nc,
-                                        j0 > 0 || acc_c);
-                    }
-                }
-            }
-            return;
-        }
+        float* bpa = MB < M && copy ? fnn_bp_get(fnn_bt_packed_size(N, K)) : NULL;
+        if (bpa) fnn_pack_b(K, N, B, ldb, bpa);     /* once, for every block of rows */
         for (i0 = 0; i0 < M; i0 += MB) {
             mb = M - i0 < MB ? M - i0 : MB;
             for (n0 = 0; n0 < N; n0 += NW) {
@@ -559,12 +545,16 @@ cdef extern from *:
                     kb = K - j0;
                     if (copy) {
                         kb = kb < KB ? kb : KB;
-                        fnn_copy_b(kb, nc, Bj, ldb, bp);
-                        Bj = bp;
+                        if (bpa) {
+                            Bj = bpa + n0 * K + j0 * NW;
+                        } else {
+                            fnn_copy_b(kb, nc, Bj, ldb, bp);
+                            Bj = bp;
+                        }
                         ldbj = NW;
                     }
                     if (copy && sj == 1)
-                        fnn_bc_rows_t(mb, kb, A + i0 * si + j0, si, bp, C + i0 * ldc + n0, ldc, nc,
+                        fnn_bc_rows_t(mb, kb, A + i0 * si + j0, si, Bj, C + i0 * ldc + n0, ldc, nc,
                                       j0 > 0 || acc_c);
                     else
                         fnn_bc_rows(mb, kb, A + i0 * si + j0 * sj, si, sj, Bj, ldbj, C + i0 * ldc + n0, ldc, nc,
@@ -606,7 +596,7 @@ cdef extern from *:
         Py_ssize_t n0, j0, kb;
         const Py_ssize_t MB = fnn_row_block(M, N, K);
         Py_ssize_t i0, mb;
-        float* bpa = MB < M ? fnn_bp_get((N + NW - 1) / NW * NW * K) : NULL;
+        float* bpa = MB < M ? fnn_bp_get(fnn_bt_packed_size(N, K)) : NULL;
         if (bpa) {
             fnn_pack_bt(N, K, B, ldb, bpa);
             for (i0 = 0; i0 < M; i0 += MB) {
@@ -658,11 +648,7 @@ cdef extern from *:
     /* All of fnn_sgemm_bt's transposed blocks of B (N x K) at once: block (n0, j0) at bp + n0 K + j0 NW,
        so that many products against the same B (the units of an inference call over a large batch)
        share one copy instead of making one each. fnn_sgemm_bt_packed then runs fnn_sgemm_bt's tiles
-       over them: the same bits. */
-    static Py_ssize_t fnn_bt_packed_size(Py_ssize_t N, Py_ssize_t K) {
-        const Py_ssize_t NW = FV_N * FNN_BC_NV;
-        return (N + NW - 1) / NW * NW * K;
-    }
+       over them: the same bits. (fnn_bt_packed_size, above, gives the copy's size.) */
 
     /* Rows of B per block of fnn_pack_bt's copy: rows [n0, n0 + NW) pack on their own, by
        fnn_pack_bt(nc, K, B + n0 ldb, ldb, bp + n0 K), so threads can share the packing. */
