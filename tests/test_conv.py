@@ -149,11 +149,12 @@ def _maxpool_ref(z, k, s, p):
     return y, pos
 
 
-@pytest.mark.parametrize("k,s,p", [(2, 2, 0), (3, 2, 1), (3, 1, 0)])
+@pytest.mark.parametrize("k,s,p,hw", [(2, 2, 0, (7, 9)), (3, 2, 1, (7, 9)), (3, 1, 0, (7, 9)),
+                                      (2, 2, 0, (8, 10)), (3, 3, 0, (6, 9))])   # the last two tile the input
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_max_pool_ties_route_to_the_first_maximum(k, s, p, dtype, rng):
+def test_max_pool_ties_route_to_the_first_maximum(k, s, p, hw, dtype, rng):
     # z = x0 + x1 ties often while x0, x1 differ, so the filter gradient shows which tied input won
-    N, H, W = 5, 7, 9
+    N, (H, W) = 5, hw
     X = rng.integers(0, 3, size=(N, 2, H, W)).astype(dtype)
     z = X.astype(np.float64).sum(axis=1, keepdims=True)
     y, pos = _maxpool_ref(z, k, s, p)

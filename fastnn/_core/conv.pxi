@@ -329,10 +329,12 @@ cdef void im2col(floating* x, floating* col, Py_ssize_t ld, Py_ssize_t* g, Py_ss
                     t0 = h_lo * W + w_lo
                     t1 = (h_hi - 1) * W + w_hi
                     off = (i * dh - ph) * W + off
-                    memset(dst, 0, t0 * sizeof(floating))
+                    if t0 > 0:      # no call for nothing: a 3x3 'same' layer has 18 edges a channel
+                        memset(dst, 0, t0 * sizeof(floating))
                     for ow in range(t0, t1):
                         dst[ow] = xc[ow + off]
-                    memset(dst + t1, 0, (L - t1) * sizeof(floating))
+                    if t1 < L:
+                        memset(dst + t1, 0, (L - t1) * sizeof(floating))
                     for oh in range(h_lo, h_hi):
                         for ow in range(w_lo):
                             dst[oh * Wo + ow] = 0
@@ -423,13 +425,19 @@ cdef void conv_forward(Op* o, floating* P, floating* Wk, Py_ssize_t r0, Py_ssize
     cdef floating* colg
     cdef floating* out
     cdef floating* src
+    cdef floating* dst
     cdef floating b
+    cdef bint direct
     while j0 < c:
         nb = c - j0 if c - j0 < o.sub else o.sub
         e0 = r0 + j0
         M = nb * L
+        # one example's group output (Og x L) is laid out as the product's: the product goes there
+        # and the bias is added in place, with no pass through ``tmp``
+        direct = nb == 1 and not (floating is float and o.prec == PREC_BF16)
         for gi in range(G):
             colg = Wk + o.s_e + e0 * G * K * L + gi * K * M
+            dst = (Wk + o.a_e + e0 * o.n_out + gi * Og * L) if direct else tmp
             if floating is float and o.prec == PREC_BF16:
                 colg = tmp + Og * M     # into the scratch: the op keeps a bfloat16 copy instead
             for j in range(nb):
@@ -439,16 +447,18 @@ cdef void conv_forward(Op* o, floating* P, floating* Wk, Py_ssize_t r0, Py_ssize
                 bf16_conv_forward(o, Wk, colg, M, gi, e0, tmp)
             elif floating is float and FNN_SMALL_GEMM and Og >= FNN_CONV_OWN_MIN_OUT:
                 fnn_count_conv(FNN_OWN, FNN_FWD)
-                fnn_sgemm_bc(Og, M, K, P + o.w_off + gi * Og * K, K, 1, colg, M, tmp, M, 0)
+                fnn_sgemm_bc(Og, M, K, P + o.w_off + gi * Og * K, K, 1, colg, M, dst, M, 0)
             else:
                 fnn_count_conv(FNN_BLAS, FNN_FWD)
                 gemm(c'N', c'N', <int>M, <int>Og, <int>K, <floating>1, colg, <int>M, P + o.w_off + gi * Og * K,
-                     <int>K, <floating>0, tmp, <int>M)
+                     <int>K, <floating>0, dst, <int>M)
             for j in range(nb):
                 for co in range(Og):
                     out = Wk + o.a_e + (e0 + j) * o.n_out + (gi * Og + co) * L
-                    src = tmp + co * M + j * L
+                    src = dst + co * M + j * L
                     b = P[o.b_off + gi * Og + co] if o.b_off >= 0 else 0
+                    if direct and o.b_off < 0:
+                        continue
                     for l in range(L):
                         out[l] = src[l] + b
         j0 += nb
@@ -458,7 +468,8 @@ cdef void conv_backward(Op* o, floating* P, floating* Wk, Py_ssize_t r0, Py_ssiz
                         floating* scratch) noexcept nogil:
     """Rows [r0, r0+c), a sub-block at a time: the sub-block's filter and bias gradient (into the
     partial block at its first row) and, when the input needs it, dcol = W^T dout per group, col2im
-    into the input delta. ``scratch``: the gathered delta, then the column delta."""
+    into the input delta. ``scratch``: the delta gathered from a sub-block of several examples, then
+    the column delta."""
     cdef Py_ssize_t* g = o.g
     cdef Py_ssize_t G = g[12], Cg = g[0] // G, Og = g[3] // G, K = Cg * g[4] * g[5], L = g[13] * g[14]
     cdef Py_ssize_t Cout = g[3], j0 = 0, nb, e0, M, gi, j, co
@@ -466,35 +477,43 @@ cdef void conv_backward(Op* o, floating* P, floating* Wk, Py_ssize_t r0, Py_ssiz
     cdef floating* part
     cdef floating* dx
     cdef floating* dcol
+    cdef floating* dout
     cdef double s
+    cdef bint bf16
     while j0 < c:
         nb = c - j0 if c - j0 < o.sub else o.sub
         e0 = r0 + j0
         M = nb * L
         part = Wk + o.p_e + e0 * (Cout * K + Cout)
+        bf16 = floating is float and o.prec == PREC_BF16
         if o.din_e >= 0 and not o.din_acc:
             memset(Wk + o.din_e + e0 * o.n_in, 0, nb * o.n_in * sizeof(floating))
         for gi in range(G):
             colg = Wk + o.s_e + e0 * G * K * L + gi * K * M
-            for co in range(Og):
-                for j in range(nb):
-                    memcpy(scratch + co * M + j * L, Wk + o.d_e + (e0 + j) * o.n_out + (gi * Og + co) * L,
-                           L * sizeof(floating))
+            if nb == 1 and not bf16:
+                # one example's group delta (Og x L) is already the products' operand: read in place
+                dout = Wk + o.d_e + e0 * o.n_out + gi * Og * L
+            else:
+                dout = scratch
+                for co in range(Og):
+                    for j in range(nb):
+                        memcpy(scratch + co * M + j * L, Wk + o.d_e + (e0 + j) * o.n_out + (gi * Og + co) * L,
+                               L * sizeof(floating))
             # partial[co, k] = sum over the sub-block's positions of dout[co, .] col[k, .]
             if floating is float and o.prec == PREC_BF16:
                 fnn_count_conv(FNN_BF16P, FNN_WGRAD)
                 bf16_conv_filter_grad(o, Wk, M, gi, e0, scratch, part + gi * Og * K)
             elif floating is float and FNN_SMALL_GEMM:
                 fnn_count_conv(FNN_OWN, FNN_WGRAD)
-                fnn_sgemm_fwd(Og, K, M, scratch, M, colg, M, part + gi * Og * K, K)
+                fnn_sgemm_fwd(Og, K, M, dout, M, colg, M, part + gi * Og * K, K)
             else:
                 fnn_count_conv(FNN_BLAS, FNN_WGRAD)
-                gemm(c'T', c'N', <int>K, <int>Og, <int>M, <floating>1, colg, <int>M, scratch, <int>M,
+                gemm(c'T', c'N', <int>K, <int>Og, <int>M, <floating>1, colg, <int>M, dout, <int>M,
                      <floating>0, part + gi * Og * K, <int>K)
             if o.b_off >= 0:
                 for co in range(Og):
                     s = 0
-                    red_sum(scratch + co * M, M, &s)
+                    red_sum(dout + co * M, M, &s)
                     part[Cout * K + gi * Og + co] = <floating>s
             if o.din_e >= 0:
                 dcol = scratch + Og * M
@@ -503,10 +522,10 @@ cdef void conv_backward(Op* o, floating* P, floating* Wk, Py_ssize_t r0, Py_ssiz
                     bf16_conv_col_delta(o, Wk, scratch, M, gi, dcol)
                 elif floating is float and Og < FNN_CONV_DCOL_MAX_OUT:
                     fnn_count_conv(FNN_OWN, FNN_DIN)
-                    fnn_sgemm_bc(K, M, Og, P + o.w_off + gi * Og * K, 1, K, scratch, M, dcol, M, 0)
+                    fnn_sgemm_bc(K, M, Og, P + o.w_off + gi * Og * K, 1, K, dout, M, dcol, M, 0)
                 else:
                     fnn_count_conv(FNN_BLAS, FNN_DIN)
-                    gemm(c'N', c'T', <int>M, <int>K, <int>Og, <floating>1, scratch, <int>M,
+                    gemm(c'N', c'T', <int>M, <int>K, <int>Og, <floating>1, dout, <int>M,
                          P + o.w_off + gi * Og * K, <int>K, <floating>0, dcol, <int>M)
                 for j in range(nb):
                     col2im_add(dcol + j * L, M, Wk + o.din_e + (e0 + j) * o.n_in, g, gi * Cg, Cg)
@@ -669,12 +688,28 @@ cdef void pool_backward(Op* o, floating* Wk, Py_ssize_t r0, Py_ssize_t c) noexce
     cdef floating* dx
     cdef floating* arg
     cdef floating d
+    # max windows that tile the input (no padding, stride = size): each band of windows' input rows
+    # is zeroed just before its deltas land, while it is in L1, not in a pass over the whole input
+    cdef Py_ssize_t kh = g[4], kw = g[5], band = g[4] * W, r
+    cdef bint tiles = (g[15] == POOL_MAX and not o.din_acc and g[8] == 0 and g[9] == 0 and g[6] == kh
+                       and g[7] == kw and Ho * kh == H and Wo * kw == W)
     for e in range(r0, r0 + c):
         dx = Wk + o.din_e + e * o.n_in
+        dy = Wk + o.d_e + e * o.n_out
+        if tiles:
+            arg = Wk + o.s_e + e * o.n_out
+            for ch in range(C):
+                for oh in range(Ho):
+                    r = ch * HW + oh * band
+                    for i in range(r, r + band):
+                        dx[i] = 0
+                    for q in range(ch * Ho * Wo + oh * Wo, ch * Ho * Wo + oh * Wo + Wo):
+                        i = ch * HW + <Py_ssize_t>arg[q]
+                        dx[i] = dx[i] + dy[q]
+            continue
         if not o.din_acc:
             for i in range(o.n_in):
                 dx[i] = 0
-        dy = Wk + o.d_e + e * o.n_out
         if g[15] == POOL_MAX:
             arg = Wk + o.s_e + e * o.n_out
             for ch in range(C):

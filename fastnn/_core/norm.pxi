@@ -81,7 +81,8 @@ cdef void bn_forward_batch(Op* o, double* part, Py_ssize_t n_part, Py_ssize_t ch
 
 cdef void bn_normalize(Op* o, floating* P, floating* x, floating* y, double* st, Py_ssize_t c,
                        Py_ssize_t f0, Py_ssize_t nf) noexcept nogil:
-    """y = (x - mean) * istd * g + b over c rows, channels [f0, f0+nf)."""
+    """y = (x - mean) * istd * g + b over c rows, channels [f0, f0+nf). Over positions (S > 1) as
+    y = x a + d in double, a = istd g and d = b - mean a per channel: two operations an element."""
     cdef Py_ssize_t S = o.groups, C = o.n_out // S, n = o.n_out, i, j, s, f1 = f0 + nf
     cdef double* mean = st + o.s_off
     cdef double* istd = mean + C
@@ -89,22 +90,23 @@ cdef void bn_normalize(Op* o, floating* P, floating* x, floating* y, double* st,
     cdef floating* b = (P + o.b_off) if o.b_off >= 0 else <floating*>NULL
     cdef floating* row
     cdef floating* yr
-    cdef floating gj, bj
+    cdef double a, d
     for i in range(c):
         row = x + i * n
         yr = y + i * n
         if S == 1 and g != NULL:
             for j in range(f0, f1):
                 yr[j] = <floating>((row[j] - mean[j]) * istd[j]) * g[j] + b[j]
+            continue
         elif S == 1:
             for j in range(f0, f1):
                 yr[j] = <floating>((row[j] - mean[j]) * istd[j])
-        else:
-            for j in range(f0, f1):
-                gj = g[j] if g != NULL else 1
-                bj = b[j] if b != NULL else 0
-                for s in range(S):
-                    yr[j * S + s] = <floating>((row[j * S + s] - mean[j]) * istd[j]) * gj + bj
+            continue
+        for j in range(f0, f1):
+            a = istd[j] * (g[j] if g != NULL else 1.0)
+            d = (b[j] if b != NULL else 0.0) - mean[j] * a
+            for s in range(j * S, j * S + S):
+                yr[s] = <floating>(row[s] * a + d)
 
 
 cdef void bn_eval_prepare(Op* o, floating* R, double* st) noexcept nogil:
@@ -177,8 +179,10 @@ cdef void bn_backward_batch(Op* o, double* part, Py_ssize_t n_part, Py_ssize_t c
 
 cdef void bn_dx(Op* o, floating* P, floating* Wk, double* st, Py_ssize_t r0, Py_ssize_t c) noexcept nogil:
     """Rows [r0, r0+c): dx = g istd (dy - mean(dy) - xhat mean(dy xhat)) (=|+=) into the input's
-    delta, just before the chunk's backward reads it."""
-    cdef Py_ssize_t S = o.groups, C = o.n_out // S, n = o.n_out, i, j, s, q
+    delta, just before the chunk's backward reads it. Over positions (S > 1) as dx = dy a + x b + d
+    in double, a = g istd, b = -a istd mean(dy xhat) and d = -a mean(dy) - b mean per channel: four
+    operations an element, not six."""
+    cdef Py_ssize_t S = o.groups, C = o.n_out // S, n = o.n_out, i, j, s
     cdef double* mean = st + o.s_off
     cdef double* istd = mean + C
     cdef double* s1 = istd + C
@@ -188,21 +192,27 @@ cdef void bn_dx(Op* o, floating* P, floating* Wk, double* st, Py_ssize_t r0, Py_
     cdef floating* row
     cdef floating* drow
     cdef floating* xr
-    cdef double xh, g, k
+    cdef double a, b, d, xh, k
     for i in range(c):
         row = dy + i * n
         xr = x + i * n
         drow = Wk + o.din_e + (r0 + i) * n
+        if S == 1:
+            for j in range(C):
+                xh = (xr[j] - mean[j]) * istd[j]
+                k = istd[j] * (P[o.w_off + j] if o.w_off >= 0 else 1.0) * (row[j] - s1[j] - xh * s2[j])
+                drow[j] = (drow[j] + <floating>k) if o.din_acc else <floating>k
+            continue
         for j in range(C):
-            g = istd[j] * (P[o.w_off + j] if o.w_off >= 0 else 1.0)
-            for s in range(S):
-                q = j * S + s
-                xh = (xr[q] - mean[j]) * istd[j]
-                k = g * (row[q] - s1[j] - xh * s2[j])
-                if o.din_acc:
-                    drow[q] = drow[q] + <floating>k
-                else:
-                    drow[q] = <floating>k
+            a = istd[j] * (P[o.w_off + j] if o.w_off >= 0 else 1.0)
+            b = -a * istd[j] * s2[j]
+            d = -a * s1[j] - b * mean[j]
+            if o.din_acc:
+                for s in range(j * S, j * S + S):
+                    drow[s] = drow[s] + <floating>(row[s] * a + xr[s] * b + d)
+            else:
+                for s in range(j * S, j * S + S):
+                    drow[s] = <floating>(row[s] * a + xr[s] * b + d)
 
 
 cdef void ln_forward(Op* o, floating* P, floating* Wk, Py_ssize_t r0, Py_ssize_t c) noexcept nogil:
