@@ -363,6 +363,30 @@ def test_training_has_the_same_bits_whatever_the_l2_size(rng):
         np.testing.assert_array_equal(o, outs[0])
 
 
+@needs_kernels
+def test_chunks_share_one_copy_of_the_weights_with_the_same_bits(rng):
+    """At batch 1031 the 200-wide and 333-wide layers run in 9 chunks of up to 128 rows, whose forward
+    products share one copy of each layer's weights in the kernel's blocks, renewed by the optimizer's
+    tiles after every step: the same bits as every chunk copying its own, on 1, 2 and 3 threads."""
+    X = rng.normal(size=(2062, 333)).astype(np.float32)
+    y = rng.integers(0, 10, 2062)
+    outs = {}
+    try:
+        for on in (True, False):
+            _engine.shared_weight_copies_on(on)
+            for threads in (1, 2, 3):
+                m = fn.Sequential(fn.Dense(333, 200), fn.ReLU(), fn.Dense(200, 333), fn.Tanh(), fn.Dense(333, 10),
+                                  seed=3)
+                m.fit(X, y, loss=fn.CrossEntropy(), optimizer=fn.Adam(lr=1e-3), epochs=2, batch_size=1031,
+                      threads=threads, seed=0, verbose=0)
+                assert _engine.last_shared_weight_copies() == (2 if on else 0)
+                outs[on, threads] = m._params.copy()
+    finally:
+        _engine.shared_weight_copies_on(True)
+    for key, params in outs.items():
+        np.testing.assert_array_equal(params, outs[True, 1], err_msg=str(key))
+
+
 def test_the_l2_size_is_read_from_the_machine():
     from fastnn import _core
     n = _core.l2_cache_bytes()

@@ -55,6 +55,9 @@ from libc.string cimport memcpy, memset
 from libc.stdint cimport uint64_t, int64_t
 from scipy.linalg.cython_blas cimport sgemm, dgemm
 
+cdef extern from "<stdlib.h>" nogil:
+    void* aligned_alloc(size_t alignment, size_t size)
+
 import numpy as np
 
 # ---------------------------------------------------------------- codes (shared with the Python side)
@@ -200,6 +203,8 @@ cdef struct Op:
     Py_ssize_t ob_k           # ... the width of a row of those products
     Py_ssize_t wf_e, wb_e     # its weights' panels (forward, backward), at the work buffer's end
     Py_ssize_t bw             # rows of a work-buffer block (the batch, rounded up to 32)
+    float* wt                 # Dense, float32 training: its weights in fnn_pack_bt's copy, shared by the
+                              # step's chunks (Net.wt); NULL: each product copies its own blocks
 
 
 cdef struct Phase:
@@ -232,6 +237,7 @@ cdef struct Net:
     Py_ssize_t ib_e, iv_e, ib_k   # the input's bfloat16 copies (as Op.ob_e, ov_e, ob_k); -1 none
     void* tsc                 # per-thread scratch of the gradient tiles (bfloat16 packing, after the
     Py_ssize_t tsc_n          # panels), or NULL; bfloat16 values per thread
+    float* wt                 # the Dense ops' shared copies of their weights (Op.wt), or NULL
 
 
 include "bf16.pxi"
@@ -730,6 +736,8 @@ cdef void tile_update(Net* net, Tile* T, floating* Wk, floating* P, floating* G,
             red_sumsq(old, n, &w2)
     if floating is float and o.prec == PREC_BF16:
         bf16_pack_op(o, P, Wk, T.r0, T.nr)
+    if floating is float and o.wt != NULL:
+        fnn_pack_bt_rows(T.r0, T.nr, o.n_in, P + o.w_off, o.n_in, o.wt)
     if dg != NULL:
         acc[0] += sa
         acc[1] += s2
@@ -768,6 +776,7 @@ cdef Net* net_new(const int64_t[:, ::1] ops, const double[:, ::1] opsf, const in
     net.ib_k = bf16[3] if bf16 is not None else 0
     net.tsc = NULL
     net.tsc_n = bf16[6] if bf16 is not None else 0
+    net.wt = NULL
     net.ops = <Op*>malloc((n + 1) * sizeof(Op))
     net.ph = <Phase*>malloc((net.n_ph + 1) * sizeof(Phase))
     net.tiles = <Tile*>malloc((net.n_tiles + 1) * sizeof(Tile))
@@ -823,6 +832,7 @@ cdef Net* net_new(const int64_t[:, ::1] ops, const double[:, ::1] opsf, const in
         net.ops[k].wf_e = 2 * pb_e + ops[k, 60] if ops[k, 60] >= 0 else -1
         net.ops[k].wb_e = 2 * pb_e + ops[k, 61] if ops[k, 61] >= 0 else -1
         net.ops[k].bw = B
+        net.ops[k].wt = NULL
         if net.ops[k].kind == OP_RNN:
             rnn_setup(&net.ops[k], B)
         net.ops[k].act_param = opsf[k, 0]
@@ -866,7 +876,85 @@ cdef void net_free(Net* net) noexcept:
         free(net.ph)
         free(net.tiles)
         free(net.part)
+        free(net.wt)
         free(net)
+
+
+cdef bint share_weights_on = True
+cdef Py_ssize_t last_shared = 0
+
+
+def shared_weight_copies_on(bint on):
+    """Turn the shared copies of shared_weight_copies on or off (for tests: the same bits either
+    way); returns the previous setting."""
+    global share_weights_on
+    prev = share_weights_on
+    share_weights_on = on
+    return prev
+
+
+def last_shared_weight_copies():
+    """The Dense ops that shared one copy of their weights in the last run_steps call."""
+    return last_shared
+
+
+cdef bint shares_weights(Net* net, int k, Py_ssize_t batch_size) noexcept nogil:
+    """Whether Dense op k's forward runs fnn_sgemm_bt over eight chunks a step or more (float32 plans)."""
+    cdef Op* o = &net.ops[k]
+    cdef int p
+    # with fewer chunks the copy, read from L2 by few rows, costs more than the chunks' own copies
+    # (Intel Xeon held to AVX2, MLP H = 64: batch 32 in 2 chunks -11%, 64 in 4 -4%, 128 in 8 +4%,
+    # 512 in 32 +8%)
+    if (not share_weights_on or not FNN_SMALL_GEMM or net.chunk <= 0 or batch_size < 8 * net.chunk
+            or o.kind != OP_DENSE
+            or o.prec == PREC_BF16 or o.groups != 1 or o.sg_rows < net.chunk
+            or not fnn_fwd_uses_bt(net.chunk, o.n_out)):
+        return False
+    for p in range(net.n_ph):
+        if net.ph[p].kind == PH_WIDE_FWD and net.ph[p].op == k:
+            return False
+    return True
+
+
+cdef bint shared_weight_copies(Net* net, Py_ssize_t batch_size) noexcept:
+    """Give each Dense op of shares_weights one copy of its weights in fnn_sgemm_bt's transposed
+    blocks (Op.wt), made once per call and renewed by the optimizer's tiles, so that a step's chunks
+    share it rather than each transposing every block again (the same bits). False: no memory."""
+    global last_shared
+    cdef Py_ssize_t total = 0
+    cdef int k
+    last_shared = 0
+    for k in range(net.n_ops):
+        if shares_weights(net, k, batch_size):
+            total += fnn_bt_packed_size(net.ops[k].n_out, net.ops[k].n_in)
+    if total == 0:
+        return True
+    net.wt = <float*>aligned_alloc(64, (total * sizeof(float) + 63) // 64 * 64)
+    if net.wt == NULL:
+        return False
+    total = 0
+    for k in range(net.n_ops):
+        if shares_weights(net, k, batch_size):
+            net.ops[k].wt = net.wt + total
+            total += fnn_bt_packed_size(net.ops[k].n_out, net.ops[k].n_in)
+            last_shared += 1
+    return True
+
+
+cdef void pack_shared_weights(Net* net, float* P, int n_threads) noexcept nogil:
+    """Every Op.wt copy from P, a block of rows at a time (the blocks are independent)."""
+    cdef Py_ssize_t nw = fnn_bt_block_rows(), b, N
+    cdef int k
+    cdef Op* o
+    if net.wt == NULL:
+        return
+    for k in range(net.n_ops):
+        o = &net.ops[k]
+        if o.wt == NULL:
+            continue
+        N = o.n_out
+        for b in prange((N + nw - 1) // nw, schedule='static', num_threads=n_threads):
+            fnn_pack_bt_rows(b * nw, nw if (b + 1) * nw <= N else N - b * nw, o.n_in, P + o.w_off, o.n_in, o.wt)
 
 
 # ---------------------------------------------------------------- drivers
@@ -925,6 +1013,9 @@ def run_steps(const int64_t[:, ::1] ops, const double[:, ::1] opsf, const int64_
     cdef Net* net = net_new(ops, opsf, phases, tiles, batch_size, chunk, x_cols, bf16)
     if net.tsc_n > 0:
         net.tsc = <void*>bf16_thread_space(net, <float*>&work[0])
+    if floating is float and not shared_weight_copies(net, batch_size):
+        net_free(net)
+        raise MemoryError()
     cdef Ctx cx
     cdef Py_ssize_t s, b0, bsz, ti, i, blk, p0, pn, k
     cdef double norm, tot, inv_norm, sq, gnorm, coef
@@ -1041,6 +1132,7 @@ def run_steps(const int64_t[:, ::1] ops, const double[:, ::1] opsf, const int64_
         with nogil:
             if floating is float:
                 bf16_pack_all(net, P, Wk, n_threads)
+                pack_shared_weights(net, P, n_threads)
             for s in range(n_steps):
                 b0 = s * batch_size
                 bsz = batch_size if b0 + batch_size <= N else N - b0

@@ -2,7 +2,9 @@
 # the whole batch (wide layers: W is packed once per step, not once per chunk). In float32, products
 # over at most ``sg_rows`` rows and weight gradients over ``sg_grad_min`` to ``sg_grad_rows`` rows
 # (the planner's choice, from the shapes) run on smallgemm.pxi's kernels, the rest on BLAS. The
-# bias and the activation are the op's tail (see _engine.pyx), the input delta its backward. A
+# bias and the activation are the op's tail (see _engine.pyx), the input delta its backward. Where
+# a training step's chunks each multiply by a layer's weights on fnn_sgemm_bt, they share one copy of
+# W in that kernel's transposed blocks (Op.wt), renewed by the optimizer's tiles. A
 # Dense on per-example input (..., in_features) has ``groups`` rows per example (one per leading
 # index, e.g. a time step): n_in and n_out are per example, the matrix products run over c * groups
 # rows. An op whose operand type is bfloat16 (``prec``, precision="bf16-mixed") multiplies on
@@ -13,7 +15,10 @@ cdef inline void dense_rows(Op* o, floating* P, floating* x, floating* z, Py_ssi
     cdef Py_ssize_t K = o.n_in // o.groups, N = o.n_out // o.groups
     if floating is float and c * o.groups <= o.sg_rows:
         fnn_count(FNN_OWN, FNN_FWD)
-        fnn_sgemm_fwd(c * o.groups, N, K, x, K, P + o.w_off, K, z, N)
+        if o.wt != NULL and fnn_fwd_uses_bt(c * o.groups, N):
+            fnn_sgemm_bt_shared(c * o.groups, N, K, x, K, o.wt, z, N)
+        else:
+            fnn_sgemm_fwd(c * o.groups, N, K, x, K, P + o.w_off, K, z, N)
         return
     fnn_count(FNN_BLAS, FNN_FWD)
     gemm(c'T', c'N', <int>N, <int>(c * o.groups), <int>K, <floating>1, P + o.w_off, <int>K, x, <int>K,

@@ -683,6 +683,30 @@ cdef extern from *:
         }
     }
 
+    /* Rows [r0, r0 + nr) of B (N x K) into fnn_pack_bt's copy of all of B, each row into its block's
+       lanes (rows of any range: an optimizer tile renews the rows it has just updated) */
+    static void fnn_pack_bt_rows(Py_ssize_t r0, Py_ssize_t nr, Py_ssize_t K, const float* B, Py_ssize_t ldb,
+                                 float* bp) {
+        enum { NW = FV_N * FNN_BC_NV };
+        Py_ssize_t n = r0, e, bs;
+        while (n < r0 + nr) {
+            bs = n / NW * NW;
+            e = bs + NW < r0 + nr ? bs + NW : r0 + nr;
+            fnn_pack_bt(e - n, K, B + n * ldb, ldb, bp + bs * K + (n - bs));
+            n = e;
+        }
+    }
+
+    /* C = A B^T over fnn_pack_bt's copy of B, in fnn_sgemm_bt's blocks of rows: fnn_sgemm_bt's bits
+       without its copy (a training step's chunks share one copy of a layer's weights) */
+    static void fnn_sgemm_bt_shared(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t lda,
+                                    const float* bp, float* C, Py_ssize_t ldc) {
+        const Py_ssize_t MB = fnn_row_block(M, N, K);
+        Py_ssize_t i0;
+        for (i0 = 0; i0 < M; i0 += MB)
+            fnn_sgemm_bt_packed(M - i0 < MB ? M - i0 : MB, N, K, A + i0 * lda, lda, bp, C + i0 * ldc, ldc);
+    }
+
     /* y[j] = sum_k x[k] W[j, k], j < N: one row against a layer's weights (inference on one example),
        FV_N rows of W at a time, each entry an FV_N-lane FMA chain over k, then a fixed tree over the
        lanes. AVX-512: fnn_hsum16's tree, so every entry has the bits fnn_sgemm_nt gives that row in a
@@ -743,6 +767,10 @@ cdef extern from *:
     static void fnn_pack_bt(Py_ssize_t N, Py_ssize_t K, const float* B, Py_ssize_t ldb, float* bp) { }
     static void fnn_sgemm_bt_packed(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t lda,
                                     const float* bp, float* C, Py_ssize_t ldc) { }
+    static void fnn_pack_bt_rows(Py_ssize_t r0, Py_ssize_t nr, Py_ssize_t K, const float* B, Py_ssize_t ldb,
+                                 float* bp) { }
+    static void fnn_sgemm_bt_shared(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t lda,
+                                    const float* bp, float* C, Py_ssize_t ldc) { }
     #endif
     """
     int FNN_SMALL_GEMM
@@ -770,6 +798,10 @@ cdef extern from *:
     Py_ssize_t fnn_bt_block_rows() nogil
     void fnn_pack_bt(Py_ssize_t N, Py_ssize_t K, const float* B, Py_ssize_t ldb, float* bp) nogil
     void fnn_sgemm_bt_packed(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t lda,
+                             const float* bp, float* C, Py_ssize_t ldc) nogil
+    void fnn_pack_bt_rows(Py_ssize_t r0, Py_ssize_t nr, Py_ssize_t K, const float* B, Py_ssize_t ldb,
+                          float* bp) nogil
+    void fnn_sgemm_bt_shared(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t lda,
                              const float* bp, float* C, Py_ssize_t ldc) nogil
 
 
