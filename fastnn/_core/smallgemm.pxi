@@ -585,6 +585,8 @@ cdef extern from *:
     static void fnn_pack_bt(Py_ssize_t N, Py_ssize_t K, const float* B, Py_ssize_t ldb, float* bp);
     static void fnn_sgemm_bt_packed(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t lda,
                                     const float* bp, float* C, Py_ssize_t ldc);
+    static void fnn_sgemm_bt_shared(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t lda,
+                                    const float* bp, float* C, Py_ssize_t ldc);
     /* C[i, j] = sum_k A[i, k] B[j, k] (C = A B^T, B is N x K) as fnn_sgemm_bc's tiles over
        B^T, copied FNN_BC_KB x NW at a time; each entry one FMA chain in k order (A's rows read in
        place: packing them measured level for 1024-wide inputs and 5-25% slower for narrower ones) */
@@ -599,10 +601,7 @@ cdef extern from *:
         float* bpa = MB < M ? fnn_bp_get(fnn_bt_packed_size(N, K)) : NULL;
         if (bpa) {
             fnn_pack_bt(N, K, B, ldb, bpa);
-            for (i0 = 0; i0 < M; i0 += MB) {
-                mb = M - i0 < MB ? M - i0 : MB;
-                fnn_sgemm_bt_packed(mb, N, K, A + i0 * lda, lda, bpa, C + i0 * ldc, ldc);
-            }
+            fnn_sgemm_bt_shared(M, N, K, A, lda, bpa, C, ldc);
             return;
         }
         for (i0 = 0; i0 < M; i0 += MB) {
