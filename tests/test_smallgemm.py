@@ -272,6 +272,27 @@ def test_an_entry_has_the_same_bits_whatever_the_rows_of_its_product(M, rng):
 
 
 @needs_kernels
+@pytest.mark.parametrize("M", [63, 64, 65, 130])
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_an_input_delta_row_has_the_same_bits_whatever_the_rows_of_its_product(M, accumulate, rng):
+    """An input delta D W over M rows of D read in place, B's blocks short (K within one block) and
+    its rows not 4 KB apart: from a number of rows on (the build's) B's blocks are copied; a row has
+    the bits of that row's product alone, and matches float64."""
+    K, N = 256, 3 * 24 + 5 + 64
+    D = rng.normal(size=(M, K)).astype(np.float32)
+    W = rng.normal(size=(K, N)).astype(np.float32)
+    C0 = rng.normal(size=(M, N)).astype(np.float32)
+    C = C0.copy()
+    _engine.own_gemm("bc", D, W, C, accumulate=accumulate)
+    want = D.astype(np.float64) @ W + (C0 if accumulate else 0)
+    np.testing.assert_allclose(C, want, rtol=0, atol=4e-5 * np.sqrt(K))
+    for i in range(M):
+        row = C0[i:i + 1].copy()
+        _engine.own_gemm("bc", D[i:i + 1], W, row, accumulate=accumulate)
+        np.testing.assert_array_equal(row[0], C[i])
+
+
+@needs_kernels
 def test_own_gemm_checks_shapes():
     a = np.zeros((4, 5), np.float32)
     with pytest.raises(ValueError, match="contiguous"):

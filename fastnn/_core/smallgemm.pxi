@@ -68,6 +68,7 @@ cdef extern from *:
     #define FNN_BC_KB 128         /* rows of a block of B (32 KB); fnn_set_l1 sizes it to the CPU's L1 */
     #define FNN_BC_KB_MAX 256
     #define FNN_BC_PACK_ROWS 48   /* fewer rows of C: the copy of a long B costs more than it saves (32/256: -3%) */
+    #define FNN_BC_COPY_ROWS 0    /* no copy of B's short blocks for rows of A read in place (MLP 512/256 level) */
     #ifndef FNN_BC_APACK_ROWS
     #define FNN_BC_APACK_ROWS 48
     #endif
@@ -226,6 +227,11 @@ cdef extern from *:
        columns. Intel Xeon, one core, 32 rows x 784 over 512 examples 80 -> 104 GFLOP/s (64 rows
        112); held to AVX2, 2 threads, MLP 512/64 +9%, 128/64 +4%, the other cells level. */
     #define FNN_BC_PACK_ROWS 16
+    /* From 64 rows of A read in place (k contiguous: the input delta D W) on, B's blocks are copied
+       even where they are short and their rows not 4 KB apart, so that the tiles run compiled for
+       contiguous strides (fnn_bc_rows_t; with strides as variables they ran at 0.8x). Intel Xeon held
+       to AVX2, 2 threads, MLP 512/256 +4-8%, 512/64 and 128/64 +2%; 32 rows lost 7%, so not there. */
+    #define FNN_BC_COPY_ROWS 64
     #ifndef FNN_BC_APACK_ROWS
     #define FNN_BC_APACK_ROWS 16
     #endif
@@ -502,7 +508,8 @@ cdef extern from *:
        they all fall into the same few L1 sets; Intel Xeon, one core, 1024x1024 input delta over 32
        rows 41 -> 100 GFLOP/s, over 256 +5-15%) or, for FNN_BC_PACK_ROWS rows of C or more, where K is
        longer than a block (NW columns of B over all K rows would not stay in L1 while every tile of
-       C passes over them); elsewhere the copy only cost time (32/256: 3-6%). From FNN_BC_APACK_ROWS
+       C passes over them), or (AVX2) from FNN_BC_COPY_ROWS rows of A read in place on; elsewhere the
+       copy only cost time (32/256: 3-6%). From FNN_BC_APACK_ROWS
        rows and 8 column blocks on, op(A) is packed too where it is a transposed view (the weight
        gradient's D^T: each broadcast otherwise reads a new row of D) or its rows are 4 KB apart, a
        block of FNN_BC_KB columns at a time shared by every column block of C, so the broadcasts
@@ -514,7 +521,8 @@ cdef extern from *:
         float bp[FNN_BC_KB_MAX * NW] __attribute__((aligned(64)));
         const Py_ssize_t KB = fnn_kb;
         Py_ssize_t n0, j0, kb;
-        int copy = ldb % 1024 == 0 || (M >= FNN_BC_PACK_ROWS && K > KB);
+        int copy = ldb % 1024 == 0 || (M >= FNN_BC_PACK_ROWS && K > KB) ||
+                   (FNN_BC_COPY_ROWS && sj == 1 && M >= FNN_BC_COPY_ROWS);
         float* ap = M >= FNN_BC_APACK_ROWS && N >= 8 * NW && K > 0 && (sj != 1 || si % 1024 == 0) ?
                     fnn_ap_get(M * (K < KB ? K : KB)) : NULL;
         if (ap) {
