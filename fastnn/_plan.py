@@ -12,7 +12,7 @@ Choices, each measured on the benchmark grid:
   (forward) and input features (backward), so its weights are packed once per step rather than
   once per chunk of examples.
 - In float32 (AVX-512 and AVX2 builds), a Dense layer of at least ``SMALL_MIN_WEIGHTS`` weights
-  multiplies products over at most ``SMALL_MAX_ROWS`` rows with fastnn/_core/smallgemm.pxi's
+  and ``SMALL_MIN_OUT`` outputs multiplies products over at most ``SMALL_MAX_ROWS`` rows with fastnn/_core/smallgemm.pxi's
   kernels, which do not pack both operands on every call as BLAS does (AVX-512: 784x256 layers at
   batch 32: +30% per epoch; 1024-wide layers at batch 512: +2-6%); longer products and float64
   stay on BLAS. Smaller Dense layers sum their weight gradients there over ``SMALL_GRAD_MIN_ROWS``
@@ -53,16 +53,17 @@ INFER_SEQ_UNIT = 64     # rows per inference unit, at least, of nets with a GRU 
 # products stay on BLAS) to SMALL_MAX_GRAD_ROWS rows. AVX2 (Intel Xeon held to AVX2, OpenBLAS's
 # Haswell kernels, 1 thread, CPU time): against BLAS alone 1.28x / 1.29x / 1.16x at H = 64 (batch
 # 32 / 128 / 512), 1.16x at 32/256, level (0.99-1.04x) at 128 and 512 rows of 256- and 1024-wide
-# layers; with at most 64 rows of products 128/256 lost 8%, and with every layer on them (no
-# SMALL_MIN_OUT) the 10-wide output layers cost 3-5%. Weight gradients over up to 512 rows there (not
-# 128): at 2 threads OpenBLAS packs the batch's inputs once per gradient tile (AVX2, batch 512:
-# H = 64 / 256 / 1024 +5% / +7.5% / +5%; 1 thread +7% / +7% / +3%).
+# layers; with at most 64 rows of products 128/256 lost 8%. Every AVX2 layer multiplies there,
+# the 10-wide output layers too (no SMALL_MIN_OUT: the tiles are only as wide as the columns; 2
+# threads, MLP grid +1-3% in every cell, BatchNorm MLP +3.5%, the conv nets +1-2.5%). Weight
+# gradients over up to 512 rows there (not 128): at 2 threads OpenBLAS packs the batch's inputs once
+# per gradient tile (AVX2, batch 512: H = 64 / 256 / 1024 +5% / +7.5% / +5%; 1 thread +7% / +7% / +3%).
 # Layers of WIDE_BIG_WEIGHTS weights or more multiply up to SMALL_BIG_MAX_ROWS rows there (AVX2, batch
 # 512, H = 1024, with the kernels' row blocks: +4-6% against BLAS).
-SMALL_MIN_OUT = 16
-SMALL_LIMITS = {"avx512": (256 * 256, 512, 512, 64, 512), "avx2": (0, 256, 512, 0, 512), None: (0, 0, 0, 0, 0)}
+SMALL_LIMITS = {"avx512": (256 * 256, 512, 512, 64, 512, 16), "avx2": (0, 256, 512, 0, 512, 1),
+                None: (0, 0, 0, 0, 0, 16)}
 (SMALL_MIN_WEIGHTS, SMALL_MAX_ROWS, SMALL_MAX_GRAD_ROWS, SMALL_GRAD_MIN_ROWS,
- SMALL_BIG_MAX_ROWS) = SMALL_LIMITS[_engine.SMALL_GEMM_ISA]
+ SMALL_BIG_MAX_ROWS, SMALL_MIN_OUT) = SMALL_LIMITS[_engine.SMALL_GEMM_ISA]
 
 
 def _next_pow2(n):

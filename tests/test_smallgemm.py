@@ -134,17 +134,29 @@ def test_the_kernels_agree_with_blas(n, everywhere, monkeypatch, rng):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * np.abs(b).max())
 
 
-@pytest.fixture
-def avx512_limits(monkeypatch):
-    """The planner's limits for the AVX-512 kernels, whatever this build is."""
-    for name, v in zip(("SMALL_MIN_WEIGHTS", "SMALL_MAX_ROWS", "SMALL_MAX_GRAD_ROWS", "SMALL_GRAD_MIN_ROWS",
-                        "SMALL_BIG_MAX_ROWS"), _plan.SMALL_LIMITS["avx512"], strict=True):
+LIMIT_NAMES = ("SMALL_MIN_WEIGHTS", "SMALL_MAX_ROWS", "SMALL_MAX_GRAD_ROWS", "SMALL_GRAD_MIN_ROWS",
+               "SMALL_BIG_MAX_ROWS", "SMALL_MIN_OUT")
+
+
+def _limits(monkeypatch, isa):
+    for name, v in zip(LIMIT_NAMES, _plan.SMALL_LIMITS[isa], strict=True):
         monkeypatch.setattr(_plan, name, v)
 
 
+@pytest.fixture
+def avx512_limits(monkeypatch):
+    """The planner's limits for the AVX-512 kernels, whatever this build is."""
+    _limits(monkeypatch, "avx512")
+
+
+@pytest.fixture
+def avx2_limits(monkeypatch):
+    """The planner's limits for the AVX2 kernels, whatever this build is."""
+    _limits(monkeypatch, "avx2")
+
+
 def test_the_planner_takes_the_limits_of_the_build():
-    assert (_plan.SMALL_MIN_WEIGHTS, _plan.SMALL_MAX_ROWS, _plan.SMALL_MAX_GRAD_ROWS, _plan.SMALL_GRAD_MIN_ROWS,
-            _plan.SMALL_BIG_MAX_ROWS) == _plan.SMALL_LIMITS[_engine.SMALL_GEMM_ISA]
+    assert tuple(getattr(_plan, name) for name in LIMIT_NAMES) == _plan.SMALL_LIMITS[_engine.SMALL_GEMM_ISA]
     assert _engine.SMALL_GEMM == (_engine.SMALL_GEMM_ISA is not None)
     m = fn.Sequential(fn.Dense(64, 1024), fn.ReLU(), fn.Dense(1024, 10), seed=0)
     want = (_plan.SMALL_MAX_ROWS, _plan.SMALL_MAX_GRAD_ROWS, 0)
@@ -192,6 +204,24 @@ def test_small_layers_sum_weight_gradients_on_the_kernels_from_64_rows(n, on_ker
         assert calls["blas", "weight_grad"] == 0
     else:
         assert calls["own", "weight_grad"] == 0
+
+
+@needs_kernels
+def test_with_the_avx2_limits_every_dense_layer_multiplies_on_the_kernels(avx2_limits, rng):
+    """The AVX2 limits put every float32 Dense layer's products on the kernels, a 5-wide output
+    layer too, and they come out close to float64."""
+    X = rng.normal(size=(70, 37))
+    y = rng.integers(0, 5, 70)
+    m32, m64 = _pair(_chunked)
+    with counting_gemm_calls() as calls:
+        _, g32 = m32.loss_and_grad(X.astype(np.float32), y, fn.CrossEntropy(), threads=2)
+    _, g64 = m64.loss_and_grad(X, y, fn.CrossEntropy(), threads=2)
+    for (name, _), a, b in zip(m64.named_parameters(), g32, g64):
+        np.testing.assert_allclose(a, b, rtol=0, atol=2e-5 * max(np.abs(b).max(), 1e-3), err_msg=name)
+    n_dense = sum(op["kind"] == _plan.OP["dense"] for op in m32._plan.ops)
+    assert min(op["n_out"] for op in m32._plan.ops if op["kind"] == _plan.OP["dense"]) == 5
+    assert calls["own", "forward"] >= n_dense
+    assert calls["blas", "forward"] == calls["blas", "input_delta"] == calls["blas", "weight_grad"] == 0
 
 
 @needs_kernels
@@ -400,7 +430,10 @@ def test_chunks_share_one_copy_of_the_weights_with_the_same_bits(rng):
                                   seed=3)
                 m.fit(X, y, loss=fn.CrossEntropy(), optimizer=fn.Adam(lr=1e-3), epochs=2, batch_size=1031,
                       threads=threads, seed=0, verbose=0)
-                assert _engine.last_shared_weight_copies() == (2 if on else 0)
+                # and the 10-wide output layer where the build multiplies it on the kernels (AVX2)
+                n_own = sum(op["kind"] == _plan.OP["dense"] and op["sg_rows"] > 0 for op in m._plan.ops)
+                assert n_own >= 2
+                assert _engine.last_shared_weight_copies() == (n_own if on else 0)
                 outs[on, threads] = m._params.copy()
     finally:
         _engine.shared_weight_copies_on(True)
