@@ -181,21 +181,28 @@ def test_the_planner_picks_big_dense_layers(avx512_limits):
         (512, 512, 0), (512, 512, 0)]
 
 
-@needs_kernels
-@pytest.mark.parametrize("n, on_kernels", [(131, True), (64, True), (40, False)])
-def test_small_layers_sum_weight_gradients_on_the_kernels_from_64_rows(n, on_kernels, avx512_limits, rng):
-    """Layers under SMALL_MIN_WEIGHTS keep their products on BLAS; their weight gradients over 64+
-    rows go to the kernels, and come out close to float64."""
+def _chunked_grads_match_float64(n, rng):
+    """_chunked's float32 gradients on n random rows, held against float64; the model and the
+    products it ran, by path."""
     X = rng.normal(size=(n, 37))
     y = rng.integers(0, 5, n)
     m32, m64 = _pair(_chunked)
-    assert all(op["sg_rows"] == 0 and op["sg_grad_min"] == _plan.SMALL_GRAD_MIN_ROWS == 64
-               for op in m32._plan.ops if op["kind"] == _plan.OP["dense"])
     with counting_gemm_calls() as calls:
         _, g32 = m32.loss_and_grad(X.astype(np.float32), y, fn.CrossEntropy(), threads=2)
     _, g64 = m64.loss_and_grad(X, y, fn.CrossEntropy(), threads=2)
     for (name, _), a, b in zip(m64.named_parameters(), g32, g64):
         np.testing.assert_allclose(a, b, rtol=0, atol=2e-5 * max(np.abs(b).max(), 1e-3), err_msg=name)
+    return m32, calls
+
+
+@needs_kernels
+@pytest.mark.parametrize("n, on_kernels", [(131, True), (64, True), (40, False)])
+def test_small_layers_sum_weight_gradients_on_the_kernels_from_64_rows(n, on_kernels, avx512_limits, rng):
+    """Layers under SMALL_MIN_WEIGHTS keep their products on BLAS; their weight gradients over 64+
+    rows go to the kernels, and come out close to float64."""
+    m32, calls = _chunked_grads_match_float64(n, rng)
+    assert all(op["sg_rows"] == 0 and op["sg_grad_min"] == _plan.SMALL_GRAD_MIN_ROWS == 64
+               for op in m32._plan.ops if op["kind"] == _plan.OP["dense"])
     n_dense = sum(op["kind"] == _plan.OP["dense"] for op in m32._plan.ops)
     assert calls["own", "forward"] == calls["own", "input_delta"] == 0
     # one weight-gradient product per gradient tile, on one path or the other
@@ -210,14 +217,7 @@ def test_small_layers_sum_weight_gradients_on_the_kernels_from_64_rows(n, on_ker
 def test_with_the_avx2_limits_every_dense_layer_multiplies_on_the_kernels(avx2_limits, rng):
     """The AVX2 limits put every float32 Dense layer's products on the kernels, a 5-wide output
     layer too, and they come out close to float64."""
-    X = rng.normal(size=(70, 37))
-    y = rng.integers(0, 5, 70)
-    m32, m64 = _pair(_chunked)
-    with counting_gemm_calls() as calls:
-        _, g32 = m32.loss_and_grad(X.astype(np.float32), y, fn.CrossEntropy(), threads=2)
-    _, g64 = m64.loss_and_grad(X, y, fn.CrossEntropy(), threads=2)
-    for (name, _), a, b in zip(m64.named_parameters(), g32, g64):
-        np.testing.assert_allclose(a, b, rtol=0, atol=2e-5 * max(np.abs(b).max(), 1e-3), err_msg=name)
+    m32, calls = _chunked_grads_match_float64(70, rng)
     n_dense = sum(op["kind"] == _plan.OP["dense"] for op in m32._plan.ops)
     assert min(op["n_out"] for op in m32._plan.ops if op["kind"] == _plan.OP["dense"]) == 5
     assert calls["own", "forward"] >= n_dense
