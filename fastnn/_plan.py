@@ -12,12 +12,12 @@ Choices, each measured on the benchmark grid:
   (forward) and input features (backward), so its weights are packed once per step rather than
   once per chunk of examples.
 - In float32 (AVX-512 and AVX2 builds), a Dense layer of at least ``SMALL_MIN_WEIGHTS`` weights
-  and ``SMALL_MIN_OUT`` outputs multiplies products over at most ``SMALL_MAX_ROWS`` rows with fastnn/_core/smallgemm.pxi's
-  kernels, which do not pack both operands on every call as BLAS does (AVX-512: 784x256 layers at
-  batch 32: +30% per epoch; 1024-wide layers at batch 512: +2-6%); longer products and float64
-  stay on BLAS. Smaller Dense layers sum their weight gradients there over ``SMALL_GRAD_MIN_ROWS``
-  to ``SMALL_MAX_GRAD_ROWS`` rows (AVX-512, 64/64: +14-19% per epoch). The limits differ by build
-  (``SMALL_LIMITS``).
+  and ``SMALL_MIN_OUT`` outputs multiplies products over at most ``SMALL_MAX_ROWS`` rows with
+  fastnn/_core/smallgemm.pxi's kernels, which do not pack both operands on every call as BLAS does
+  (AVX-512: 784x256 layers at batch 32: +30% per epoch; 1024-wide layers at batch 512: +2-6%); longer
+  products and float64 stay on BLAS. Smaller Dense layers sum their weight gradients there over
+  ``SMALL_GRAD_MIN_ROWS`` to ``SMALL_MAX_GRAD_ROWS`` rows (AVX-512, 64/64: +14-19% per epoch). The
+  limits differ by build (``SMALL_LIMITS``).
 - Gradient tiles are whole rows of dW in blocks of at most 128 rows (at least two per layer of
   32+ rows); norm parameters in blocks of 64 features.
 """
