@@ -21,7 +21,7 @@ IMG = os.path.join(ROOT, "docs", "img")
 # the examples with a --plot; each page of the site shows docs/img/NAME.png and this command
 EXAMPLES = ["overfitting", "imbalanced", "learning_rates", "saturated_neuron", "symmetry_breaking",
             "vanishing_gradients", "cnn_digits", "adding_problem", "char_lm"]
-AMD, INTEL, AVX2 = "AMD EPYC (AVX-512)", "Intel Xeon (AVX-512)", "AVX2 only (emulated on the Xeon)"
+AMD, INTEL, AVX2 = "AMD EPYC Zen 4 (AVX-512)", "Intel Xeon (AVX-512)", "AVX2 only (emulated on the Xeon)"
 
 
 def example_command(name):
